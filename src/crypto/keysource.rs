@@ -1,0 +1,337 @@
+//! Where a master key comes from: a key file, a passphrase (Argon2id), an
+//! environment variable, or an external command (the way to plug in a KMS,
+//! Vault or an HSM without linking their SDKs).
+
+use super::keys::{KEY_LEN, SecretKey};
+use crate::{Error, Result};
+use std::path::PathBuf;
+use zeroize::Zeroizing;
+
+/// Largest key text accepted from a file, variable or command (bytes).
+const MAX_KEY_TEXT: usize = 64 * 1024;
+
+/// A source of master key material.
+///
+/// `Debug` shows where the key comes from, never the key or passphrase.
+pub enum KeySource {
+    /// A file holding exactly 32 raw bytes, or 64 hex digits, or base64 of 32
+    /// bytes (text forms may carry `#` comment lines). Files readable by group
+    /// or others are refused unless `allow_insecure` is set.
+    KeyFile {
+        /// Path of the key file.
+        path: PathBuf,
+        /// Accept a key file with group/other permission bits.
+        allow_insecure: bool,
+    },
+    /// A passphrase, stretched with Argon2id (salt and cost are kept in the keyring header).
+    Passphrase(Zeroizing<String>),
+    /// An environment variable holding the key as hex or base64.
+    Env(String),
+    /// A shell command (`sh -c`) whose standard output is the key (raw, hex or base64).
+    Command(String),
+    /// Key bytes supplied directly by an embedding application.
+    Raw(SecretKey),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::KeyFile { path, allow_insecure } => {
+                write!(f, "KeySource::KeyFile({:?}, allow_insecure={allow_insecure})", path)
+            }
+            KeySource::Passphrase(_) => f.write_str("KeySource::Passphrase(<redacted>)"),
+            KeySource::Env(v) => write!(f, "KeySource::Env({v:?})"),
+            KeySource::Command(c) => write!(f, "KeySource::Command({c:?})"),
+            KeySource::Raw(_) => f.write_str("KeySource::Raw(<redacted>)"),
+        }
+    }
+}
+
+/// What a key source yields before the keyring header is known.
+pub(crate) enum Material {
+    /// A ready 256-bit key.
+    Key(SecretKey),
+    /// A passphrase still to be stretched.
+    Passphrase(Zeroizing<Vec<u8>>),
+}
+
+impl KeySource {
+    /// Convenience: a key file that must have safe permissions.
+    pub fn key_file(path: impl Into<PathBuf>) -> Self {
+        KeySource::KeyFile { path: path.into(), allow_insecure: false }
+    }
+
+    /// Convenience: a passphrase.
+    pub fn passphrase(p: impl Into<String>) -> Self {
+        KeySource::Passphrase(Zeroizing::new(p.into()))
+    }
+
+    /// True for passphrase sources.
+    pub fn is_passphrase(&self) -> bool {
+        matches!(self, KeySource::Passphrase(_))
+    }
+
+    /// A short description for messages (never the key).
+    pub fn describe(&self) -> String {
+        match self {
+            KeySource::KeyFile { path, .. } => format!("key file {}", path.display()),
+            KeySource::Passphrase(_) => "passphrase".into(),
+            KeySource::Env(v) => format!("environment variable {v}"),
+            KeySource::Command(_) => "key command".into(),
+            KeySource::Raw(_) => "raw key".into(),
+        }
+    }
+
+    pub(crate) fn material(&self) -> Result<Material> {
+        match self {
+            KeySource::KeyFile { path, allow_insecure } => {
+                let bytes = read_key_file(path, *allow_insecure)?;
+                parse_key_text(&bytes)
+                    .map(Material::Key)
+                    .map_err(|why| Error::KeySource(format!("key file {}: {why}", path.display())))
+            }
+            KeySource::Passphrase(p) => {
+                if p.is_empty() {
+                    return Err(Error::KeySource("the passphrase is empty".into()));
+                }
+                Ok(Material::Passphrase(Zeroizing::new(p.as_bytes().to_vec())))
+            }
+            KeySource::Env(var) => {
+                let v = std::env::var_os(var)
+                    .ok_or_else(|| Error::KeySource(format!("environment variable {var} is not set")))?;
+                let v = Zeroizing::new(v.into_encoded_bytes());
+                parse_key_text(&v)
+                    .map(Material::Key)
+                    .map_err(|why| Error::KeySource(format!("environment variable {var}: {why}")))
+            }
+            KeySource::Command(cmd) => {
+                let out = run_key_command(cmd)?;
+                parse_key_text(&out)
+                    .map(Material::Key)
+                    .map_err(|why| Error::KeySource(format!("output of key command: {why}")))
+            }
+            KeySource::Raw(k) => Ok(Material::Key(k.duplicate())),
+        }
+    }
+}
+
+fn read_key_file(path: &std::path::Path, allow_insecure: bool) -> Result<Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| Error::KeySource(format!("cannot open key file {}: {}", path.display(), e)))?;
+    let meta = f.metadata().map_err(|e| Error::KeySource(format!("cannot stat key file {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(Error::KeySource(format!("key file {} is not a regular file", path.display())));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 && !allow_insecure {
+            return Err(Error::KeySource(format!(
+                "key file {} is readable by group or others (mode {:04o}); run `chmod 600` on it, or pass --allow-insecure-key-file",
+                path.display(),
+                mode
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = allow_insecure;
+    if meta.len() > MAX_KEY_TEXT as u64 {
+        return Err(Error::KeySource(format!("key file {} is too large to be a key", path.display())));
+    }
+    let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
+    f.read_to_end(&mut buf).map_err(|e| Error::KeySource(format!("cannot read key file {}: {e}", path.display())))?;
+    Ok(buf)
+}
+
+fn run_key_command(cmd: &str) -> Result<Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::KeySource(format!("cannot start key command: {e}")))?;
+    let mut out = Zeroizing::new(Vec::new());
+    if let Some(stdout) = child.stdout.take() {
+        stdout
+            .take(MAX_KEY_TEXT as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::KeySource(format!("cannot read key command output: {e}")))?;
+    }
+    let status = child.wait().map_err(|e| Error::KeySource(format!("key command did not finish: {e}")))?;
+    if !status.success() {
+        return Err(Error::KeySource(format!("key command failed ({status})")));
+    }
+    if out.len() > MAX_KEY_TEXT {
+        return Err(Error::KeySource("key command printed too much output to be a key".into()));
+    }
+    Ok(out)
+}
+
+/// Parse key material: exactly 32 raw bytes; or, as text with optional `#`
+/// comment lines and surrounding whitespace, 64 hex digits or base64
+/// (standard alphabet, padding optional) of 32 bytes.
+/// The error never contains the input.
+pub fn parse_key_text(bytes: &[u8]) -> std::result::Result<SecretKey, String> {
+    if bytes.len() == KEY_LEN && std::str::from_utf8(bytes).is_err() {
+        return SecretKey::from_slice(bytes).ok_or_else(|| "bad length".to_string());
+    }
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Err(format!(
+            "expected 32 raw bytes, 64 hex digits or base64 of 32 bytes; found {} bytes of binary data",
+            bytes.len()
+        ));
+    };
+    let mut compact = Zeroizing::new(String::with_capacity(text.len()));
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        compact.extend(line.chars().filter(|c| !c.is_whitespace()));
+    }
+    if compact.is_empty() {
+        if bytes.len() == KEY_LEN {
+            return SecretKey::from_slice(bytes).ok_or_else(|| "bad length".to_string());
+        }
+        return Err("no key found (empty, or only comments)".into());
+    }
+    if compact.len() == 2 * KEY_LEN && compact.bytes().all(|c| c.is_ascii_hexdigit()) {
+        let mut k = Zeroizing::new([0u8; KEY_LEN]);
+        for (i, pair) in compact.as_bytes().chunks(2).enumerate() {
+            k[i] = (hex_val(pair[0]) << 4) | hex_val(pair[1]);
+        }
+        return Ok(SecretKey::from_bytes(*k));
+    }
+    {
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        if let Ok(decoded) = engine.decode(compact.as_bytes()) {
+            let decoded = Zeroizing::new(decoded);
+            if decoded.len() == KEY_LEN {
+                return SecretKey::from_slice(&decoded).ok_or_else(|| "bad length".to_string());
+            }
+            return Err(format!("base64 text decodes to {} bytes, a key is 32", decoded.len()));
+        }
+    }
+    if bytes.len() == KEY_LEN {
+        return SecretKey::from_slice(bytes).ok_or_else(|| "bad length".to_string());
+    }
+    Err(format!(
+        "expected 32 raw bytes, 64 hex digits or base64 of 32 bytes; found {} characters of text that are neither",
+        compact.len()
+    ))
+}
+
+fn hex_val(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        b'A'..=b'F' => c - b'A' + 10,
+        _ => 0,
+    }
+}
+
+/// Format a key as 64 lowercase hex digits (used by `keygen`).
+pub fn key_to_hex(key: &SecretKey) -> Zeroizing<String> {
+    let mut s = Zeroizing::new(String::with_capacity(2 * KEY_LEN));
+    for b in key.expose() {
+        s.push(char::from(b"0123456789abcdef"[(b >> 4) as usize]));
+        s.push(char::from(b"0123456789abcdef"[(b & 15) as usize]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn hex_and_base64_round_trip(k in any::<[u8; 32]>()) {
+            let key = SecretKey::from_bytes(k);
+            let hex = key_to_hex(&key);
+            prop_assert_eq!(*parse_key_text(hex.as_bytes()).unwrap().expose(), k);
+            let upper = format!("# comment\n  {}\n", hex.to_uppercase());
+            prop_assert_eq!(*parse_key_text(upper.as_bytes()).unwrap().expose(), k);
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(k);
+            prop_assert_eq!(*parse_key_text(format!("{b64}\n").as_bytes()).unwrap().expose(), k);
+            let nopad = b64.trim_end_matches('=');
+            prop_assert_eq!(*parse_key_text(nopad.as_bytes()).unwrap().expose(), k);
+        }
+
+        #[test]
+        fn raw_32_bytes_accepted(k in any::<[u8; 32]>()) {
+            prop_assert_eq!(*parse_key_text(&k).unwrap().expose(), k);
+        }
+
+        #[test]
+        fn garbage_never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse_key_text(&b);
+        }
+    }
+
+    #[test]
+    fn wrong_lengths_refused_without_echoing_input() {
+        let e = match parse_key_text(b"abcdef0123") {
+            Err(e) => e,
+            Ok(_) => panic!("accepted short hex"),
+        };
+        assert!(!e.contains("abcdef0123"));
+        assert!(parse_key_text(&[0u8; 31]).is_err());
+        assert!(parse_key_text(b"# only a comment\n").is_err());
+        assert!(parse_key_text(&"ab".repeat(33).into_bytes()).is_err());
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let s = format!("{:?}", KeySource::passphrase("hunter2-secret"));
+        assert!(!s.contains("hunter2"));
+        let s = format!("{:?}", KeySource::Raw(SecretKey::from_bytes([0xAB; 32])));
+        assert!(!s.to_lowercase().contains("abab"));
+    }
+
+    #[test]
+    fn group_readable_key_file_refused_unless_forced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        std::fs::write(&p, "11".repeat(32)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = match KeySource::key_file(&p).material() {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted a world-readable key file"),
+        };
+        assert!(err.contains("readable by group or others"), "{err}");
+        assert!(KeySource::KeyFile { path: p.clone(), allow_insecure: true }.material().is_ok());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(KeySource::key_file(&p).material().is_ok());
+    }
+
+    #[test]
+    fn missing_env_and_command_sources() {
+        // The variable-present path is exercised by the CLI tests, which set
+        // variables on a child process (set_var is unsafe in edition 2024).
+        let e = KeySource::Env("DRIFTDB_TEST_UNSET_VAR_XYZ".into()).material().err().unwrap();
+        assert!(e.to_string().contains("is not set"));
+        match KeySource::Command(format!("echo {}", "33".repeat(32))).material().unwrap() {
+            Material::Key(k) => assert_eq!(k.expose(), &[0x33; 32]),
+            Material::Passphrase(_) => panic!(),
+        }
+        let e = KeySource::Command("exit 7".into()).material().err().unwrap();
+        assert!(e.to_string().contains("key command failed"));
+        let e = KeySource::Command("echo not-a-key".into()).material().err().unwrap();
+        assert!(!e.to_string().contains("not-a-key"));
+    }
+}

@@ -1,0 +1,627 @@
+//! The keyring file: master key versions, every data key (wrapped), and the
+//! authenticated manifest of live files. Pure encode/decode; no I/O.
+//!
+//! ```text
+//! plaintext header (authenticated as AAD) | u32 body length | body ciphertext+tag | crc32
+//! ```
+//!
+//! The header carries only what is needed to derive and check the master key
+//! (database id, KDF parameters and salt, key check values); the body (data
+//! keys, file list, application root) is AES-256-GCM under a key derived
+//! from the master key and a fresh random salt for every write.
+
+use super::codec::{DecodeError, Reader, Writer};
+use super::{DB_ID_LEN, FORMAT_VERSION, FileKind};
+use crate::crypto::aead::{AeadError, Backend, NONCE_LEN, TAG_LEN, cipher};
+use crate::crypto::kdf::{Argon2Params, hkdf, label};
+use crate::crypto::keys::{KEY_LEN, SecretKey};
+
+/// Magic bytes of the keyring file.
+pub const KEYRING_MAGIC: [u8; 8] = *b"DRIFTKR\0";
+/// Largest keyring body accepted (bytes).
+pub const MAX_BODY: usize = 256 * 1024 * 1024;
+/// Most retired master versions kept in the header.
+pub const MAX_RETIRED: usize = 4096;
+/// Largest per-file metadata blob.
+pub const MAX_FILE_META: usize = 64 * 1024;
+/// Largest application root blob.
+pub const MAX_ROOT: usize = 16 * 1024 * 1024;
+/// Length of a key check value.
+pub const KCV_LEN: usize = 16;
+/// Length of a wrapped data key (ciphertext + tag).
+pub const WRAPPED_LEN: usize = KEY_LEN + TAG_LEN;
+
+/// How a master key version is obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MasterSpec {
+    /// A 256-bit key (file, environment variable, command, raw).
+    Key,
+    /// A passphrase stretched with Argon2id.
+    Passphrase {
+        /// Cost parameters.
+        params: Argon2Params,
+        /// Salt.
+        salt: [u8; 16],
+    },
+}
+
+impl MasterSpec {
+    fn encode(&self, w: &mut Writer) {
+        match self {
+            MasterSpec::Key => {
+                w.u8(1);
+                w.bytes(&[0; 3 + 12 + 16]);
+            }
+            MasterSpec::Passphrase { params, salt } => {
+                w.u8(2);
+                w.bytes(&[0; 3]);
+                w.u32(params.m_cost_kib);
+                w.u32(params.t_cost);
+                w.u32(params.p_cost);
+                w.bytes(salt);
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let at = r.pos();
+        let kind = r.u8("master kind")?;
+        let _reserved: [u8; 3] = r.array("reserved")?;
+        let m = r.u32("argon2 memory")?;
+        let t = r.u32("argon2 iterations")?;
+        let p = r.u32("argon2 lanes")?;
+        let salt: [u8; 16] = r.array("argon2 salt")?;
+        match kind {
+            1 => Ok(MasterSpec::Key),
+            2 => {
+                let params = Argon2Params { m_cost_kib: m, t_cost: t, p_cost: p };
+                params.validate().map_err(|e| DecodeError { offset: at, reason: e.to_string() })?;
+                Ok(MasterSpec::Passphrase { params, salt })
+            }
+            _ => Err(DecodeError { offset: at, reason: format!("unknown master kind {kind}") }),
+        }
+    }
+}
+
+/// A master version recorded in the header: how to derive it and its check value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MasterCheck {
+    /// Master key version.
+    pub version: u32,
+    /// How the key is obtained.
+    pub spec: MasterSpec,
+    /// Key check value (HKDF of the master key; reveals nothing about it).
+    pub kcv: [u8; KCV_LEN],
+}
+
+impl MasterCheck {
+    fn encode(&self, w: &mut Writer) {
+        w.u32(self.version);
+        self.spec.encode(w);
+        w.bytes(&self.kcv);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(MasterCheck {
+            version: r.u32("master version")?,
+            spec: MasterSpec::decode(r)?,
+            kcv: r.array("key check value")?,
+        })
+    }
+}
+
+/// The plaintext, authenticated keyring header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyringHeader {
+    /// Random database id.
+    pub db_id: [u8; DB_ID_LEN],
+    /// Incremented on every keyring write.
+    pub generation: u64,
+    /// Fresh random salt of this write (derives the body key).
+    pub write_salt: [u8; 32],
+    /// The active master key.
+    pub active: MasterCheck,
+    /// Master versions retired by rotations (so a retired key gets a clear error).
+    pub retired: Vec<MasterCheck>,
+}
+
+/// Bytes of the encoded header before the retired list.
+const HEADER_FIXED: usize = 8 + 2 + 1 + 1 + DB_ID_LEN + 8 + 32 + 52 + 4;
+const MASTER_CHECK_LEN: usize = 52;
+
+impl KeyringHeader {
+    /// Encode the header, including the trailing body length (all authenticated).
+    pub fn encode(&self, body_len: u32) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.bytes(&KEYRING_MAGIC);
+        w.u16(FORMAT_VERSION);
+        w.u8(FileKind::Keyring as u8);
+        w.u8(0);
+        w.bytes(&self.db_id);
+        w.u64(self.generation);
+        w.bytes(&self.write_salt);
+        self.active.encode(&mut w);
+        w.u32(self.retired.len() as u32);
+        for r in &self.retired {
+            r.encode(&mut w);
+        }
+        w.u32(body_len);
+        w.buf
+    }
+}
+
+/// A data key wrapped (AES-256-GCM) under a master key version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    /// Master key version that wraps it.
+    pub kek_version: u32,
+    /// Random nonce of the wrap.
+    pub nonce: [u8; NONCE_LEN],
+    /// Ciphertext and tag.
+    pub ct: [u8; WRAPPED_LEN],
+}
+
+/// Where a file is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileState {
+    /// Being written by the session that created it.
+    Active,
+    /// Complete; never written again.
+    Sealed {
+        /// Data frames in the file.
+        frames: u64,
+        /// Exact file length in bytes.
+        len: u64,
+        /// Whether the file ends with a sealing frame (false when sealed by crash recovery).
+        final_frame: bool,
+    },
+}
+
+/// One live file in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    /// File id (its name).
+    pub file_id: u64,
+    /// What it holds.
+    pub kind: FileKind,
+    /// Id of its data key.
+    pub key_id: u64,
+    /// Its data key, wrapped.
+    pub wrapped: WrappedKey,
+    /// Lifecycle state.
+    pub state: FileState,
+    /// Stream the file belongs to (application-defined).
+    pub stream: u32,
+    /// Position within the stream.
+    pub ordinal: u64,
+    /// Application metadata (small).
+    pub meta: Vec<u8>,
+}
+
+/// State of a master key version in the body's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MasterState {
+    /// Opens the database.
+    Active,
+    /// Replaced by a newer version; no longer opens the database.
+    Retired,
+}
+
+/// One master version in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterRecord {
+    /// Version number.
+    pub version: u32,
+    /// When it was added (Unix seconds).
+    pub created_unix: u64,
+    /// Its state.
+    pub state: MasterState,
+}
+
+/// The encrypted keyring body.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyringBody {
+    /// Next file / key id to allocate.
+    pub next_id: u64,
+    /// When the database was created (Unix seconds).
+    pub created_unix: u64,
+    /// Master version history.
+    pub masters: Vec<MasterRecord>,
+    /// The manifest: every live file.
+    pub files: Vec<FileEntry>,
+    /// Application root (small metadata committed atomically with file changes).
+    pub root: Vec<u8>,
+}
+
+const FILE_ENTRY_MIN: usize = 8 + 1 + 8 + 4 + NONCE_LEN + WRAPPED_LEN + 1 + 8 + 8 + 1 + 4 + 8 + 4;
+
+impl KeyringBody {
+    /// Encode the body plaintext.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u64(self.next_id);
+        w.u64(self.created_unix);
+        w.u32(self.masters.len() as u32);
+        for m in &self.masters {
+            w.u32(m.version);
+            w.u64(m.created_unix);
+            w.u8(match m.state {
+                MasterState::Active => 1,
+                MasterState::Retired => 2,
+            });
+        }
+        w.u32(self.files.len() as u32);
+        for f in &self.files {
+            w.u64(f.file_id);
+            w.u8(f.kind as u8);
+            w.u64(f.key_id);
+            w.u32(f.wrapped.kek_version);
+            w.bytes(&f.wrapped.nonce);
+            w.bytes(&f.wrapped.ct);
+            match f.state {
+                FileState::Active => {
+                    w.u8(1);
+                    w.u64(0);
+                    w.u64(0);
+                    w.u8(0);
+                }
+                FileState::Sealed { frames, len, final_frame } => {
+                    w.u8(2);
+                    w.u64(frames);
+                    w.u64(len);
+                    w.u8(final_frame as u8);
+                }
+            }
+            w.u32(f.stream);
+            w.u64(f.ordinal);
+            w.blob(&f.meta);
+        }
+        w.blob(&self.root);
+        w.buf
+    }
+
+    /// Decode the body plaintext; rejects duplicate file ids.
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        let next_id = r.u64("next id")?;
+        let created_unix = r.u64("creation time")?;
+        let nm = r.count(1 << 20, 13, "master versions")?;
+        let mut masters = Vec::with_capacity(nm);
+        for _ in 0..nm {
+            let version = r.u32("master version")?;
+            let created_unix = r.u64("master creation time")?;
+            let at = r.pos();
+            let state = match r.u8("master state")? {
+                1 => MasterState::Active,
+                2 => MasterState::Retired,
+                s => return Err(DecodeError { offset: at, reason: format!("unknown master state {s}") }),
+            };
+            masters.push(MasterRecord { version, created_unix, state });
+        }
+        let nf = r.count(1 << 24, FILE_ENTRY_MIN, "files")?;
+        let mut files = Vec::with_capacity(nf);
+        let mut seen = std::collections::HashSet::with_capacity(nf);
+        for _ in 0..nf {
+            let at = r.pos();
+            let file_id = r.u64("file id")?;
+            let kind_b = r.u8("file kind")?;
+            let kind = match FileKind::from_u8(kind_b) {
+                Some(k) if k != FileKind::Keyring => k,
+                _ => return Err(DecodeError { offset: at + 8, reason: format!("unknown file kind {kind_b}") }),
+            };
+            let key_id = r.u64("key id")?;
+            let wrapped = WrappedKey {
+                kek_version: r.u32("kek version")?,
+                nonce: r.array("wrap nonce")?,
+                ct: r.array("wrapped key")?,
+            };
+            let st_at = r.pos();
+            let st = r.u8("file state")?;
+            let frames = r.u64("frame count")?;
+            let len = r.u64("file length")?;
+            let fin = r.u8("final flag")?;
+            let state = match (st, fin) {
+                (1, 0) if frames == 0 && len == 0 => FileState::Active,
+                (2, 0 | 1) => FileState::Sealed { frames, len, final_frame: fin == 1 },
+                _ => return Err(DecodeError { offset: st_at, reason: format!("invalid file state {st}/{fin}") }),
+            };
+            let stream = r.u32("stream")?;
+            let ordinal = r.u64("ordinal")?;
+            let meta = r.blob(MAX_FILE_META, "file metadata")?.to_vec();
+            if !seen.insert(file_id) {
+                return Err(DecodeError { offset: at, reason: format!("duplicate file id {file_id:016x}") });
+            }
+            files.push(FileEntry { file_id, kind, key_id, wrapped, state, stream, ordinal, meta });
+        }
+        let root = r.blob(MAX_ROOT, "root")?.to_vec();
+        r.finish("keyring body")?;
+        Ok(KeyringBody { next_id, created_unix, masters, files, root })
+    }
+}
+
+/// A keyring file split into its parts (CRC checked, header parsed; body still sealed).
+#[derive(Debug)]
+pub struct SealedKeyring<'a> {
+    /// The parsed header.
+    pub header: KeyringHeader,
+    /// The exact header bytes (the AAD of the body).
+    pub header_bytes: &'a [u8],
+    /// Body ciphertext and tag.
+    pub body: &'a [u8],
+}
+
+/// Structural decode of a keyring file: CRC (no key needed), then header.
+pub fn decode_keyring(buf: &[u8]) -> Result<SealedKeyring<'_>, DecodeError> {
+    if buf.len() < HEADER_FIXED + 4 + TAG_LEN + 4 {
+        return Err(DecodeError { offset: buf.len(), reason: format!("keyring too short ({} bytes)", buf.len()) });
+    }
+    let crc_at = buf.len() - 4;
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&buf[crc_at..]);
+    if crc32fast::hash(&buf[..crc_at]) != u32::from_le_bytes(crc) {
+        return Err(DecodeError { offset: crc_at, reason: "keyring CRC mismatch (damaged or truncated)".into() });
+    }
+    let content = &buf[..crc_at];
+    let mut r = Reader::new(content);
+    let magic: [u8; 8] = r.array("magic")?;
+    if magic != KEYRING_MAGIC {
+        return Err(DecodeError { offset: 0, reason: "bad magic: not a DriftDB keyring".into() });
+    }
+    let version = r.u16("format version")?;
+    if version != FORMAT_VERSION {
+        return Err(DecodeError { offset: 8, reason: format!("unsupported format version {version}") });
+    }
+    let kind = r.u8("file kind")?;
+    if kind != FileKind::Keyring as u8 {
+        return Err(DecodeError { offset: 10, reason: format!("file kind {kind} is not a keyring") });
+    }
+    if r.u8("reserved")? != 0 {
+        return Err(DecodeError { offset: 11, reason: "reserved byte is not zero".into() });
+    }
+    let db_id = r.array("database id")?;
+    let generation = r.u64("generation")?;
+    let write_salt = r.array("write salt")?;
+    let active = MasterCheck::decode(&mut r)?;
+    let nr = r.count(MAX_RETIRED, MASTER_CHECK_LEN, "retired master versions")?;
+    let mut retired = Vec::with_capacity(nr);
+    for _ in 0..nr {
+        retired.push(MasterCheck::decode(&mut r)?);
+    }
+    let len_at = r.pos();
+    let body_len = r.u32("body length")? as usize;
+    if body_len > MAX_BODY || body_len < TAG_LEN || body_len != r.remaining() {
+        return Err(DecodeError {
+            offset: len_at,
+            reason: format!("keyring body length {body_len} does not match the file"),
+        });
+    }
+    let header_bytes = &content[..r.pos()];
+    let body = r.take(body_len, "body")?;
+    Ok(SealedKeyring { header: KeyringHeader { db_id, generation, write_salt, active, retired }, header_bytes, body })
+}
+
+fn body_key(master: &SecretKey, h: &KeyringHeader) -> SecretKey {
+    hkdf(master.expose(), Some(&h.write_salt), &[label::KEYRING, &h.db_id])
+}
+
+/// Encode a whole keyring file, sealing `body` under `master`.
+pub fn encode_keyring(header: &KeyringHeader, body: &KeyringBody, master: &SecretKey) -> Result<Vec<u8>, AeadError> {
+    let mut pt = body.encode();
+    let hb = header.encode((pt.len() + TAG_LEN) as u32);
+    let c = cipher(Backend::Ring, &body_key(master, header));
+    // The body key is fresh for every write (random write salt), so a zero nonce is never reused.
+    c.seal(&[0u8; NONCE_LEN], &hb, &mut pt)?;
+    let mut out = hb;
+    out.extend_from_slice(&pt);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// Authenticate and decrypt a keyring body.
+pub fn open_keyring(sk: &SealedKeyring<'_>, master: &SecretKey) -> Result<Vec<u8>, AeadError> {
+    let c = cipher(Backend::Ring, &body_key(master, &sk.header));
+    let mut buf = sk.body.to_vec();
+    let n = c.open(&[0u8; NONCE_LEN], sk.header_bytes, &mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// The key check value of a master key for a database.
+pub fn key_check_value(master: &SecretKey, db_id: &[u8; DB_ID_LEN]) -> [u8; KCV_LEN] {
+    let k = hkdf(master.expose(), Some(db_id), &[label::KEY_CHECK]);
+    let mut out = [0u8; KCV_LEN];
+    out.copy_from_slice(&k.expose()[..KCV_LEN]);
+    out
+}
+
+/// The key that wraps data keys under a master key.
+pub fn wrap_key(master: &SecretKey, db_id: &[u8; DB_ID_LEN]) -> SecretKey {
+    hkdf(master.expose(), Some(db_id), &[label::DEK_WRAP])
+}
+
+fn wrap_aad(db_id: &[u8; DB_ID_LEN], file_id: u64, key_id: u64, kek_version: u32, kind: FileKind) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.bytes(b"DDBK");
+    w.bytes(db_id);
+    w.u64(file_id);
+    w.u64(key_id);
+    w.u32(kek_version);
+    w.u8(kind as u8);
+    w.buf
+}
+
+/// Wrap a data key for (database, file, key id, master version, purpose).
+pub fn wrap_dek(
+    wrap_key: &SecretKey,
+    kek_version: u32,
+    db_id: &[u8; DB_ID_LEN],
+    file_id: u64,
+    key_id: u64,
+    kind: FileKind,
+    dek: &SecretKey,
+) -> crate::Result<WrappedKey> {
+    let mut nonce = [0u8; NONCE_LEN];
+    crate::crypto::random_bytes(&mut nonce)?;
+    let c = cipher(Backend::Ring, wrap_key);
+    let mut buf = zeroize::Zeroizing::new(dek.expose().to_vec());
+    c.seal(&nonce, &wrap_aad(db_id, file_id, key_id, kek_version, kind), &mut buf)
+        .map_err(|_| crate::Error::InvalidArgument("key wrap failed".into()))?;
+    let mut ct = [0u8; WRAPPED_LEN];
+    ct.copy_from_slice(&buf);
+    Ok(WrappedKey { kek_version, nonce, ct })
+}
+
+/// Unwrap a file's data key; fails if anything bound into the wrap differs.
+pub fn unwrap_dek(wrap_key: &SecretKey, db_id: &[u8; DB_ID_LEN], e: &FileEntry) -> Result<SecretKey, AeadError> {
+    let c = cipher(Backend::Ring, wrap_key);
+    let mut buf = zeroize::Zeroizing::new(e.wrapped.ct.to_vec());
+    let n = c.open(&e.wrapped.nonce, &wrap_aad(db_id, e.file_id, e.key_id, e.wrapped.kek_version, e.kind), &mut buf)?;
+    SecretKey::from_slice(&buf[..n]).ok_or(AeadError)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header(spec: MasterSpec, retired: usize) -> KeyringHeader {
+        let m = SecretKey::from_bytes([1; 32]);
+        KeyringHeader {
+            db_id: [7; 16],
+            generation: 3,
+            write_salt: [9; 32],
+            active: MasterCheck { version: 2, spec, kcv: key_check_value(&m, &[7; 16]) },
+            retired: (0..retired)
+                .map(|i| MasterCheck { version: i as u32, spec: MasterSpec::Key, kcv: [i as u8; 16] })
+                .collect(),
+        }
+    }
+
+    fn arb_entry() -> impl Strategy<Value = FileEntry> {
+        (
+            any::<u64>(),
+            2u8..=7,
+            any::<u64>(),
+            any::<u32>(),
+            any::<[u8; 12]>(),
+            proptest::collection::vec(any::<u8>(), 48),
+            prop_oneof![
+                Just(FileState::Active),
+                (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(frames, len, final_frame)| FileState::Sealed {
+                    frames,
+                    len,
+                    final_frame
+                })
+            ],
+            any::<u32>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        )
+            .prop_map(|(file_id, k, key_id, v, nonce, ct, state, stream, ordinal, meta)| {
+                let mut c = [0u8; 48];
+                c.copy_from_slice(&ct);
+                FileEntry {
+                    file_id,
+                    kind: FileKind::from_u8(k).unwrap(),
+                    key_id,
+                    wrapped: WrappedKey { kek_version: v, nonce, ct: c },
+                    state,
+                    stream,
+                    ordinal,
+                    meta,
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn body_round_trip(entries in proptest::collection::vec(arb_entry(), 0..8), root in proptest::collection::vec(any::<u8>(), 0..100), next_id in any::<u64>()) {
+            let mut files = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for e in entries { if seen.insert(e.file_id) { files.push(e); } }
+            let body = KeyringBody { next_id, created_unix: 5, masters: vec![MasterRecord { version: 1, created_unix: 2, state: MasterState::Retired }, MasterRecord { version: 2, created_unix: 3, state: MasterState::Active }], files, root };
+            let enc = body.encode();
+            let dec = KeyringBody::decode(&enc).unwrap();
+            prop_assert_eq!(&dec, &body);
+            prop_assert_eq!(dec.encode(), enc);
+        }
+
+        #[test]
+        fn whole_file_round_trip(retired in 0usize..4, pass in any::<bool>(), salt in any::<[u8; 16]>()) {
+            let spec = if pass { MasterSpec::Passphrase { params: Argon2Params { m_cost_kib: 64, t_cost: 1, p_cost: 1 }, salt } } else { MasterSpec::Key };
+            let h = header(spec, retired);
+            let body = KeyringBody { next_id: 9, ..Default::default() };
+            let m = SecretKey::from_bytes([1; 32]);
+            let bytes = encode_keyring(&h, &body, &m).unwrap();
+            let sk = decode_keyring(&bytes).unwrap();
+            prop_assert_eq!(&sk.header, &h);
+            let pt = open_keyring(&sk, &m).unwrap();
+            prop_assert_eq!(KeyringBody::decode(&pt).unwrap(), body);
+            prop_assert!(open_keyring(&sk, &SecretKey::from_bytes([2; 32])).is_err());
+        }
+
+        #[test]
+        fn body_decoder_never_panics(b in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = KeyringBody::decode(&b);
+            let _ = decode_keyring(&b);
+        }
+    }
+
+    #[test]
+    fn every_byte_flip_of_a_keyring_is_detected() {
+        let m = SecretKey::from_bytes([1; 32]);
+        let body = KeyringBody { next_id: 9, root: b"root".to_vec(), ..Default::default() };
+        let bytes = encode_keyring(&header(MasterSpec::Key, 1), &body, &m).unwrap();
+        for i in 0..bytes.len() {
+            for x in [0x01u8, 0x80, 0xFF] {
+                let mut b = bytes.clone();
+                b[i] ^= x;
+                let ok = match decode_keyring(&b) {
+                    Err(_) => false,
+                    Ok(sk) => open_keyring(&sk, &m).is_ok(),
+                };
+                assert!(!ok, "flip at {i} not detected");
+            }
+        }
+    }
+
+    #[test]
+    fn forged_header_with_fixed_crc_fails_authentication() {
+        let m = SecretKey::from_bytes([1; 32]);
+        let body = KeyringBody::default();
+        let mut bytes = encode_keyring(&header(MasterSpec::Key, 0), &body, &m).unwrap();
+        bytes[20] ^= 1; // generation byte
+        let n = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..n]);
+        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+        let sk = decode_keyring(&bytes).unwrap();
+        assert!(open_keyring(&sk, &m).is_err());
+    }
+
+    #[test]
+    fn wrapped_key_is_bound_to_everything() {
+        let m = SecretKey::from_bytes([4; 32]);
+        let wk = wrap_key(&m, &[1; 16]);
+        let dek = SecretKey::from_bytes([6; 32]);
+        let w = wrap_dek(&wk, 1, &[1; 16], 10, 11, FileKind::Segment, &dek).unwrap();
+        let e = FileEntry {
+            file_id: 10,
+            kind: FileKind::Segment,
+            key_id: 11,
+            wrapped: w,
+            state: FileState::Active,
+            stream: 0,
+            ordinal: 0,
+            meta: vec![],
+        };
+        assert_eq!(unwrap_dek(&wk, &[1; 16], &e).unwrap().expose(), dek.expose());
+        assert!(unwrap_dek(&wk, &[2; 16], &e).is_err(), "database id");
+        assert!(unwrap_dek(&wk, &[1; 16], &FileEntry { file_id: 12, ..e.clone() }).is_err(), "file id");
+        assert!(unwrap_dek(&wk, &[1; 16], &FileEntry { key_id: 12, ..e.clone() }).is_err(), "key id");
+        assert!(unwrap_dek(&wk, &[1; 16], &FileEntry { kind: FileKind::Wal, ..e.clone() }).is_err(), "purpose");
+        let mut e2 = e.clone();
+        e2.wrapped.kek_version = 2;
+        assert!(unwrap_dek(&wk, &[1; 16], &e2).is_err(), "master version");
+        assert!(unwrap_dek(&wrap_key(&SecretKey::from_bytes([5; 32]), &[1; 16]), &[1; 16], &e).is_err(), "master key");
+    }
+}

@@ -1,0 +1,26 @@
+//! DriftDB: an embeddable, append-only, time-travelling document database,
+//! encrypted at rest with envelope encryption and online key rotation.
+//!
+//! This crate's storage core: every byte that reaches the disk is sealed with
+//! AES-256-GCM under a per-file data key; data keys are wrapped by a
+//! versioned master key from a [`KeySource`]; files are sequences of
+//! CRC-checked, position-bound frames; the manifest of live files is
+//! authenticated; a torn tail is recovered and anything else is reported
+//! with its file and offset.
+//!
+//! See `docs/FORMAT.md` for every byte on disk and `SECURITY.md` for the
+//! threat model.
+
+#![forbid(unsafe_code)]
+
+pub mod crypto;
+pub mod error;
+pub mod format;
+pub mod storage;
+
+pub use crypto::kdf::Argon2Params;
+pub use crypto::keysource::KeySource;
+pub use error::{Error, Result};
+pub use format::FileKind;
+pub use storage::store::{CreateOptions, Edit, FileInfo, RecordPos, RecoveryEvent, Store, StoreOptions};
+pub use storage::verify::{VerifyReport, verify_without_key};

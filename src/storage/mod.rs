@@ -1,0 +1,11 @@
+//! Files on disk: the file-system trait, data-file writer and reader, the
+//! keyring store with its manifest, crash recovery and verification.
+
+pub mod memfs;
+pub mod segment;
+pub mod store;
+pub mod verify;
+pub mod vfs;
+
+pub use store::{CreateOptions, FileInfo, RecordPos, Store, StoreOptions};
+pub use vfs::{StdFs, Vfs, VfsFile};

@@ -1,0 +1,315 @@
+//! Data files: a 32-byte header, then frames, then (once sealed) a final
+//! frame carrying the data frame count. The writer only ever appends, and a
+//! file is never reopened for writing. The scanner checks every frame (CRC,
+//! then authentication when it has the key), tells a torn tail from damage,
+//! and never allocates more than a frame's validated length.
+
+use super::vfs::{OpenMode, Vfs, VfsFile};
+use crate::format::frame::{
+    self, FRAME_HEADER_LEN, FrameError, FrameKey, MAX_BODY, decode_final_payload, encode_final_payload,
+};
+use crate::format::header::{FileHeader, HEADER_LEN};
+use crate::{Error, Result};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Writes one data file.
+pub struct FileWriter {
+    file: Box<dyn VfsFile>,
+    pub(crate) name: String,
+    key: Arc<FrameKey>,
+    pub(crate) header: FileHeader,
+    pub(crate) next_index: u64,
+    pub(crate) offset: u64,
+    pub(crate) payload_bytes: u64,
+    buf: Vec<u8>,
+}
+
+impl FileWriter {
+    /// Create `path` (must not exist) and write and sync its header.
+    pub fn create(vfs: &dyn Vfs, path: &Path, name: String, header: FileHeader, key: Arc<FrameKey>) -> Result<Self> {
+        let file = vfs.open(path, OpenMode::CreateNew).map_err(|e| Error::io("creating", path, e))?;
+        file.write_all_at(&header.encode(), 0).map_err(|e| Error::io("writing header of", path, e))?;
+        file.sync_data().map_err(|e| Error::io("syncing", path, e))?;
+        Ok(FileWriter {
+            file,
+            name,
+            key,
+            header,
+            next_index: 0,
+            offset: HEADER_LEN as u64,
+            payload_bytes: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Encoded size of a frame carrying `payload_len` bytes.
+    pub fn frame_len(payload_len: usize) -> u64 {
+        (FRAME_HEADER_LEN + payload_len + crate::crypto::aead::TAG_LEN) as u64
+    }
+
+    /// Append one record as the next frame. Returns (frame index, offset).
+    pub fn append(&mut self, payload: &[u8]) -> Result<(u64, u64)> {
+        self.buf.clear();
+        self.key.encode(self.next_index, false, payload, &mut self.buf).map_err(|_| {
+            Error::InvalidArgument(format!("record of {} bytes is too large for a frame", payload.len()))
+        })?;
+        let at = self.offset;
+        self.file.write_all_at(&self.buf, at).map_err(|e| Error::io("appending to", Path::new(&self.name), e))?;
+        let idx = self.next_index;
+        self.next_index += 1;
+        self.offset += self.buf.len() as u64;
+        self.payload_bytes += payload.len() as u64;
+        Ok((idx, at))
+    }
+
+    /// Make everything appended so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io("syncing", Path::new(&self.name), e))
+    }
+
+    /// Write the sealing frame and sync. Returns (data frames, file length).
+    pub fn finish(&mut self) -> Result<(u64, u64)> {
+        self.buf.clear();
+        let fin = encode_final_payload(self.next_index, self.payload_bytes);
+        self.key
+            .encode(self.next_index, true, &fin, &mut self.buf)
+            .map_err(|_| Error::InvalidArgument("final frame".into()))?;
+        self.file.write_all_at(&self.buf, self.offset).map_err(|e| Error::io("sealing", Path::new(&self.name), e))?;
+        self.offset += self.buf.len() as u64;
+        self.sync()?;
+        Ok((self.next_index, self.offset))
+    }
+
+    /// Data frames written.
+    pub fn frames(&self) -> u64 {
+        self.next_index
+    }
+}
+
+/// Reads byte ranges of a file through a sliding window of at least 1 MiB.
+pub(crate) struct Window<'a> {
+    file: &'a dyn VfsFile,
+    pub(crate) len: u64,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+const WINDOW: usize = 1 << 20;
+
+impl<'a> Window<'a> {
+    pub(crate) fn new(file: &'a dyn VfsFile, len: u64) -> Self {
+        Window { file, len, start: 0, buf: Vec::new() }
+    }
+
+    /// Up to `n` bytes at `off` (fewer only at end of file). `n` is bounded by the caller.
+    pub(crate) fn get(&mut self, off: u64, n: usize) -> std::io::Result<&[u8]> {
+        let end = (off + n as u64).min(self.len);
+        let want = (end.saturating_sub(off)) as usize;
+        if off < self.start || end > self.start + self.buf.len() as u64 {
+            let size = want.max(WINDOW).min((self.len - off.min(self.len)) as usize);
+            self.buf.resize(size, 0);
+            self.file.read_exact_at(&mut self.buf, off)?;
+            self.start = off;
+        }
+        let s = (off - self.start) as usize;
+        Ok(&self.buf[s..s + want])
+    }
+}
+
+/// What the scanner expects of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// A sealed file: exactly this many data frames and bytes, and a final frame if `final_frame`.
+    Sealed {
+        /// Data frames.
+        frames: u64,
+        /// File length.
+        len: u64,
+        /// Whether a sealing frame ends it.
+        final_frame: bool,
+    },
+    /// A file left active by a crashed session: a torn tail is tolerated.
+    Recovering,
+    /// The file this session is writing: exactly `len` bytes are valid so far.
+    Live {
+        /// Bytes written so far.
+        len: u64,
+    },
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScanOutcome {
+    /// Data frames verified.
+    pub frames: u64,
+    /// Payload bytes of those frames (only known when decrypting).
+    pub payload_bytes: u64,
+    /// Offset just past the last good frame.
+    pub end: u64,
+    /// Whether the file ended with a valid sealing frame.
+    pub final_frame: bool,
+    /// A torn tail (offset, reason) that recovery may truncate.
+    pub torn: Option<(u64, String)>,
+}
+
+/// Scan a data file from its header on, verifying every frame, and hand each
+/// record to `visit(index, offset, payload)`. Without a key only structure and
+/// CRCs are checked (and `visit` gets an empty payload).
+pub fn scan(
+    file: &dyn VfsFile,
+    name: &str,
+    expected_header: Option<&FileHeader>,
+    key: Option<&FrameKey>,
+    expect: Expect,
+    mut visit: impl FnMut(u64, u64, &[u8]) -> Result<()>,
+) -> Result<ScanOutcome> {
+    let file_len = match expect {
+        Expect::Live { len } => len,
+        _ => file.len().map_err(|e| Error::io("reading length of", Path::new(name), e))?,
+    };
+    let mut w = Window::new(file, file_len);
+    let io = |e| Error::io("reading", Path::new(name), e);
+    let hb = w.get(0, HEADER_LEN).map_err(io)?;
+    if hb.len() < HEADER_LEN {
+        return Err(Error::corrupted(
+            name,
+            0,
+            format!("file is {file_len} bytes, shorter than its {HEADER_LEN}-byte header"),
+        ));
+    }
+    let header = FileHeader::decode(hb).map_err(|e| Error::corrupted(name, e.offset as u64, e.reason))?;
+    if let Some(exp) = expected_header
+        && exp != &header
+    {
+        return Err(Error::tampered(
+            name,
+            0,
+            format!(
+                "header (file {:016x}, kind {:?}, key {:016x}) does not match the manifest (file {:016x}, kind {:?}, key {:016x})",
+                header.file_id, header.kind, header.key_id, exp.file_id, exp.kind, exp.key_id
+            ),
+        ));
+    }
+    let mut out = ScanOutcome { end: HEADER_LEN as u64, ..Default::default() };
+    let mut off = HEADER_LEN as u64;
+    let mut index = 0u64;
+    while off < file_len {
+        let structural = {
+            let hdr = w.get(off, FRAME_HEADER_LEN).map_err(io)?;
+            match frame::decode_frame_header(hdr) {
+                Err(e) => Err(e),
+                Ok((len, _, _)) => {
+                    let total = FRAME_HEADER_LEN + len;
+                    let bytes = w.get(off, total).map_err(io)?;
+                    frame::decode_frame(bytes).map(|raw| (raw.flags, raw.body.len()))
+                }
+            }
+        };
+        let (flags, body_len) = match structural {
+            Ok(x) => x,
+            Err(fe) => {
+                if expect == Expect::Recovering && !valid_frame_after(&mut w, off + 1).map_err(io)? {
+                    out.torn = Some((off, fe.to_string()));
+                    return Ok(out);
+                }
+                return Err(match fe {
+                    FrameError::Truncated { .. } => Error::tampered(name, off, format!("file truncated: {fe}")),
+                    _ => Error::corrupted(name, off, fe.to_string()),
+                });
+            }
+        };
+        let total = FRAME_HEADER_LEN + body_len;
+        let bytes = w.get(off, total).map_err(io)?;
+        let raw = frame::RawFrame { flags, body: &bytes[FRAME_HEADER_LEN..] };
+        let payload = match key {
+            Some(k) => k.open(index, &raw).map_err(|_| {
+                Error::tampered(
+                    name,
+                    off,
+                    format!("frame {index} failed authentication (tampered, moved or reordered)"),
+                )
+            })?,
+            None => Vec::new(),
+        };
+        if raw.is_last() {
+            if let Some(_k) = key {
+                match decode_final_payload(&payload) {
+                    Some((n, b)) if n == index && b == out.payload_bytes => {}
+                    _ => {
+                        return Err(Error::tampered(
+                            name,
+                            off,
+                            format!("final frame does not match the {index} frames before it"),
+                        ));
+                    }
+                }
+            }
+            out.final_frame = true;
+            off += total as u64;
+            out.end = off;
+            if off != file_len {
+                return Err(Error::tampered(name, off, "data after the final frame"));
+            }
+            break;
+        }
+        visit(index, off, &payload)?;
+        out.frames += 1;
+        out.payload_bytes += payload.len() as u64;
+        index += 1;
+        off += total as u64;
+        out.end = off;
+    }
+    if let Expect::Sealed { frames, len, final_frame } = expect {
+        if file_len != len {
+            return Err(Error::tampered(
+                name,
+                file_len.min(len),
+                format!("file is {file_len} bytes, the manifest says {len}"),
+            ));
+        }
+        if out.frames != frames || out.final_frame != final_frame {
+            return Err(Error::tampered(
+                name,
+                out.end,
+                format!(
+                    "file holds {} frames{}, the manifest says {frames}{}",
+                    out.frames,
+                    if out.final_frame { " and a final frame" } else { "" },
+                    if final_frame { " and a final frame" } else { "" }
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a CRC-valid frame starts anywhere in `from..len`. Used to tell a
+/// torn tail (nothing valid after the damage) from damage in the middle.
+/// Gives up (answering "yes", the conservative answer) past a work budget.
+fn valid_frame_after(w: &mut Window<'_>, from: u64) -> std::io::Result<bool> {
+    let len = w.len;
+    if from >= len {
+        return Ok(false);
+    }
+    let remaining = (len - from) as usize;
+    if remaining > 4 * (MAX_BODY + FRAME_HEADER_LEN) {
+        return Ok(true);
+    }
+    let rest = w.get(from, remaining)?.to_vec();
+    let mut budget: usize = 256 << 20;
+    for p in 0..rest.len() {
+        if let Ok((blen, _, _)) = frame::decode_frame_header(&rest[p..]) {
+            if p + FRAME_HEADER_LEN + blen <= rest.len() {
+                if budget < blen {
+                    return Ok(true);
+                }
+                budget -= blen;
+                if frame::decode_frame(&rest[p..]).is_ok() {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
+}

@@ -1,0 +1,1052 @@
+//! The encrypted file store: one data directory, one keyring (master key
+//! versions, wrapped data keys, the manifest of live files), append-only
+//! record streams that roll across files, write-once files for snapshots and
+//! the like, crash recovery, and the single-writer lock.
+//!
+//! Layout of a data directory:
+//!
+//! ```text
+//! LOCK                      advisory lock (empty)
+//! keyring                   keyring + manifest (replaced atomically)
+//! 00000000000000XX.seg|wal|snap|idx|cat|audit    data files, named by opaque id
+//! ```
+
+use super::segment::{Expect, FileWriter, ScanOutcome, scan};
+use super::vfs::{LockGuard, OpenMode, StdFs, Vfs};
+use crate::crypto::aead::Backend;
+use crate::crypto::kdf::{Argon2Params, argon2id};
+use crate::crypto::keys::{SecretKey, ct_eq};
+use crate::crypto::keysource::{KeySource, Material};
+use crate::format::frame::{FrameKey, MAX_PAYLOAD};
+use crate::format::header::FileHeader;
+use crate::format::keyring::{
+    self, FileEntry, FileState, KeyringBody, KeyringHeader, MasterCheck, MasterRecord, MasterSpec, MasterState,
+};
+use crate::format::{DB_ID_LEN, FileKind, file_name, parse_file_name};
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Name of the keyring file.
+pub const KEYRING_FILE: &str = "keyring";
+/// Name of the temporary file a new keyring is written to before the rename.
+pub const KEYRING_TMP: &str = "keyring.tmp";
+/// Name of the lock file.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// How to open a store.
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// The file system (the real one by default).
+    pub vfs: Arc<dyn Vfs>,
+    /// A stream's file rolls before it would grow past this many bytes.
+    pub segment_size: u64,
+    /// A stream's file rolls before its frame count reaches this (keeps
+    /// every key far below the AES-GCM usage bound of 2^32 messages).
+    pub max_frames_per_file: u64,
+    /// Open without writing anything (shared lock; no recovery, no merge).
+    pub read_only: bool,
+    /// AES-GCM implementation for frames.
+    pub backend: Backend,
+    /// Sealed stream files smaller than this are "small" and get merged.
+    pub small_file_bytes: u64,
+    /// Merge a run of small sealed files once it is at least this long.
+    pub merge_min_files: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            vfs: Arc::new(StdFs),
+            segment_size: 32 << 20,
+            max_frames_per_file: 1 << 24,
+            read_only: false,
+            backend: Backend::Ring,
+            small_file_bytes: 1 << 20,
+            merge_min_files: 8,
+        }
+    }
+}
+
+/// How to create a store.
+#[derive(Clone, Default)]
+pub struct CreateOptions {
+    /// Argon2id cost, used when the key source is a passphrase.
+    pub argon2: Argon2Params,
+    /// Options for the store once created.
+    pub store: StoreOptions,
+}
+
+/// Where a record lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordPos {
+    /// File id.
+    pub file_id: u64,
+    /// Frame index in the file.
+    pub index: u64,
+    /// Byte offset of the frame.
+    pub offset: u64,
+}
+
+/// A live file, as the manifest describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// File id.
+    pub file_id: u64,
+    /// File name in the data directory.
+    pub name: String,
+    /// What it holds.
+    pub kind: FileKind,
+    /// Stream it belongs to.
+    pub stream: u32,
+    /// Position within the stream.
+    pub ordinal: u64,
+    /// Id of its data key.
+    pub key_id: u64,
+    /// Master key version wrapping its data key.
+    pub kek_version: u32,
+    /// Lifecycle state.
+    pub state: FileState,
+    /// Application metadata.
+    pub meta: Vec<u8>,
+}
+
+impl FileInfo {
+    fn from_entry(e: &FileEntry) -> Self {
+        FileInfo {
+            file_id: e.file_id,
+            name: file_name(e.file_id, e.kind),
+            kind: e.kind,
+            stream: e.stream,
+            ordinal: e.ordinal,
+            key_id: e.key_id,
+            kek_version: e.wrapped.kek_version,
+            state: e.state,
+            meta: e.meta.clone(),
+        }
+    }
+}
+
+/// Something recovery did at open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryEvent {
+    /// A torn tail was cut off a file left active by a crash.
+    TruncatedTornTail {
+        /// File name.
+        file: String,
+        /// Offset the file was truncated to.
+        offset: u64,
+        /// Why the tail was judged torn.
+        reason: String,
+    },
+    /// A file left active by a crash was sealed through the manifest.
+    Sealed {
+        /// File name.
+        file: String,
+        /// Data frames kept.
+        frames: u64,
+    },
+    /// A file left active by a crash held no record and was removed.
+    RemovedEmpty {
+        /// File name.
+        file: String,
+    },
+    /// A file not in the manifest (an interrupted creation) was removed.
+    RemovedOrphan {
+        /// File name.
+        file: String,
+    },
+    /// Small sealed files were merged into one under a fresh data key.
+    Merged {
+        /// Files merged.
+        files: usize,
+        /// The new file.
+        into: String,
+    },
+}
+
+/// A file written completely but not yet in the manifest; [`Store::commit`] adds it.
+/// Dropped uncommitted, its file is removed.
+pub struct PendingFile {
+    entry: FileEntry,
+    path: PathBuf,
+    vfs: Arc<dyn Vfs>,
+    committed: bool,
+}
+
+impl PendingFile {
+    /// Its file id.
+    pub fn file_id(&self) -> u64 {
+        self.entry.file_id
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = self.vfs.remove_file(&self.path);
+        }
+    }
+}
+
+/// Builds a write-once file (snapshot, index, catalog, merged segment...).
+pub struct FileBuilder<'s> {
+    store: &'s Store,
+    writer: FileWriter,
+    entry: FileEntry,
+    path: PathBuf,
+    done: bool,
+}
+
+impl FileBuilder<'_> {
+    /// Append one record.
+    pub fn append(&mut self, payload: &[u8]) -> Result<RecordPos> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(Error::InvalidArgument(format!(
+                "record of {} bytes exceeds the {MAX_PAYLOAD}-byte limit",
+                payload.len()
+            )));
+        }
+        if self.writer.frames() + 1 >= self.store.opts.max_frames_per_file {
+            return Err(Error::InvalidArgument("too many records for one file".into()));
+        }
+        let (index, offset) = self.writer.append(payload)?;
+        Ok(RecordPos { file_id: self.entry.file_id, index, offset })
+    }
+
+    /// Seal and sync the file; it joins the manifest on [`Store::commit`].
+    pub fn finish(mut self) -> Result<PendingFile> {
+        let (frames, len) = self.writer.finish()?;
+        self.done = true;
+        let mut entry = self.entry.clone();
+        entry.state = FileState::Sealed { frames, len, final_frame: true };
+        Ok(PendingFile { entry, path: self.path.clone(), vfs: self.store.opts.vfs.clone(), committed: false })
+    }
+}
+
+impl Drop for FileBuilder<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.store.opts.vfs.remove_file(&self.path);
+        }
+    }
+}
+
+/// An atomic change to the manifest.
+#[derive(Default)]
+pub struct Edit {
+    /// Finished files to add.
+    pub add: Vec<PendingFile>,
+    /// Live files to remove (deleted from disk once the change is durable).
+    pub remove: Vec<u64>,
+    /// New application root, if it changes.
+    pub root: Option<Vec<u8>>,
+}
+
+struct Inner {
+    header: KeyringHeader,
+    body: KeyringBody,
+    master: SecretKey,
+    wrap_key: SecretKey,
+    writers: HashMap<u32, FileWriter>,
+    keys: HashMap<u64, Arc<FrameKey>>,
+    poisoned: Option<String>,
+    closed: bool,
+}
+
+/// An open data directory.
+pub struct Store {
+    dir: PathBuf,
+    opts: StoreOptions,
+    db_id: [u8; DB_ID_LEN],
+    inner: Mutex<Inner>,
+    recovery: Vec<RecoveryEvent>,
+    _lock: Box<dyn LockGuard>,
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Derive the master key for `spec` from key-source material.
+fn master_for(material: &Material, spec: &MasterSpec) -> Result<Option<SecretKey>> {
+    Ok(match (material, spec) {
+        (Material::Key(k), MasterSpec::Key) => Some(k.duplicate()),
+        (Material::Passphrase(p), MasterSpec::Passphrase { params, salt }) => Some(argon2id(p, salt, *params)?),
+        _ => None,
+    })
+}
+
+impl Store {
+    /// Create a new database in `dir` (which must be missing or empty).
+    pub fn create(dir: impl AsRef<Path>, key: &KeySource, opts: CreateOptions) -> Result<Store> {
+        let dir = dir.as_ref().to_path_buf();
+        let vfs = opts.store.vfs.clone();
+        if vfs.exists(&dir).map_err(|e| Error::io("checking", &dir, e))? {
+            let entries = vfs.read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))?;
+            if !entries.is_empty() {
+                return Err(Error::AlreadyExists(format!(
+                    "{} is not empty ({} entries); init needs a new or empty directory",
+                    dir.display(),
+                    entries.len()
+                )));
+            }
+        }
+        if opts.store.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let material = key.material()?;
+        vfs.create_dir_all(&dir).map_err(|e| Error::io("creating directory", &dir, e))?;
+        let lock = vfs
+            .try_lock(&dir.join(LOCK_FILE), true)
+            .map_err(|e| Error::io("locking", dir.join(LOCK_FILE), e))?
+            .ok_or_else(|| Error::InUse { path: dir.clone() })?;
+        let mut db_id = [0u8; DB_ID_LEN];
+        crate::crypto::random_bytes(&mut db_id)?;
+        let spec = match &material {
+            Material::Key(_) => MasterSpec::Key,
+            Material::Passphrase(_) => {
+                opts.argon2.validate()?;
+                let mut salt = [0u8; 16];
+                crate::crypto::random_bytes(&mut salt)?;
+                MasterSpec::Passphrase { params: opts.argon2, salt }
+            }
+        };
+        let master = master_for(&material, &spec)?.ok_or_else(|| Error::KeySource("key material mismatch".into()))?;
+        let header = KeyringHeader {
+            db_id,
+            generation: 0,
+            write_salt: [0; 32],
+            active: MasterCheck { version: 1, spec, kcv: keyring::key_check_value(&master, &db_id) },
+            retired: Vec::new(),
+        };
+        let now = now_unix();
+        let body = KeyringBody {
+            next_id: 1,
+            created_unix: now,
+            masters: vec![MasterRecord { version: 1, created_unix: now, state: MasterState::Active }],
+            files: Vec::new(),
+            root: Vec::new(),
+        };
+        let wrap_key = keyring::wrap_key(&master, &db_id);
+        let store = Store {
+            dir: dir.clone(),
+            opts: opts.store,
+            db_id,
+            inner: Mutex::new(Inner {
+                header,
+                body: body.clone(),
+                master,
+                wrap_key,
+                writers: HashMap::new(),
+                keys: HashMap::new(),
+                poisoned: None,
+                closed: false,
+            }),
+            recovery: Vec::new(),
+            _lock: lock,
+        };
+        {
+            let mut inner = store.lock_inner();
+            store.persist(&mut inner, body)?;
+        }
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            vfs.sync_dir(parent).map_err(|e| Error::io("syncing directory", parent, e))?;
+        }
+        Ok(store)
+    }
+
+    /// Open an existing database. A wrong key fails before anything is written.
+    pub fn open(dir: impl AsRef<Path>, key: &KeySource, opts: StoreOptions) -> Result<Store> {
+        let dir = dir.as_ref().to_path_buf();
+        let vfs = opts.vfs.clone();
+        let kr_path = dir.join(KEYRING_FILE);
+        if !vfs.exists(&kr_path).map_err(|e| Error::io("checking", &kr_path, e))? {
+            return Err(Error::NotADatabase { path: dir });
+        }
+        let lock = vfs
+            .try_lock(&dir.join(LOCK_FILE), !opts.read_only)
+            .map_err(|e| Error::io("locking", dir.join(LOCK_FILE), e))?
+            .ok_or_else(|| Error::InUse { path: dir.clone() })?;
+        let bytes = read_keyring_bytes(vfs.as_ref(), &kr_path)?;
+        let sealed =
+            keyring::decode_keyring(&bytes).map_err(|e| Error::corrupted(KEYRING_FILE, e.offset as u64, e.reason))?;
+        let material = key.material()?;
+        let header = sealed.header.clone();
+        let master = match master_for(&material, &header.active.spec)? {
+            Some(m) if ct_eq(&keyring::key_check_value(&m, &header.db_id), &header.active.kcv) => m,
+            candidate => {
+                for r in &header.retired {
+                    if let Some(m) = master_for(&material, &r.spec)?
+                        && ct_eq(&keyring::key_check_value(&m, &header.db_id), &r.kcv)
+                    {
+                        return Err(Error::KeyRetired { version: r.version });
+                    }
+                }
+                return Err(Error::WrongKey(match (candidate, &header.active.spec) {
+                    (None, MasterSpec::Passphrase { .. }) => {
+                        "this database is unlocked with a passphrase, but a key was given".into()
+                    }
+                    (None, MasterSpec::Key) => format!(
+                        "this database is unlocked with a key (file, variable or command), but a {} was given",
+                        key.describe()
+                    ),
+                    (Some(_), _) => format!(
+                        "the {} does not open this database (master key version {})",
+                        key.describe(),
+                        header.active.version
+                    ),
+                }));
+            }
+        };
+        let plain = keyring::open_keyring(&sealed, &master).map_err(|_| {
+            Error::tampered(KEYRING_FILE, sealed.header_bytes.len() as u64, "keyring body failed authentication")
+        })?;
+        let body = KeyringBody::decode(&plain)
+            .map_err(|e| Error::corrupted(KEYRING_FILE, (sealed.header_bytes.len() + e.offset) as u64, e.reason))?;
+        drop(plain);
+        let wrap_key = keyring::wrap_key(&master, &header.db_id);
+        let mut store = Store {
+            dir,
+            db_id: header.db_id,
+            opts,
+            inner: Mutex::new(Inner {
+                header,
+                body,
+                master,
+                wrap_key,
+                writers: HashMap::new(),
+                keys: HashMap::new(),
+                poisoned: None,
+                closed: false,
+            }),
+            recovery: Vec::new(),
+            _lock: lock,
+        };
+        if !store.opts.read_only {
+            store.recovery = store.recover()?;
+            let merged = store.merge_small_files()?;
+            store.recovery.extend(merged);
+        }
+        Ok(store)
+    }
+
+    fn lock_inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The database id (random, fixed at creation).
+    pub fn db_id(&self) -> [u8; DB_ID_LEN] {
+        self.db_id
+    }
+
+    /// The options this store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+
+    /// What recovery did when this store was opened.
+    pub fn recovery_events(&self) -> &[RecoveryEvent] {
+        &self.recovery
+    }
+
+    /// The active master key version.
+    pub fn master_version(&self) -> u32 {
+        self.lock_inner().header.active.version
+    }
+
+    /// The keyring's write generation.
+    pub fn keyring_generation(&self) -> u64 {
+        self.lock_inner().header.generation
+    }
+
+    /// Every live file.
+    pub fn files(&self) -> Vec<FileInfo> {
+        let inner = self.lock_inner();
+        let mut v: Vec<FileInfo> = inner.body.files.iter().map(FileInfo::from_entry).collect();
+        v.sort_by_key(|f| (f.stream, f.ordinal, f.file_id));
+        v
+    }
+
+    /// The live files of one stream, in stream order.
+    pub fn stream_files(&self, stream: u32) -> Vec<FileInfo> {
+        self.files().into_iter().filter(|f| f.stream == stream).collect()
+    }
+
+    /// The application root.
+    pub fn root(&self) -> Vec<u8> {
+        self.lock_inner().body.root.clone()
+    }
+
+    /// Whether an earlier failure made the store refuse writes.
+    pub fn poisoned(&self) -> Option<String> {
+        self.lock_inner().poisoned.clone()
+    }
+
+    fn check_writable(&self, inner: &Inner) -> Result<()> {
+        if self.opts.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if let Some(p) = &inner.poisoned {
+            return Err(Error::Poisoned(p.clone()));
+        }
+        if inner.closed {
+            return Err(Error::InvalidArgument("the store is closed".into()));
+        }
+        Ok(())
+    }
+
+    fn poison(inner: &mut Inner, e: &Error) {
+        if inner.poisoned.is_none() {
+            inner.poisoned = Some(e.to_string());
+        }
+    }
+
+    /// Write `body` as the new keyring: temp file, fsync, rename, fsync directory.
+    fn persist(&self, inner: &mut Inner, body: KeyringBody) -> Result<()> {
+        self.check_writable(inner)?;
+        let mut header = inner.header.clone();
+        header.generation += 1;
+        crate::crypto::random_bytes(&mut header.write_salt)?;
+        let bytes = keyring::encode_keyring(&header, &body, &inner.master)
+            .map_err(|_| Error::InvalidArgument("keyring too large to seal".into()))?;
+        let vfs = &self.opts.vfs;
+        let tmp = self.dir.join(KEYRING_TMP);
+        let dst = self.dir.join(KEYRING_FILE);
+        let written = vfs.open(&tmp, OpenMode::Truncate).and_then(|f| {
+            f.write_all_at(&bytes, 0)?;
+            f.sync_data()
+        });
+        if let Err(e) = written {
+            // The old keyring is untouched; nothing to guess about.
+            let _ = vfs.remove_file(&tmp);
+            return Err(Error::io("writing", tmp, e));
+        }
+        if let Err(e) = vfs.rename(&tmp, &dst).and_then(|()| vfs.sync_dir(&self.dir)) {
+            let err = Error::io("replacing", dst, e);
+            Self::poison(inner, &err);
+            return Err(err);
+        }
+        inner.header = header;
+        inner.body = body;
+        Ok(())
+    }
+
+    fn frame_key(&self, inner: &mut Inner, e: &FileEntry) -> Result<Arc<FrameKey>> {
+        if let Some(k) = inner.keys.get(&e.file_id) {
+            return Ok(k.clone());
+        }
+        let name = file_name(e.file_id, e.kind);
+        if e.wrapped.kek_version != inner.header.active.version {
+            return Err(Error::tampered(
+                KEYRING_FILE,
+                0,
+                format!(
+                    "data key of {name} is wrapped under master version {}, not the active one",
+                    e.wrapped.kek_version
+                ),
+            ));
+        }
+        let dek = keyring::unwrap_dek(&inner.wrap_key, &self.db_id, e)
+            .map_err(|_| Error::tampered(KEYRING_FILE, 0, format!("data key of {name} failed to unwrap")))?;
+        let k = Arc::new(FrameKey::derive(
+            &dek,
+            &self.db_id,
+            &FileHeader::new(e.kind, e.file_id, e.key_id),
+            self.opts.backend,
+        ));
+        inner.keys.insert(e.file_id, k.clone());
+        Ok(k)
+    }
+
+    /// Start a new file: fresh random data key, header written and synced.
+    fn new_file(
+        &self,
+        inner: &mut Inner,
+        kind: FileKind,
+        stream: u32,
+        ordinal: u64,
+        meta: Vec<u8>,
+    ) -> Result<(FileWriter, FileEntry, PathBuf)> {
+        self.check_writable(inner)?;
+        let file_id = inner.body.next_id;
+        let key_id = file_id + 1;
+        inner.body.next_id += 2;
+        let dek = SecretKey::random()?;
+        let header = FileHeader::new(kind, file_id, key_id);
+        let wrapped =
+            keyring::wrap_dek(&inner.wrap_key, inner.header.active.version, &self.db_id, file_id, key_id, kind, &dek)?;
+        let fk = Arc::new(FrameKey::derive(&dek, &self.db_id, &header, self.opts.backend));
+        let name = file_name(file_id, kind);
+        let path = self.dir.join(&name);
+        let w = FileWriter::create(self.opts.vfs.as_ref(), &path, name, header, fk.clone())?;
+        inner.keys.insert(file_id, fk);
+        let entry = FileEntry { file_id, kind, key_id, wrapped, state: FileState::Active, stream, ordinal, meta };
+        Ok((w, entry, path))
+    }
+
+    fn next_ordinal(inner: &Inner, stream: u32) -> u64 {
+        inner.body.files.iter().filter(|f| f.stream == stream).map(|f| f.ordinal + 1).max().unwrap_or(0)
+    }
+
+    /// Append a record to `stream` (files of `kind`). Rolls to a new file
+    /// (with a new data key) when the current one is full; the first append
+    /// of a session always starts a new file. Not durable until [`Store::sync`].
+    pub fn append(&self, stream: u32, kind: FileKind, payload: &[u8]) -> Result<RecordPos> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(Error::InvalidArgument(format!(
+                "record of {} bytes exceeds the {MAX_PAYLOAD}-byte limit",
+                payload.len()
+            )));
+        }
+        if kind == FileKind::Keyring {
+            return Err(Error::InvalidArgument("the keyring is not a stream".into()));
+        }
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
+        self.check_writable(inner)?;
+        let need_roll = match inner.writers.get(&stream) {
+            None => true,
+            Some(w) => {
+                if w.header.kind != kind {
+                    return Err(Error::InvalidArgument(format!(
+                        "stream {stream} holds {:?} files, not {kind:?}",
+                        w.header.kind
+                    )));
+                }
+                let fin = FileWriter::frame_len(crate::format::frame::FINAL_PAYLOAD_LEN);
+                (w.frames() > 0 && w.offset + FileWriter::frame_len(payload.len()) + fin > self.opts.segment_size)
+                    || w.frames() + 1 >= self.opts.max_frames_per_file
+            }
+        };
+        if need_roll {
+            if let Some(mut w) = inner.writers.remove(&stream) {
+                self.seal_writer(inner, &mut w)?;
+            }
+            let ordinal = Self::next_ordinal(inner, stream);
+            let (w, entry, _) = self.new_file(inner, kind, stream, ordinal, Vec::new())?;
+            let mut body = inner.body.clone();
+            body.files.push(entry);
+            if let Err(e) = self.persist(inner, body) {
+                let _ = self.opts.vfs.remove_file(&self.dir.join(&w.name));
+                return Err(e);
+            }
+            inner.writers.insert(stream, w);
+        }
+        let Some(w) = inner.writers.get_mut(&stream) else {
+            return Err(Error::InvalidArgument("no writer".into()));
+        };
+        match w.append(payload) {
+            Ok((index, offset)) => Ok(RecordPos { file_id: w.header.file_id, index, offset }),
+            Err(e) => {
+                Self::poison(inner, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Make every appended record durable. After a failure the store refuses
+    /// further writes (reopen to recover).
+    pub fn sync(&self) -> Result<()> {
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
+        if let Some(p) = &inner.poisoned {
+            return Err(Error::Poisoned(p.clone()));
+        }
+        for w in inner.writers.values() {
+            if let Err(e) = w.sync() {
+                Self::poison(inner, &e);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn seal_writer(&self, inner: &mut Inner, w: &mut FileWriter) -> Result<()> {
+        let (frames, len) = match w.finish() {
+            Ok(x) => x,
+            Err(e) => {
+                Self::poison(inner, &e);
+                return Err(e);
+            }
+        };
+        let mut body = inner.body.clone();
+        if let Some(e) = body.files.iter_mut().find(|e| e.file_id == w.header.file_id) {
+            e.state = FileState::Sealed { frames, len, final_frame: true };
+        }
+        self.persist(inner, body)
+    }
+
+    /// Seal the current file of `stream`, if any; the next append starts a new one.
+    pub fn seal_stream(&self, stream: u32) -> Result<()> {
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
+        if let Some(mut w) = inner.writers.remove(&stream) {
+            self.seal_writer(inner, &mut w)?;
+        }
+        Ok(())
+    }
+
+    /// Seal every active file and release the store.
+    pub fn close(self) -> Result<()> {
+        self.close_inner()
+    }
+
+    fn close_inner(&self) -> Result<()> {
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
+        if inner.closed || self.opts.read_only {
+            inner.closed = true;
+            return Ok(());
+        }
+        let streams: Vec<u32> = inner.writers.keys().copied().collect();
+        for s in streams {
+            if let Some(mut w) = inner.writers.remove(&s) {
+                self.seal_writer(inner, &mut w)?;
+            }
+        }
+        inner.closed = true;
+        Ok(())
+    }
+
+    /// Start a write-once file.
+    pub fn build_file(&self, kind: FileKind, stream: u32, meta: Vec<u8>) -> Result<FileBuilder<'_>> {
+        if meta.len() > keyring::MAX_FILE_META {
+            return Err(Error::InvalidArgument("file metadata too large".into()));
+        }
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
+        let ordinal = Self::next_ordinal(inner, stream);
+        let (writer, entry, path) = self.new_file(inner, kind, stream, ordinal, meta)?;
+        Ok(FileBuilder { store: self, writer, entry, path, done: false })
+    }
+
+    /// Apply an [`Edit`] atomically: after a crash either all of it is in
+    /// the manifest or none of it.
+    pub fn commit(&self, mut edit: Edit) -> Result<()> {
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
+        self.check_writable(inner)?;
+        let mut body = inner.body.clone();
+        for id in &edit.remove {
+            if inner.writers.values().any(|w| w.header.file_id == *id) {
+                return Err(Error::InvalidArgument(format!("file {id:016x} is being written")));
+            }
+            if !body.files.iter().any(|f| f.file_id == *id) {
+                return Err(Error::NotFound(format!("file {id:016x}")));
+            }
+        }
+        let removed: Vec<FileEntry> = body.files.iter().filter(|f| edit.remove.contains(&f.file_id)).cloned().collect();
+        body.files.retain(|f| !edit.remove.contains(&f.file_id));
+        for p in &edit.add {
+            body.files.push(p.entry.clone());
+        }
+        if let Some(r) = edit.root.take() {
+            if r.len() > keyring::MAX_ROOT {
+                return Err(Error::InvalidArgument("root too large".into()));
+            }
+            body.root = r;
+        }
+        self.persist(inner, body)?;
+        for p in &mut edit.add {
+            p.committed = true;
+        }
+        for e in removed {
+            inner.keys.remove(&e.file_id);
+            let _ = self.opts.vfs.remove_file(&self.dir.join(file_name(e.file_id, e.kind)));
+        }
+        Ok(())
+    }
+
+    /// Replace the application root atomically.
+    pub fn set_root(&self, root: Vec<u8>) -> Result<()> {
+        self.commit(Edit { root: Some(root), ..Edit::default() })
+    }
+
+    fn entry(&self, inner: &Inner, file_id: u64) -> Result<FileEntry> {
+        inner
+            .body
+            .files
+            .iter()
+            .find(|f| f.file_id == file_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("file {file_id:016x} is not in the manifest")))
+    }
+
+    /// Read every record of a live file, verifying each frame (CRC, then
+    /// authentication), the sealing frame and the manifest's length and count.
+    pub fn read_file(
+        &self,
+        file_id: u64,
+        mut visit: impl FnMut(RecordPos, &[u8]) -> Result<()>,
+    ) -> Result<ScanOutcome> {
+        let (entry, key, expect) = {
+            let mut guard = self.lock_inner();
+            let inner = &mut *guard;
+            let entry = self.entry(inner, file_id)?;
+            let key = self.frame_key(inner, &entry)?;
+            let expect = match (entry.state, inner.writers.values().find(|w| w.header.file_id == file_id)) {
+                (_, Some(w)) => Expect::Live { len: w.offset },
+                (FileState::Sealed { frames, len, final_frame }, None) => Expect::Sealed { frames, len, final_frame },
+                (FileState::Active, None) => Expect::Recovering,
+            };
+            (entry, key, expect)
+        };
+        let name = file_name(entry.file_id, entry.kind);
+        let path = self.dir.join(&name);
+        let f = self.opts.vfs.open(&path, OpenMode::Read).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::tampered(&name, 0, "file listed in the manifest is missing")
+            } else {
+                Error::io("opening", &path, e)
+            }
+        })?;
+        let hdr = FileHeader::new(entry.kind, entry.file_id, entry.key_id);
+        let out = scan(f.as_ref(), &name, Some(&hdr), Some(&key), expect, |index, offset, p| {
+            visit(RecordPos { file_id, index, offset }, p)
+        })?;
+        if let Some((off, why)) = &out.torn {
+            return Err(Error::corrupted(&name, *off, format!("torn tail not yet recovered: {why}")));
+        }
+        Ok(out)
+    }
+
+    /// Read every record of a stream, file by file in stream order.
+    pub fn read_stream(&self, stream: u32, mut visit: impl FnMut(RecordPos, &[u8]) -> Result<()>) -> Result<()> {
+        for f in self.stream_files(stream) {
+            self.read_file(f.file_id, &mut visit)?;
+        }
+        Ok(())
+    }
+
+    /// Read one record by position.
+    pub fn read_record(&self, pos: RecordPos) -> Result<Vec<u8>> {
+        let (entry, key, limit) = {
+            let mut guard = self.lock_inner();
+            let inner = &mut *guard;
+            let entry = self.entry(inner, pos.file_id)?;
+            let key = self.frame_key(inner, &entry)?;
+            let limit = match (entry.state, inner.writers.values().find(|w| w.header.file_id == pos.file_id)) {
+                (_, Some(w)) => w.offset,
+                (FileState::Sealed { len, .. }, None) => len,
+                (FileState::Active, None) => u64::MAX,
+            };
+            (entry, key, limit)
+        };
+        let name = file_name(entry.file_id, entry.kind);
+        let path = self.dir.join(&name);
+        let f = self.opts.vfs.open(&path, OpenMode::Read).map_err(|e| Error::io("opening", &path, e))?;
+        let mut hdr = [0u8; crate::format::frame::FRAME_HEADER_LEN];
+        f.read_exact_at(&mut hdr, pos.offset)
+            .map_err(|_| Error::corrupted(&name, pos.offset, "record position past the end of the file"))?;
+        let (len, _, _) = crate::format::frame::decode_frame_header(&hdr)
+            .map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))?;
+        let total = hdr.len() + len;
+        if pos.offset.saturating_add(total as u64) > limit {
+            return Err(Error::corrupted(&name, pos.offset, "record extends past the end of the file"));
+        }
+        let mut buf = vec![0u8; total];
+        f.read_exact_at(&mut buf, pos.offset).map_err(|e| Error::io("reading", &path, e))?;
+        let raw =
+            crate::format::frame::decode_frame(&buf).map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))?;
+        if raw.is_last() {
+            return Err(Error::corrupted(&name, pos.offset, "position names the final frame, not a record"));
+        }
+        key.open(pos.index, &raw)
+            .map_err(|_| Error::tampered(&name, pos.offset, format!("frame {} failed authentication", pos.index)))
+    }
+
+    /// Recovery at open: remove interrupted creations, seal files left active
+    /// by a crash (truncating a torn tail), check every sealed file is present
+    /// with its recorded length.
+    fn recover(&self) -> Result<Vec<RecoveryEvent>> {
+        let vfs = self.opts.vfs.clone();
+        let mut events = Vec::new();
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
+        let names = vfs.read_dir(&self.dir).map_err(|e| Error::io("listing", &self.dir, e))?;
+        let live: std::collections::HashSet<u64> = inner.body.files.iter().map(|f| f.file_id).collect();
+        let mut dir_changed = false;
+        for n in &names {
+            if n == KEYRING_TMP {
+                vfs.remove_file(&self.dir.join(n)).map_err(|e| Error::io("removing", self.dir.join(n), e))?;
+                dir_changed = true;
+            } else if let Some((id, _)) = parse_file_name(n)
+                && !live.contains(&id)
+            {
+                vfs.remove_file(&self.dir.join(n)).map_err(|e| Error::io("removing", self.dir.join(n), e))?;
+                events.push(RecoveryEvent::RemovedOrphan { file: n.clone() });
+                dir_changed = true;
+            }
+        }
+        let mut body = inner.body.clone();
+        let mut drop_files = Vec::new();
+        let mut changed = false;
+        let entries = body.files.clone();
+        for e in &entries {
+            let name = file_name(e.file_id, e.kind);
+            let path = self.dir.join(&name);
+            let f = match vfs.open(&path, OpenMode::ReadWrite) {
+                Ok(f) => f,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::tampered(&name, 0, "file listed in the manifest is missing"));
+                }
+                Err(err) => return Err(Error::io("opening", &path, err)),
+            };
+            match e.state {
+                FileState::Sealed { len, .. } => {
+                    let actual = f.len().map_err(|err| Error::io("reading length of", &path, err))?;
+                    if actual != len {
+                        return Err(Error::tampered(
+                            &name,
+                            actual.min(len),
+                            format!("file is {actual} bytes, the manifest says {len}"),
+                        ));
+                    }
+                }
+                FileState::Active => {
+                    let key = self.frame_key(inner, e)?;
+                    let hdr = FileHeader::new(e.kind, e.file_id, e.key_id);
+                    let out = scan(f.as_ref(), &name, Some(&hdr), Some(&key), Expect::Recovering, |_, _, _| Ok(()))?;
+                    if let Some((off, why)) = &out.torn {
+                        f.set_len(*off)
+                            .and_then(|()| f.sync_data())
+                            .map_err(|err| Error::io("truncating torn tail of", &path, err))?;
+                        events.push(RecoveryEvent::TruncatedTornTail {
+                            file: name.clone(),
+                            offset: *off,
+                            reason: why.clone(),
+                        });
+                    }
+                    changed = true;
+                    if out.frames == 0 {
+                        drop_files.push((e.file_id, path.clone()));
+                        events.push(RecoveryEvent::RemovedEmpty { file: name.clone() });
+                    } else if let Some(m) = body.files.iter_mut().find(|m| m.file_id == e.file_id) {
+                        m.state = FileState::Sealed { frames: out.frames, len: out.end, final_frame: out.final_frame };
+                        events.push(RecoveryEvent::Sealed { file: name.clone(), frames: out.frames });
+                    }
+                }
+            }
+        }
+        if changed {
+            body.files.retain(|f| !drop_files.iter().any(|(id, _)| *id == f.file_id));
+            self.persist(inner, body)?;
+            for (id, p) in drop_files {
+                inner.keys.remove(&id);
+                vfs.remove_file(&p).map_err(|e| Error::io("removing", &p, e))?;
+                dir_changed = true;
+            }
+        }
+        if dir_changed {
+            vfs.sync_dir(&self.dir).map_err(|e| Error::io("syncing directory", &self.dir, e))?;
+        }
+        Ok(events)
+    }
+
+    /// Merge runs of small sealed stream files (left by many short sessions)
+    /// into one file under a fresh data key. Record order is preserved; record
+    /// positions in the merged files change.
+    pub fn merge_small_files(&self) -> Result<Vec<RecoveryEvent>> {
+        let mut events = Vec::new();
+        let files = self.files();
+        let active: Vec<u64> = self.lock_inner().writers.values().map(|w| w.header.file_id).collect();
+        let mut streams: Vec<u32> = files.iter().map(|f| f.stream).collect();
+        streams.dedup();
+        for s in streams {
+            let sf: Vec<&FileInfo> = files
+                .iter()
+                .filter(|f| f.stream == s && matches!(f.kind, FileKind::Segment | FileKind::Wal | FileKind::AuditLog))
+                .collect();
+            let mut run: Vec<&FileInfo> = Vec::new();
+            let mut runs = Vec::new();
+            for f in sf {
+                let small = matches!(f.state, FileState::Sealed { len, .. } if len < self.opts.small_file_bytes)
+                    && !active.contains(&f.file_id);
+                if small && run.first().is_none_or(|r| r.kind == f.kind) {
+                    run.push(f);
+                } else {
+                    if run.len() >= self.opts.merge_min_files {
+                        runs.push(std::mem::take(&mut run));
+                    }
+                    run.clear();
+                    if small {
+                        run.push(f);
+                    }
+                }
+            }
+            if run.len() >= self.opts.merge_min_files {
+                runs.push(run);
+            }
+            for run in runs {
+                let first = run[0];
+                let mut b = {
+                    let mut guard = self.lock_inner();
+                    let inner = &mut *guard;
+                    let (writer, mut entry, path) =
+                        self.new_file(inner, first.kind, s, first.ordinal, first.meta.clone())?;
+                    entry.ordinal = first.ordinal;
+                    FileBuilder { store: self, writer, entry, path, done: false }
+                };
+                for f in &run {
+                    self.read_file(f.file_id, |_, p| b.append(p).map(|_| ()))?;
+                }
+                let into = b.writer.name.clone();
+                let pending = b.finish()?;
+                self.commit(Edit { add: vec![pending], remove: run.iter().map(|f| f.file_id).collect(), root: None })?;
+                events.push(RecoveryEvent::Merged { files: run.len(), into });
+            }
+        }
+        Ok(events)
+    }
+
+    /// Sealed-file state of the manifest, for verification.
+    pub(crate) fn verify_plan(&self) -> Vec<(FileEntry, Option<Arc<FrameKey>>, Option<String>, Expect)> {
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
+        let entries = inner.body.files.clone();
+        let mut out = Vec::new();
+        for e in entries {
+            let (key, err) = match self.frame_key(inner, &e) {
+                Ok(k) => (Some(k), None),
+                Err(err) => (None, Some(err.to_string())),
+            };
+            let expect = match (e.state, inner.writers.values().find(|w| w.header.file_id == e.file_id)) {
+                (_, Some(w)) => Expect::Live { len: w.offset },
+                (FileState::Sealed { frames, len, final_frame }, None) => Expect::Sealed { frames, len, final_frame },
+                (FileState::Active, None) => Expect::Recovering,
+            };
+            out.push((e, key, err, expect));
+        }
+        out
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Best effort: seal open files so the next open need not recover them.
+        let _ = self.close_inner();
+    }
+}
+
+/// Read the keyring file with a size cap.
+pub(crate) fn read_keyring_bytes(vfs: &dyn Vfs, path: &Path) -> Result<Vec<u8>> {
+    let f = vfs.open(path, OpenMode::Read).map_err(|e| Error::io("opening", path, e))?;
+    let len = f.len().map_err(|e| Error::io("reading length of", path, e))?;
+    if len > (keyring::MAX_BODY + 1024 * 1024) as u64 {
+        return Err(Error::corrupted(
+            KEYRING_FILE,
+            0,
+            format!("keyring is {len} bytes, larger than any valid keyring"),
+        ));
+    }
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, 0).map_err(|e| Error::io("reading", path, e))?;
+    Ok(buf)
+}
