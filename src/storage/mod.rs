@@ -7,5 +7,8 @@ pub mod store;
 pub mod verify;
 pub mod vfs;
 
+#[cfg(test)]
+mod tests;
+
 pub use store::{CreateOptions, FileInfo, RecordPos, Store, StoreOptions};
 pub use vfs::{StdFs, Vfs, VfsFile};

@@ -42,6 +42,11 @@ pub struct VerifyReport {
     pub notes: Vec<String>,
 }
 
+/// The problem an integrity error describes (file and offset when it names them).
+pub fn locate_public(e: &Error) -> Problem {
+    locate(e, "keyring")
+}
+
 /// File and offset named by an error, when it names one.
 pub(crate) fn locate(e: &Error, default_file: &str) -> Problem {
     match e {
