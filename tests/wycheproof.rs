@@ -11,7 +11,8 @@ fn unhex(s: &str) -> Vec<u8> {
 
 #[test]
 fn aes_256_gcm_vectors_pass_on_both_backends() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/wycheproof/aes_gcm_test.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/wycheproof/aes_gcm_test.json"))
+        .unwrap();
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
     let (mut valid, mut invalid) = (0, 0);
     for g in doc["testGroups"].as_array().unwrap() {

@@ -128,7 +128,10 @@ fn run(cli: Cli) -> Result<u8, Error> {
     match cli.cmd {
         Command::Keygen { path } => {
             keygen(&path)?;
-            println!("wrote a new 256-bit master key to {} (mode 0600); keep it away from the data directory", path.display());
+            println!(
+                "wrote a new 256-bit master key to {} (mode 0600); keep it away from the data directory",
+                path.display()
+            );
             Ok(0)
         }
         Command::Init { dir, key, kdf_memory_mib, kdf_iterations, kdf_parallelism } => {

@@ -426,10 +426,7 @@ fn wrong_key_fails_fast_and_changes_nothing() {
 #[test]
 fn wrong_passphrase_fails_and_right_one_opens() {
     let fs = MemFs::new();
-    let co = CreateOptions {
-        argon2: crate::Argon2Params { m_cost_kib: 256, t_cost: 1, p_cost: 1 },
-        store: opts(&fs),
-    };
+    let co = CreateOptions { argon2: crate::Argon2Params { m_cost_kib: 256, t_cost: 1, p_cost: 1 }, store: opts(&fs) };
     let s = Store::create(dir(), &KeySource::passphrase("correct horse"), co).unwrap();
     s.append(1, FileKind::Segment, b"secret").unwrap();
     s.close().unwrap();
