@@ -3,6 +3,9 @@
 //! Exit codes: 0 ok · 1 operation failed · 2 usage · 3 key problem ·
 //! 4 integrity problem · 5 database in use.
 
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use clap::{Args, Parser, Subcommand};
 use driftdb::{Argon2Params, CreateOptions, Error, KeySource, Store, StoreOptions};
 use std::io::IsTerminal;

@@ -4,8 +4,11 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 
+/// (seen pairs, uses, reuses)
+type Record = (HashSet<([u8; 32], [u8; 12])>, u64, u64);
+
 thread_local! {
-    static SEEN: RefCell<Option<(HashSet<([u8; 32], [u8; 12])>, u64, u64)>> = const { RefCell::new(None) };
+    static SEEN: RefCell<Option<Record>> = const { RefCell::new(None) };
 }
 
 /// Start recording on this thread (clears earlier records).

@@ -388,7 +388,7 @@ pub fn decode_keyring(buf: &[u8]) -> Result<SealedKeyring<'_>, DecodeError> {
     }
     let len_at = r.pos();
     let body_len = r.u32("body length")? as usize;
-    if body_len > MAX_BODY || body_len < TAG_LEN || body_len != r.remaining() {
+    if !(TAG_LEN..=MAX_BODY).contains(&body_len) || body_len != r.remaining() {
         return Err(DecodeError {
             offset: len_at,
             reason: format!("keyring body length {body_len} does not match the file"),

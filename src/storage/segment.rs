@@ -299,15 +299,15 @@ fn valid_frame_after(w: &mut Window<'_>, from: u64) -> std::io::Result<bool> {
     let rest = w.get(from, remaining)?.to_vec();
     let mut budget: usize = 256 << 20;
     for p in 0..rest.len() {
-        if let Ok((blen, _, _)) = frame::decode_frame_header(&rest[p..]) {
-            if p + FRAME_HEADER_LEN + blen <= rest.len() {
-                if budget < blen {
-                    return Ok(true);
-                }
-                budget -= blen;
-                if frame::decode_frame(&rest[p..]).is_ok() {
-                    return Ok(true);
-                }
+        if let Ok((blen, _, _)) = frame::decode_frame_header(&rest[p..])
+            && p + FRAME_HEADER_LEN + blen <= rest.len()
+        {
+            if budget < blen {
+                return Ok(true);
+            }
+            budget -= blen;
+            if frame::decode_frame(&rest[p..]).is_ok() {
+                return Ok(true);
             }
         }
     }

@@ -49,7 +49,8 @@ pub struct StoreOptions {
     pub read_only: bool,
     /// AES-GCM implementation for frames.
     pub backend: Backend,
-    /// Sealed stream files smaller than this are "small" and get merged.
+    /// Sealed stream files smaller than this (and than a quarter of the
+    /// segment size) are "small"; runs of them are merged, up to a segment.
     pub small_file_bytes: u64,
     /// Merge a run of small sealed files once it is at least this long.
     pub merge_min_files: usize,
@@ -964,19 +965,30 @@ impl Store {
                 .iter()
                 .filter(|f| f.stream == s && matches!(f.kind, FileKind::Segment | FileKind::Wal | FileKind::AuditLog))
                 .collect();
+            let small_below = self.opts.small_file_bytes.min(self.opts.segment_size / 4);
+            let size = |f: &FileInfo| match f.state {
+                FileState::Sealed { len, .. } => len,
+                FileState::Active => u64::MAX,
+            };
             let mut run: Vec<&FileInfo> = Vec::new();
+            let mut run_bytes = 0u64;
             let mut runs = Vec::new();
             for f in sf {
-                let small = matches!(f.state, FileState::Sealed { len, .. } if len < self.opts.small_file_bytes)
-                    && !active.contains(&f.file_id);
-                if small && run.first().is_none_or(|r| r.kind == f.kind) {
+                let small = size(f) < small_below && !active.contains(&f.file_id);
+                if small
+                    && run.first().is_none_or(|r| r.kind == f.kind)
+                    && run_bytes + size(f) <= self.opts.segment_size
+                {
+                    run_bytes += size(f);
                     run.push(f);
                 } else {
                     if run.len() >= self.opts.merge_min_files {
                         runs.push(std::mem::take(&mut run));
                     }
                     run.clear();
+                    run_bytes = 0;
                     if small {
+                        run_bytes = size(f);
                         run.push(f);
                     }
                 }
@@ -1007,7 +1019,7 @@ impl Store {
     }
 
     /// Sealed-file state of the manifest, for verification.
-    pub(crate) fn verify_plan(&self) -> Vec<(FileEntry, Option<Arc<FrameKey>>, Option<String>, Expect)> {
+    pub(crate) fn verify_plan(&self) -> Vec<VerifyItem> {
         let mut guard = self.lock_inner();
         let inner = &mut *guard;
         let entries = inner.body.files.clone();
@@ -1027,6 +1039,9 @@ impl Store {
         out
     }
 }
+
+/// One file to verify: its entry, its frame key (or why there is none), what to expect.
+pub(crate) type VerifyItem = (FileEntry, Option<Arc<FrameKey>>, Option<String>, Expect);
 
 impl Drop for Store {
     fn drop(&mut self) {

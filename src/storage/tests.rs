@@ -247,7 +247,6 @@ fn every_single_byte_flip_in_a_sealed_segment_is_detected() {
     let fs = MemFs::new();
     let path = small_sealed(&fs);
     let original = fs.contents(&path).unwrap();
-    let expect: Vec<Vec<u8>> = (0..3).map(record).collect();
     let base = snapshot(&fs);
     for i in 0..original.len() {
         for x in [0x01u8, 0x80, 0xFF] {

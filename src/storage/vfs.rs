@@ -27,6 +27,10 @@ pub trait VfsFile: Send + Sync {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Current length.
     fn len(&self) -> io::Result<u64>;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// Truncate or extend.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Make written data durable.
