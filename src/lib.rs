@@ -17,6 +17,8 @@
 pub mod crypto;
 pub mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod storage;
 
 pub use crypto::kdf::Argon2Params;

@@ -66,13 +66,17 @@ impl MasterSpec {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let at = r.pos();
         let kind = r.u8("master kind")?;
-        let _reserved: [u8; 3] = r.array("reserved")?;
+        let reserved: [u8; 3] = r.array("reserved")?;
         let m = r.u32("argon2 memory")?;
         let t = r.u32("argon2 iterations")?;
         let p = r.u32("argon2 lanes")?;
         let salt: [u8; 16] = r.array("argon2 salt")?;
+        if reserved != [0; 3] {
+            return Err(DecodeError { offset: at + 1, reason: "reserved bytes are not zero".into() });
+        }
         match kind {
-            1 => Ok(MasterSpec::Key),
+            1 if m == 0 && t == 0 && p == 0 && salt == [0; 16] => Ok(MasterSpec::Key),
+            1 => Err(DecodeError { offset: at + 4, reason: "KDF fields set for a key (not passphrase) master".into() }),
             2 => {
                 let params = Argon2Params { m_cost_kib: m, t_cost: t, p_cost: p };
                 params.validate().map_err(|e| DecodeError { offset: at, reason: e.to_string() })?;

@@ -256,6 +256,22 @@ struct Inner {
     closed: bool,
 }
 
+impl Inner {
+    fn new(header: KeyringHeader, body: KeyringBody, master: SecretKey) -> Self {
+        let wrap_key = keyring::wrap_key(&master, &header.db_id);
+        Inner {
+            header,
+            body,
+            master,
+            wrap_key,
+            writers: HashMap::new(),
+            keys: HashMap::new(),
+            poisoned: None,
+            closed: false,
+        }
+    }
+}
+
 /// An open data directory.
 pub struct Store {
     dir: PathBuf,
@@ -330,21 +346,11 @@ impl Store {
             files: Vec::new(),
             root: Vec::new(),
         };
-        let wrap_key = keyring::wrap_key(&master, &db_id);
         let store = Store {
             dir: dir.clone(),
             opts: opts.store,
             db_id,
-            inner: Mutex::new(Inner {
-                header,
-                body: body.clone(),
-                master,
-                wrap_key,
-                writers: HashMap::new(),
-                keys: HashMap::new(),
-                poisoned: None,
-                closed: false,
-            }),
+            inner: Mutex::new(Inner::new(header, body.clone(), master)),
             recovery: Vec::new(),
             _lock: lock,
         };
@@ -407,21 +413,11 @@ impl Store {
         let body = KeyringBody::decode(&plain)
             .map_err(|e| Error::corrupted(KEYRING_FILE, (sealed.header_bytes.len() + e.offset) as u64, e.reason))?;
         drop(plain);
-        let wrap_key = keyring::wrap_key(&master, &header.db_id);
         let mut store = Store {
             dir,
             db_id: header.db_id,
             opts,
-            inner: Mutex::new(Inner {
-                header,
-                body,
-                master,
-                wrap_key,
-                writers: HashMap::new(),
-                keys: HashMap::new(),
-                poisoned: None,
-                closed: false,
-            }),
+            inner: Mutex::new(Inner::new(header, body, master)),
             recovery: Vec::new(),
             _lock: lock,
         };
