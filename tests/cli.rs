@@ -219,3 +219,34 @@ fn a_database_in_use_exits_5() {
     drop(held);
     assert_eq!(run(&["verify", "-d", d.to_str().unwrap(), "--key-file", k.to_str().unwrap()]).status.code(), Some(0));
 }
+
+#[test]
+fn keys_example_sources_work() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("keys-example");
+    let t = tempfile::tempdir().unwrap();
+    // The example key file, copied and made private as the README says.
+    let k = t.path().join("master.key");
+    std::fs::copy(root.join("example-master.key"), &k).unwrap();
+    std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let d = t.path().join("db");
+    let (code, _, err) = parts(&run(&["init", d.to_str().unwrap(), "--key-file", k.to_str().unwrap()]));
+    assert_eq!(code, 0, "{err}");
+    // The example key command prints the same key.
+    let cmd = root.join("key-command.sh");
+    let (code, _, err) = parts(&run(&["verify", "-d", d.to_str().unwrap(), "--key-command", cmd.to_str().unwrap()]));
+    assert_eq!(code, 0, "{err}");
+    // The example passphrase file's variable works for a passphrase database.
+    let env = std::fs::read_to_string(root.join("passphrase.env.example")).unwrap();
+    let line = env.lines().find(|l| l.starts_with("DRIFTDB_EXAMPLE_PASSPHRASE=")).unwrap();
+    let pass = line.split_once('=').unwrap().1.trim_matches('\'');
+    let d2 = t.path().join("db2");
+    let vars = [("DRIFTDB_EXAMPLE_PASSPHRASE", pass)];
+    let (code, _, err) =
+        parts(&run_env(&["init", d2.to_str().unwrap(), "--passphrase-env", "DRIFTDB_EXAMPLE_PASSPHRASE"], &vars));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = parts(&run_env(
+        &["verify", "-d", d2.to_str().unwrap(), "--passphrase-env", "DRIFTDB_EXAMPLE_PASSPHRASE"],
+        &vars,
+    ));
+    assert_eq!(code, 0, "{err}");
+}

@@ -698,7 +698,8 @@ impl Store {
     fn close_inner(&self) -> Result<()> {
         let mut guard = self.lock_inner();
         let inner = &mut *guard;
-        if inner.closed || self.opts.read_only {
+        if inner.closed || self.opts.read_only || inner.poisoned.is_some() {
+            // After a failure nothing more is written: the next open recovers.
             inner.closed = true;
             return Ok(());
         }
@@ -859,9 +860,11 @@ impl Store {
             .map_err(|_| Error::tampered(&name, pos.offset, format!("frame {} failed authentication", pos.index)))
     }
 
-    /// Recovery at open: remove interrupted creations, seal files left active
-    /// by a crash (truncating a torn tail), check every sealed file is present
-    /// with its recorded length.
+    /// Recovery at open: check every listed file is present with its
+    /// recorded length, scan files left active by a crash, and only when all
+    /// of that passed: remove interrupted creations, cut torn tails and seal
+    /// the crash-left files through the manifest. A check that fails changes
+    /// nothing on disk.
     fn recover(&self) -> Result<Vec<RecoveryEvent>> {
         let vfs = self.opts.vfs.clone();
         let mut events = Vec::new();
@@ -869,27 +872,15 @@ impl Store {
         let inner = &mut *guard;
         let names = vfs.read_dir(&self.dir).map_err(|e| Error::io("listing", &self.dir, e))?;
         let live: std::collections::HashSet<u64> = inner.body.files.iter().map(|f| f.file_id).collect();
-        let mut dir_changed = false;
-        for n in &names {
-            if n == KEYRING_TMP {
-                vfs.remove_file(&self.dir.join(n)).map_err(|e| Error::io("removing", self.dir.join(n), e))?;
-                dir_changed = true;
-            } else if let Some((id, _)) = parse_file_name(n)
-                && !live.contains(&id)
-            {
-                vfs.remove_file(&self.dir.join(n)).map_err(|e| Error::io("removing", self.dir.join(n), e))?;
-                events.push(RecoveryEvent::RemovedOrphan { file: n.clone() });
-                dir_changed = true;
-            }
-        }
-        let mut body = inner.body.clone();
-        let mut drop_files = Vec::new();
-        let mut changed = false;
-        let entries = body.files.clone();
+
+        // Phase 1: checks only.
+        let mut torn_cuts = Vec::new();
+        let mut new_states = Vec::new();
+        let entries = inner.body.files.clone();
         for e in &entries {
             let name = file_name(e.file_id, e.kind);
             let path = self.dir.join(&name);
-            let f = match vfs.open(&path, OpenMode::ReadWrite) {
+            let f = match vfs.open(&path, OpenMode::Read) {
                 Ok(f) => f,
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                     return Err(Error::tampered(&name, 0, "file listed in the manifest is missing"));
@@ -912,28 +903,43 @@ impl Store {
                     let hdr = FileHeader::new(e.kind, e.file_id, e.key_id);
                     let out = scan(f.as_ref(), &name, Some(&hdr), Some(&key), Expect::Recovering, |_, _, _| Ok(()))?;
                     if let Some((off, why)) = &out.torn {
-                        f.set_len(*off)
-                            .and_then(|()| f.sync_data())
-                            .map_err(|err| Error::io("truncating torn tail of", &path, err))?;
-                        events.push(RecoveryEvent::TruncatedTornTail {
-                            file: name.clone(),
-                            offset: *off,
-                            reason: why.clone(),
-                        });
+                        torn_cuts.push((path.clone(), name.clone(), *off, why.clone()));
                     }
-                    changed = true;
-                    if out.frames == 0 {
-                        drop_files.push((e.file_id, path.clone()));
-                        events.push(RecoveryEvent::RemovedEmpty { file: name.clone() });
-                    } else if let Some(m) = body.files.iter_mut().find(|m| m.file_id == e.file_id) {
-                        m.state = FileState::Sealed { frames: out.frames, len: out.end, final_frame: out.final_frame };
-                        events.push(RecoveryEvent::Sealed { file: name.clone(), frames: out.frames });
-                    }
+                    new_states.push((e.file_id, name, path, out));
                 }
             }
         }
-        if changed {
-            body.files.retain(|f| !drop_files.iter().any(|(id, _)| *id == f.file_id));
+
+        // Phase 2: changes.
+        let mut dir_changed = false;
+        for n in &names {
+            let orphan = matches!(parse_file_name(n), Some((id, _)) if !live.contains(&id));
+            if n == KEYRING_TMP || orphan {
+                vfs.remove_file(&self.dir.join(n)).map_err(|e| Error::io("removing", self.dir.join(n), e))?;
+                if orphan {
+                    events.push(RecoveryEvent::RemovedOrphan { file: n.clone() });
+                }
+                dir_changed = true;
+            }
+        }
+        for (path, name, off, why) in torn_cuts {
+            let f = vfs.open(&path, OpenMode::ReadWrite).map_err(|e| Error::io("opening", &path, e))?;
+            f.set_len(off).and_then(|()| f.sync_data()).map_err(|e| Error::io("truncating torn tail of", &path, e))?;
+            events.push(RecoveryEvent::TruncatedTornTail { file: name, offset: off, reason: why });
+        }
+        if !new_states.is_empty() {
+            let mut body = inner.body.clone();
+            let mut drop_files = Vec::new();
+            for (id, name, path, out) in new_states {
+                if out.frames == 0 {
+                    body.files.retain(|f| f.file_id != id);
+                    drop_files.push((id, path));
+                    events.push(RecoveryEvent::RemovedEmpty { file: name });
+                } else if let Some(m) = body.files.iter_mut().find(|m| m.file_id == id) {
+                    m.state = FileState::Sealed { frames: out.frames, len: out.end, final_frame: out.final_frame };
+                    events.push(RecoveryEvent::Sealed { file: name, frames: out.frames });
+                }
+            }
             self.persist(inner, body)?;
             for (id, p) in drop_files {
                 inner.keys.remove(&id);

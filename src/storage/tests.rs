@@ -613,3 +613,27 @@ fn verify_names_file_and_offset_of_damage() {
     let r = super::verify::verify_without_key(&dir(), &fs).unwrap();
     assert_eq!(r.problems[0].offset, off as u64, "the CRC catches it without a key");
 }
+
+#[test]
+fn a_failed_open_removes_and_truncates_nothing() {
+    let fs = MemFs::new();
+    let s = create(&fs);
+    s.append(1, FileKind::Segment, b"sealed").unwrap();
+    s.seal_stream(1).unwrap();
+    s.append(2, FileKind::Segment, b"active").unwrap();
+    s.sync().unwrap();
+    let sealed = dir().join(&s.stream_files(1)[0].name);
+    let active = dir().join(&s.stream_files(2)[0].name);
+    fs.crash();
+    drop(s);
+    // An orphan, a torn tail on the active file, and a missing sealed file.
+    fs.put(&dir().join("00000000000000ff.seg"), b"orphan");
+    let mut a = fs.contents(&active).unwrap();
+    a.extend_from_slice(&[9, 0, 0]);
+    fs.put(&active, &a);
+    use crate::storage::vfs::Vfs;
+    fs.remove_file(&sealed).unwrap();
+    let before = snapshot(&fs);
+    assert!(matches!(open(&fs), Err(Error::Tampered { .. })));
+    assert_eq!(snapshot(&fs), before, "recovery must not start before every check passed");
+}
