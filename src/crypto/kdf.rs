@@ -3,7 +3,6 @@
 
 use super::keys::{KEY_LEN, SecretKey};
 use crate::{Error, Result};
-use zeroize::Zeroizing;
 
 /// HKDF labels. Every derived key has its own, so no two purposes can ever
 /// share a key.
@@ -21,12 +20,12 @@ pub mod label {
 /// HKDF-SHA256(ikm, salt) expanded with `info` parts concatenated.
 pub fn hkdf(ikm: &[u8], salt: Option<&[u8]>, info: &[&[u8]]) -> SecretKey {
     let hk = hkdf::Hkdf::<sha2::Sha256>::new(salt, ikm);
-    let mut out = Zeroizing::new([0u8; KEY_LEN]);
-    // 32 bytes is far below HKDF-SHA256's 255*32 limit.
-    if hk.expand_multi_info(info, &mut out[..]).is_err() {
-        unreachable!("32-byte HKDF output is always valid");
+    // 32 bytes is far below HKDF-SHA256's 255*32 limit, so expansion cannot fail.
+    let r: Result<SecretKey, hkdf::InvalidLength> = SecretKey::fill(|out| hk.expand_multi_info(info, &mut out[..]));
+    match r {
+        Ok(k) => k,
+        Err(_) => unreachable!("32-byte HKDF output is always valid"),
     }
-    SecretKey::from_bytes(*out)
 }
 
 /// Argon2id cost parameters for passphrase-derived master keys.
@@ -90,10 +89,8 @@ pub fn argon2id(passphrase: &[u8], salt: &[u8; 16], params: Argon2Params) -> Res
     let p = argon2::Params::new(params.m_cost_kib, params.t_cost, params.p_cost, Some(KEY_LEN))
         .map_err(|e| Error::InvalidArgument(format!("argon2 parameters: {e}")))?;
     let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p);
-    let mut out = Zeroizing::new([0u8; KEY_LEN]);
-    a.hash_password_into(passphrase, salt, &mut out[..])
-        .map_err(|e| Error::KeySource(format!("argon2id failed: {e}")))?;
-    Ok(SecretKey::from_bytes(*out))
+    SecretKey::fill(|out| a.hash_password_into(passphrase, salt, &mut out[..]))
+        .map_err(|e| Error::KeySource(format!("argon2id failed: {e}")))
 }
 
 #[cfg(test)]

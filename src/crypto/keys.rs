@@ -29,6 +29,13 @@ impl SecretKey {
         Some(SecretKey(k))
     }
 
+    /// Build a key by filling zeroized storage in place (no stray copies).
+    pub fn fill<E>(f: impl FnOnce(&mut [u8; KEY_LEN]) -> Result<(), E>) -> Result<Self, E> {
+        let mut k = SecretKey(Zeroizing::new([0u8; KEY_LEN]));
+        f(&mut k.0)?;
+        Ok(k)
+    }
+
     /// A fresh random key from the operating system's CSPRNG.
     pub fn random() -> crate::Result<Self> {
         let mut k = Zeroizing::new([0u8; KEY_LEN]);

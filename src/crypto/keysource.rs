@@ -41,7 +41,10 @@ impl std::fmt::Debug for KeySource {
             }
             KeySource::Passphrase(_) => f.write_str("KeySource::Passphrase(<redacted>)"),
             KeySource::Env(v) => write!(f, "KeySource::Env({v:?})"),
-            KeySource::Command(c) => write!(f, "KeySource::Command({c:?})"),
+            // Only the program: the arguments may carry a token.
+            KeySource::Command(c) => {
+                write!(f, "KeySource::Command({:?} <arguments redacted>)", c.split_whitespace().next().unwrap_or(""))
+            }
             KeySource::Raw(_) => f.write_str("KeySource::Raw(<redacted>)"),
         }
     }
@@ -140,7 +143,7 @@ fn read_key_file(path: &std::path::Path, allow_insecure: bool) -> Result<Zeroizi
     if meta.len() > MAX_KEY_TEXT as u64 {
         return Err(Error::KeySource(format!("key file {} is too large to be a key", path.display())));
     }
-    let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
+    let mut buf = Zeroizing::new(Vec::with_capacity(MAX_KEY_TEXT + 1));
     f.read_to_end(&mut buf).map_err(|e| Error::KeySource(format!("cannot read key file {}: {e}", path.display())))?;
     Ok(buf)
 }
@@ -156,7 +159,9 @@ fn run_key_command(cmd: &str) -> Result<Zeroizing<Vec<u8>>> {
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| Error::KeySource(format!("cannot start key command: {e}")))?;
-    let mut out = Zeroizing::new(Vec::new());
+    // Capacity for the whole allowed output up front: no reallocation leaves
+    // an unwiped copy behind.
+    let mut out = Zeroizing::new(Vec::with_capacity(MAX_KEY_TEXT + 1));
     if let Some(stdout) = child.stdout.take() {
         stdout
             .take(MAX_KEY_TEXT as u64 + 1)
@@ -202,11 +207,13 @@ pub fn parse_key_text(bytes: &[u8]) -> std::result::Result<SecretKey, String> {
         return Err("no key found (empty, or only comments)".into());
     }
     if compact.len() == 2 * KEY_LEN && compact.bytes().all(|c| c.is_ascii_hexdigit()) {
-        let mut k = Zeroizing::new([0u8; KEY_LEN]);
-        for (i, pair) in compact.as_bytes().chunks(2).enumerate() {
-            k[i] = (hex_val(pair[0]) << 4) | hex_val(pair[1]);
-        }
-        return Ok(SecretKey::from_bytes(*k));
+        let k: Result<SecretKey, ()> = SecretKey::fill(|k| {
+            for (i, pair) in compact.as_bytes().chunks(2).enumerate() {
+                k[i] = (hex_val(pair[0]) << 4) | hex_val(pair[1]);
+            }
+            Ok(())
+        });
+        return k.map_err(|()| "bad hex".to_string());
     }
     {
         use base64::Engine;

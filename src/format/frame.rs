@@ -28,7 +28,10 @@ pub const MAX_BODY: usize = MAX_PAYLOAD + TAG_LEN;
 pub const MIN_BODY: usize = TAG_LEN;
 /// Flag bit: this is the file's final (sealing) frame.
 pub const FLAG_LAST: u8 = 0x01;
-/// Length of the final frame's payload.
+/// Flag bit: a sync marker, written right after an fsync returned; every
+/// byte before it is durable.
+pub const FLAG_SYNC: u8 = 0x02;
+/// Length of the final frame's and a sync marker's payload.
 pub const FINAL_PAYLOAD_LEN: usize = 16;
 
 /// Why a frame failed its structural check (no key involved).
@@ -76,7 +79,11 @@ impl RawFrame<'_> {
     }
     /// True for the sealing frame.
     pub fn is_last(&self) -> bool {
-        self.flags & FLAG_LAST != 0
+        self.flags == FLAG_LAST
+    }
+    /// True for a sync marker.
+    pub fn is_sync_marker(&self) -> bool {
+        self.flags == FLAG_SYNC
     }
 }
 
@@ -91,7 +98,7 @@ pub fn decode_frame_header(buf: &[u8]) -> Result<(usize, u8, u32), FrameError> {
     if (len as usize) < MIN_BODY || len as usize > MAX_BODY {
         return Err(FrameError::BadLength(len));
     }
-    if flags & !FLAG_LAST != 0 {
+    if flags != 0 && flags != FLAG_LAST && flags != FLAG_SYNC {
         return Err(FrameError::BadFlags(flags));
     }
     Ok((len as usize, flags, crc))
@@ -177,19 +184,31 @@ impl FrameKey {
         a
     }
 
-    /// Seal `payload` as frame `index` and append its on-disk bytes to `out`.
+    /// Seal `payload` as frame `index` (a data frame, or the final frame if
+    /// `last`) and append its on-disk bytes to `out`.
     pub fn encode(&self, index: u64, last: bool, payload: &[u8], out: &mut Vec<u8>) -> Result<(), AeadError> {
-        if payload.len() > MAX_PAYLOAD {
+        self.encode_flags(index, if last { FLAG_LAST } else { 0 }, payload, out)
+    }
+
+    /// Seal `payload` as frame `index` with the given flags.
+    pub fn encode_flags(&self, index: u64, flags: u8, payload: &[u8], out: &mut Vec<u8>) -> Result<(), AeadError> {
+        if payload.len() > MAX_PAYLOAD || !(flags == 0 || flags == FLAG_LAST || flags == FLAG_SYNC) {
             return Err(AeadError);
         }
-        let flags = if last { FLAG_LAST } else { 0 };
         let nonce = Self::nonce(index, flags);
         #[cfg(test)]
         crate::crypto::nonce_audit::record(self.fingerprint, nonce);
         let start = out.len();
         out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
         out.extend_from_slice(payload);
-        let tag = self.cipher.seal_detached(&nonce, &self.aad(index, flags), &mut out[start + FRAME_HEADER_LEN..])?;
+        let tag = match self.cipher.seal_detached(&nonce, &self.aad(index, flags), &mut out[start + FRAME_HEADER_LEN..])
+        {
+            Ok(t) => t,
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        };
         out.extend_from_slice(&tag);
         let len = ((payload.len() + TAG_LEN) as u32).to_le_bytes();
         out[start..start + 4].copy_from_slice(&len);
@@ -211,7 +230,8 @@ impl FrameKey {
     }
 }
 
-/// Payload of the sealing frame: data frame count and total payload bytes.
+/// Payload of the sealing frame and of a sync marker: data frames and
+/// payload bytes before it.
 pub fn encode_final_payload(frames: u64, payload_bytes: u64) -> [u8; FINAL_PAYLOAD_LEN] {
     let mut p = [0u8; FINAL_PAYLOAD_LEN];
     p[..8].copy_from_slice(&frames.to_le_bytes());
@@ -300,11 +320,14 @@ mod tests {
             Backend::Ring,
         );
         assert!(other_kind.open(3, &raw).is_err(), "other file kind");
-        // The last-frame flag is authenticated: flipping it and fixing the CRC fails.
-        let mut forged = Vec::new();
-        encode_raw_frame(FLAG_LAST, raw.body, &mut forged);
-        let raw2 = decode_frame(&forged).unwrap();
-        assert!(k.open(3, &raw2).is_err());
+        // The flags are authenticated: changing them and fixing the CRC fails.
+        for f in [FLAG_LAST, FLAG_SYNC] {
+            let mut forged = Vec::new();
+            encode_raw_frame(f, raw.body, &mut forged);
+            let raw2 = decode_frame(&forged).unwrap();
+            assert!(k.open(3, &raw2).is_err());
+        }
+        assert_eq!(decode_frame_header(&[16, 0, 0, 0, 3, 0, 0, 0, 0]), Err(FrameError::BadFlags(3)));
     }
 
     #[test]

@@ -48,6 +48,11 @@ impl FileHeader {
         out
     }
 
+    /// The format version of a data file header, if its magic is right.
+    pub fn version_of(buf: &[u8]) -> Option<u16> {
+        (buf.len() >= 10 && buf[..8] == MAGIC).then(|| u16::from_le_bytes([buf[8], buf[9]]))
+    }
+
     /// Decode and check magic, CRC, version and kind.
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(buf);

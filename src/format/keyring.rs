@@ -22,6 +22,10 @@ pub const KEYRING_MAGIC: [u8; 8] = *b"DRIFTKR\0";
 pub const MAX_BODY: usize = 256 * 1024 * 1024;
 /// Most retired master versions kept in the header.
 pub const MAX_RETIRED: usize = 4096;
+/// Most files the manifest may list.
+pub const MAX_FILES: usize = 1 << 24;
+/// Most master versions in the body's history.
+pub const MAX_MASTERS: usize = 1 << 20;
 /// Largest per-file metadata blob.
 pub const MAX_FILE_META: usize = 64 * 1024;
 /// Largest application root blob.
@@ -288,7 +292,7 @@ impl KeyringBody {
         let mut r = Reader::new(buf);
         let next_id = r.u64("next id")?;
         let created_unix = r.u64("creation time")?;
-        let nm = r.count(1 << 20, 13, "master versions")?;
+        let nm = r.count(MAX_MASTERS, 13, "master versions")?;
         let mut masters = Vec::with_capacity(nm);
         for _ in 0..nm {
             let version = r.u32("master version")?;
@@ -301,7 +305,7 @@ impl KeyringBody {
             };
             masters.push(MasterRecord { version, created_unix, state });
         }
-        let nf = r.count(1 << 24, FILE_ENTRY_MIN, "files")?;
+        let nf = r.count(MAX_FILES, FILE_ENTRY_MIN, "files")?;
         let mut files = Vec::with_capacity(nf);
         let mut seen = std::collections::HashSet::with_capacity(nf);
         for _ in 0..nf {
@@ -351,6 +355,11 @@ pub struct SealedKeyring<'a> {
     pub header_bytes: &'a [u8],
     /// Body ciphertext and tag.
     pub body: &'a [u8],
+}
+
+/// The format version of a keyring file, if its magic is right.
+pub fn format_version_of(buf: &[u8]) -> Option<u16> {
+    (buf.len() >= 10 && buf[..8] == KEYRING_MAGIC).then(|| u16::from_le_bytes([buf[8], buf[9]]))
 }
 
 /// Structural decode of a keyring file: CRC (no key needed), then header.
@@ -408,8 +417,15 @@ fn body_key(master: &SecretKey, h: &KeyringHeader) -> SecretKey {
 }
 
 /// Encode a whole keyring file, sealing `body` under `master`.
+/// Fails (without sealing anything) if the body would exceed what the decoder accepts.
 pub fn encode_keyring(header: &KeyringHeader, body: &KeyringBody, master: &SecretKey) -> Result<Vec<u8>, AeadError> {
+    if body.files.len() > MAX_FILES || body.masters.len() > MAX_MASTERS || header.retired.len() > MAX_RETIRED {
+        return Err(AeadError);
+    }
     let mut pt = body.encode();
+    if pt.len() + TAG_LEN > MAX_BODY {
+        return Err(AeadError);
+    }
     let hb = header.encode((pt.len() + TAG_LEN) as u32);
     let c = cipher(Backend::Ring, &body_key(master, header));
     // The body key is fresh for every write (random write salt), so a zero nonce is never reused.

@@ -31,6 +31,8 @@ pub struct Faults {
     pub space_left: Option<u64>,
     /// Every write fails with EIO (nothing written).
     pub fail_writes: bool,
+    /// Only `sync_dir` fails with EIO.
+    pub fail_dir_sync: bool,
 }
 
 #[derive(Default)]
@@ -266,7 +268,7 @@ impl Vfs for MemFs {
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         let mut st = lock(&self.st);
-        if st.faults.fail_sync {
+        if st.faults.fail_sync || st.faults.fail_dir_sync {
             return Err(io::Error::other("injected fsync failure"));
         }
         let st = &mut *st;

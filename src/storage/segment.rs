@@ -6,7 +6,8 @@
 
 use super::vfs::{OpenMode, Vfs, VfsFile};
 use crate::format::frame::{
-    self, FRAME_HEADER_LEN, FrameError, FrameKey, MAX_BODY, decode_final_payload, encode_final_payload,
+    self, FLAG_LAST, FLAG_SYNC, FRAME_HEADER_LEN, FrameError, FrameKey, MAX_BODY, decode_final_payload,
+    encode_final_payload,
 };
 use crate::format::header::{FileHeader, HEADER_LEN};
 use crate::{Error, Result};
@@ -14,14 +15,22 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Writes one data file.
+///
+/// Any failed write or sync latches the writer: it refuses every later
+/// append, sync and seal, so a frame index is never sealed twice and nothing
+/// is written over a partial frame.
 pub struct FileWriter {
     file: Box<dyn VfsFile>,
     pub(crate) name: String,
     key: Arc<FrameKey>,
     pub(crate) header: FileHeader,
+    /// Next frame index (data frames, sync markers and the final frame all take one).
     pub(crate) next_index: u64,
     pub(crate) offset: u64,
+    pub(crate) data_frames: u64,
     pub(crate) payload_bytes: u64,
+    dirty: bool,
+    failed: bool,
     buf: Vec<u8>,
 }
 
@@ -38,7 +47,10 @@ impl FileWriter {
             header,
             next_index: 0,
             offset: HEADER_LEN as u64,
+            data_frames: 0,
             payload_bytes: 0,
+            dirty: false,
+            failed: false,
             buf: Vec::new(),
         })
     }
@@ -48,41 +60,76 @@ impl FileWriter {
         (FRAME_HEADER_LEN + payload_len + crate::crypto::aead::TAG_LEN) as u64
     }
 
-    /// Append one record as the next frame. Returns (frame index, offset).
-    pub fn append(&mut self, payload: &[u8]) -> Result<(u64, u64)> {
+    fn check(&self) -> Result<()> {
+        if self.failed {
+            return Err(Error::Poisoned(format!("an earlier write to {} failed", self.name)));
+        }
+        Ok(())
+    }
+
+    fn write_frame(&mut self, flags: u8, payload: &[u8]) -> Result<(u64, u64)> {
+        self.check()?;
         self.buf.clear();
-        self.key.encode(self.next_index, false, payload, &mut self.buf).map_err(|_| {
+        self.key.encode_flags(self.next_index, flags, payload, &mut self.buf).map_err(|_| {
             Error::InvalidArgument(format!("record of {} bytes is too large for a frame", payload.len()))
         })?;
         let at = self.offset;
-        self.file.write_all_at(&self.buf, at).map_err(|e| Error::io("appending to", Path::new(&self.name), e))?;
+        if let Err(e) = self.file.write_all_at(&self.buf, at) {
+            self.failed = true;
+            return Err(Error::io("writing to", Path::new(&self.name), e));
+        }
         let idx = self.next_index;
         self.next_index += 1;
         self.offset += self.buf.len() as u64;
-        self.payload_bytes += payload.len() as u64;
         Ok((idx, at))
     }
 
-    /// Make everything appended so far durable.
-    pub fn sync(&self) -> Result<()> {
-        self.file.sync_data().map_err(|e| Error::io("syncing", Path::new(&self.name), e))
+    /// Append one record as the next frame. Returns (frame index, offset).
+    pub fn append(&mut self, payload: &[u8]) -> Result<(u64, u64)> {
+        let r = self.write_frame(0, payload)?;
+        self.data_frames += 1;
+        self.payload_bytes += payload.len() as u64;
+        self.dirty = true;
+        Ok(r)
+    }
+
+    /// Make everything appended so far durable, then write a sync marker
+    /// (itself made durable by the next sync): recovery treats damage before
+    /// a sync marker as corruption, never as a torn tail.
+    pub fn sync(&mut self) -> Result<()> {
+        self.check()?;
+        if !self.dirty {
+            return Ok(());
+        }
+        if let Err(e) = self.file.sync_data() {
+            self.failed = true;
+            return Err(Error::io("syncing", Path::new(&self.name), e));
+        }
+        self.dirty = false;
+        let mark = encode_final_payload(self.data_frames, self.payload_bytes);
+        self.write_frame(FLAG_SYNC, &mark)?;
+        Ok(())
     }
 
     /// Write the sealing frame and sync. Returns (data frames, file length).
     pub fn finish(&mut self) -> Result<(u64, u64)> {
-        self.buf.clear();
-        let fin = encode_final_payload(self.next_index, self.payload_bytes);
-        self.key
-            .encode(self.next_index, true, &fin, &mut self.buf)
-            .map_err(|_| Error::InvalidArgument("final frame".into()))?;
-        self.file.write_all_at(&self.buf, self.offset).map_err(|e| Error::io("sealing", Path::new(&self.name), e))?;
-        self.offset += self.buf.len() as u64;
-        self.sync()?;
-        Ok((self.next_index, self.offset))
+        let fin = encode_final_payload(self.data_frames, self.payload_bytes);
+        self.write_frame(FLAG_LAST, &fin)?;
+        if let Err(e) = self.file.sync_data() {
+            self.failed = true;
+            return Err(Error::io("syncing", Path::new(&self.name), e));
+        }
+        self.dirty = false;
+        Ok((self.data_frames, self.offset))
     }
 
     /// Data frames written.
     pub fn frames(&self) -> u64 {
+        self.data_frames
+    }
+
+    /// Frame indexes used (data frames and sync markers).
+    pub fn indexes_used(&self) -> u64 {
         self.next_index
     }
 }
@@ -104,10 +151,13 @@ impl<'a> Window<'a> {
 
     /// Up to `n` bytes at `off` (fewer only at end of file). `n` is bounded by the caller.
     pub(crate) fn get(&mut self, off: u64, n: usize) -> std::io::Result<&[u8]> {
-        let end = (off + n as u64).min(self.len);
-        let want = (end.saturating_sub(off)) as usize;
+        let off = off.min(self.len);
+        let end = off.saturating_add(n as u64).min(self.len);
+        // `end - off <= n`, so this fits in usize.
+        let want = (end - off) as usize;
         if off < self.start || end > self.start + self.buf.len() as u64 {
-            let size = want.max(WINDOW).min((self.len - off.min(self.len)) as usize);
+            let left = usize::try_from(self.len - off).unwrap_or(usize::MAX);
+            let size = want.max(WINDOW).min(left);
             self.buf.resize(size, 0);
             self.file.read_exact_at(&mut self.buf, off)?;
             self.start = off;
@@ -178,6 +228,15 @@ pub fn scan(
             format!("file is {file_len} bytes, shorter than its {HEADER_LEN}-byte header"),
         ));
     }
+    if let Some(v) = FileHeader::version_of(hb)
+        && v != crate::format::FORMAT_VERSION
+    {
+        return Err(Error::UnsupportedVersion {
+            file: name.into(),
+            found: v,
+            supported: crate::format::FORMAT_VERSION,
+        });
+    }
     let header = FileHeader::decode(hb).map_err(|e| Error::corrupted(name, e.offset as u64, e.reason))?;
     if let Some(exp) = expected_header
         && exp != &header
@@ -209,7 +268,7 @@ pub fn scan(
         let (flags, body_len) = match structural {
             Ok(x) => x,
             Err(fe) => {
-                if expect == Expect::Recovering && !valid_frame_after(&mut w, off + 1).map_err(io)? {
+                if expect == Expect::Recovering && !sync_marker_after(&mut w, off + 1).map_err(io)? {
                     out.torn = Some((off, fe.to_string()));
                     return Ok(out);
                 }
@@ -232,26 +291,31 @@ pub fn scan(
             })?,
             None => Vec::new(),
         };
-        if raw.is_last() {
-            if let Some(_k) = key {
+        if raw.is_last() || raw.is_sync_marker() {
+            if key.is_some() {
                 match decode_final_payload(&payload) {
-                    Some((n, b)) if n == index && b == out.payload_bytes => {}
+                    Some((n, b)) if n == out.frames && b == out.payload_bytes => {}
                     _ => {
+                        let what = if raw.is_last() { "final frame" } else { "sync marker" };
                         return Err(Error::tampered(
                             name,
                             off,
-                            format!("final frame does not match the {index} frames before it"),
+                            format!("{what} does not match the {} records before it", out.frames),
                         ));
                     }
                 }
             }
-            out.final_frame = true;
+            index += 1;
             off += total as u64;
             out.end = off;
-            if off != file_len {
-                return Err(Error::tampered(name, off, "data after the final frame"));
+            if raw.is_last() {
+                out.final_frame = true;
+                if off != file_len {
+                    return Err(Error::tampered(name, off, "data after the final frame"));
+                }
+                break;
             }
-            break;
+            continue;
         }
         visit(index, off, &payload)?;
         out.frames += 1;
@@ -284,22 +348,27 @@ pub fn scan(
     Ok(out)
 }
 
-/// Whether a CRC-valid frame starts anywhere in `from..len`. Used to tell a
-/// torn tail (nothing valid after the damage) from damage in the middle.
-/// Gives up (answering "yes", the conservative answer) past a work budget.
-fn valid_frame_after(w: &mut Window<'_>, from: u64) -> std::io::Result<bool> {
+/// Whether a CRC-valid sync marker starts anywhere in `from..len`.
+///
+/// A sync marker is written only after an fsync returned, so damage before
+/// one lies in data that was durable: corruption, not a torn write. Damage
+/// with no marker after it lies in writes never acknowledged as durable
+/// (a torn or reordered write), which recovery may cut off.
+/// Past a work budget this answers "yes", the conservative answer.
+fn sync_marker_after(w: &mut Window<'_>, from: u64) -> std::io::Result<bool> {
     let len = w.len;
     if from >= len {
         return Ok(false);
     }
-    let remaining = (len - from) as usize;
+    let Ok(remaining) = usize::try_from(len - from) else { return Ok(true) };
     if remaining > 4 * (MAX_BODY + FRAME_HEADER_LEN) {
         return Ok(true);
     }
     let rest = w.get(from, remaining)?.to_vec();
     let mut budget: usize = 256 << 20;
     for p in 0..rest.len() {
-        if let Ok((blen, _, _)) = frame::decode_frame_header(&rest[p..])
+        if let Ok((blen, flags, _)) = frame::decode_frame_header(&rest[p..])
+            && flags == FLAG_SYNC
             && p + FRAME_HEADER_LEN + blen <= rest.len()
         {
             if budget < blen {

@@ -158,6 +158,11 @@ pub enum RecoveryEvent {
         /// File name.
         file: String,
     },
+    /// Merging small files was skipped after a non-integrity failure.
+    MergeSkipped {
+        /// Why.
+        reason: String,
+    },
     /// Small sealed files were merged into one under a fresh data key.
     Merged {
         /// Files merged.
@@ -171,6 +176,7 @@ pub enum RecoveryEvent {
 /// Dropped uncommitted, its file is removed.
 pub struct PendingFile {
     entry: FileEntry,
+    owner: u64,
     path: PathBuf,
     vfs: Arc<dyn Vfs>,
     committed: bool,
@@ -209,7 +215,7 @@ impl FileBuilder<'_> {
                 payload.len()
             )));
         }
-        if self.writer.frames() + 1 >= self.store.opts.max_frames_per_file {
+        if self.writer.indexes_used() + 2 >= self.store.opts.max_frames_per_file {
             return Err(Error::InvalidArgument("too many records for one file".into()));
         }
         let (index, offset) = self.writer.append(payload)?;
@@ -222,7 +228,13 @@ impl FileBuilder<'_> {
         self.done = true;
         let mut entry = self.entry.clone();
         entry.state = FileState::Sealed { frames, len, final_frame: true };
-        Ok(PendingFile { entry, path: self.path.clone(), vfs: self.store.opts.vfs.clone(), committed: false })
+        Ok(PendingFile {
+            entry,
+            owner: self.store.session,
+            path: self.path.clone(),
+            vfs: self.store.opts.vfs.clone(),
+            committed: false,
+        })
     }
 }
 
@@ -275,11 +287,28 @@ impl Inner {
 /// An open data directory.
 pub struct Store {
     dir: PathBuf,
+    session: u64,
     opts: StoreOptions,
     db_id: [u8; DB_ID_LEN],
     inner: Mutex<Inner>,
     recovery: Vec<RecoveryEvent>,
-    _lock: Box<dyn LockGuard>,
+    _lock: Option<Box<dyn LockGuard>>,
+}
+
+/// Most Argon2 derivations tried against retired passphrase versions on a failed unlock.
+const MAX_RETIRED_ARGON2_RUNS: usize = 4;
+
+fn take_lock(vfs: &dyn Vfs, dir: &Path, exclusive: bool) -> Result<Box<dyn LockGuard>> {
+    let p = dir.join(LOCK_FILE);
+    vfs.try_lock(&p, exclusive)
+        .map_err(|e| Error::io("locking", &p, e))?
+        .ok_or_else(|| Error::InUse { path: dir.to_path_buf() })
+}
+
+fn session_token() -> Result<u64> {
+    let mut b = [0u8; 8];
+    crate::crypto::random_bytes(&mut b)?;
+    Ok(u64::from_le_bytes(b))
 }
 
 fn now_unix() -> u64 {
@@ -315,10 +344,12 @@ impl Store {
         }
         let material = key.material()?;
         vfs.create_dir_all(&dir).map_err(|e| Error::io("creating directory", &dir, e))?;
-        let lock = vfs
-            .try_lock(&dir.join(LOCK_FILE), true)
-            .map_err(|e| Error::io("locking", dir.join(LOCK_FILE), e))?
-            .ok_or_else(|| Error::InUse { path: dir.clone() })?;
+        let lock = take_lock(vfs.as_ref(), &dir, true)?;
+        // Someone may have created a database here between the check and the lock.
+        let entries = vfs.read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))?;
+        if entries.iter().any(|n| n != LOCK_FILE) {
+            return Err(Error::AlreadyExists(format!("{} is not empty", dir.display())));
+        }
         let mut db_id = [0u8; DB_ID_LEN];
         crate::crypto::random_bytes(&mut db_id)?;
         let spec = match &material {
@@ -347,12 +378,13 @@ impl Store {
             root: Vec::new(),
         };
         let store = Store {
+            session: session_token()?,
             dir: dir.clone(),
             opts: opts.store,
             db_id,
             inner: Mutex::new(Inner::new(header, body.clone(), master)),
             recovery: Vec::new(),
-            _lock: lock,
+            _lock: Some(lock),
         };
         {
             let mut inner = store.lock_inner();
@@ -372,11 +404,22 @@ impl Store {
         if !vfs.exists(&kr_path).map_err(|e| Error::io("checking", &kr_path, e))? {
             return Err(Error::NotADatabase { path: dir });
         }
-        let lock = vfs
-            .try_lock(&dir.join(LOCK_FILE), !opts.read_only)
-            .map_err(|e| Error::io("locking", dir.join(LOCK_FILE), e))?
-            .ok_or_else(|| Error::InUse { path: dir.clone() })?;
+        // Lock before reading when the lock file exists. When it does not
+        // (a restored copy), it is created only once the key is verified, so
+        // a wrong key never writes anything.
+        let lock_exists =
+            vfs.exists(&dir.join(LOCK_FILE)).map_err(|e| Error::io("checking", dir.join(LOCK_FILE), e))?;
+        let mut lock = if lock_exists { Some(take_lock(vfs.as_ref(), &dir, !opts.read_only)?) } else { None };
         let bytes = read_keyring_bytes(vfs.as_ref(), &kr_path)?;
+        if let Some(v) = keyring::format_version_of(&bytes)
+            && v != crate::format::FORMAT_VERSION
+        {
+            return Err(Error::UnsupportedVersion {
+                file: KEYRING_FILE.into(),
+                found: v,
+                supported: crate::format::FORMAT_VERSION,
+            });
+        }
         let sealed =
             keyring::decode_keyring(&bytes).map_err(|e| Error::corrupted(KEYRING_FILE, e.offset as u64, e.reason))?;
         let material = key.material()?;
@@ -384,7 +427,17 @@ impl Store {
         let master = match master_for(&material, &header.active.spec)? {
             Some(m) if ct_eq(&keyring::key_check_value(&m, &header.db_id), &header.active.kcv) => m,
             candidate => {
-                for r in &header.retired {
+                // Newest first; at most a few Argon2 runs, whatever the header says.
+                let mut argon_runs = 0;
+                for r in header.retired.iter().rev() {
+                    if matches!(r.spec, MasterSpec::Passphrase { .. }) {
+                        if argon_runs == MAX_RETIRED_ARGON2_RUNS {
+                            continue;
+                        }
+                        if matches!(material, Material::Passphrase(_)) {
+                            argon_runs += 1;
+                        }
+                    }
                     if let Some(m) = master_for(&material, &r.spec)?
                         && ct_eq(&keyring::key_check_value(&m, &header.db_id), &r.kcv)
                     {
@@ -413,7 +466,14 @@ impl Store {
         let body = KeyringBody::decode(&plain)
             .map_err(|e| Error::corrupted(KEYRING_FILE, (sealed.header_bytes.len() + e.offset) as u64, e.reason))?;
         drop(plain);
+        if lock.is_none() && !opts.read_only {
+            lock = Some(take_lock(vfs.as_ref(), &dir, true)?);
+            if read_keyring_bytes(vfs.as_ref(), &kr_path)? != bytes {
+                return Err(Error::InUse { path: dir });
+            }
+        }
         let mut store = Store {
+            session: session_token()?,
             dir,
             db_id: header.db_id,
             opts,
@@ -423,8 +483,13 @@ impl Store {
         };
         if !store.opts.read_only {
             store.recovery = store.recover()?;
-            let merged = store.merge_small_files()?;
-            store.recovery.extend(merged);
+            // Merging is housekeeping: an I/O failure (a full disk, say) must
+            // not keep the database from opening. Integrity errors do.
+            match store.merge_small_files() {
+                Ok(merged) => store.recovery.extend(merged),
+                Err(e) if e.is_integrity() => return Err(e),
+                Err(e) => store.recovery.push(RecoveryEvent::MergeSkipped { reason: e.to_string() }),
+            }
         }
         Ok(store)
     }
@@ -508,11 +573,19 @@ impl Store {
     /// Write `body` as the new keyring: temp file, fsync, rename, fsync directory.
     fn persist(&self, inner: &mut Inner, body: KeyringBody) -> Result<()> {
         self.check_writable(inner)?;
+        if body.files.len() > keyring::MAX_FILES {
+            return Err(Error::InvalidArgument(format!(
+                "the manifest would list {} files, more than the {} allowed",
+                body.files.len(),
+                keyring::MAX_FILES
+            )));
+        }
         let mut header = inner.header.clone();
         header.generation += 1;
         crate::crypto::random_bytes(&mut header.write_salt)?;
-        let bytes = keyring::encode_keyring(&header, &body, &inner.master)
-            .map_err(|_| Error::InvalidArgument("keyring too large to seal".into()))?;
+        let bytes = keyring::encode_keyring(&header, &body, &inner.master).map_err(|_| {
+            Error::InvalidArgument(format!("the keyring would exceed its {}-byte limit", keyring::MAX_BODY))
+        })?;
         let vfs = &self.opts.vfs;
         let tmp = self.dir.join(KEYRING_TMP);
         let dst = self.dir.join(KEYRING_FILE);
@@ -619,7 +692,7 @@ impl Store {
                 }
                 let fin = FileWriter::frame_len(crate::format::frame::FINAL_PAYLOAD_LEN);
                 (w.frames() > 0 && w.offset + FileWriter::frame_len(payload.len()) + fin > self.opts.segment_size)
-                    || w.frames() + 1 >= self.opts.max_frames_per_file
+                    || w.indexes_used() + 3 >= self.opts.max_frames_per_file
             }
         };
         if need_roll {
@@ -631,7 +704,11 @@ impl Store {
             let mut body = inner.body.clone();
             body.files.push(entry);
             if let Err(e) = self.persist(inner, body) {
-                let _ = self.opts.vfs.remove_file(&self.dir.join(&w.name));
+                // If the failure came after the rename (the store is now
+                // poisoned), the new keyring may list the file: keep it.
+                if inner.poisoned.is_none() {
+                    let _ = self.opts.vfs.remove_file(&self.dir.join(&w.name));
+                }
                 return Err(e);
             }
             inner.writers.insert(stream, w);
@@ -656,11 +733,16 @@ impl Store {
         if let Some(p) = &inner.poisoned {
             return Err(Error::Poisoned(p.clone()));
         }
-        for w in inner.writers.values() {
+        let mut failure = None;
+        for w in inner.writers.values_mut() {
             if let Err(e) = w.sync() {
-                Self::poison(inner, &e);
-                return Err(e);
+                failure = Some(e);
+                break;
             }
+        }
+        if let Some(e) = failure {
+            Self::poison(inner, &e);
+            return Err(e);
         }
         Ok(())
     }
@@ -718,6 +800,9 @@ impl Store {
         if meta.len() > keyring::MAX_FILE_META {
             return Err(Error::InvalidArgument("file metadata too large".into()));
         }
+        if kind == FileKind::Keyring {
+            return Err(Error::InvalidArgument("the keyring is not a data file".into()));
+        }
         let mut guard = self.lock_inner();
         let inner = &mut *guard;
         let ordinal = Self::next_ordinal(inner, stream);
@@ -732,6 +817,14 @@ impl Store {
         let inner = &mut *guard;
         self.check_writable(inner)?;
         let mut body = inner.body.clone();
+        for p in &edit.add {
+            if p.owner != self.session {
+                return Err(Error::InvalidArgument("the pending file belongs to another store".into()));
+            }
+            if body.files.iter().any(|f| f.file_id == p.entry.file_id) {
+                return Err(Error::InvalidArgument(format!("file {:016x} is already committed", p.entry.file_id)));
+            }
+        }
         for id in &edit.remove {
             if inner.writers.values().any(|w| w.header.file_id == *id) {
                 return Err(Error::InvalidArgument(format!("file {id:016x} is being written")));
@@ -751,7 +844,15 @@ impl Store {
             }
             body.root = r;
         }
-        self.persist(inner, body)?;
+        if let Err(e) = self.persist(inner, body) {
+            if inner.poisoned.is_some() {
+                // The new keyring may be on disk: the next open sorts it out.
+                for p in &mut edit.add {
+                    p.committed = true;
+                }
+            }
+            return Err(e);
+        }
         for p in &mut edit.add {
             p.committed = true;
         }
@@ -798,13 +899,18 @@ impl Store {
         };
         let name = file_name(entry.file_id, entry.kind);
         let path = self.dir.join(&name);
-        let f = self.opts.vfs.open(&path, OpenMode::Read).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::tampered(&name, 0, "file listed in the manifest is missing")
-            } else {
-                Error::io("opening", &path, e)
+        let f = match self.opts.vfs.open(&path, OpenMode::Read) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let still_listed = self.lock_inner().body.files.iter().any(|f| f.file_id == file_id);
+                return Err(if still_listed {
+                    Error::tampered(&name, 0, "file listed in the manifest is missing")
+                } else {
+                    Error::NotFound(format!("{name} was replaced by a concurrent change; read again"))
+                });
             }
-        })?;
+            Err(e) => return Err(Error::io("opening", &path, e)),
+        };
         let hdr = FileHeader::new(entry.kind, entry.file_id, entry.key_id);
         let out = scan(f.as_ref(), &name, Some(&hdr), Some(&key), expect, |index, offset, p| {
             visit(RecordPos { file_id, index, offset }, p)
@@ -963,10 +1069,10 @@ impl Store {
         let mut streams: Vec<u32> = files.iter().map(|f| f.stream).collect();
         streams.dedup();
         for s in streams {
-            let sf: Vec<&FileInfo> = files
-                .iter()
-                .filter(|f| f.stream == s && matches!(f.kind, FileKind::Segment | FileKind::Wal | FileKind::AuditLog))
-                .collect();
+            // Every file of the stream, in order: any file that cannot join
+            // the run (another kind, metadata, large, being written) ends it,
+            // so merging never reorders a stream.
+            let sf: Vec<&FileInfo> = files.iter().filter(|f| f.stream == s).collect();
             let small_below = self.opts.small_file_bytes.min(self.opts.segment_size / 4);
             let size = |f: &FileInfo| match f.state {
                 FileState::Sealed { len, .. } => len,
@@ -976,8 +1082,11 @@ impl Store {
             let mut run_bytes = 0u64;
             let mut runs = Vec::new();
             for f in sf {
-                let small = size(f) < small_below && !active.contains(&f.file_id);
-                if small
+                let mergeable = size(f) < small_below
+                    && !active.contains(&f.file_id)
+                    && f.meta.is_empty()
+                    && matches!(f.kind, FileKind::Segment | FileKind::Wal | FileKind::AuditLog);
+                if mergeable
                     && run.first().is_none_or(|r| r.kind == f.kind)
                     && run_bytes + size(f) <= self.opts.segment_size
                 {
@@ -989,7 +1098,7 @@ impl Store {
                     }
                     run.clear();
                     run_bytes = 0;
-                    if small {
+                    if mergeable {
                         run_bytes = size(f);
                         run.push(f);
                     }

@@ -84,9 +84,12 @@ fn reopening_never_appends_to_an_old_file() {
 
 #[test]
 fn torn_tail_at_every_byte_of_the_last_frame_is_recovered() {
+    // After a sync the file holds 5 records and then an (unsynced) sync
+    // marker; the last record follows. A crash keeps any prefix of those two.
     let last = record(7);
+    let marker_len = super::segment::FileWriter::frame_len(crate::format::frame::FINAL_PAYLOAD_LEN) as usize;
     let frame_len = super::segment::FileWriter::frame_len(last.len()) as usize;
-    for keep in 0..=frame_len {
+    for keep in 0..=marker_len + frame_len {
         let fs = MemFs::new();
         let s = create(&fs);
         for i in 0..5 {
@@ -100,9 +103,9 @@ fn torn_tail_at_every_byte_of_the_last_frame_is_recovered() {
         let s = open(&fs).unwrap();
         let got = read_all(&s, 1).unwrap();
         let mut expect: Vec<Vec<u8>> = (0..5).map(record).collect();
-        if keep == frame_len {
+        if keep == marker_len + frame_len {
             expect.push(last.clone());
-        } else if keep > 0 {
+        } else if keep != 0 && keep != marker_len {
             assert!(
                 s.recovery_events().iter().any(|e| matches!(e, RecoveryEvent::TruncatedTornTail { .. })),
                 "keep={keep}: {:?}",
@@ -136,12 +139,15 @@ fn zero_filled_tail_is_a_torn_tail() {
 }
 
 #[test]
-fn damage_before_a_valid_frame_is_an_error_not_a_torn_tail() {
+fn damage_before_a_sync_marker_is_an_error_not_a_torn_tail() {
     let fs = MemFs::new();
     let s = create(&fs);
     for i in 0..4 {
         s.append(1, FileKind::Segment, &record(i)).unwrap();
     }
+    s.sync().unwrap();
+    // A second sync makes the first sync marker durable.
+    s.append(1, FileKind::Segment, &record(4)).unwrap();
     s.sync().unwrap();
     let name = file_name(s.stream_files(1)[0].file_id, FileKind::Segment);
     fs.crash();
@@ -160,6 +166,37 @@ fn damage_before_a_valid_frame_is_an_error_not_a_torn_tail() {
         Ok(_) => panic!("opened a database with a damaged frame"),
     }
     assert_eq!(snapshot(&fs), before, "a failed open must not change anything");
+}
+
+#[test]
+fn reordered_unsynced_writes_are_cut_not_refused() {
+    // Writeback may persist a later page before an earlier one: a hole of
+    // zeros in unsynced data followed by a valid frame. No sync marker
+    // follows the hole, so it is a torn tail, not corruption.
+    let fs = MemFs::new();
+    let s = create(&fs);
+    s.append(1, FileKind::Segment, &record(0)).unwrap();
+    s.sync().unwrap();
+    for i in 1..6 {
+        s.append(1, FileKind::Segment, &record(i)).unwrap();
+    }
+    let name = s.stream_files(1)[0].name.clone();
+    fs.crash_keeping(|_, n| n);
+    drop(s);
+    let path = dir().join(&name);
+    let mut c = fs.contents(&path).unwrap();
+    let fr = frames_of(&c);
+    // frames: record 0, sync marker, records 1..5; zero record 2.
+    let (off, len) = fr[3];
+    c[off..off + len].fill(0);
+    fs.put(&path, &c);
+    let s = open(&fs).unwrap();
+    assert_eq!(read_all(&s, 1).unwrap(), vec![record(0), record(1)]);
+    assert!(
+        s.recovery_events()
+            .iter()
+            .any(|e| matches!(e, RecoveryEvent::TruncatedTornTail { offset, .. } if *offset == off as u64))
+    );
 }
 
 #[test]
@@ -636,4 +673,94 @@ fn a_failed_open_removes_and_truncates_nothing() {
     let before = snapshot(&fs);
     assert!(matches!(open(&fs), Err(Error::Tampered { .. })));
     assert_eq!(snapshot(&fs), before, "recovery must not start before every check passed");
+}
+
+#[test]
+fn dropping_the_store_after_a_failed_write_keeps_the_database_openable() {
+    let fs = MemFs::new();
+    let s = create(&fs);
+    for i in 0..5 {
+        s.append(1, FileKind::Segment, &record(i)).unwrap();
+    }
+    s.sync().unwrap();
+    // The disk fills up in the middle of a frame.
+    // (A partial frame longer than a sealing frame, so sealing over it would leave garbage.)
+    fs.set_faults(Faults { space_left: Some(100), ..Faults::default() });
+    assert!(s.append(1, FileKind::Segment, &[7u8; 300]).is_err());
+    fs.set_faults(Faults::default());
+    assert!(matches!(s.sync(), Err(Error::Poisoned(_))));
+    drop(s); // no crash: Drop runs and must not seal over the partial frame
+    let s = open(&fs).unwrap();
+    let expect: Vec<Vec<u8>> = (0..5).map(record).collect();
+    assert_eq!(read_all(&s, 1).unwrap(), expect);
+}
+
+#[test]
+fn a_file_builder_refuses_to_reuse_a_frame_index_after_a_failed_write() {
+    crate::crypto::nonce_audit::start();
+    let fs = MemFs::new();
+    let s = create(&fs);
+    let mut b = s.build_file(FileKind::Snapshot, 5, vec![]).unwrap();
+    b.append(b"one").unwrap();
+    fs.set_faults(Faults { fail_writes: true, ..Faults::default() });
+    assert!(b.append(b"two").is_err());
+    fs.set_faults(Faults::default());
+    assert!(b.append(b"three").is_err(), "a retry would seal frame 1 again");
+    assert!(b.finish().is_err());
+    let (_, reuses) = crate::crypto::nonce_audit::stop();
+    assert_eq!(reuses, 0);
+}
+
+#[test]
+fn a_keyring_whose_directory_sync_failed_is_not_contradicted() {
+    // The rename happened but the directory sync failed: the keyring on disk
+    // may list the new file, so it must not be deleted.
+    let fs = MemFs::new();
+    let s = create(&fs);
+    fs.set_faults(Faults { fail_dir_sync: true, ..Faults::default() });
+    assert!(s.append(1, FileKind::Segment, b"x").is_err());
+    assert!(s.poisoned().is_some());
+    fs.set_faults(Faults::default());
+    drop(s);
+    let s = open(&fs).unwrap();
+    assert!(read_all(&s, 1).unwrap().is_empty());
+}
+
+#[test]
+fn keyring_kind_and_foreign_pending_files_are_refused() {
+    let fs = MemFs::new();
+    let s = create(&fs);
+    assert!(matches!(s.build_file(FileKind::Keyring, 1, vec![]), Err(Error::InvalidArgument(_))));
+    let other_fs = MemFs::new();
+    let other = create(&other_fs);
+    let mut b = other.build_file(FileKind::Snapshot, 1, vec![]).unwrap();
+    b.append(b"x").unwrap();
+    let p = b.finish().unwrap();
+    assert!(matches!(s.commit(crate::Edit { add: vec![p], ..Default::default() }), Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn merging_never_reorders_a_stream() {
+    let fs = MemFs::new();
+    create(&fs).close().unwrap();
+    let o = StoreOptions { merge_min_files: 3, ..opts(&fs) };
+    let mut expect = Vec::new();
+    for i in 0..12 {
+        let s = Store::open(dir(), &key(), o.clone()).unwrap();
+        if i == 5 {
+            // A file of another kind, with metadata, in the middle of the stream.
+            let mut b = s.build_file(FileKind::Snapshot, 1, b"m".to_vec()).unwrap();
+            b.append(b"snapshot").unwrap();
+            let p = b.finish().unwrap();
+            s.commit(crate::Edit { add: vec![p], ..Default::default() }).unwrap();
+            expect.push(b"snapshot".to_vec());
+        }
+        s.append(1, FileKind::Segment, &record(i)).unwrap();
+        expect.push(record(i));
+        s.close().unwrap();
+    }
+    let s = Store::open(dir(), &key(), o).unwrap();
+    assert!(s.stream_files(1).len() < 8);
+    assert_eq!(read_all(&s, 1).unwrap(), expect);
+    assert!(s.stream_files(1).iter().any(|f| f.meta == b"m"), "the snapshot keeps its metadata");
 }

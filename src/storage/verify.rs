@@ -141,6 +141,18 @@ fn check_stray_files(vfs: &dyn Vfs, dir: &Path, live: Option<&[u64]>, r: &mut Ve
     }
 }
 
+/// Whether the last bytes of a file form a CRC-valid final frame.
+fn ends_with_final_frame(f: &dyn super::vfs::VfsFile) -> bool {
+    let n = super::segment::FileWriter::frame_len(crate::format::frame::FINAL_PAYLOAD_LEN);
+    let Ok(len) = f.len() else { return false };
+    if len < n + crate::format::header::HEADER_LEN as u64 {
+        return false;
+    }
+    let mut buf = vec![0u8; n as usize];
+    f.read_exact_at(&mut buf, len - n).is_ok()
+        && crate::format::frame::decode_frame(&buf).is_ok_and(|raw| raw.is_last() && raw.encoded_len() == buf.len())
+}
+
 /// Verify what can be checked without a key: the keyring's structure and
 /// CRC, every data file's header, frame structure and CRCs.
 pub fn verify_without_key(dir: &Path, vfs: &dyn Vfs) -> Result<VerifyReport> {
@@ -148,10 +160,16 @@ pub fn verify_without_key(dir: &Path, vfs: &dyn Vfs) -> Result<VerifyReport> {
     if !vfs.exists(&kr).map_err(|e| Error::io("checking", &kr, e))? {
         return Err(Error::NotADatabase { path: dir.to_path_buf() });
     }
-    let _lock = vfs
-        .try_lock(&dir.join(LOCK_FILE), false)
-        .map_err(|e| Error::io("locking", dir.join(LOCK_FILE), e))?
-        .ok_or_else(|| Error::InUse { path: dir.to_path_buf() })?;
+    let lock_path = dir.join(LOCK_FILE);
+    let _lock = if vfs.exists(&lock_path).map_err(|e| Error::io("checking", &lock_path, e))? {
+        Some(
+            vfs.try_lock(&lock_path, false)
+                .map_err(|e| Error::io("locking", &lock_path, e))?
+                .ok_or_else(|| Error::InUse { path: dir.to_path_buf() })?,
+        )
+    } else {
+        None
+    };
     let mut r = VerifyReport::default();
     match read_keyring_bytes(vfs, &kr).and_then(|b| {
         crate::format::keyring::decode_keyring(&b)
@@ -192,7 +210,18 @@ pub fn verify_without_key(dir: &Path, vfs: &dyn Vfs) -> Result<VerifyReport> {
             Ok(out) => {
                 r.frames_checked += out.frames;
                 if let Some((off, why)) = out.torn {
-                    r.notes.push(format!("{n}: torn tail at offset {off} ({why})"));
+                    if ends_with_final_frame(f.as_ref()) {
+                        // A cleanly sealed file has no torn tail: this is damage.
+                        r.problems.push(Problem {
+                            file: n.clone(),
+                            offset: off,
+                            problem: format!("corruption: {why}"),
+                        });
+                    } else {
+                        r.notes.push(format!(
+                            "{n}: unreadable tail at offset {off} ({why}): a torn write if this file was left active by a crash, damage otherwise; an open with the key tells which"
+                        ));
+                    }
                 }
             }
             Err(e) => r.problems.push(locate(&e, n)),

@@ -69,7 +69,8 @@ pub trait Vfs: Send + Sync {
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// Whether a path exists.
     fn exists(&self, path: &Path) -> io::Result<bool>;
-    /// Try to take a lock on `path` (created if missing): exclusive or shared.
+    /// Try to take a lock on `path`: exclusive (creating the file if
+    /// missing) or shared (the file must exist).
     /// `Ok(None)` when someone else holds a conflicting lock.
     fn try_lock(&self, path: &Path, exclusive: bool) -> io::Result<Option<Box<dyn LockGuard>>>;
 }
@@ -146,8 +147,12 @@ impl Vfs for StdFs {
     }
     fn try_lock(&self, path: &Path, exclusive: bool) -> io::Result<Option<Box<dyn LockGuard>>> {
         use std::os::unix::fs::OpenOptionsExt;
-        let f =
-            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
+        // A shared (reader) lock never creates the file.
+        let f = if exclusive {
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?
+        } else {
+            std::fs::File::open(path)?
+        };
         let r = if exclusive { f.try_lock() } else { f.try_lock_shared() };
         match r {
             Ok(()) => Ok(Some(Box::new(StdLock(f)))),
