@@ -75,7 +75,16 @@ fn wrong_key_exits_3_and_leaves_every_file_byte_identical() {
     let d = t.path().join("db");
     assert_eq!(run(&["init", d.to_str().unwrap(), "--key-file", k.to_str().unwrap()]).status.code(), Some(0));
     populate(&d, &k);
+    // As in a restored copy: no lock file. Neither a wrong key nor a read-only
+    // verify may create one.
+    std::fs::remove_file(d.join("LOCK")).unwrap();
     let before = tree(&d);
+    let (code, _, err) = parts(&run(&["verify", "-d", d.to_str().unwrap(), "--key-file", k.to_str().unwrap()]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(tree(&d), before, "read-only verify wrote something");
+    let s = Store::open(&d, &KeySource::key_file(&wrong), StoreOptions::default());
+    assert!(matches!(s, Err(driftdb::Error::WrongKey(_))));
+    assert_eq!(tree(&d), before, "a read-write open with the wrong key wrote something");
     let (code, _, err) = parts(&run(&["verify", "-d", d.to_str().unwrap(), "--key-file", wrong.to_str().unwrap()]));
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("wrong key"), "{err}");

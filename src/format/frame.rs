@@ -223,10 +223,26 @@ impl FrameKey {
 
     /// Verify and decrypt a structurally valid frame expected at `index`.
     pub fn open(&self, index: u64, raw: &RawFrame<'_>) -> Result<Vec<u8>, AeadError> {
-        let mut buf = raw.body.to_vec();
-        let n = self.cipher.open(&Self::nonce(index, raw.flags), &self.aad(index, raw.flags), &mut buf)?;
-        buf.truncate(n);
+        let mut buf = Vec::new();
+        self.open_into(index, raw, &mut buf)?;
         Ok(buf)
+    }
+
+    /// Like [`FrameKey::open`], into a reusable buffer (cleared first; left
+    /// empty on failure).
+    pub fn open_into(&self, index: u64, raw: &RawFrame<'_>, out: &mut Vec<u8>) -> Result<(), AeadError> {
+        out.clear();
+        out.extend_from_slice(raw.body);
+        match self.cipher.open(&Self::nonce(index, raw.flags), &self.aad(index, raw.flags), out) {
+            Ok(n) => {
+                out.truncate(n);
+                Ok(())
+            }
+            Err(e) => {
+                out.clear();
+                Err(e)
+            }
+        }
     }
 }
 
@@ -289,6 +305,11 @@ mod tests {
                 Err(_) => {}
                 Ok(raw) => prop_assert!(k.open(7, &raw).is_err()),
             }
+        }
+
+        #[test]
+        fn final_payload_round_trip(frames in any::<u64>(), bytes in any::<u64>()) {
+            prop_assert_eq!(decode_final_payload(&encode_final_payload(frames, bytes)), Some((frames, bytes)));
         }
 
         #[test]

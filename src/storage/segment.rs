@@ -251,6 +251,7 @@ pub fn scan(
         ));
     }
     let mut out = ScanOutcome { end: HEADER_LEN as u64, ..Default::default() };
+    let mut payload = Vec::new();
     let mut off = HEADER_LEN as u64;
     let mut index = 0u64;
     while off < file_len {
@@ -281,16 +282,15 @@ pub fn scan(
         let total = FRAME_HEADER_LEN + body_len;
         let bytes = w.get(off, total).map_err(io)?;
         let raw = frame::RawFrame { flags, body: &bytes[FRAME_HEADER_LEN..] };
-        let payload = match key {
-            Some(k) => k.open(index, &raw).map_err(|_| {
+        if let Some(k) = key {
+            k.open_into(index, &raw, &mut payload).map_err(|_| {
                 Error::tampered(
                     name,
                     off,
                     format!("frame {index} failed authentication (tampered, moved or reordered)"),
                 )
-            })?,
-            None => Vec::new(),
-        };
+            })?;
+        }
         if raw.is_last() || raw.is_sync_marker() {
             if key.is_some() {
                 match decode_final_payload(&payload) {
