@@ -92,6 +92,12 @@ pub enum Error {
     /// Something that must not exist already does.
     #[error("already exists: {0}")]
     AlreadyExists(String),
+    /// A malformed or invalid query or statement (with its position when known).
+    #[error("{0}")]
+    Query(String),
+    /// A statement conflicts with the data (duplicate key, missing or deleted row...).
+    #[error("{0}")]
+    Constraint(String),
     /// The store was opened read-only.
     #[error("the database was opened read-only")]
     ReadOnly,
@@ -111,7 +117,9 @@ impl Error {
             | Error::Poisoned(_)
             | Error::NotFound(_)
             | Error::AlreadyExists(_)
-            | Error::ReadOnly => 1,
+            | Error::ReadOnly
+            | Error::Query(_)
+            | Error::Constraint(_) => 1,
         }
     }
 

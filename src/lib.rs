@@ -15,18 +15,23 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod crypto;
+pub mod db;
 pub mod error;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod query;
 pub mod storage;
+pub mod table;
 
 pub use crypto::kdf::Argon2Params;
 pub use crypto::keysource::KeySource;
+pub use db::{Db, HistoryEntry, Options, Outcome};
 pub use error::{Error, Result};
 pub use format::FileKind;
 pub use storage::store::{CreateOptions, Edit, FileInfo, RecordPos, RecoveryEvent, Store, StoreOptions};
 pub use storage::verify::{VerifyReport, verify_without_key};
+pub use table::{Pk, TableDef};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -1,0 +1,594 @@
+//! The database: tables of JSON documents over the encrypted store.
+//!
+//! Every change is an event in one database-wide, append-only log (stream
+//! [`EVENTS_STREAM`]). A commit is one log record holding all its events, so
+//! it is on disk entirely or not at all, and is synced before the call that
+//! made it returns. Current rows live in memory; the history of each row is
+//! indexed in memory by sequence number and read back from the log, so any
+//! past state can be reconstructed.
+
+use crate::query::ast::{AsOf, Select, Stmt};
+use crate::storage::store::{CreateOptions, RecordPos, Store, StoreOptions};
+use crate::table::time::{format_rfc3339, now_micros};
+use crate::table::{Commit, Event, Op, Pk, TableDef};
+use crate::{Argon2Params, Error, FileKind, KeySource, Result};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// The log stream holding every commit.
+pub const EVENTS_STREAM: u32 = 1;
+
+/// Options for [`Db::create`] and [`Db::open`].
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Storage options (file system, segment size, read-only...).
+    pub store: StoreOptions,
+    /// Argon2id cost for a new passphrase-protected database.
+    pub argon2: Argon2Params,
+}
+
+/// One event of a row's history (`SHOW DRIFT`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HistoryEntry {
+    /// Sequence number.
+    pub seq: u64,
+    /// Commit time, RFC 3339.
+    pub time: String,
+    /// `INSERT`, `PATCH` or `SOFT_DELETE`.
+    pub op: &'static str,
+    /// The document after the event (for `SOFT_DELETE`, the document deleted).
+    pub doc: Value,
+}
+
+/// What a statement produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A write committed at this sequence number.
+    Committed(u64),
+    /// Result rows.
+    Rows(Vec<Value>),
+    /// A row's history.
+    Drift(Vec<HistoryEntry>),
+    /// Table definitions.
+    Tables(Vec<TableDef>),
+}
+
+#[derive(Clone, Copy)]
+struct CommitMeta {
+    first_seq: u64,
+    len: u32,
+    time: i64,
+    pos: RecordPos,
+}
+
+#[derive(Clone, Copy)]
+struct Hist {
+    seq: u64,
+    op: Op,
+    commit: u32,
+    idx: u32,
+}
+
+#[derive(Default)]
+struct TableData {
+    rows: BTreeMap<Pk, Arc<Value>>,
+    history: BTreeMap<Pk, Vec<Hist>>,
+}
+
+#[derive(Default)]
+struct State {
+    names: BTreeMap<String, u32>,
+    defs: HashMap<u32, TableDef>,
+    tables: HashMap<u32, TableData>,
+    next_seq: u64,
+    last_time: i64,
+    commits: Vec<CommitMeta>,
+    next_table_id: u32,
+}
+
+impl State {
+    fn table(&self, name: &str) -> Result<&TableDef> {
+        self.names
+            .get(name)
+            .and_then(|id| self.defs.get(id))
+            .ok_or_else(|| Error::Query(format!("unknown table {name:?}")))
+    }
+
+    fn latest_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Apply a decoded commit found at `pos`.
+    fn apply(&mut self, c: &Commit, pos: RecordPos) -> Result<()> {
+        let ci = u32::try_from(self.commits.len()).map_err(|_| Error::Query("too many commits".into()))?;
+        self.commits.push(CommitMeta { first_seq: c.first_seq, len: c.events.len() as u32, time: c.time_micros, pos });
+        for (i, e) in c.events.iter().enumerate() {
+            let seq = c.first_seq + i as u64;
+            if e.op == Op::CreateTable {
+                let mut def: TableDef = serde_json::from_value(e.doc.clone().unwrap_or(Value::Null))
+                    .map_err(|err| Error::Query(format!("bad table definition at seq {seq}: {err}")))?;
+                def.id = e.table;
+                def.created_seq = seq;
+                self.names.insert(def.name.clone(), def.id);
+                self.defs.insert(def.id, def);
+                self.tables.entry(e.table).or_default();
+                self.next_table_id = self.next_table_id.max(e.table + 1);
+                continue;
+            }
+            let (Some(t), Some(key)) = (self.tables.get_mut(&e.table), e.key.clone()) else {
+                return Err(Error::Query(format!("event at seq {seq} names an unknown table or no key")));
+            };
+            match e.op {
+                Op::Insert | Op::Patch => {
+                    t.rows.insert(key.clone(), Arc::new(e.doc.clone().unwrap_or(Value::Null)));
+                }
+                Op::SoftDelete => {
+                    t.rows.remove(&key);
+                }
+                Op::CreateTable => {}
+            }
+            t.history.entry(key).or_default().push(Hist { seq, op: e.op, commit: ci, idx: i as u32 });
+        }
+        self.next_seq = c.first_seq + c.events.len() as u64;
+        self.last_time = self.last_time.max(c.time_micros);
+        Ok(())
+    }
+}
+
+/// An embedded DriftDB database.
+pub struct Db {
+    store: Store,
+    state: RwLock<State>,
+    writer: Mutex<()>,
+    cache: Mutex<HashMap<u32, Arc<Commit>>>,
+}
+
+const CACHE_COMMITS: usize = 4096;
+
+fn check_name(kind: &str, n: &str) -> Result<()> {
+    if n.is_empty() || n.len() > 256 || n.chars().any(|c| c.is_control()) {
+        return Err(Error::Query(format!("invalid {kind} name {n:?}")));
+    }
+    Ok(())
+}
+
+impl Db {
+    /// Create a new database in `dir` (missing or empty).
+    pub fn create(dir: impl AsRef<Path>, key: &KeySource, opts: Options) -> Result<Db> {
+        let store = Store::create(dir, key, CreateOptions { argon2: opts.argon2, store: opts.store })?;
+        Ok(Db::from_store(store, State { next_seq: 1, ..State::default() }))
+    }
+
+    /// Open a database: the key is checked first, then the log is replayed.
+    pub fn open(dir: impl AsRef<Path>, key: &KeySource, opts: Options) -> Result<Db> {
+        let store = Store::open(dir, key, opts.store)?;
+        let mut st = State { next_seq: 1, ..State::default() };
+        store.read_stream(EVENTS_STREAM, |pos, rec| {
+            let name = crate::format::file_name(pos.file_id, FileKind::Segment);
+            let c = Commit::decode(rec)
+                .map_err(|e| Error::corrupted(&name, pos.offset, format!("commit record: {}", e.reason)))?;
+            if c.first_seq != st.next_seq {
+                return Err(Error::tampered(
+                    &name,
+                    pos.offset,
+                    format!("commit starts at seq {}, expected {}", c.first_seq, st.next_seq),
+                ));
+            }
+            st.apply(&c, pos).map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))
+        })?;
+        Ok(Db::from_store(store, st))
+    }
+
+    fn from_store(store: Store, state: State) -> Db {
+        Db { store, state: RwLock::new(state), writer: Mutex::new(()), cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// The underlying store (files, keys, verification).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The latest committed sequence number (0 for an empty database).
+    pub fn latest_seq(&self) -> u64 {
+        self.read().latest_seq()
+    }
+
+    /// Close the database, sealing its open files.
+    pub fn close(self) -> Result<()> {
+        self.store.close()
+    }
+
+    /// Commit events built by `build` against the current state, atomically.
+    fn commit(&self, build: impl FnOnce(&State, &mut Batch) -> Result<()>) -> Result<u64> {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let (commit, _) = {
+            let st = self.read();
+            let mut b = Batch { events: Vec::new(), overlay: HashMap::new(), new_tables: Vec::new() };
+            build(&st, &mut b)?;
+            if b.events.is_empty() {
+                return Ok(st.latest_seq());
+            }
+            let time = now_micros().max(st.last_time);
+            (Commit { first_seq: st.next_seq, time_micros: time, events: b.events }, ())
+        };
+        let bytes = commit.encode();
+        if bytes.len() > crate::format::frame::MAX_PAYLOAD {
+            return Err(Error::Query(format!(
+                "commit of {} bytes exceeds the {}-byte limit; split it",
+                bytes.len(),
+                crate::format::frame::MAX_PAYLOAD
+            )));
+        }
+        let pos = self.store.append(EVENTS_STREAM, FileKind::Segment, &bytes)?;
+        self.store.sync()?;
+        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        st.apply(&commit, pos)?;
+        Ok(st.latest_seq())
+    }
+
+    /// Write several changes as one commit; returns the last sequence number.
+    /// Nothing is committed if `f` or any change fails.
+    pub fn write(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<()>) -> Result<u64> {
+        self.commit(|st, b| f(&mut Writer { st, b }))
+    }
+
+    /// `CREATE TABLE`.
+    pub fn create_table(&self, name: &str, pk: &str, indexes: &[&str]) -> Result<u64> {
+        self.write(|w| w.create_table(name, pk, indexes))
+    }
+
+    /// `INSERT`: returns the event's sequence number.
+    pub fn insert(&self, table: &str, doc: Value) -> Result<u64> {
+        self.write(|w| w.insert(table, doc))
+    }
+
+    /// `PATCH`: top-level merge; a `null` value removes the field.
+    pub fn patch(&self, table: &str, key: &Pk, set: Map<String, Value>) -> Result<u64> {
+        self.write(|w| w.patch(table, key, set))
+    }
+
+    /// `SOFT DELETE`.
+    pub fn soft_delete(&self, table: &str, key: &Pk) -> Result<u64> {
+        self.write(|w| w.soft_delete(table, key))
+    }
+
+    /// The current document of a row.
+    pub fn get(&self, table: &str, key: &Pk) -> Result<Option<Value>> {
+        let st = self.read();
+        let def = st.table(table)?;
+        Ok(st.tables.get(&def.id).and_then(|t| t.rows.get(key)).map(|d| (**d).clone()))
+    }
+
+    /// The document of a row as of sequence number `seq`.
+    pub fn get_as_of(&self, table: &str, key: &Pk, seq: u64) -> Result<Option<Value>> {
+        let st = self.read();
+        let seq = resolve(&st, &AsOf::Seq(seq))?;
+        let def = table_at(&st, table, seq)?;
+        let Some(h) = st.tables.get(&def.id).and_then(|t| t.history.get(key)) else { return Ok(None) };
+        self.doc_at(&st, h, seq)
+    }
+
+    fn doc_at(&self, st: &State, h: &[Hist], seq: u64) -> Result<Option<Value>> {
+        let n = h.partition_point(|e| e.seq <= seq);
+        if n == 0 {
+            return Ok(None);
+        }
+        let e = h[n - 1];
+        if e.op == Op::SoftDelete {
+            return Ok(None);
+        }
+        Ok(self.event(st, e)?.doc.clone())
+    }
+
+    fn load_commit(&self, st: &State, ci: u32) -> Result<Arc<Commit>> {
+        if let Some(c) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&ci) {
+            return Ok(c.clone());
+        }
+        let meta = st.commits.get(ci as usize).ok_or_else(|| Error::NotFound(format!("commit {ci}")))?;
+        let rec = self.store.read_record(meta.pos)?;
+        let name = crate::format::file_name(meta.pos.file_id, FileKind::Segment);
+        let c = Commit::decode(&rec).map_err(|e| Error::corrupted(&name, meta.pos.offset, e.reason))?;
+        if c.first_seq != meta.first_seq || c.events.len() as u32 != meta.len {
+            return Err(Error::tampered(&name, meta.pos.offset, "commit record changed since it was read"));
+        }
+        let c = Arc::new(c);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_COMMITS {
+            cache.clear();
+        }
+        cache.insert(ci, c.clone());
+        Ok(c)
+    }
+
+    fn event(&self, st: &State, h: Hist) -> Result<Event> {
+        let c = self.load_commit(st, h.commit)?;
+        c.events.get(h.idx as usize).cloned().ok_or_else(|| Error::NotFound(format!("event {}", h.seq)))
+    }
+
+    /// A row's whole history, oldest first.
+    pub fn history(&self, table: &str, key: &Pk) -> Result<Vec<HistoryEntry>> {
+        let st = self.read();
+        let def = st.table(table)?;
+        let Some(h) = st.tables.get(&def.id).and_then(|t| t.history.get(key)) else {
+            return Err(Error::NotFound(format!("no row with key {key} in table {table:?}, now or ever")));
+        };
+        let mut out = Vec::with_capacity(h.len());
+        for e in h {
+            let ev = self.event(&st, *e)?;
+            let time = st.commits.get(e.commit as usize).map(|c| c.time).unwrap_or(0);
+            out.push(HistoryEntry {
+                seq: e.seq,
+                time: format_rfc3339(time),
+                op: e.op.name(),
+                doc: ev.doc.unwrap_or(Value::Null),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every table, in name order.
+    pub fn tables(&self) -> Vec<TableDef> {
+        let st = self.read();
+        st.names.values().filter_map(|id| st.defs.get(id).cloned()).collect()
+    }
+
+    /// A table's definition.
+    pub fn describe(&self, table: &str) -> Result<TableDef> {
+        self.read().table(table).cloned()
+    }
+
+    /// The documents of a table at a point in history (or now), in key order.
+    pub fn scan(&self, table: &str, as_of: Option<&AsOf>) -> Result<Vec<Arc<Value>>> {
+        let st = self.read();
+        self.scan_locked(&st, table, as_of)
+    }
+
+    fn scan_locked(&self, st: &State, table: &str, as_of: Option<&AsOf>) -> Result<Vec<Arc<Value>>> {
+        let latest = st.latest_seq();
+        let seq = match as_of {
+            None => latest,
+            Some(a) => resolve(st, a)?,
+        };
+        let def = table_at(st, table, seq)?;
+        let Some(t) = st.tables.get(&def.id) else { return Ok(Vec::new()) };
+        if seq == latest {
+            return Ok(t.rows.values().cloned().collect());
+        }
+        let mut out = Vec::new();
+        for h in t.history.values() {
+            if let Some(d) = self.doc_at(st, h, seq)? {
+                out.push(Arc::new(d));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Run a `SELECT`.
+    pub fn select(&self, sel: &Select) -> Result<Vec<Value>> {
+        let docs = self.scan(&sel.table, sel.as_of.as_ref())?;
+        crate::query::eval::run_select(sel, docs.into_iter())
+    }
+
+    /// Run a DriftQL query and deserialize its rows.
+    pub fn query<T: serde::de::DeserializeOwned>(&self, driftql: &str) -> Result<Vec<T>> {
+        let stmt = crate::query::parse_one(driftql)?;
+        let Stmt::Select(sel) = stmt else {
+            return Err(Error::Query("query() runs a SELECT; use execute() for other statements".into()));
+        };
+        self.select(&sel)?
+            .into_iter()
+            .map(|v| {
+                serde_json::from_value(v).map_err(|e| Error::Query(format!("row does not fit the requested type: {e}")))
+            })
+            .collect()
+    }
+
+    /// Execute one statement.
+    pub fn execute_stmt(&self, stmt: &Stmt) -> Result<Outcome> {
+        Ok(match stmt {
+            Stmt::CreateTable { name, pk, indexes } => {
+                let idx: Vec<&str> = indexes.iter().map(String::as_str).collect();
+                Outcome::Committed(self.create_table(name, pk, &idx)?)
+            }
+            Stmt::Insert { table, doc } => Outcome::Committed(self.insert(table, Value::Object(doc.clone()))?),
+            Stmt::Patch { table, key, set } => Outcome::Committed(self.patch(table, key, set.clone())?),
+            Stmt::SoftDelete { table, key } => Outcome::Committed(self.soft_delete(table, key)?),
+            Stmt::Select(sel) => Outcome::Rows(self.select(sel)?),
+            Stmt::ShowTables => Outcome::Tables(self.tables()),
+            Stmt::Describe { table } => Outcome::Tables(vec![self.describe(table)?]),
+            Stmt::ShowDrift { table, key } => Outcome::Drift(self.history(table, key)?),
+        })
+    }
+
+    /// Execute a script. Each write statement is its own commit; the first
+    /// error stops the script (statements before it stay committed) and is
+    /// returned with the statement's number.
+    pub fn execute(&self, script: &str) -> Result<Vec<Outcome>> {
+        let stmts = crate::query::parse(script)?;
+        let mut out = Vec::with_capacity(stmts.len());
+        for (i, s) in stmts.iter().enumerate() {
+            out.push(self.execute_stmt(s).map_err(|e| match e {
+                Error::Query(m) => Error::Query(format!("statement {}: {m}", i + 1)),
+                Error::Constraint(m) => Error::Constraint(format!("statement {}: {m}", i + 1)),
+                other => other,
+            })?);
+        }
+        Ok(out)
+    }
+}
+
+/// The sequence number an `AS OF` names: the end of the last commit at or
+/// before it. Beyond the latest sequence, in the future, or before the first
+/// commit is an error, never "now".
+fn resolve(st: &State, a: &AsOf) -> Result<u64> {
+    let latest = st.latest_seq();
+    match a {
+        AsOf::Now => Ok(latest),
+        AsOf::Seq(n) if *n > latest => {
+            Err(Error::Query(format!("AS OF @seq:{n} is beyond the latest sequence number ({latest})")))
+        }
+        // A commit is atomic in history too: a sequence number inside a
+        // commit reads the state before that commit.
+        AsOf::Seq(n) => {
+            let k = st.commits.partition_point(|c| c.first_seq + u64::from(c.len) - 1 <= *n);
+            Ok(if k == 0 { 0 } else { st.commits[k - 1].first_seq + u64::from(st.commits[k - 1].len) - 1 })
+        }
+        AsOf::Time(text, t) => {
+            if *t > now_micros() {
+                return Err(Error::Query(format!("AS OF {text:?} is in the future")));
+            }
+            // Commit times never decrease: binary search, no scan.
+            let n = st.commits.partition_point(|c| c.time <= *t);
+            if n == 0 {
+                return Err(Error::Query(format!("AS OF {text:?} is before the first commit")));
+            }
+            let c = st.commits[n - 1];
+            Ok(c.first_seq + u64::from(c.len) - 1)
+        }
+    }
+}
+
+fn table_at<'a>(st: &'a State, table: &str, seq: u64) -> Result<&'a TableDef> {
+    let def = st.table(table)?;
+    if def.created_seq > seq {
+        return Err(Error::Query(format!(
+            "table {table:?} did not exist at @seq:{seq} (created at @seq:{})",
+            def.created_seq
+        )));
+    }
+    Ok(def)
+}
+
+struct Batch {
+    events: Vec<Event>,
+    overlay: HashMap<(u32, Pk), Option<Value>>,
+    new_tables: Vec<TableDef>,
+}
+
+/// Builds one commit: every change is checked against the database and the
+/// changes before it in the same commit.
+pub struct Writer<'a> {
+    st: &'a State,
+    b: &'a mut Batch,
+}
+
+impl Writer<'_> {
+    fn def(&self, table: &str) -> Result<TableDef> {
+        if let Some(d) = self.b.new_tables.iter().find(|d| d.name == table) {
+            return Ok(d.clone());
+        }
+        self.st.table(table).cloned()
+    }
+
+    fn current(&self, id: u32, key: &Pk) -> Option<Value> {
+        if let Some(v) = self.b.overlay.get(&(id, key.clone())) {
+            return v.clone();
+        }
+        self.st.tables.get(&id).and_then(|t| t.rows.get(key)).map(|d| (**d).clone())
+    }
+
+    /// Create a table.
+    pub fn create_table(&mut self, name: &str, pk: &str, indexes: &[&str]) -> Result<()> {
+        check_name("table", name)?;
+        check_name("primary key field", pk)?;
+        for i in indexes {
+            check_name("indexed field", i)?;
+        }
+        if self.def(name).is_ok() {
+            return Err(Error::Constraint(format!("table {name:?} already exists")));
+        }
+        let id = self.st.next_table_id.max(1) + self.b.new_tables.len() as u32;
+        let def = TableDef {
+            id,
+            name: name.to_string(),
+            pk: pk.to_string(),
+            indexes: indexes.iter().map(|s| s.to_string()).collect(),
+            created_seq: 0,
+        };
+        let doc = serde_json::to_value(&def).map_err(|e| Error::Query(e.to_string()))?;
+        self.b.events.push(Event { op: Op::CreateTable, table: id, key: None, doc: Some(doc), patch: None });
+        self.b.new_tables.push(def);
+        Ok(())
+    }
+
+    /// Insert a document; its primary key must not be live.
+    pub fn insert(&mut self, table: &str, doc: Value) -> Result<()> {
+        let def = self.def(table)?;
+        let Value::Object(m) = &doc else {
+            return Err(Error::Query(format!("INSERT INTO {table}: the document must be a JSON object")));
+        };
+        let key = match m.get(&def.pk) {
+            None | Some(Value::Null) => {
+                return Err(Error::Query(format!(
+                    "INSERT INTO {table}: the document has no primary key field {:?}",
+                    def.pk
+                )));
+            }
+            Some(v) => Pk::from_json(v).ok_or_else(|| {
+                Error::Query(format!(
+                    "INSERT INTO {table}: primary key {:?} must be a string or an integer, not {v}",
+                    def.pk
+                ))
+            })?,
+        };
+        if self.current(def.id, &key).is_some() {
+            return Err(Error::Constraint(format!("duplicate primary key {key} in table {table:?}")));
+        }
+        self.b.overlay.insert((def.id, key.clone()), Some(doc.clone()));
+        self.b.events.push(Event { op: Op::Insert, table: def.id, key: Some(key), doc: Some(doc), patch: None });
+        Ok(())
+    }
+
+    /// Merge `set` into a live row; `null` removes a field. The primary key cannot change.
+    pub fn patch(&mut self, table: &str, key: &Pk, set: Map<String, Value>) -> Result<()> {
+        let def = self.def(table)?;
+        let Some(Value::Object(mut doc)) = self.current(def.id, key) else {
+            return Err(Error::Constraint(format!("PATCH {table}: no live row with key {key} (missing or deleted)")));
+        };
+        if let Some(v) = set.get(&def.pk)
+            && Pk::from_json(v).as_ref() != Some(key)
+        {
+            return Err(Error::Constraint(format!("PATCH {table}: the primary key {:?} cannot change", def.pk)));
+        }
+        for (k, v) in &set {
+            if v.is_null() {
+                doc.remove(k);
+            } else {
+                doc.insert(k.clone(), v.clone());
+            }
+        }
+        let doc = Value::Object(doc);
+        self.b.overlay.insert((def.id, key.clone()), Some(doc.clone()));
+        self.b.events.push(Event {
+            op: Op::Patch,
+            table: def.id,
+            key: Some(key.clone()),
+            doc: Some(doc),
+            patch: Some(Value::Object(set)),
+        });
+        Ok(())
+    }
+
+    /// Soft-delete a live row: it leaves current reads, its history stays.
+    pub fn soft_delete(&mut self, table: &str, key: &Pk) -> Result<()> {
+        let def = self.def(table)?;
+        let Some(doc) = self.current(def.id, key) else {
+            return Err(Error::Constraint(format!("SOFT DELETE FROM {table}: no live row with key {key}")));
+        };
+        self.b.overlay.insert((def.id, key.clone()), None);
+        self.b.events.push(Event {
+            op: Op::SoftDelete,
+            table: def.id,
+            key: Some(key.clone()),
+            doc: Some(doc),
+            patch: None,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,340 @@
+//! DriftQL syntax tree. `Display` prints a statement back as DriftQL that
+//! parses to the same tree.
+
+use crate::table::Pk;
+use serde_json::Value;
+use std::fmt;
+
+/// A field path: `a.b.c`.
+pub type Path = Vec<String>;
+
+/// A statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stmt {
+    /// `CREATE TABLE name (pk=field, INDEX(a, b))`
+    CreateTable {
+        /// Table name.
+        name: String,
+        /// Primary key field.
+        pk: String,
+        /// Indexed fields.
+        indexes: Vec<String>,
+    },
+    /// `INSERT INTO t {...}`
+    Insert {
+        /// Table.
+        table: String,
+        /// Document.
+        doc: serde_json::Map<String, Value>,
+    },
+    /// `PATCH t KEY k SET {...}`
+    Patch {
+        /// Table.
+        table: String,
+        /// Row key.
+        key: Pk,
+        /// Fields to set (`null` removes).
+        set: serde_json::Map<String, Value>,
+    },
+    /// `SOFT DELETE FROM t KEY k`
+    SoftDelete {
+        /// Table.
+        table: String,
+        /// Row key.
+        key: Pk,
+    },
+    /// `SELECT ...`
+    Select(Select),
+    /// `SHOW TABLES`
+    ShowTables,
+    /// `SHOW DRIFT t KEY k`
+    ShowDrift {
+        /// Table.
+        table: String,
+        /// Row key.
+        key: Pk,
+    },
+    /// `DESCRIBE t`
+    Describe {
+        /// Table.
+        table: String,
+    },
+}
+
+/// A point in history.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AsOf {
+    /// `@seq:N`
+    Seq(u64),
+    /// `"RFC3339"` (text as written, microseconds)
+    Time(String, i64),
+    /// `@now`
+    Now,
+}
+
+/// An aggregate function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agg {
+    /// `COUNT(*)` or `COUNT(f)` (non-null values)
+    Count,
+    /// `SUM(f)` over numbers
+    Sum,
+    /// `AVG(f)` over numbers
+    Avg,
+    /// `MIN(f)`
+    Min,
+    /// `MAX(f)`
+    Max,
+}
+
+/// A select-list item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// A field.
+    Field(Path),
+    /// An aggregate; `None` argument is `COUNT(*)`.
+    Agg(Agg, Option<Path>),
+}
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    /// `=`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+}
+
+/// A `WHERE` expression.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    /// `a AND b`
+    And(Box<Expr>, Box<Expr>),
+    /// `a OR b`
+    Or(Box<Expr>, Box<Expr>),
+    /// `NOT a`
+    Not(Box<Expr>),
+    /// `path op literal`
+    Cmp(Path, CmpOp, Value),
+    /// `path IN (literals)`
+    In(Path, Vec<Value>),
+    /// `path IS NULL` (`true`: `IS NOT NULL`)
+    IsNull(Path, bool),
+}
+
+/// A `SELECT`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Select {
+    /// Items; empty means `*`.
+    pub items: Vec<Item>,
+    /// Table.
+    pub table: String,
+    /// `WHERE`.
+    pub filter: Option<Expr>,
+    /// `AS OF`.
+    pub as_of: Option<AsOf>,
+    /// `GROUP BY`.
+    pub group_by: Vec<Path>,
+    /// `ORDER BY` (path, descending).
+    pub order_by: Vec<(Path, bool)>,
+    /// `LIMIT`.
+    pub limit: Option<u64>,
+    /// `OFFSET`.
+    pub offset: u64,
+}
+
+fn ident(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
+    let plain = s.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_alphanumeric() || c == '_');
+    if plain { f.write_str(s) } else { write!(f, "{}", Value::from(s)) }
+}
+
+fn path(f: &mut fmt::Formatter<'_>, p: &Path) -> fmt::Result {
+    for (i, s) in p.iter().enumerate() {
+        if i > 0 {
+            f.write_str(".")?;
+        }
+        ident(f, s)?;
+    }
+    Ok(())
+}
+
+/// Name of an item as a result column: `a.b`, `COUNT(*)`, `SUM(amount)`.
+pub fn item_name(i: &Item) -> String {
+    match i {
+        Item::Field(p) => p.join("."),
+        Item::Agg(a, None) => format!("{}(*)", agg_name(*a)),
+        Item::Agg(a, Some(p)) => format!("{}({})", agg_name(*a), p.join(".")),
+    }
+}
+
+fn agg_name(a: Agg) -> &'static str {
+    match a {
+        Agg::Count => "COUNT",
+        Agg::Sum => "SUM",
+        Agg::Avg => "AVG",
+        Agg::Min => "MIN",
+        Agg::Max => "MAX",
+    }
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expr::And(a, b) => write!(f, "({a} AND {b})"),
+            Expr::Or(a, b) => write!(f, "({a} OR {b})"),
+            Expr::Not(a) => write!(f, "NOT {a}"),
+            Expr::Cmp(p, op, v) => {
+                path(f, p)?;
+                let o = match op {
+                    CmpOp::Eq => "=",
+                    CmpOp::Ne => "!=",
+                    CmpOp::Lt => "<",
+                    CmpOp::Le => "<=",
+                    CmpOp::Gt => ">",
+                    CmpOp::Ge => ">=",
+                };
+                write!(f, " {o} {v}")
+            }
+            Expr::In(p, vs) => {
+                path(f, p)?;
+                f.write_str(" IN (")?;
+                for (i, v) in vs.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{v}")?;
+                }
+                f.write_str(")")
+            }
+            Expr::IsNull(p, neg) => {
+                path(f, p)?;
+                f.write_str(if *neg { " IS NOT NULL" } else { " IS NULL" })
+            }
+        }
+    }
+}
+
+fn key(f: &mut fmt::Formatter<'_>, k: &Pk) -> fmt::Result {
+    write!(f, "{}", k.to_json())
+}
+
+impl fmt::Display for Stmt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stmt::CreateTable { name, pk, indexes } => {
+                f.write_str("CREATE TABLE ")?;
+                ident(f, name)?;
+                f.write_str(" (pk=")?;
+                ident(f, pk)?;
+                if !indexes.is_empty() {
+                    f.write_str(", INDEX(")?;
+                    for (i, x) in indexes.iter().enumerate() {
+                        if i > 0 {
+                            f.write_str(", ")?;
+                        }
+                        ident(f, x)?;
+                    }
+                    f.write_str(")")?;
+                }
+                f.write_str(")")
+            }
+            Stmt::Insert { table, doc } => {
+                f.write_str("INSERT INTO ")?;
+                ident(f, table)?;
+                write!(f, " {}", Value::Object(doc.clone()))
+            }
+            Stmt::Patch { table, key: k, set } => {
+                f.write_str("PATCH ")?;
+                ident(f, table)?;
+                f.write_str(" KEY ")?;
+                key(f, k)?;
+                write!(f, " SET {}", Value::Object(set.clone()))
+            }
+            Stmt::SoftDelete { table, key: k } => {
+                f.write_str("SOFT DELETE FROM ")?;
+                ident(f, table)?;
+                f.write_str(" KEY ")?;
+                key(f, k)
+            }
+            Stmt::ShowTables => f.write_str("SHOW TABLES"),
+            Stmt::ShowDrift { table, key: k } => {
+                f.write_str("SHOW DRIFT ")?;
+                ident(f, table)?;
+                f.write_str(" KEY ")?;
+                key(f, k)
+            }
+            Stmt::Describe { table } => {
+                f.write_str("DESCRIBE ")?;
+                ident(f, table)
+            }
+            Stmt::Select(s) => {
+                f.write_str("SELECT ")?;
+                if s.items.is_empty() {
+                    f.write_str("*")?;
+                }
+                for (i, it) in s.items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    match it {
+                        Item::Field(p) => path(f, p)?,
+                        Item::Agg(a, None) => write!(f, "{}(*)", agg_name(*a))?,
+                        Item::Agg(a, Some(p)) => {
+                            write!(f, "{}(", agg_name(*a))?;
+                            path(f, p)?;
+                            f.write_str(")")?;
+                        }
+                    }
+                }
+                f.write_str(" FROM ")?;
+                ident(f, &s.table)?;
+                if let Some(e) = &s.filter {
+                    write!(f, " WHERE {e}")?;
+                }
+                match &s.as_of {
+                    None => {}
+                    Some(AsOf::Seq(n)) => write!(f, " AS OF @seq:{n}")?,
+                    Some(AsOf::Now) => f.write_str(" AS OF @now")?,
+                    Some(AsOf::Time(t, _)) => write!(f, " AS OF {}", Value::from(t.as_str()))?,
+                }
+                if !s.group_by.is_empty() {
+                    f.write_str(" GROUP BY ")?;
+                    for (i, p) in s.group_by.iter().enumerate() {
+                        if i > 0 {
+                            f.write_str(", ")?;
+                        }
+                        path(f, p)?;
+                    }
+                }
+                if !s.order_by.is_empty() {
+                    f.write_str(" ORDER BY ")?;
+                    for (i, (p, desc)) in s.order_by.iter().enumerate() {
+                        if i > 0 {
+                            f.write_str(", ")?;
+                        }
+                        path(f, p)?;
+                        if *desc {
+                            f.write_str(" DESC")?;
+                        }
+                    }
+                }
+                if let Some(l) = s.limit {
+                    write!(f, " LIMIT {l}")?;
+                    if s.offset > 0 {
+                        write!(f, " OFFSET {}", s.offset)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,714 @@
+//! DriftQL lexer and parser. Statements are separated by `;` or by a newline
+//! outside brackets; `--` starts a comment; keywords are case-insensitive.
+//! Every error names the line and column and what was expected.
+
+use super::ast::*;
+use crate::table::Pk;
+use crate::{Error, Result};
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Word(String),
+    Str(String),
+    Num(serde_json::Number),
+    Json(Value),
+    AtSeq(u64),
+    AtNow,
+    Sym(&'static str),
+    Sep,
+    Eof,
+}
+
+#[derive(Debug, Clone)]
+struct Token {
+    tok: Tok,
+    line: usize,
+    col: usize,
+}
+
+fn describe(t: &Tok) -> String {
+    match t {
+        Tok::Word(w) => format!("`{w}`"),
+        Tok::Str(s) => format!("string {s:?}"),
+        Tok::Num(n) => format!("number {n}"),
+        Tok::Json(_) => "a JSON object".into(),
+        Tok::AtSeq(n) => format!("@seq:{n}"),
+        Tok::AtNow => "@now".into(),
+        Tok::Sym(s) => format!("`{s}`"),
+        Tok::Sep => "end of statement".into(),
+        Tok::Eof => "end of input".into(),
+    }
+}
+
+fn err(line: usize, col: usize, msg: impl std::fmt::Display) -> Error {
+    Error::Query(format!("line {line}, column {col}: {msg}"))
+}
+
+fn adv(chars: &[char], i: &mut usize, line: &mut usize, col: &mut usize, n: usize) {
+    for k in 0..n {
+        if chars[*i + k] == '\n' {
+            *line += 1;
+            *col = 1;
+        } else {
+            *col += 1;
+        }
+    }
+    *i += n;
+}
+
+fn lex(src: &str) -> Result<Vec<Token>> {
+    let chars: Vec<char> = src.chars().collect();
+    let mut out = Vec::new();
+    let (mut i, mut line, mut col) = (0usize, 1usize, 1usize);
+    let mut depth = 0usize;
+    while i < chars.len() {
+        let c = chars[i];
+        let (tl, tc) = (line, col);
+        if c == '\n' {
+            if depth == 0 {
+                out.push(Token { tok: Tok::Sep, line: tl, col: tc });
+            }
+            {
+                let n = 1;
+                adv(&chars, &mut i, &mut line, &mut col, n);
+            }
+            continue;
+        }
+        if c.is_whitespace() {
+            {
+                let n = 1;
+                adv(&chars, &mut i, &mut line, &mut col, n);
+            }
+            continue;
+        }
+        if c == '-' && chars.get(i + 1) == Some(&'-') {
+            while i < chars.len() && chars[i] != '\n' {
+                {
+                    let n = 1;
+                    adv(&chars, &mut i, &mut line, &mut col, n);
+                }
+            }
+            continue;
+        }
+        if c == ';' {
+            out.push(Token { tok: Tok::Sep, line: tl, col: tc });
+            {
+                let n = 1;
+                adv(&chars, &mut i, &mut line, &mut col, n);
+            }
+            continue;
+        }
+        if c == '{' {
+            // A JSON object: find its end, honouring strings, then let serde_json parse it.
+            let (mut j, mut d, mut in_str, mut esc) = (i, 0i32, false, false);
+            while j < chars.len() {
+                let ch = chars[j];
+                if in_str {
+                    if esc {
+                        esc = false;
+                    } else if ch == '\\' {
+                        esc = true;
+                    } else if ch == '"' {
+                        in_str = false;
+                    }
+                } else if ch == '"' {
+                    in_str = true;
+                } else if ch == '{' || ch == '[' {
+                    d += 1;
+                } else if ch == '}' || ch == ']' {
+                    d -= 1;
+                    if d == 0 {
+                        break;
+                    }
+                }
+                j += 1;
+            }
+            if j >= chars.len() {
+                return Err(err(tl, tc, "unterminated JSON object: expected `}`"));
+            }
+            let text: String = chars[i..=j].iter().collect();
+            let v: Value = serde_json::from_str(&text).map_err(|e| {
+                let (l, c2) = (tl + e.line() - 1, if e.line() == 1 { tc + e.column() - 1 } else { e.column() });
+                err(l, c2, format!("invalid JSON: {e}"))
+            })?;
+            {
+                let n = j + 1 - i;
+                adv(&chars, &mut i, &mut line, &mut col, n);
+            }
+            out.push(Token { tok: Tok::Json(v), line: tl, col: tc });
+            continue;
+        }
+        if c == '"' || c == '\'' {
+            let q = c;
+            let mut s = String::new();
+            let mut j = i + 1;
+            loop {
+                let Some(&ch) = chars.get(j) else {
+                    return Err(err(tl, tc, format!("unterminated string: expected closing {q}")));
+                };
+                if ch == '\\' {
+                    let Some(&n) = chars.get(j + 1) else {
+                        return Err(err(tl, tc, "unterminated string"));
+                    };
+                    s.push(match n {
+                        'n' => '\n',
+                        't' => '\t',
+                        'r' => '\r',
+                        other => other,
+                    });
+                    j += 2;
+                    continue;
+                }
+                if ch == q {
+                    break;
+                }
+                s.push(ch);
+                j += 1;
+            }
+            {
+                let n = j + 1 - i;
+                adv(&chars, &mut i, &mut line, &mut col, n);
+            }
+            out.push(Token { tok: Tok::Str(s), line: tl, col: tc });
+            continue;
+        }
+        if c.is_ascii_digit() || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
+            let mut j = i + 1;
+            while j < chars.len() && (chars[j].is_ascii_alphanumeric() || matches!(chars[j], '.' | '+' | '-')) {
+                if matches!(chars[j], '+' | '-') && !matches!(chars[j - 1], 'e' | 'E') {
+                    break;
+                }
+                j += 1;
+            }
+            let text: String = chars[i..j].iter().collect();
+            let n: serde_json::Number =
+                serde_json::from_str(&text).map_err(|_| err(tl, tc, format!("malformed number `{text}`")))?;
+            {
+                let n = j - i;
+                adv(&chars, &mut i, &mut line, &mut col, n);
+            }
+            out.push(Token { tok: Tok::Num(n), line: tl, col: tc });
+            continue;
+        }
+        if c == '@' {
+            let mut j = i + 1;
+            while j < chars.len() && (chars[j].is_ascii_alphanumeric() || chars[j] == ':') {
+                j += 1;
+            }
+            let text: String = chars[i..j].iter().collect();
+            let lower = text.to_ascii_lowercase();
+            let tok = if lower == "@now" {
+                Tok::AtNow
+            } else if let Some(n) = lower.strip_prefix("@seq:") {
+                Tok::AtSeq(
+                    n.parse()
+                        .map_err(|_| err(tl, tc, format!("malformed `{text}`: expected @seq:N with N a number")))?,
+                )
+            } else {
+                return Err(err(tl, tc, format!("unknown `{text}`: expected @seq:N or @now")));
+            };
+            {
+                let n = j - i;
+                adv(&chars, &mut i, &mut line, &mut col, n);
+            }
+            out.push(Token { tok, line: tl, col: tc });
+            continue;
+        }
+        if c.is_alphabetic() || c == '_' {
+            let mut j = i + 1;
+            while j < chars.len() && (chars[j].is_alphanumeric() || chars[j] == '_') {
+                j += 1;
+            }
+            let text: String = chars[i..j].iter().collect();
+            {
+                let n = j - i;
+                adv(&chars, &mut i, &mut line, &mut col, n);
+            }
+            out.push(Token { tok: Tok::Word(text), line: tl, col: tc });
+            continue;
+        }
+        let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
+        let sym = match two.as_str() {
+            "!=" => Some("!="),
+            "<=" => Some("<="),
+            ">=" => Some(">="),
+            "<>" => Some("!="),
+            _ => None,
+        };
+        if let Some(s) = sym {
+            {
+                let n = 2;
+                adv(&chars, &mut i, &mut line, &mut col, n);
+            }
+            out.push(Token { tok: Tok::Sym(s), line: tl, col: tc });
+            continue;
+        }
+        let sym = match c {
+            '(' => "(",
+            ')' => ")",
+            ',' => ",",
+            '*' => "*",
+            '=' => "=",
+            '<' => "<",
+            '>' => ">",
+            '.' => ".",
+            _ => return Err(err(tl, tc, format!("unexpected character {c:?}"))),
+        };
+        if sym == "(" {
+            depth += 1;
+        } else if sym == ")" {
+            depth = depth.saturating_sub(1);
+        }
+        {
+            let n = 1;
+            adv(&chars, &mut i, &mut line, &mut col, n);
+        }
+        out.push(Token { tok: Tok::Sym(sym), line: tl, col: tc });
+    }
+    out.push(Token { tok: Tok::Eof, line, col });
+    Ok(out)
+}
+
+struct Parser {
+    toks: Vec<Token>,
+    pos: usize,
+}
+
+/// Parse a script of statements.
+pub fn parse(src: &str) -> Result<Vec<Stmt>> {
+    let mut p = Parser { toks: lex(src)?, pos: 0 };
+    let mut out = Vec::new();
+    loop {
+        while p.peek() == &Tok::Sep {
+            p.pos += 1;
+        }
+        if p.peek() == &Tok::Eof {
+            break;
+        }
+        out.push(p.statement()?);
+        match p.peek() {
+            Tok::Sep | Tok::Eof => {}
+            _ => return Err(p.expected("end of statement (`;` or a new line)")),
+        }
+    }
+    Ok(out)
+}
+
+/// Parse exactly one statement.
+pub fn parse_one(src: &str) -> Result<Stmt> {
+    let mut v = parse(src)?;
+    if v.len() != 1 {
+        return Err(Error::Query(format!("expected one statement, found {}", v.len())));
+    }
+    Ok(v.remove(0))
+}
+
+const RESERVED: &[&str] = &[
+    "select", "from", "where", "as", "of", "order", "by", "limit", "offset", "group", "and", "or", "not", "in", "is",
+    "null", "asc", "desc", "key", "set",
+];
+
+impl Parser {
+    fn peek(&self) -> &Tok {
+        &self.toks[self.pos].tok
+    }
+
+    fn here(&self) -> (usize, usize) {
+        let t = &self.toks[self.pos];
+        (t.line, t.col)
+    }
+
+    fn expected(&self, what: &str) -> Error {
+        let (l, c) = self.here();
+        err(l, c, format!("expected {what}, found {}", describe(self.peek())))
+    }
+
+    fn is_kw(&self, kw: &str) -> bool {
+        matches!(self.peek(), Tok::Word(w) if w.eq_ignore_ascii_case(kw))
+    }
+
+    fn eat_kw(&mut self, kw: &str) -> bool {
+        if self.is_kw(kw) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn kw(&mut self, kw: &str) -> Result<()> {
+        if self.eat_kw(kw) { Ok(()) } else { Err(self.expected(&format!("`{}`", kw.to_ascii_uppercase()))) }
+    }
+
+    fn eat_sym(&mut self, s: &str) -> bool {
+        if matches!(self.peek(), Tok::Sym(x) if *x == s) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn sym(&mut self, s: &str) -> Result<()> {
+        if self.eat_sym(s) { Ok(()) } else { Err(self.expected(&format!("`{s}`"))) }
+    }
+
+    fn ident(&mut self, what: &str) -> Result<String> {
+        match self.peek().clone() {
+            Tok::Word(w) if !RESERVED.iter().any(|r| w.eq_ignore_ascii_case(r)) => {
+                self.pos += 1;
+                Ok(w)
+            }
+            Tok::Str(s) if what == "field" => {
+                self.pos += 1;
+                Ok(s)
+            }
+            _ => Err(self.expected(what)),
+        }
+    }
+
+    fn path(&mut self) -> Result<Path> {
+        let mut p = vec![self.ident("field")?];
+        while self.eat_sym(".") {
+            p.push(self.ident("field")?);
+        }
+        Ok(p)
+    }
+
+    fn literal(&mut self) -> Result<Value> {
+        let v = match self.peek().clone() {
+            Tok::Str(s) => Value::String(s),
+            Tok::Num(n) => Value::Number(n),
+            Tok::Json(v) => v,
+            Tok::Word(w) if w.eq_ignore_ascii_case("true") => Value::Bool(true),
+            Tok::Word(w) if w.eq_ignore_ascii_case("false") => Value::Bool(false),
+            Tok::Word(w) if w.eq_ignore_ascii_case("null") => Value::Null,
+            _ => return Err(self.expected("a literal (string, number, true, false or null)")),
+        };
+        self.pos += 1;
+        Ok(v)
+    }
+
+    fn key(&mut self) -> Result<Pk> {
+        let (l, c) = self.here();
+        let v = self.literal()?;
+        Pk::from_json(&v).ok_or_else(|| err(l, c, "expected a key: a string or an integer"))
+    }
+
+    fn json_object(&mut self) -> Result<serde_json::Map<String, Value>> {
+        match self.peek().clone() {
+            Tok::Json(Value::Object(m)) => {
+                self.pos += 1;
+                Ok(m)
+            }
+            _ => Err(self.expected("a JSON object `{...}`")),
+        }
+    }
+
+    fn as_of(&mut self) -> Result<AsOf> {
+        let (l, c) = self.here();
+        match self.peek().clone() {
+            Tok::AtSeq(n) => {
+                self.pos += 1;
+                Ok(AsOf::Seq(n))
+            }
+            Tok::AtNow => {
+                self.pos += 1;
+                Ok(AsOf::Now)
+            }
+            Tok::Str(s) => {
+                self.pos += 1;
+                let micros = crate::table::time::parse_rfc3339(&s).map_err(|e| err(l, c, e))?;
+                Ok(AsOf::Time(s, micros))
+            }
+            _ => Err(self.expected("@seq:N, an RFC 3339 time in quotes, or @now")),
+        }
+    }
+
+    fn statement(&mut self) -> Result<Stmt> {
+        if self.eat_kw("create") {
+            self.kw("table")?;
+            let name = self.ident("table name")?;
+            self.sym("(")?;
+            let mut pk = None;
+            let mut indexes = Vec::new();
+            loop {
+                if self.eat_kw("pk") {
+                    self.sym("=")?;
+                    pk = Some(self.ident("primary key field")?);
+                } else if self.eat_kw("index") {
+                    self.sym("(")?;
+                    loop {
+                        indexes.push(self.ident("indexed field")?);
+                        if !self.eat_sym(",") {
+                            break;
+                        }
+                    }
+                    self.sym(")")?;
+                } else {
+                    return Err(self.expected("`pk=field` or `INDEX(field, ...)`"));
+                }
+                if !self.eat_sym(",") {
+                    break;
+                }
+            }
+            self.sym(")")?;
+            let Some(pk) = pk else {
+                return Err(self.expected("a primary key declaration `pk=field` in the table definition"));
+            };
+            return Ok(Stmt::CreateTable { name, pk, indexes });
+        }
+        if self.eat_kw("insert") {
+            self.kw("into")?;
+            let table = self.ident("table name")?;
+            let doc = self.json_object()?;
+            return Ok(Stmt::Insert { table, doc });
+        }
+        if self.eat_kw("patch") {
+            let table = self.ident("table name")?;
+            self.kw("key")?;
+            let key = self.key()?;
+            self.kw("set")?;
+            let set = self.json_object()?;
+            return Ok(Stmt::Patch { table, key, set });
+        }
+        if self.eat_kw("soft") {
+            self.kw("delete")?;
+            self.kw("from")?;
+            let table = self.ident("table name")?;
+            self.kw("key")?;
+            let key = self.key()?;
+            return Ok(Stmt::SoftDelete { table, key });
+        }
+        if self.eat_kw("show") {
+            if self.eat_kw("tables") {
+                return Ok(Stmt::ShowTables);
+            }
+            if self.eat_kw("drift") {
+                let table = self.ident("table name")?;
+                self.kw("key")?;
+                let key = self.key()?;
+                return Ok(Stmt::ShowDrift { table, key });
+            }
+            return Err(self.expected("`TABLES` or `DRIFT`"));
+        }
+        if self.eat_kw("describe") {
+            let table = self.ident("table name")?;
+            return Ok(Stmt::Describe { table });
+        }
+        if self.is_kw("select") {
+            return self.select().map(Stmt::Select);
+        }
+        Err(self.expected("a statement (CREATE TABLE, INSERT, PATCH, SOFT DELETE, SELECT, SHOW, DESCRIBE)"))
+    }
+
+    fn select(&mut self) -> Result<Select> {
+        self.kw("select")?;
+        let items = if self.eat_sym("*") {
+            Vec::new()
+        } else {
+            let mut v = Vec::new();
+            loop {
+                v.push(self.item()?);
+                if !self.eat_sym(",") {
+                    break;
+                }
+            }
+            v
+        };
+        self.kw("from")?;
+        let table = self.ident("table name")?;
+        let mut s = Select {
+            items,
+            table,
+            filter: None,
+            as_of: None,
+            group_by: Vec::new(),
+            order_by: Vec::new(),
+            limit: None,
+            offset: 0,
+        };
+        loop {
+            if s.filter.is_none() && self.eat_kw("where") {
+                s.filter = Some(self.expr()?);
+            } else if s.as_of.is_none() && self.is_kw("as") {
+                self.pos += 1;
+                self.kw("of")?;
+                s.as_of = Some(self.as_of()?);
+            } else {
+                break;
+            }
+        }
+        if self.eat_kw("group") {
+            self.kw("by")?;
+            loop {
+                s.group_by.push(self.path()?);
+                if !self.eat_sym(",") {
+                    break;
+                }
+            }
+        }
+        if self.eat_kw("order") {
+            self.kw("by")?;
+            loop {
+                let p = self.path()?;
+                let desc = if self.eat_kw("desc") {
+                    true
+                } else {
+                    self.eat_kw("asc");
+                    false
+                };
+                s.order_by.push((p, desc));
+                if !self.eat_sym(",") {
+                    break;
+                }
+            }
+        }
+        if self.eat_kw("limit") {
+            s.limit = Some(self.count("a row count after LIMIT")?);
+            if self.eat_kw("offset") {
+                s.offset = self.count("a row count after OFFSET")?;
+            }
+        }
+        Ok(s)
+    }
+
+    fn count(&mut self, what: &str) -> Result<u64> {
+        match self.peek().clone() {
+            Tok::Num(n) if n.as_u64().is_some() => {
+                self.pos += 1;
+                Ok(n.as_u64().unwrap_or(0))
+            }
+            _ => Err(self.expected(what)),
+        }
+    }
+
+    fn item(&mut self) -> Result<Item> {
+        for (name, f) in
+            [("count", Agg::Count), ("sum", Agg::Sum), ("avg", Agg::Avg), ("min", Agg::Min), ("max", Agg::Max)]
+        {
+            if self.is_kw(name) && matches!(self.toks.get(self.pos + 1).map(|t| &t.tok), Some(Tok::Sym("("))) {
+                self.pos += 2;
+                let arg = if f == Agg::Count && self.eat_sym("*") { None } else { Some(self.path()?) };
+                self.sym(")")?;
+                return Ok(Item::Agg(f, arg));
+            }
+        }
+        Ok(Item::Field(self.path()?))
+    }
+
+    fn expr(&mut self) -> Result<Expr> {
+        let mut e = self.and_expr()?;
+        while self.eat_kw("or") {
+            e = Expr::Or(Box::new(e), Box::new(self.and_expr()?));
+        }
+        Ok(e)
+    }
+
+    fn and_expr(&mut self) -> Result<Expr> {
+        let mut e = self.not_expr()?;
+        while self.eat_kw("and") {
+            e = Expr::And(Box::new(e), Box::new(self.not_expr()?));
+        }
+        Ok(e)
+    }
+
+    fn not_expr(&mut self) -> Result<Expr> {
+        if self.eat_kw("not") {
+            return Ok(Expr::Not(Box::new(self.not_expr()?)));
+        }
+        if self.eat_sym("(") {
+            let e = self.expr()?;
+            self.sym(")")?;
+            return Ok(e);
+        }
+        let p = self.path()?;
+        if self.eat_kw("is") {
+            let negated = self.eat_kw("not");
+            self.kw("null")?;
+            return Ok(Expr::IsNull(p, negated));
+        }
+        if self.eat_kw("in") {
+            self.sym("(")?;
+            let mut vals = Vec::new();
+            loop {
+                vals.push(self.literal()?);
+                if !self.eat_sym(",") {
+                    break;
+                }
+            }
+            self.sym(")")?;
+            return Ok(Expr::In(p, vals));
+        }
+        let op = match self.peek() {
+            Tok::Sym("=") => CmpOp::Eq,
+            Tok::Sym("!=") => CmpOp::Ne,
+            Tok::Sym("<") => CmpOp::Lt,
+            Tok::Sym("<=") => CmpOp::Le,
+            Tok::Sym(">") => CmpOp::Gt,
+            Tok::Sym(">=") => CmpOp::Ge,
+            _ => return Err(self.expected("a comparison (= != < <= > >=), IN or IS [NOT] NULL")),
+        };
+        self.pos += 1;
+        let v = self.literal()?;
+        Ok(Expr::Cmp(p, op, v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_seed_examples() {
+        let s = parse(
+            r#"
+            CREATE TABLE orders (pk=id, INDEX(status, customer_id))
+            INSERT INTO orders {"id": "o1", "status": "pending",
+                                "amount": 100}  -- a comment
+            PATCH orders KEY "o1" SET {"status": "paid", "note": null}; SOFT DELETE FROM orders KEY "o1"
+            SELECT id, a.b, COUNT(*) FROM orders WHERE status = 'paid' AND (amount > 5 OR NOT x IS NULL) AS OF @seq:2 GROUP BY id ORDER BY amount DESC, id LIMIT 10 OFFSET 2
+            SELECT * FROM orders AS OF "2025-01-01T00:00:00Z"
+            SHOW DRIFT orders KEY 1
+            SHOW TABLES
+            DESCRIBE orders
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.len(), 9);
+        assert_eq!(
+            s[0],
+            Stmt::CreateTable {
+                name: "orders".into(),
+                pk: "id".into(),
+                indexes: vec!["status".into(), "customer_id".into()]
+            }
+        );
+        assert!(matches!(&s[1], Stmt::Insert { doc, .. } if doc["amount"] == 100));
+        assert!(matches!(&s[6], Stmt::ShowDrift { key: Pk::Int(1), .. }));
+        let Stmt::Select(sel) = &s[4] else { panic!() };
+        assert_eq!(sel.limit, Some(10));
+        assert_eq!(sel.offset, 2);
+        assert_eq!(sel.as_of, Some(AsOf::Seq(2)));
+        assert_eq!(sel.items.len(), 3);
+    }
+
+    #[test]
+    fn errors_name_line_column_and_expectation() {
+        let e = parse("SELECT * FROM orders\nSELEKT x FROM y").unwrap_err().to_string();
+        assert!(e.contains("line 2, column 1") && e.contains("expected a statement"), "{e}");
+        let e = parse("SELECT * FROM orders WHERE amount >").unwrap_err().to_string();
+        assert!(e.contains("line 1, column 36") && e.contains("expected a literal"), "{e}");
+        let e = parse("SELECT * FROM t AS OF \"2025-13-40\"").unwrap_err().to_string();
+        assert!(e.contains("malformed timestamp"), "{e}");
+        let e = parse("INSERT INTO t {\"a\": }").unwrap_err().to_string();
+        assert!(e.contains("invalid JSON"), "{e}");
+        let e = parse("PATCH t KEY 1.5 SET {}").unwrap_err().to_string();
+        assert!(e.contains("expected a key"), "{e}");
+        let e = parse("CREATE TABLE t (INDEX(a))").unwrap_err().to_string();
+        assert!(e.contains("primary key"), "{e}");
+        assert!(parse("SELECT * FROM t LIMIT -1").is_err());
+        assert!(parse("SELECT * FROM t @bogus").is_err());
+    }
+}

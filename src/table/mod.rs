@@ -1,0 +1,6 @@
+//! Tables of JSON documents: primary keys, events, commits, the catalog.
+
+pub mod event;
+pub mod time;
+
+pub use event::{Commit, Event, Op, Pk, TableDef};
