@@ -7,7 +7,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use clap::{Args, Parser, Subcommand};
-use driftdb::{Argon2Params, CreateOptions, Error, KeySource, Store, StoreOptions};
+use driftdb::{Argon2Params, CreateOptions, Db, Error, KeySource, Options, Outcome, Store, StoreOptions};
+use serde_json::Value;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +63,97 @@ enum Command {
         /// Argon2id lanes (passphrase keys only).
         #[arg(long, default_value_t = 1)]
         kdf_parallelism: u32,
+    },
+    /// Run DriftQL statements (each write is its own commit; the first error stops).
+    Sql {
+        /// The data directory.
+        #[arg(short = 'd', long = "dir", value_name = "DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        key: KeyOpts,
+        /// Statements to run.
+        #[arg(
+            short = 'e',
+            long = "execute",
+            value_name = "STATEMENTS",
+            conflicts_with = "file",
+            required_unless_present = "file"
+        )]
+        execute: Option<String>,
+        /// A file of statements to run.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Print result rows as JSON Lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read a table, now or as of a point in history.
+    Select {
+        /// The data directory.
+        #[arg(short = 'd', long = "dir", value_name = "DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        key: KeyOpts,
+        /// Table.
+        #[arg(short = 't', long = "table")]
+        table: String,
+        /// A WHERE expression, e.g. `status = "paid" AND amount > 10`.
+        #[arg(short = 'w', long = "where", value_name = "EXPR")]
+        filter: Option<String>,
+        /// @seq:N, an RFC 3339 time, or @now.
+        #[arg(long, value_name = "AS_OF")]
+        as_of: Option<String>,
+        /// At most this many rows.
+        #[arg(short = 'l', long = "limit", value_name = "N")]
+        limit: Option<u64>,
+        /// Print JSON Lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A row's whole history.
+    Drift {
+        /// The data directory.
+        #[arg(short = 'd', long = "dir", value_name = "DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        key: KeyOpts,
+        /// Table.
+        #[arg(short = 't', long = "table")]
+        table: String,
+        /// Row key: an integer, a bare string, or a JSON string (`'"1"'` for the string 1).
+        #[arg(short = 'k', long = "key", value_name = "KEY")]
+        row: String,
+        /// Print JSON Lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tables.
+    Tables {
+        /// The data directory.
+        #[arg(short = 'd', long = "dir", value_name = "DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        key: KeyOpts,
+        /// Print JSON Lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load a JSON Lines file into a table, in batched commits.
+    Ingest {
+        /// The data directory.
+        #[arg(short = 'd', long = "dir", value_name = "DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        key: KeyOpts,
+        /// Table.
+        #[arg(short = 't', long = "table")]
+        table: String,
+        /// The JSON Lines file (one document per line).
+        #[arg(short = 'f', long = "file", value_name = "FILE.jsonl")]
+        file: PathBuf,
+        /// Documents per commit.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
     },
     /// Check every file: keyring, manifest, every frame's CRC and tag.
     Verify {
@@ -150,6 +242,64 @@ fn run(cli: Cli) -> Result<u8, Error> {
             println!("created database {id} in {} (master key: {})", dir.display(), ks.describe());
             Ok(0)
         }
+        Command::Sql { dir, key, execute, file, json } => {
+            let script = match (execute, file) {
+                (Some(e), _) => e,
+                (None, Some(f)) => std::fs::read_to_string(&f).map_err(|e| Error::io("reading", &f, e))?,
+                (None, None) => return Err(Error::InvalidArgument("give -e STATEMENTS or -f FILE".into())),
+            };
+            let db = open_db(&dir, &key, false)?;
+            let stmts = driftdb::query::parse(&script)?;
+            for (i, st) in stmts.iter().enumerate() {
+                let out = db.execute_stmt(st).map_err(|e| match e {
+                    Error::Query(m) => Error::Query(format!("statement {}: {m}", i + 1)),
+                    Error::Constraint(m) => Error::Constraint(format!("statement {}: {m}", i + 1)),
+                    other => other,
+                })?;
+                print_outcome(&out, json);
+            }
+            db.close()?;
+            Ok(0)
+        }
+        Command::Select { dir, key, table, filter, as_of, limit, json } => {
+            let mut q =
+                format!("SELECT * FROM {}", Value::from(table.as_str()).as_str().map(quote_ident).unwrap_or_default());
+            if let Some(w) = filter {
+                q.push_str(&format!(" WHERE {w}"));
+            }
+            if let Some(a) = as_of {
+                if a.starts_with('@') {
+                    q.push_str(&format!(" AS OF {a}"));
+                } else {
+                    q.push_str(&format!(" AS OF {}", Value::from(a)));
+                }
+            }
+            if let Some(l) = limit {
+                q.push_str(&format!(" LIMIT {l}"));
+            }
+            let stmt = driftdb::query::parse_one(&q)?;
+            let db = open_db(&dir, &key, true)?;
+            print_outcome(&db.execute_stmt(&stmt)?, json);
+            Ok(0)
+        }
+        Command::Drift { dir, key, table, row, json } => {
+            let db = open_db(&dir, &key, true)?;
+            let k = parse_key(&row)?;
+            print_outcome(&Outcome::Drift(db.history(&table, &k)?), json);
+            Ok(0)
+        }
+        Command::Tables { dir, key, json } => {
+            let db = open_db(&dir, &key, true)?;
+            print_outcome(&Outcome::Tables(db.tables()), json);
+            Ok(0)
+        }
+        Command::Ingest { dir, key, table, file, batch } => {
+            let db = open_db(&dir, &key, false)?;
+            let n = ingest(&db, &table, &file, batch.max(1))?;
+            println!("ingested {} documents into {table} (latest sequence {})", n, db.latest_seq());
+            db.close()?;
+            Ok(0)
+        }
         Command::Verify { dir, key, no_key, json } => {
             let report = if no_key {
                 driftdb::verify_without_key(&dir, &driftdb::storage::StdFs)?
@@ -171,6 +321,172 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 print_report(&dir, &report);
             }
             Ok(if report.problems.is_empty() { 0 } else { 4 })
+        }
+    }
+}
+
+fn open_db(dir: &std::path::Path, key: &KeyOpts, read_only: bool) -> Result<Db, Error> {
+    let ks = key_source(key, false)?;
+    Db::open(dir, &ks, Options { store: StoreOptions { read_only, ..StoreOptions::default() }, ..Options::default() })
+}
+
+fn quote_ident(s: &str) -> String {
+    if s.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_alphanumeric() || c == '_')
+    {
+        s.to_string()
+    } else {
+        Value::from(s).to_string()
+    }
+}
+
+/// `1` is an integer key, `o1` a string key, `"1"` (JSON) the string 1.
+fn parse_key(s: &str) -> Result<driftdb::Pk, Error> {
+    if let Ok(v) = serde_json::from_str::<Value>(s)
+        && let Some(k) = driftdb::Pk::from_json(&v)
+    {
+        return Ok(k);
+    }
+    Ok(driftdb::Pk::Str(s.to_string()))
+}
+
+fn ingest(db: &Db, table: &str, file: &std::path::Path, batch: usize) -> Result<u64, Error> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(file).map_err(|e| Error::io("opening", file, e))?;
+    let mut pending: Vec<(usize, Value)> = Vec::with_capacity(batch);
+    let mut total = 0u64;
+    let progress = std::io::stderr().is_terminal();
+    let flush = |pending: &mut Vec<(usize, Value)>, total: &mut u64| -> Result<(), Error> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let first = pending[0].0;
+        let last = pending[pending.len() - 1].0;
+        db.write(|w| {
+            for (line, doc) in pending.drain(..) {
+                w.insert(table, doc).map_err(|e| match e {
+                    Error::Query(m) => Error::Query(format!("{}:{line}: {m}", file.display())),
+                    Error::Constraint(m) => Error::Constraint(format!("{}:{line}: {m}", file.display())),
+                    other => other,
+                })?;
+            }
+            Ok(())
+        })
+        .inspect_err(|_| eprintln!("nothing of lines {first}..={last} was committed"))?;
+        *total += (last - first + 1) as u64;
+        if progress {
+            eprint!("\r{total} documents");
+        }
+        Ok(())
+    };
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let n = i + 1;
+        let line = line.map_err(|e| Error::io("reading", file, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let doc: Value = serde_json::from_str(&line).map_err(|e| {
+            eprintln!("nothing of the current batch (from line {}) was committed", pending.first().map_or(n, |p| p.0));
+            Error::Query(format!("{}:{n}: invalid JSON: {e}", file.display()))
+        })?;
+        pending.push((n, doc));
+        if pending.len() >= batch {
+            flush(&mut pending, &mut total)?;
+        }
+    }
+    flush(&mut pending, &mut total)?;
+    if progress {
+        eprintln!();
+    }
+    Ok(total)
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn print_rows(rows: &[Value]) {
+    let mut cols: Vec<String> = Vec::new();
+    for r in rows {
+        if let Value::Object(m) = r {
+            for k in m.keys() {
+                if !cols.contains(k) {
+                    cols.push(k.clone());
+                }
+            }
+        }
+    }
+    let cells: Vec<Vec<String>> =
+        rows.iter().map(|r| cols.iter().map(|c| r.get(c).map(cell).unwrap_or_default()).collect()).collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).chain([c.chars().count()]).max().unwrap_or(0).min(60))
+        .collect();
+    let line = |vals: &[String]| {
+        let parts: Vec<String> = vals
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| {
+                let v: String = v.chars().take(*w).collect();
+                format!("{v:<w$}", w = *w)
+            })
+            .collect();
+        println!("{}", parts.join(" | ").trim_end());
+    };
+    line(&cols);
+    println!("{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"));
+    for r in &cells {
+        line(r);
+    }
+    println!("({} row{})", rows.len(), if rows.len() == 1 { "" } else { "s" });
+}
+
+fn print_outcome(o: &Outcome, json: bool) {
+    match o {
+        Outcome::Committed(seq) => {
+            if !json {
+                println!("ok (seq {seq})");
+            }
+        }
+        Outcome::Rows(rows) => {
+            if json {
+                for r in rows {
+                    println!("{r}");
+                }
+            } else {
+                print_rows(rows);
+            }
+        }
+        Outcome::Drift(h) => {
+            if json {
+                for e in h {
+                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                }
+            } else {
+                let rows: Vec<Value> = h
+                    .iter()
+                    .map(|e| serde_json::json!({"seq": e.seq, "time": e.time, "op": e.op, "doc": e.doc.to_string()}))
+                    .collect();
+                print_rows(&rows);
+            }
+        }
+        Outcome::Tables(t) => {
+            let rows: Vec<Value> = t
+                .iter()
+                .map(|d| serde_json::json!({"table": d.name, "pk": d.pk, "indexes": d.indexes.join(", "), "created_seq": d.created_seq}))
+                .collect();
+            if json {
+                for r in &rows {
+                    println!("{r}");
+                }
+            } else {
+                print_rows(&rows);
+            }
         }
     }
 }

@@ -360,7 +360,7 @@ impl Parser {
                 self.pos += 1;
                 Ok(w)
             }
-            Tok::Str(s) if what == "field" => {
+            Tok::Str(s) if what == "a field name" => {
                 self.pos += 1;
                 Ok(s)
             }
@@ -369,9 +369,9 @@ impl Parser {
     }
 
     fn path(&mut self) -> Result<Path> {
-        let mut p = vec![self.ident("field")?];
+        let mut p = vec![self.ident("a field name")?];
         while self.eat_sym(".") {
-            p.push(self.ident("field")?);
+            p.push(self.ident("a field name")?);
         }
         Ok(p)
     }
