@@ -10,6 +10,7 @@
 use crate::query::ast::{AsOf, Select, Stmt};
 use crate::storage::store::{CreateOptions, RecordPos, Store, StoreOptions};
 use crate::table::time::{format_rfc3339, now_micros};
+use crate::table::index::Index;
 use crate::table::{Commit, Event, Op, Pk, TableDef};
 use crate::{Argon2Params, Error, FileKind, KeySource, Result};
 use serde_json::{Map, Value};
@@ -75,6 +76,8 @@ struct Hist {
 struct TableData {
     rows: BTreeMap<Pk, Arc<Value>>,
     history: BTreeMap<Pk, Vec<Hist>>,
+    /// Secondary indexes of the current rows, by field.
+    indexes: BTreeMap<String, Index>,
 }
 
 #[derive(Default)]
@@ -113,21 +116,31 @@ impl State {
                 def.created_seq = seq;
                 self.names.insert(def.name.clone(), def.id);
                 self.defs.insert(def.id, def);
-                self.tables.entry(e.table).or_default();
+                let t = self.tables.entry(e.table).or_default();
+                for f in &self.defs[&e.table].indexes {
+                    t.indexes.insert(f.clone(), Index::default());
+                }
                 self.next_table_id = self.next_table_id.max(e.table + 1);
                 continue;
             }
             let (Some(t), Some(key)) = (self.tables.get_mut(&e.table), e.key.clone()) else {
                 return Err(Error::Query(format!("event at seq {seq} names an unknown table or no key")));
             };
-            match e.op {
-                Op::Insert | Op::Patch => {
-                    t.rows.insert(key.clone(), Arc::new(e.doc.clone().unwrap_or(Value::Null)));
+            let new = match e.op {
+                Op::Insert | Op::Patch => Some(Arc::new(e.doc.clone().unwrap_or(Value::Null))),
+                _ => None,
+            };
+            let old = match &new {
+                Some(d) => t.rows.insert(key.clone(), d.clone()),
+                None => t.rows.remove(&key),
+            };
+            for (f, ix) in t.indexes.iter_mut() {
+                if let Some(o) = &old {
+                    ix.remove(f, o, &key);
                 }
-                Op::SoftDelete => {
-                    t.rows.remove(&key);
+                if let Some(n) = &new {
+                    ix.add(f, n, &key);
                 }
-                Op::CreateTable => {}
             }
             t.history.entry(key).or_default().push(Hist { seq, op: e.op, commit: ci, idx: i as u32 });
         }
@@ -369,8 +382,31 @@ impl Db {
         Ok(out)
     }
 
-    /// Run a `SELECT`.
+    /// Run a `SELECT`. A current read whose `WHERE` has an `=`, `IN` or
+    /// range predicate on an indexed field reads only the candidate rows.
     pub fn select(&self, sel: &Select) -> Result<Vec<Value>> {
+        {
+            let st = self.read();
+            let current = match &sel.as_of {
+                None => true,
+                Some(a) => resolve(&st, a)? == st.latest_seq(),
+            };
+            if current && let Some(f) = &sel.filter {
+                let def = st.table(&sel.table)?;
+                if let Some(t) = st.tables.get(&def.id)
+                    && let Some(keys) = crate::table::index::plan(f, &t.indexes)
+                {
+                    let docs: Vec<Arc<Value>> = keys.iter().filter_map(|k| t.rows.get(k).cloned()).collect();
+                    return crate::query::eval::run_select(sel, docs.into_iter());
+                }
+            }
+        }
+        self.select_full_scan(sel)
+    }
+
+    /// Run a `SELECT` without using any index (for checking index answers).
+    #[doc(hidden)]
+    pub fn select_full_scan(&self, sel: &Select) -> Result<Vec<Value>> {
         let docs = self.scan(&sel.table, sel.as_of.as_ref())?;
         crate::query::eval::run_select(sel, docs.into_iter())
     }

@@ -1,0 +1,138 @@
+//! Secondary indexes: for one top-level field, value → primary keys of the
+//! live rows holding it. Kept exact under insert, patch and soft delete.
+//! Lookups return candidates; the caller re-checks the full `WHERE`, so an
+//! index can only narrow a scan, never change its answer.
+
+use super::Pk;
+use crate::query::ast::{CmpOp, Expr};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+/// An indexable value. Numbers are keyed by their `f64` value (bounds are
+/// widened to inclusive, so large integers that share an `f64` are still
+/// found and then re-checked exactly).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum IKey {
+    /// A boolean.
+    Bool(bool),
+    /// A number, as order-preserving bits of its `f64`.
+    Num(u64),
+    /// A string.
+    Str(String),
+}
+
+fn f64_key(f: f64) -> u64 {
+    let f = if f == 0.0 { 0.0 } else { f };
+    let b = f.to_bits();
+    if b >> 63 == 1 { !b } else { b | (1 << 63) }
+}
+
+/// The index key of a value; arrays, objects and null are not indexed.
+pub fn ikey(v: &Value) -> Option<IKey> {
+    match v {
+        Value::Bool(b) => Some(IKey::Bool(*b)),
+        Value::Number(n) => n.as_f64().map(|f| IKey::Num(f64_key(f))),
+        Value::String(s) => Some(IKey::Str(s.clone())),
+        _ => None,
+    }
+}
+
+/// One index.
+#[derive(Debug, Default, Clone)]
+pub struct Index {
+    map: BTreeMap<IKey, BTreeSet<Pk>>,
+}
+
+impl Index {
+    /// Record `pk` under the value of `field` in `doc`.
+    pub fn add(&mut self, field: &str, doc: &Value, pk: &Pk) {
+        if let Some(k) = doc.get(field).and_then(ikey) {
+            self.map.entry(k).or_default().insert(pk.clone());
+        }
+    }
+
+    /// Forget `pk` under the value of `field` in `doc`.
+    pub fn remove(&mut self, field: &str, doc: &Value, pk: &Pk) {
+        if let Some(k) = doc.get(field).and_then(ikey)
+            && let Some(s) = self.map.get_mut(&k)
+        {
+            s.remove(pk);
+            if s.is_empty() {
+                self.map.remove(&k);
+            }
+        }
+    }
+
+    /// Number of distinct values.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn range(&self, lo: Bound<IKey>, hi: Bound<IKey>, out: &mut BTreeSet<Pk>) {
+        for s in self.map.range((lo, hi)).map(|(_, s)| s) {
+            out.extend(s.iter().cloned());
+        }
+    }
+
+    /// Candidate keys for `field op lit`, or `None` if the index cannot help.
+    pub fn candidates(&self, op: CmpOp, lit: &Value) -> Option<BTreeSet<Pk>> {
+        let k = ikey(lit)?;
+        let (type_lo, type_hi) = match &k {
+            IKey::Bool(_) => (IKey::Bool(false), Bound::Included(IKey::Bool(true))),
+            IKey::Num(_) => (IKey::Num(0), Bound::Included(IKey::Num(u64::MAX))),
+            IKey::Str(_) => (IKey::Str(String::new()), Bound::Unbounded),
+        };
+        let mut out = BTreeSet::new();
+        match op {
+            CmpOp::Eq => {
+                if let Some(s) = self.map.get(&k) {
+                    out.extend(s.iter().cloned());
+                }
+            }
+            CmpOp::Lt | CmpOp::Le => self.range(Bound::Included(type_lo), Bound::Included(k), &mut out),
+            CmpOp::Gt | CmpOp::Ge => self.range(Bound::Included(k), type_hi, &mut out),
+            CmpOp::Ne => return None,
+        }
+        Some(out)
+    }
+}
+
+/// Candidate keys for a `WHERE` from the first top-level conjunct an index
+/// can answer (`=`, `IN`, `<`, `<=`, `>`, `>=` on an indexed field), or
+/// `None` when no index applies.
+pub fn plan(e: &Expr, indexes: &BTreeMap<String, Index>) -> Option<BTreeSet<Pk>> {
+    match e {
+        Expr::And(a, b) => plan(a, indexes).or_else(|| plan(b, indexes)),
+        Expr::Cmp(p, op, lit) if p.len() == 1 => indexes.get(&p[0])?.candidates(*op, lit),
+        Expr::In(p, lits) if p.len() == 1 => {
+            let ix = indexes.get(&p[0])?;
+            let mut out = BTreeSet::new();
+            for l in lits {
+                out.extend(ix.candidates(CmpOp::Eq, l)?);
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_keys_keep_order() {
+        let vals = [-1e300, -5.5, -1.0, -0.0, 0.0, 1e-9, 1.0, 2.5, 1e300];
+        let keys: Vec<u64> = vals.iter().map(|f| f64_key(*f)).collect();
+        for w in keys.windows(2) {
+            assert!(w[0] <= w[1]);
+        }
+        assert_eq!(f64_key(-0.0), f64_key(0.0));
+    }
+}
