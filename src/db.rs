@@ -9,8 +9,9 @@
 
 use crate::query::ast::{AsOf, Select, Stmt};
 use crate::storage::store::{CreateOptions, RecordPos, Store, StoreOptions};
-use crate::table::time::{format_rfc3339, now_micros};
 use crate::table::index::Index;
+use crate::table::snapshot::{SNAPSHOT_STREAM_BASE, SnapMeta, decode_rows, encode_rows};
+use crate::table::time::{format_rfc3339, now_micros};
 use crate::table::{Commit, Event, Op, Pk, TableDef};
 use crate::{Argon2Params, Error, FileKind, KeySource, Result};
 use serde_json::{Map, Value};
@@ -22,12 +23,27 @@ use std::sync::{Arc, Mutex, RwLock};
 pub const EVENTS_STREAM: u32 = 1;
 
 /// Options for [`Db::create`] and [`Db::open`].
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Options {
     /// Storage options (file system, segment size, read-only...).
     pub store: StoreOptions,
     /// Argon2id cost for a new passphrase-protected database.
     pub argon2: Argon2Params,
+    /// Snapshot a table automatically after this many of its events.
+    pub snapshot_every_events: u64,
+    /// ... or after this many bytes of its events.
+    pub snapshot_every_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            store: StoreOptions::default(),
+            argon2: Argon2Params::default(),
+            snapshot_every_events: 10_000,
+            snapshot_every_bytes: 64 << 20,
+        }
+    }
 }
 
 /// One event of a row's history (`SHOW DRIFT`).
@@ -54,6 +70,8 @@ pub enum Outcome {
     Drift(Vec<HistoryEntry>),
     /// Table definitions.
     Tables(Vec<TableDef>),
+    /// A snapshot was taken at this sequence number.
+    Snapshot(u64),
 }
 
 #[derive(Clone, Copy)]
@@ -78,6 +96,11 @@ struct TableData {
     history: BTreeMap<Pk, Vec<Hist>>,
     /// Secondary indexes of the current rows, by field.
     indexes: BTreeMap<String, Index>,
+    /// Snapshots: (sequence number, file id), oldest first.
+    snapshots: Vec<(u64, u64)>,
+    /// Events and bytes since the latest snapshot.
+    since_events: u64,
+    since_bytes: u64,
 }
 
 #[derive(Default)]
@@ -89,6 +112,11 @@ struct State {
     last_time: i64,
     commits: Vec<CommitMeta>,
     next_table_id: u32,
+    /// Rows of table `t` up to this sequence number came from a snapshot:
+    /// replay only indexes their history.
+    rows_from: HashMap<u32, u64>,
+    /// Maintain indexes as events apply (off while opening; built after).
+    maintain_indexes: bool,
 }
 
 impl State {
@@ -103,8 +131,9 @@ impl State {
         self.next_seq - 1
     }
 
-    /// Apply a decoded commit found at `pos`.
-    fn apply(&mut self, c: &Commit, pos: RecordPos) -> Result<()> {
+    /// Apply a decoded commit found at `pos` (`rec_len` bytes on disk).
+    fn apply(&mut self, c: &Commit, pos: RecordPos, rec_len: usize) -> Result<()> {
+        let share = (rec_len / c.events.len().max(1)) as u64;
         let ci = u32::try_from(self.commits.len()).map_err(|_| Error::Query("too many commits".into()))?;
         self.commits.push(CommitMeta { first_seq: c.first_seq, len: c.events.len() as u32, time: c.time_micros, pos });
         for (i, e) in c.events.iter().enumerate() {
@@ -118,7 +147,7 @@ impl State {
                 self.defs.insert(def.id, def);
                 let t = self.tables.entry(e.table).or_default();
                 for f in &self.defs[&e.table].indexes {
-                    t.indexes.insert(f.clone(), Index::default());
+                    t.indexes.entry(f.clone()).or_default();
                 }
                 self.next_table_id = self.next_table_id.max(e.table + 1);
                 continue;
@@ -126,20 +155,26 @@ impl State {
             let (Some(t), Some(key)) = (self.tables.get_mut(&e.table), e.key.clone()) else {
                 return Err(Error::Query(format!("event at seq {seq} names an unknown table or no key")));
             };
-            let new = match e.op {
-                Op::Insert | Op::Patch => Some(Arc::new(e.doc.clone().unwrap_or(Value::Null))),
-                _ => None,
-            };
-            let old = match &new {
-                Some(d) => t.rows.insert(key.clone(), d.clone()),
-                None => t.rows.remove(&key),
-            };
-            for (f, ix) in t.indexes.iter_mut() {
-                if let Some(o) = &old {
-                    ix.remove(f, o, &key);
-                }
-                if let Some(n) = &new {
-                    ix.add(f, n, &key);
+            t.since_events += 1;
+            t.since_bytes += share;
+            if self.rows_from.get(&e.table).is_none_or(|from| seq > *from) {
+                let new = match e.op {
+                    Op::Insert | Op::Patch => Some(Arc::new(e.doc.clone().unwrap_or(Value::Null))),
+                    _ => None,
+                };
+                let old = match &new {
+                    Some(d) => t.rows.insert(key.clone(), d.clone()),
+                    None => t.rows.remove(&key),
+                };
+                if self.maintain_indexes {
+                    for (f, ix) in t.indexes.iter_mut() {
+                        if let Some(o) = &old {
+                            ix.remove(f, o, &key);
+                        }
+                        if let Some(n) = &new {
+                            ix.add(f, n, &key);
+                        }
+                    }
                 }
             }
             t.history.entry(key).or_default().push(Hist { seq, op: e.op, commit: ci, idx: i as u32 });
@@ -156,6 +191,7 @@ pub struct Db {
     state: RwLock<State>,
     writer: Mutex<()>,
     cache: Mutex<HashMap<u32, Arc<Commit>>>,
+    opts: Options,
 }
 
 const CACHE_COMMITS: usize = 4096;
@@ -170,18 +206,44 @@ fn check_name(kind: &str, n: &str) -> Result<()> {
 impl Db {
     /// Create a new database in `dir` (missing or empty).
     pub fn create(dir: impl AsRef<Path>, key: &KeySource, opts: Options) -> Result<Db> {
+        let opts_rest = opts.clone();
         let store = Store::create(dir, key, CreateOptions { argon2: opts.argon2, store: opts.store })?;
-        Ok(Db::from_store(store, State { next_seq: 1, ..State::default() }))
+        Ok(Db::from_store(store, State { next_seq: 1, maintain_indexes: true, ..State::default() }, opts_rest))
     }
 
-    /// Open a database: the key is checked first, then the log is replayed.
+    /// Open a database: the key is checked first; then every table's latest
+    /// snapshot is loaded and the log replayed (documents are parsed only for
+    /// events after a table's snapshot).
     pub fn open(dir: impl AsRef<Path>, key: &KeySource, opts: Options) -> Result<Db> {
-        let store = Store::open(dir, key, opts.store)?;
+        let store = Store::open(dir, key, opts.store.clone())?;
         let mut st = State { next_seq: 1, ..State::default() };
+        for f in store.files() {
+            if f.kind != FileKind::Snapshot || f.stream < SNAPSHOT_STREAM_BASE {
+                continue;
+            }
+            let m = SnapMeta::decode(&f.meta)
+                .map_err(|e| Error::corrupted(&f.name, 0, format!("snapshot metadata: {}", e.reason)))?;
+            st.tables.entry(m.table).or_default().snapshots.push((m.seq, f.file_id));
+        }
+        let mut latest = Vec::new();
+        for (id, t) in st.tables.iter_mut() {
+            t.snapshots.sort_unstable();
+            if let Some(&(seq, file)) = t.snapshots.last() {
+                latest.push((*id, seq, file));
+            }
+        }
+        for (id, seq, file) in latest {
+            let rows = load_snapshot(&store, file)?;
+            let t = st.tables.entry(id).or_default();
+            t.rows = rows;
+            st.rows_from.insert(id, seq);
+        }
         store.read_stream(EVENTS_STREAM, |pos, rec| {
             let name = crate::format::file_name(pos.file_id, FileKind::Segment);
-            let c = Commit::decode(rec)
-                .map_err(|e| Error::corrupted(&name, pos.offset, format!("commit record: {}", e.reason)))?;
+            let bad = |e: crate::format::codec::DecodeError| {
+                Error::corrupted(&name, pos.offset, format!("commit record: {}", e.reason))
+            };
+            let mut c = Commit::decode_headers(rec).map_err(bad)?;
             if c.first_seq != st.next_seq {
                 return Err(Error::tampered(
                     &name,
@@ -189,13 +251,39 @@ impl Db {
                     format!("commit starts at seq {}, expected {}", c.first_seq, st.next_seq),
                 ));
             }
-            st.apply(&c, pos).map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))
+            let needs_docs = c.events.iter().enumerate().any(|(i, e)| {
+                e.op != Op::CreateTable && st.rows_from.get(&e.table).is_none_or(|from| c.first_seq + i as u64 > *from)
+            });
+            if needs_docs {
+                c = Commit::decode(rec).map_err(bad)?;
+            }
+            st.apply(&c, pos, rec.len()).map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))
         })?;
-        Ok(Db::from_store(store, st))
+        for (id, t) in st.tables.iter_mut() {
+            if let Some(from) = st.rows_from.get(id)
+                && t.snapshots.last().is_some_and(|(s, _)| s == from)
+            {
+                // Counters restart at the latest snapshot.
+                let after: u64 = t.history.values().map(|h| h.iter().filter(|e| e.seq > *from).count() as u64).sum();
+                t.since_events = after;
+                t.since_bytes = 0;
+            }
+            let fields: Vec<String> = t.indexes.keys().cloned().collect();
+            for f in fields {
+                let mut ix = Index::default();
+                for (k, d) in &t.rows {
+                    ix.add(&f, d, k);
+                }
+                t.indexes.insert(f, ix);
+            }
+        }
+        st.rows_from.clear();
+        st.maintain_indexes = true;
+        Ok(Db::from_store(store, st, opts))
     }
 
-    fn from_store(store: Store, state: State) -> Db {
-        Db { store, state: RwLock::new(state), writer: Mutex::new(()), cache: Mutex::new(HashMap::new()) }
+    fn from_store(store: Store, state: State, opts: Options) -> Db {
+        Db { store, state: RwLock::new(state), writer: Mutex::new(()), cache: Mutex::new(HashMap::new()), opts }
     }
 
     /// The underlying store (files, keys, verification).
@@ -240,9 +328,73 @@ impl Db {
         }
         let pos = self.store.append(EVENTS_STREAM, FileKind::Segment, &bytes)?;
         self.store.sync()?;
+        let (seq, due) = {
+            let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+            st.apply(&commit, pos, bytes.len())?;
+            let mut due: Vec<u32> = Vec::new();
+            for e in &commit.events {
+                if let Some(t) = st.tables.get(&e.table)
+                    && (t.since_events >= self.opts.snapshot_every_events
+                        || t.since_bytes >= self.opts.snapshot_every_bytes)
+                    && !due.contains(&e.table)
+                {
+                    due.push(e.table);
+                }
+            }
+            (st.latest_seq(), due)
+        };
+        for t in due {
+            // The commit is durable; a failed automatic snapshot only delays the next one.
+            let _ = self.snapshot_locked(t);
+        }
+        Ok(seq)
+    }
+
+    /// Snapshot a table now (`SNAPSHOT t`); returns the sequence number it is taken at.
+    pub fn snapshot(&self, table: &str) -> Result<u64> {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let id = self.read().table(table)?.id;
+        self.snapshot_locked(id)
+    }
+
+    /// Write a snapshot of table `id` at the latest sequence number (writer lock held).
+    fn snapshot_locked(&self, id: u32) -> Result<u64> {
+        let (seq, rows) = {
+            let st = self.read();
+            let seq = st.latest_seq();
+            let Some(t) = st.tables.get(&id) else { return Ok(seq) };
+            if t.snapshots.last().is_some_and(|(s, _)| *s == seq) {
+                return Ok(seq);
+            }
+            let rows: Vec<(Pk, Arc<Value>)> = t.rows.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            (seq, rows)
+        };
+        let meta = SnapMeta { table: id, seq, rows: rows.len() as u64 };
+        let mut b = self.store.build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode())?;
+        let mut chunk: Vec<(&Pk, &Value)> = Vec::new();
+        let mut size = 0usize;
+        for (k, v) in &rows {
+            chunk.push((k, v.as_ref()));
+            size += 64;
+            if size >= crate::table::snapshot::RECORD_TARGET {
+                b.append(&encode_rows(&chunk))?;
+                chunk.clear();
+                size = 0;
+            }
+        }
+        if !chunk.is_empty() || rows.is_empty() {
+            b.append(&encode_rows(&chunk))?;
+        }
+        let pending = b.finish()?;
+        let file_id = pending.file_id();
+        self.store.commit(crate::storage::store::Edit { add: vec![pending], ..Default::default() })?;
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-        st.apply(&commit, pos)?;
-        Ok(st.latest_seq())
+        if let Some(t) = st.tables.get_mut(&id) {
+            t.snapshots.push((seq, file_id));
+            t.since_events = 0;
+            t.since_bytes = 0;
+        }
+        Ok(seq)
     }
 
     /// Write several changes as one commit; returns the last sequence number.
@@ -373,13 +525,44 @@ impl Db {
         if seq == latest {
             return Ok(t.rows.values().cloned().collect());
         }
-        let mut out = Vec::new();
-        for h in t.history.values() {
-            if let Some(d) = self.doc_at(st, h, seq)? {
-                out.push(Arc::new(d));
+        Ok(self.rows_at(st, def.id, t, seq)?.into_values().collect())
+    }
+
+    /// A table's rows at `seq` (a commit boundary): its nearest snapshot at
+    /// or before `seq`, then the log's commits after it, up to `seq`.
+    fn rows_at(&self, st: &State, id: u32, t: &TableData, seq: u64) -> Result<BTreeMap<Pk, Arc<Value>>> {
+        let si = t.snapshots.partition_point(|(s, _)| *s <= seq);
+        let (mut rows, from) = match si.checked_sub(1).map(|i| t.snapshots[i]) {
+            Some((s, file)) => (load_snapshot(&self.store, file)?, s),
+            None => (BTreeMap::new(), 0),
+        };
+        let start = st.commits.partition_point(|c| c.first_seq <= from);
+        for ci in start..st.commits.len() {
+            if st.commits[ci].first_seq > seq {
+                break;
+            }
+            let c = self.load_commit(st, ci as u32)?;
+            for e in c.events.iter().filter(|e| e.table == id) {
+                let Some(k) = &e.key else { continue };
+                match e.op {
+                    Op::Insert | Op::Patch => {
+                        rows.insert(k.clone(), Arc::new(e.doc.clone().unwrap_or(Value::Null)));
+                    }
+                    Op::SoftDelete => {
+                        rows.remove(k);
+                    }
+                    Op::CreateTable => {}
+                }
             }
         }
-        Ok(out)
+        Ok(rows)
+    }
+
+    /// Snapshots of a table: sequence numbers, oldest first.
+    pub fn snapshots(&self, table: &str) -> Result<Vec<u64>> {
+        let st = self.read();
+        let id = st.table(table)?.id;
+        Ok(st.tables.get(&id).map(|t| t.snapshots.iter().map(|(s, _)| *s).collect()).unwrap_or_default())
     }
 
     /// Run a `SELECT`. A current read whose `WHERE` has an `=`, `IN` or
@@ -439,6 +622,7 @@ impl Db {
             Stmt::ShowTables => Outcome::Tables(self.tables()),
             Stmt::Describe { table } => Outcome::Tables(vec![self.describe(table)?]),
             Stmt::ShowDrift { table, key } => Outcome::Drift(self.history(table, key)?),
+            Stmt::Snapshot { table } => Outcome::Snapshot(self.snapshot(table)?),
         })
     }
 
@@ -457,6 +641,19 @@ impl Db {
         }
         Ok(out)
     }
+}
+
+/// Every row of a snapshot file.
+fn load_snapshot(store: &Store, file: u64) -> Result<BTreeMap<Pk, Arc<Value>>> {
+    let mut rows = BTreeMap::new();
+    let name = crate::format::file_name(file, FileKind::Snapshot);
+    store.read_file(file, |pos, rec| {
+        for (k, v) in decode_rows(rec).map_err(|e| Error::corrupted(&name, pos.offset, e.reason))? {
+            rows.insert(k, Arc::new(v));
+        }
+        Ok(())
+    })?;
+    Ok(rows)
 }
 
 /// The sequence number an `AS OF` names: the end of the last commit at or

@@ -37,10 +37,27 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 const QUERIES: &[&str] = &[
-    "status = 'paid'", "status = 'a' OR status = 'b'", "status IN ('a', 'b', 1)", "status = true",
-    "n = 2", "n = 2.0", "n = 0", "n > 1", "n >= 2", "n < 0", "n <= 1.5", "n = 9007199254740993",
-    "n > 9007199254740992", "n < 9007199254740993", "status > 'a'", "status < 'b'", "status = ''",
-    "n > 0 AND status = 'paid'", "status = 'a' AND n IS NULL", "n IN (1.5, 2, 'a')", "status >= false",
+    "status = 'paid'",
+    "status = 'a' OR status = 'b'",
+    "status IN ('a', 'b', 1)",
+    "status = true",
+    "n = 2",
+    "n = 2.0",
+    "n = 0",
+    "n > 1",
+    "n >= 2",
+    "n < 0",
+    "n <= 1.5",
+    "n = 9007199254740993",
+    "n > 9007199254740992",
+    "n < 9007199254740993",
+    "status > 'a'",
+    "status < 'b'",
+    "status = ''",
+    "n > 0 AND status = 'paid'",
+    "status = 'a' AND n IS NULL",
+    "n IN (1.5, 2, 'a')",
+    "status >= false",
 ];
 
 proptest! {

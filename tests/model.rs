@@ -17,6 +17,7 @@ enum Op {
     Patch(usize, i64, Option<i64>),
     Delete(usize, i64),
     Batch(Vec<(usize, i64, i64)>),
+    Snapshot(usize),
     Reopen,
 }
 
@@ -26,6 +27,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..2usize, 0..6i64, proptest::option::of(0..100i64)).prop_map(|(t, k, v)| Op::Patch(t, k, v)),
         2 => (0..2usize, 0..6i64).prop_map(|(t, k)| Op::Delete(t, k)),
         1 => proptest::collection::vec((0..2usize, 0..6i64, any::<i64>()), 1..4).prop_map(Op::Batch),
+        1 => (0..2usize).prop_map(Op::Snapshot),
         1 => Just(Op::Reopen),
     ]
 }
@@ -44,9 +46,10 @@ type State = [BTreeMap<Pk, Value>; 2];
 /// Per (table, key): (seq, op, document) in order.
 type History = BTreeMap<(usize, Pk), Vec<(u64, &'static str, Value)>>;
 
-fn opts(fs: &MemFs) -> Options {
+fn opts(fs: &MemFs, snap_every: u64) -> Options {
     Options {
         store: StoreOptions { vfs: Arc::new(fs.clone()), segment_size: 2048, ..Default::default() },
+        snapshot_every_events: snap_every,
         ..Default::default()
     }
 }
@@ -84,10 +87,10 @@ fn check(db: &Db, states: &[(u64, State)], history: &History) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
     #[test]
-    fn as_of_reads_match_a_naive_model(ops in proptest::collection::vec(op(), 1..40)) {
+    fn as_of_reads_match_a_naive_model(ops in proptest::collection::vec(op(), 1..40), snap_every in prop_oneof![Just(3u64), Just(7), Just(1_000_000)]) {
         let fs = MemFs::new();
         let k = KeySource::Raw(driftdb::crypto::keys::SecretKey::from_bytes([9; 32]));
-        let mut db = Db::create("/db", &k, opts(&fs)).unwrap();
+        let mut db = Db::create("/db", &k, opts(&fs, snap_every)).unwrap();
         db.create_table("alpha", "id", &["v"]).unwrap();
         db.create_table("beta", "name", &[]).unwrap();
         let mut cur: State = Default::default();
@@ -150,9 +153,14 @@ proptest! {
                         prop_assert_eq!(db.latest_seq(), before, "a failed batch commits nothing");
                     }
                 }
+                Op::Snapshot(t) => {
+                    let seq = db.snapshot(TABLES[t]).unwrap();
+                    prop_assert_eq!(seq, db.latest_seq());
+                    prop_assert_eq!(db.snapshots(TABLES[t]).unwrap().last().copied(), Some(seq));
+                }
                 Op::Reopen => {
                     db.close().unwrap();
-                    db = Db::open("/db", &k, opts(&fs)).unwrap();
+                    db = Db::open("/db", &k, opts(&fs, snap_every)).unwrap();
                 }
             }
             if db.latest_seq() != before {
@@ -161,7 +169,7 @@ proptest! {
         }
         check(&db, &states, &history);
         db.close().unwrap();
-        let db = Db::open("/db", &k, opts(&fs)).unwrap();
+        let db = Db::open("/db", &k, opts(&fs, snap_every)).unwrap();
         check(&db, &states, &history);
     }
 }

@@ -90,6 +90,16 @@ fn the_seed_examples_through_the_cli() {
     let (code, out, _) = db.cmd("sql", &["-e", "SELECT COUNT(*) FROM orders AS OF @seq:3", "--json"]);
     assert_eq!(code, 0);
     assert_eq!(out.trim(), r#"{"COUNT(*)":1}"#);
+    // Snapshots: on demand, through DriftQL and the CLI; reads are unchanged.
+    let before = db.lines("select", &["-t", "orders", "--as-of", "@seq:3", "--json"]);
+    let (code, out, err) = db.cmd("snapshot", &["-t", "orders"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("snapshot at seq"), "{out}");
+    let (code, out, _) = db.sql("SNAPSHOT orders");
+    assert_eq!(code, 0);
+    assert!(out.contains("snapshot at seq"), "{out}");
+    assert_eq!(db.lines("select", &["-t", "orders", "--as-of", "@seq:3", "--json"]), before);
+    assert!(std::fs::read_dir(&db.dir).unwrap().any(|e| e.unwrap().path().extension().is_some_and(|x| x == "snap")));
     // Tables and human output.
     let (code, out, _) = db.cmd("tables", &[]);
     assert_eq!(code, 0);

@@ -138,6 +138,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Snapshot a table now, so reads of the present and the past replay less.
+    Snapshot {
+        /// The data directory.
+        #[arg(short = 'd', long = "dir", value_name = "DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        key: KeyOpts,
+        /// Table.
+        #[arg(short = 't', long = "table")]
+        table: String,
+    },
     /// Load a JSON Lines file into a table, in batched commits.
     Ingest {
         /// The data directory.
@@ -286,6 +297,12 @@ fn run(cli: Cli) -> Result<u8, Error> {
             let db = open_db(&dir, &key, true)?;
             let k = parse_key(&row)?;
             print_outcome(&Outcome::Drift(db.history(&table, &k)?), json);
+            Ok(0)
+        }
+        Command::Snapshot { dir, key, table } => {
+            let db = open_db(&dir, &key, false)?;
+            print_outcome(&Outcome::Snapshot(db.snapshot(&table)?), false);
+            db.close()?;
             Ok(0)
         }
         Command::Tables { dir, key, json } => {
@@ -473,6 +490,11 @@ fn print_outcome(o: &Outcome, json: bool) {
                     .map(|e| serde_json::json!({"seq": e.seq, "time": e.time, "op": e.op, "doc": e.doc.to_string()}))
                     .collect();
                 print_rows(&rows);
+            }
+        }
+        Outcome::Snapshot(seq) => {
+            if !json {
+                println!("ok (snapshot at seq {seq})");
             }
         }
         Outcome::Tables(t) => {

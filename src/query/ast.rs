@@ -59,6 +59,11 @@ pub enum Stmt {
         /// Table.
         table: String,
     },
+    /// `SNAPSHOT t`
+    Snapshot {
+        /// Table.
+        table: String,
+    },
 }
 
 /// A point in history.
@@ -274,6 +279,10 @@ impl fmt::Display for Stmt {
             }
             Stmt::Describe { table } => {
                 f.write_str("DESCRIBE ")?;
+                ident(f, table)
+            }
+            Stmt::Snapshot { table } => {
+                f.write_str("SNAPSHOT ")?;
                 ident(f, table)
             }
             Stmt::Select(s) => {

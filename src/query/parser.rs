@@ -493,6 +493,10 @@ impl Parser {
             }
             return Err(self.expected("`TABLES` or `DRIFT`"));
         }
+        if self.eat_kw("snapshot") {
+            let table = self.ident("table name")?;
+            return Ok(Stmt::Snapshot { table });
+        }
         if self.eat_kw("describe") {
             let table = self.ident("table name")?;
             return Ok(Stmt::Describe { table });
@@ -500,7 +504,7 @@ impl Parser {
         if self.is_kw("select") {
             return self.select().map(Stmt::Select);
         }
-        Err(self.expected("a statement (CREATE TABLE, INSERT, PATCH, SOFT DELETE, SELECT, SHOW, DESCRIBE)"))
+        Err(self.expected("a statement (CREATE TABLE, INSERT, PATCH, SOFT DELETE, SELECT, SHOW, DESCRIBE, SNAPSHOT)"))
     }
 
     fn select(&mut self) -> Result<Select> {

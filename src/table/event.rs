@@ -166,17 +166,7 @@ impl Commit {
         for e in &self.events {
             w.u8(e.op.code());
             w.u32(e.table);
-            match &e.key {
-                None => w.u8(0),
-                Some(Pk::Str(s)) => {
-                    w.u8(1);
-                    w.blob(s.as_bytes());
-                }
-                Some(Pk::Int(i)) => {
-                    w.u8(2);
-                    w.bytes(&i.to_le_bytes());
-                }
-            }
+            put_key(&mut w, &e.key);
             put_json(&mut w, &e.doc);
             put_json(&mut w, &e.patch);
         }
@@ -185,6 +175,16 @@ impl Commit {
 
     /// Decode a log record.
     pub fn decode(buf: &[u8]) -> Result<Commit, DecodeError> {
+        Self::decode_inner(buf, true)
+    }
+
+    /// Decode a log record without parsing documents (`doc` and `patch` are
+    /// `None`): enough to index history.
+    pub fn decode_headers(buf: &[u8]) -> Result<Commit, DecodeError> {
+        Self::decode_inner(buf, false)
+    }
+
+    fn decode_inner(buf: &[u8], docs: bool) -> Result<Commit, DecodeError> {
         let mut r = Reader::new(buf);
         let v = r.u8("commit version")?;
         if v != 1 {
@@ -199,18 +199,14 @@ impl Commit {
             let op = Op::from_code(r.u8("op")?)
                 .ok_or_else(|| DecodeError { offset: at, reason: "unknown event op".into() })?;
             let table = r.u32("table")?;
-            let kat = r.pos();
-            let key = match r.u8("key tag")? {
-                0 => None,
-                1 => Some(Pk::Str(
-                    String::from_utf8(r.blob(MAX_DOC, "key")?.to_vec())
-                        .map_err(|_| DecodeError { offset: kat, reason: "key is not UTF-8".into() })?,
-                )),
-                2 => Some(Pk::Int(i64::from_le_bytes(r.array("key")?))),
-                t => return Err(DecodeError { offset: kat, reason: format!("unknown key tag {t}") }),
+            let key = get_key(&mut r)?;
+            let (doc, patch) = if docs || op == Op::CreateTable {
+                (get_json(&mut r, "document")?, get_json(&mut r, "patch")?)
+            } else {
+                r.blob(MAX_DOC, "document")?;
+                r.blob(MAX_DOC, "patch")?;
+                (None, None)
             };
-            let doc = get_json(&mut r, "document")?;
-            let patch = get_json(&mut r, "patch")?;
             events.push(Event { op, table, key, doc, patch });
         }
         r.finish("commit")?;
@@ -219,6 +215,45 @@ impl Commit {
         }
         Ok(Commit { first_seq, time_micros, events })
     }
+}
+
+/// Encode an optional key.
+pub(crate) fn put_key(w: &mut Writer, key: &Option<Pk>) {
+    match key {
+        None => w.u8(0),
+        Some(Pk::Str(s)) => {
+            w.u8(1);
+            w.blob(s.as_bytes());
+        }
+        Some(Pk::Int(i)) => {
+            w.u8(2);
+            w.bytes(&i.to_le_bytes());
+        }
+    }
+}
+
+/// Decode an optional key.
+pub(crate) fn get_key(r: &mut Reader<'_>) -> Result<Option<Pk>, DecodeError> {
+    let kat = r.pos();
+    Ok(match r.u8("key tag")? {
+        0 => None,
+        1 => Some(Pk::Str(
+            String::from_utf8(r.blob(MAX_DOC, "key")?.to_vec())
+                .map_err(|_| DecodeError { offset: kat, reason: "key is not UTF-8".into() })?,
+        )),
+        2 => Some(Pk::Int(i64::from_le_bytes(r.array("key")?))),
+        t => return Err(DecodeError { offset: kat, reason: format!("unknown key tag {t}") }),
+    })
+}
+
+/// Encode an optional JSON value as a blob (empty = absent).
+pub(crate) fn put_json_pub(w: &mut Writer, v: &Option<Value>) {
+    put_json(w, v)
+}
+
+/// Decode a JSON blob.
+pub(crate) fn get_json_pub(r: &mut Reader<'_>, what: &str) -> Result<Option<Value>, DecodeError> {
+    get_json(r, what)
 }
 
 #[cfg(test)]
@@ -265,6 +300,11 @@ mod tests {
             let d = Commit::decode(&b).unwrap();
             prop_assert_eq!(&d, &c);
             prop_assert_eq!(d.encode(), b);
+            let h = Commit::decode_headers(&c.encode()).unwrap();
+            prop_assert_eq!(h.events.len(), c.events.len());
+            for (a, b) in h.events.iter().zip(&c.events) {
+                prop_assert_eq!((a.op, a.table, &a.key), (b.op, b.table, &b.key));
+            }
         }
 
         #[test]

@@ -2,6 +2,7 @@
 
 pub mod event;
 pub mod index;
+pub mod snapshot;
 pub mod time;
 
 pub use event::{Commit, Event, Op, Pk, TableDef};
