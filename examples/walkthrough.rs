@@ -1,14 +1,14 @@
 //! A walkthrough on a fresh temporary database with the example key from
-//! `keys-example/`: init, ingest, reopen, read back, verify, and what
-//! happens with a wrong key, a flipped byte and a torn write.
+//! `keys-example/`: init, ingest, time travel, history, snapshots, verify,
+//! and what happens with a wrong key, a flipped byte and a torn write.
 //!
 //! Run with `cargo run --example walkthrough`.
 
-use driftdb::{CreateOptions, Error, FileKind, KeySource, Store, StoreOptions};
+use driftdb::query::parse_one;
+use driftdb::{Db, Error, KeySource, Options, Outcome, Pk, StoreOptions};
+use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-
-const EVENTS: u32 = 1;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -25,35 +25,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let key = KeySource::key_file(&key_path);
 
     step("init", &format!("create a database in {}", dir.display()));
-    let opts = StoreOptions { segment_size: 256 * 1024, ..StoreOptions::default() };
-    let store = Store::create(&dir, &key, CreateOptions { store: opts.clone(), ..Default::default() })?;
-    println!("  database id {}", hex(&store.db_id()));
+    let opts = Options { store: StoreOptions { segment_size: 256 * 1024, ..StoreOptions::default() }, ..Options::default() };
+    let db = Db::create(&dir, &key, opts.clone())?;
+    println!("  database id {}", hex(&db.store().db_id()));
+    run(&db, "CREATE TABLE users (pk=id, INDEX(status))")?;
 
-    step("ingest", "append 20,000 events; files roll at 256 KiB, each under its own data key");
-    for i in 0..20_000u32 {
-        let doc = format!(
-            r#"{{"id":"user-{i:08}","email":"user{i}@example.com","status":"active","balance":{},"note":"lorem ipsum"}}"#,
-            i % 1000
-        );
-        store.append(EVENTS, FileKind::Segment, doc.as_bytes())?;
+    step("ingest", "20,000 documents, 1,000 per commit; segments roll at 256 KiB, each under its own data key");
+    for batch in 0..20u32 {
+        db.write(|w| {
+            for i in batch * 1000..(batch + 1) * 1000 {
+                w.insert(
+                    "users",
+                    json!({"id": format!("user-{i:08}"), "email": format!("user{i}@example.com"), "status": "active", "balance": i % 1000}),
+                )?;
+            }
+            Ok(())
+        })?;
     }
-    store.sync()?;
-    store.close()?;
-    list_files(&Store::open(&dir, &key, StoreOptions { read_only: true, ..opts.clone() })?);
+    let before_changes = db.latest_seq();
+    println!("  latest sequence number: {before_changes}");
 
-    step("reopen", "a new session never appends to an old file: its first write starts a new one");
-    let store = Store::open(&dir, &key, opts.clone())?;
-    let pos = store.append(EVENTS, FileKind::Segment, br#"{"id":"user-late","email":"late@example.com"}"#)?;
-    store.sync()?;
-    println!("  new record went to file {:016x} (frame {})", pos.file_id, pos.index);
-    let mut count = 0;
-    store.read_stream(EVENTS, |_, _| {
-        count += 1;
-        Ok(())
-    })?;
-    println!("  read back {count} events, every frame's CRC and tag checked");
-    println!("  record by position: {}", String::from_utf8_lossy(&store.read_record(pos)?));
-    store.close()?;
+    step("change", "patch and soft delete; every change is a new event, nothing is overwritten");
+    run(&db, r#"PATCH users KEY "user-00000007" SET {"status": "suspended", "balance": null}"#)?;
+    run(&db, r#"SOFT DELETE FROM users KEY "user-00000042""#)?;
+    run(&db, r#"PATCH users KEY "user-00000007" SET {"status": "active", "note": "appeal granted"}"#)?;
+    for i in 100..110 {
+        db.patch("users", &Pk::Str(format!("user-{i:08}")), json!({"status": "closed"}).as_object().cloned().unwrap_or_default())?;
+    }
+
+    step("time travel", "the same query now and AS OF the sequence number before the changes");
+    run(&db, "SELECT status, COUNT(*) FROM users GROUP BY status ORDER BY status")?;
+    run(&db, &format!("SELECT status, COUNT(*) FROM users AS OF @seq:{before_changes} GROUP BY status ORDER BY status"))?;
+    run(&db, "SELECT id, status, balance FROM users WHERE status = 'closed' LIMIT 3")?;
+
+    step("drift", "a row's whole history");
+    run(&db, r#"SHOW DRIFT users KEY "user-00000007""#)?;
+
+    step("snapshot", "snapshots bound the replay for reads of the present and the past");
+    run(&db, "SNAPSHOT users")?;
+    db.close()?;
+    let db = Db::open(&dir, &key, opts.clone())?;
+    println!("  reopened: {} users now, {} as of @seq:{before_changes}",
+        db.scan("users", None)?.len(),
+        db.scan("users", Some(&driftdb::query::ast::AsOf::Seq(before_changes)))?.len());
+    list_files(&db);
+    db.close()?;
 
     step("at rest", "no plaintext on disk: search every file for an e-mail address we stored");
     let mut found = false;
@@ -64,7 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  'user7@example.com' found on disk: {found}");
 
     step("verify", "full scrub under the key");
-    let store = Store::open(&dir, &key, StoreOptions { read_only: true, ..opts.clone() })?;
+    let store = driftdb::Store::open(&dir, &key, StoreOptions { read_only: true, ..StoreOptions::default() })?;
     let r = store.verify();
     println!(
         "  {} files, {} frames, {} bytes checked: {}",
@@ -77,7 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     step("wrong key", "a wrong key fails fast and writes nothing");
     let wrong = KeySource::Raw(driftdb::crypto::keys::SecretKey::random()?);
-    match Store::open(&dir, &wrong, opts.clone()) {
+    match Db::open(&dir, &wrong, opts.clone()) {
         Err(e @ Error::WrongKey(_)) => println!("  refused: {e} (CLI exit code {})", e.exit_code()),
         Err(e) => return Err(e.into()),
         Ok(_) => return Err("a wrong key opened the database".into()),
@@ -92,7 +108,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut bad = original.clone();
     bad[original.len() / 2] ^= 0x20;
     std::fs::write(&seg, &bad)?;
-    let store = Store::open(&dir, &key, StoreOptions { read_only: true, ..opts.clone() })?;
+    let store = driftdb::Store::open(&dir, &key, StoreOptions { read_only: true, ..StoreOptions::default() })?;
     for p in store.verify().problems {
         println!("  PROBLEM {} at offset {}: {}", p.file, p.offset, p.problem);
     }
@@ -106,32 +122,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .arg(&key_path)
         .status()?;
     println!("  writer process exited without closing ({status})");
-    let store = Store::open(&dir, &key, opts.clone())?;
-    for e in store.recovery_events() {
+    let db = Db::open(&dir, &key, opts.clone())?;
+    for e in db.store().recovery_events() {
         println!("  recovery: {e:?}");
     }
-    let mut count = 0;
-    store.read_stream(EVENTS, |_, _| {
-        count += 1;
-        Ok(())
-    })?;
-    println!("  {count} events readable; the synced record survived, the torn one is gone");
-    store.close()?;
+    println!("  {} users; the committed insert survived, the torn write is gone", db.scan("users", None)?.len());
+    run(&db, r#"SELECT id FROM users WHERE id = "user-crash""#)?;
+    db.close()?;
 
     step("done", "the temporary directory is removed on exit");
     Ok(())
 }
 
-/// Child mode for the crash step: append, sync, append half a frame by hand, and exit without closing.
+/// Child mode for the crash step: commit an insert, append half a frame by hand, exit without closing.
 fn die_mid_write(dir: &Path, key: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let store = Store::open(dir, &KeySource::key_file(key), StoreOptions::default())?;
-    store.append(EVENTS, FileKind::Segment, b"synced before the crash")?;
-    store.sync()?;
-    let active = store.stream_files(EVENTS).last().map(|f| dir.join(&f.name)).ok_or("no file")?;
+    let db = Db::open(dir, &KeySource::key_file(key), Options::default())?;
+    db.insert("users", json!({"id": "user-crash", "status": "active"}))?;
+    let active = db.store().stream_files(driftdb::db::EVENTS_STREAM).last().map(|f| dir.join(&f.name)).ok_or("no file")?;
     // What a write cut short by power loss leaves: the start of a frame.
     let mut f = std::fs::OpenOptions::new().append(true).open(active)?;
     std::io::Write::write_all(&mut f, &[0x41, 0x00, 0x00, 0x00, 0x00, 0x13, 0x37])?;
     std::process::exit(0); // no destructors run: the file stays active, the OS drops the lock
+}
+
+/// Run one statement and print what it returns.
+fn run(db: &Db, q: &str) -> Result<(), Box<dyn std::error::Error>> {
+    println!("  > {q}");
+    match db.execute_stmt(&parse_one(q)?)? {
+        Outcome::Committed(seq) => println!("    ok (seq {seq})"),
+        Outcome::Snapshot(seq) => println!("    snapshot at seq {seq}"),
+        Outcome::Rows(rows) => rows.iter().for_each(|r| println!("    {r}")),
+        Outcome::Drift(h) => h.iter().for_each(|e| println!("    seq {} {} {:<11} {}", e.seq, e.time, e.op, e.doc)),
+        Outcome::Tables(t) => t.iter().for_each(|d| println!("    {} (pk={}, indexes {:?})", d.name, d.pk, d.indexes)),
+    }
+    Ok(())
 }
 
 fn step(name: &str, what: &str) {
@@ -146,13 +170,13 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn list_files(store: &Store) {
-    println!("  {:<22} {:<8} {:>8} {:>10} {:>8}", "file", "kind", "frames", "bytes", "master");
-    for f in store.files() {
+fn list_files(db: &Db) {
+    println!("  {:<22} {:<9} {:>8} {:>10} {:>7}", "file", "kind", "frames", "bytes", "master");
+    for f in db.store().files() {
         let (frames, len) = match f.state {
             driftdb::format::keyring::FileState::Sealed { frames, len, .. } => (frames, len),
             driftdb::format::keyring::FileState::Active => (0, 0),
         };
-        println!("  {:<22} {:<8} {:>8} {:>10} {:>8}", f.name, format!("{:?}", f.kind), frames, len, f.kek_version);
+        println!("  {:<22} {:<9} {:>8} {:>10} {:>7}", f.name, format!("{:?}", f.kind), frames, len, f.kek_version);
     }
 }
