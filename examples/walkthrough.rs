@@ -25,7 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let key = KeySource::key_file(&key_path);
 
     step("init", &format!("create a database in {}", dir.display()));
-    let opts = Options { store: StoreOptions { segment_size: 256 * 1024, ..StoreOptions::default() }, ..Options::default() };
+    let opts =
+        Options { store: StoreOptions { segment_size: 256 * 1024, ..StoreOptions::default() }, ..Options::default() };
     let db = Db::create(&dir, &key, opts.clone())?;
     println!("  database id {}", hex(&db.store().db_id()));
     run(&db, "CREATE TABLE users (pk=id, INDEX(status))")?;
@@ -50,12 +51,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     run(&db, r#"SOFT DELETE FROM users KEY "user-00000042""#)?;
     run(&db, r#"PATCH users KEY "user-00000007" SET {"status": "active", "note": "appeal granted"}"#)?;
     for i in 100..110 {
-        db.patch("users", &Pk::Str(format!("user-{i:08}")), json!({"status": "closed"}).as_object().cloned().unwrap_or_default())?;
+        db.patch(
+            "users",
+            &Pk::Str(format!("user-{i:08}")),
+            json!({"status": "closed"}).as_object().cloned().unwrap_or_default(),
+        )?;
     }
 
     step("time travel", "the same query now and AS OF the sequence number before the changes");
     run(&db, "SELECT status, COUNT(*) FROM users GROUP BY status ORDER BY status")?;
-    run(&db, &format!("SELECT status, COUNT(*) FROM users AS OF @seq:{before_changes} GROUP BY status ORDER BY status"))?;
+    run(
+        &db,
+        &format!("SELECT status, COUNT(*) FROM users AS OF @seq:{before_changes} GROUP BY status ORDER BY status"),
+    )?;
     run(&db, "SELECT id, status, balance FROM users WHERE status = 'closed' LIMIT 3")?;
 
     step("drift", "a row's whole history");
@@ -65,9 +73,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     run(&db, "SNAPSHOT users")?;
     db.close()?;
     let db = Db::open(&dir, &key, opts.clone())?;
-    println!("  reopened: {} users now, {} as of @seq:{before_changes}",
+    println!(
+        "  reopened: {} users now, {} as of @seq:{before_changes}",
         db.scan("users", None)?.len(),
-        db.scan("users", Some(&driftdb::query::ast::AsOf::Seq(before_changes)))?.len());
+        db.scan("users", Some(&driftdb::query::ast::AsOf::Seq(before_changes)))?.len()
+    );
     list_files(&db);
     db.close()?;
 
@@ -138,7 +148,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn die_mid_write(dir: &Path, key: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let db = Db::open(dir, &KeySource::key_file(key), Options::default())?;
     db.insert("users", json!({"id": "user-crash", "status": "active"}))?;
-    let active = db.store().stream_files(driftdb::db::EVENTS_STREAM).last().map(|f| dir.join(&f.name)).ok_or("no file")?;
+    let active =
+        db.store().stream_files(driftdb::db::EVENTS_STREAM).last().map(|f| dir.join(&f.name)).ok_or("no file")?;
     // What a write cut short by power loss leaves: the start of a frame.
     let mut f = std::fs::OpenOptions::new().append(true).open(active)?;
     std::io::Write::write_all(&mut f, &[0x41, 0x00, 0x00, 0x00, 0x00, 0x13, 0x37])?;
