@@ -190,11 +190,20 @@ pub struct Db {
     store: Store,
     state: RwLock<State>,
     writer: Mutex<()>,
-    cache: Mutex<HashMap<u32, Arc<Commit>>>,
+    cache: Mutex<CommitCache>,
     opts: Options,
 }
 
-const CACHE_COMMITS: usize = 4096;
+/// Decoded commits, bounded by the bytes of their records.
+#[derive(Default)]
+struct CommitCache {
+    map: HashMap<u32, (Arc<Commit>, usize)>,
+    bytes: usize,
+}
+
+/// Bytes of log records kept decoded in the commit cache.
+const CACHE_BYTES: usize = 64 << 20;
+
 
 fn check_name(kind: &str, n: &str) -> Result<()> {
     if n.is_empty() || n.len() > 256 || n.chars().any(|c| c.is_control()) {
@@ -283,7 +292,7 @@ impl Db {
     }
 
     fn from_store(store: Store, state: State, opts: Options) -> Db {
-        Db { store, state: RwLock::new(state), writer: Mutex::new(()), cache: Mutex::new(HashMap::new()), opts }
+        Db { store, state: RwLock::new(state), writer: Mutex::new(()), cache: Mutex::new(CommitCache::default()), opts }
     }
 
     /// The underlying store (files, keys, verification).
@@ -452,28 +461,47 @@ impl Db {
     }
 
     fn load_commit(&self, st: &State, ci: u32) -> Result<Arc<Commit>> {
-        if let Some(c) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&ci) {
+        if let Some((c, _)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).map.get(&ci) {
             return Ok(c.clone());
         }
-        let meta = st.commits.get(ci as usize).ok_or_else(|| Error::NotFound(format!("commit {ci}")))?;
-        let rec = self.store.read_record(meta.pos)?;
-        let name = crate::format::file_name(meta.pos.file_id, FileKind::Segment);
+        let (rec, meta, name) = self.read_commit_record(st, ci)?;
         let c = Commit::decode(&rec).map_err(|e| Error::corrupted(&name, meta.pos.offset, e.reason))?;
         if c.first_seq != meta.first_seq || c.events.len() as u32 != meta.len {
             return Err(Error::tampered(&name, meta.pos.offset, "commit record changed since it was read"));
         }
         let c = Arc::new(c);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_COMMITS {
-            cache.clear();
+        while cache.bytes + rec.len() > CACHE_BYTES {
+            let Some(k) = cache.map.keys().next().copied() else { break };
+            if let Some((_, n)) = cache.map.remove(&k) {
+                cache.bytes -= n;
+            }
         }
-        cache.insert(ci, c.clone());
+        cache.bytes += rec.len();
+        if let Some((_, old)) = cache.map.insert(ci, (c.clone(), rec.len())) {
+            cache.bytes -= old;
+        }
         Ok(c)
     }
 
+    fn read_commit_record(&self, st: &State, ci: u32) -> Result<(Vec<u8>, CommitMeta, String)> {
+        let meta = *st.commits.get(ci as usize).ok_or_else(|| Error::NotFound(format!("commit {ci}")))?;
+        let rec = self.store.read_record(meta.pos)?;
+        Ok((rec, meta, crate::format::file_name(meta.pos.file_id, FileKind::Segment)))
+    }
+
+    /// One event: from the cache, or by decoding just that event of its commit.
     fn event(&self, st: &State, h: Hist) -> Result<Event> {
-        let c = self.load_commit(st, h.commit)?;
-        c.events.get(h.idx as usize).cloned().ok_or_else(|| Error::NotFound(format!("event {}", h.seq)))
+        if let Some((c, _)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).map.get(&h.commit) {
+            return c.events.get(h.idx as usize).cloned().ok_or_else(|| Error::NotFound(format!("event {}", h.seq)));
+        }
+        let (rec, meta, name) = self.read_commit_record(st, h.commit)?;
+        let (first, n, e) =
+            Commit::decode_one(&rec, h.idx as usize).map_err(|e| Error::corrupted(&name, meta.pos.offset, e.reason))?;
+        if first != meta.first_seq || n as u32 != meta.len {
+            return Err(Error::tampered(&name, meta.pos.offset, "commit record changed since it was read"));
+        }
+        Ok(e)
     }
 
     /// A row's whole history, oldest first.

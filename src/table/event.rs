@@ -184,7 +184,25 @@ impl Commit {
         Self::decode_inner(buf, false)
     }
 
+    /// Decode only event `idx` of a log record (documents of the others are
+    /// skipped, not parsed). Returns (first sequence number, event count, event).
+    pub fn decode_one(buf: &[u8], idx: usize) -> Result<(u64, usize, Event), DecodeError> {
+        Self::decode_inner_sel(buf, &|i| i == idx).and_then(|c| {
+            let n = c.events.len();
+            let first = c.first_seq;
+            c.events
+                .into_iter()
+                .nth(idx)
+                .map(|e| (first, n, e))
+                .ok_or_else(|| DecodeError { offset: 0, reason: format!("no event {idx} in commit") })
+        })
+    }
+
     fn decode_inner(buf: &[u8], docs: bool) -> Result<Commit, DecodeError> {
+        Self::decode_inner_sel(buf, &|_| docs)
+    }
+
+    fn decode_inner_sel(buf: &[u8], docs_for: &dyn Fn(usize) -> bool) -> Result<Commit, DecodeError> {
         let mut r = Reader::new(buf);
         let v = r.u8("commit version")?;
         if v != 1 {
@@ -194,13 +212,13 @@ impl Commit {
         let time_micros = i64::from_le_bytes(r.array("commit time")?);
         let n = r.count(1 << 24, 14, "events")?;
         let mut events = Vec::with_capacity(n);
-        for _ in 0..n {
+        for i in 0..n {
             let at = r.pos();
             let op = Op::from_code(r.u8("op")?)
                 .ok_or_else(|| DecodeError { offset: at, reason: "unknown event op".into() })?;
             let table = r.u32("table")?;
             let key = get_key(&mut r)?;
-            let (doc, patch) = if docs || op == Op::CreateTable {
+            let (doc, patch) = if docs_for(i) || op == Op::CreateTable {
                 (get_json(&mut r, "document")?, get_json(&mut r, "patch")?)
             } else {
                 r.blob(MAX_DOC, "document")?;
@@ -299,7 +317,11 @@ mod tests {
             let b = c.encode();
             let d = Commit::decode(&b).unwrap();
             prop_assert_eq!(&d, &c);
-            prop_assert_eq!(d.encode(), b);
+            prop_assert_eq!(&d.encode(), &b);
+            for (i, e) in c.events.iter().enumerate() {
+                let (f, n, one) = Commit::decode_one(&b, i).unwrap();
+                prop_assert_eq!((f, n, &one), (c.first_seq, c.events.len(), e));
+            }
             let h = Commit::decode_headers(&c.encode()).unwrap();
             prop_assert_eq!(h.events.len(), c.events.len());
             for (a, b) in h.events.iter().zip(&c.events) {
