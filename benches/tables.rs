@@ -47,7 +47,11 @@ fn bench(c: &mut Criterion) {
         .unwrap();
         next = (next + 1000).min(n);
     }
-    eprintln!("setup: {n} documents ingested in {:.1} s ({:.0} docs/s)", t0.elapsed().as_secs_f64(), n as f64 / t0.elapsed().as_secs_f64());
+    eprintln!(
+        "setup: {n} documents ingested in {:.1} s ({:.0} docs/s)",
+        t0.elapsed().as_secs_f64(),
+        n as f64 / t0.elapsed().as_secs_f64()
+    );
 
     let mut g = c.benchmark_group("tables");
     g.throughput(Throughput::Elements(1000));

@@ -29,9 +29,11 @@ pub struct Options {
     pub store: StoreOptions,
     /// Argon2id cost for a new passphrase-protected database.
     pub argon2: Argon2Params,
-    /// Snapshot a table automatically after this many of its events.
+    /// Snapshot a table automatically after this many of its events (or
+    /// its row count, if larger: snapshot cost stays linear in the events).
     pub snapshot_every_events: u64,
-    /// ... or after this many bytes of its events.
+    /// ... or after this many bytes of its events (once at least half its
+    /// row count in events has accumulated).
     pub snapshot_every_bytes: u64,
 }
 
@@ -204,7 +206,6 @@ struct CommitCache {
 /// Bytes of log records kept decoded in the commit cache.
 const CACHE_BYTES: usize = 64 << 20;
 
-
 fn check_name(kind: &str, n: &str) -> Result<()> {
     if n.is_empty() || n.len() > 256 || n.chars().any(|c| c.is_control()) {
         return Err(Error::Query(format!("invalid {kind} name {n:?}")));
@@ -342,9 +343,12 @@ impl Db {
             st.apply(&commit, pos, bytes.len())?;
             let mut due: Vec<u32> = Vec::new();
             for e in &commit.events {
+                // Never more often than the table's size in events: the cost of
+                // snapshots stays linear in the number of events.
+                let rows = st.tables.get(&e.table).map_or(0, |t| t.rows.len() as u64);
                 if let Some(t) = st.tables.get(&e.table)
-                    && (t.since_events >= self.opts.snapshot_every_events
-                        || t.since_bytes >= self.opts.snapshot_every_bytes)
+                    && (t.since_events >= self.opts.snapshot_every_events.max(rows)
+                        || (t.since_bytes >= self.opts.snapshot_every_bytes && t.since_events >= rows / 2))
                     && !due.contains(&e.table)
                 {
                     due.push(e.table);
