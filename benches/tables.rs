@@ -79,8 +79,10 @@ fn bench(c: &mut Criterion) {
     g.bench_function("as_of_random_seq_random_key", |b| {
         b.iter(|| {
             let i = rng.next() % n;
-            // Any sequence number after the row's insert (seq i + 2) sees it.
-            let seq = i + 2 + rng.next() % (latest - i - 1);
+            // Row i is inserted by commit i / 1000 (seq i + 2) and visible
+            // from the end of that commit on.
+            let visible = (i / 1000 + 1) * 1000 + 1;
+            let seq = visible + rng.next() % (latest - visible + 1);
             let v = db.get_as_of("users", &Pk::Str(format!("user-{i:08}")), seq).unwrap();
             assert!(v.is_some());
             black_box(v);

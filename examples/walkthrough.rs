@@ -162,6 +162,7 @@ fn run(db: &Db, q: &str) -> Result<(), Box<dyn std::error::Error>> {
     match db.execute_stmt(&parse_one(q)?)? {
         Outcome::Committed(seq) => println!("    ok (seq {seq})"),
         Outcome::Snapshot(seq) => println!("    snapshot at seq {seq}"),
+        Outcome::Compacted(h) => println!("    history before seq {h} folded"),
         Outcome::Rows(rows) => rows.iter().for_each(|r| println!("    {r}")),
         Outcome::Drift(h) => h.iter().for_each(|e| println!("    seq {} {} {:<11} {}", e.seq, e.time, e.op, e.doc)),
         Outcome::Tables(t) => t.iter().for_each(|d| println!("    {} (pk={}, indexes {:?})", d.name, d.pk, d.indexes)),

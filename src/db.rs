@@ -74,6 +74,8 @@ pub enum Outcome {
     Tables(Vec<TableDef>),
     /// A snapshot was taken at this sequence number.
     Snapshot(u64),
+    /// The table's history is folded up to this horizon.
+    Compacted(u64),
 }
 
 #[derive(Clone, Copy)]
@@ -90,6 +92,9 @@ struct Hist {
     op: Op,
     commit: u32,
     idx: u32,
+    /// The row's state at the table's compaction horizon (`seq` is the
+    /// horizon); its document is in the horizon snapshot.
+    folded: bool,
 }
 
 #[derive(Default)]
@@ -103,6 +108,8 @@ struct TableData {
     /// Events and bytes since the latest snapshot.
     since_events: u64,
     since_bytes: u64,
+    /// History at or before this sequence number was folded by `COMPACT` (0: none).
+    horizon: u64,
 }
 
 #[derive(Default)]
@@ -154,6 +161,16 @@ impl State {
                 self.next_table_id = self.next_table_id.max(e.table + 1);
                 continue;
             }
+            if e.op == Op::Compact {
+                let h = e.doc.as_ref().and_then(|d| d.get("horizon")).and_then(Value::as_u64).unwrap_or(0);
+                if let Some(t) = self.tables.get_mut(&e.table) {
+                    t.horizon = t.horizon.max(h);
+                }
+                continue;
+            }
+            if e.op == Op::Folded {
+                continue;
+            }
             let (Some(t), Some(key)) = (self.tables.get_mut(&e.table), e.key.clone()) else {
                 return Err(Error::Query(format!("event at seq {seq} names an unknown table or no key")));
             };
@@ -179,11 +196,29 @@ impl State {
                     }
                 }
             }
-            t.history.entry(key).or_default().push(Hist { seq, op: e.op, commit: ci, idx: i as u32 });
+            t.history.entry(key).or_default().push(Hist { seq, op: e.op, commit: ci, idx: i as u32, folded: false });
         }
         self.next_seq = c.first_seq + c.events.len() as u64;
         self.last_time = self.last_time.max(c.time_micros);
         Ok(())
+    }
+
+    /// Replace table `id`'s history at or before `h` by one folded entry per
+    /// row live at `h` (the keys of the horizon snapshot).
+    fn fold_history<'k>(&mut self, id: u32, h: u64, live_at_h: impl Iterator<Item = &'k Pk>) {
+        let ci = self.commits.partition_point(|c| c.first_seq <= h).saturating_sub(1) as u32;
+        let Some(t) = self.tables.get_mut(&id) else { return };
+        for hist in t.history.values_mut() {
+            hist.retain(|e| e.seq > h);
+        }
+        for k in live_at_h {
+            t.history
+                .entry(k.clone())
+                .or_default()
+                .insert(0, Hist { seq: h, op: Op::Insert, commit: ci, idx: 0, folded: true });
+        }
+        t.history.retain(|_, v| !v.is_empty());
+        t.snapshots.retain(|(s, _)| *s >= h);
     }
 }
 
@@ -193,8 +228,13 @@ pub struct Db {
     state: RwLock<State>,
     writer: Mutex<()>,
     cache: Mutex<CommitCache>,
+    /// Rows at each table's compaction horizon, loaded on first use.
+    baselines: Mutex<HashMap<u32, (u64, Arc<Rows>)>>,
     opts: Options,
 }
+
+/// A table's rows, in key order.
+type Rows = BTreeMap<Pk, Arc<Value>>;
 
 /// Decoded commits, bounded by the bytes of their records.
 #[derive(Default)]
@@ -269,6 +309,23 @@ impl Db {
             }
             st.apply(&c, pos, rec.len()).map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))
         })?;
+        let horizons: Vec<(u32, u64, Option<u64>)> = st
+            .tables
+            .iter()
+            .filter(|(_, t)| t.horizon > 0)
+            .map(|(id, t)| (*id, t.horizon, t.snapshots.iter().find(|(s, _)| *s == t.horizon).map(|(_, f)| *f)))
+            .collect();
+        for (id, h, snap) in horizons {
+            let snap = snap.ok_or_else(|| {
+                Error::tampered(
+                    "keyring",
+                    0,
+                    format!("the snapshot at the compaction horizon @seq:{h} of table {id} is missing"),
+                )
+            })?;
+            let rows = load_snapshot(&store, snap)?;
+            st.fold_history(id, h, rows.keys());
+        }
         for (id, t) in st.tables.iter_mut() {
             if let Some(from) = st.rows_from.get(id)
                 && t.snapshots.last().is_some_and(|(s, _)| s == from)
@@ -293,7 +350,14 @@ impl Db {
     }
 
     fn from_store(store: Store, state: State, opts: Options) -> Db {
-        Db { store, state: RwLock::new(state), writer: Mutex::new(()), cache: Mutex::new(CommitCache::default()), opts }
+        Db {
+            store,
+            state: RwLock::new(state),
+            writer: Mutex::new(()),
+            cache: Mutex::new(CommitCache::default()),
+            baselines: Mutex::new(HashMap::new()),
+            opts,
+        }
     }
 
     /// The underlying store (files, keys, verification).
@@ -318,6 +382,11 @@ impl Db {
     /// Commit events built by `build` against the current state, atomically.
     fn commit(&self, build: impl FnOnce(&State, &mut Batch) -> Result<()>) -> Result<u64> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.commit_locked(build)
+    }
+
+    /// [`Db::commit`] with the writer lock already held.
+    fn commit_locked(&self, build: impl FnOnce(&State, &mut Batch) -> Result<()>) -> Result<u64> {
         let (commit, _) = {
             let st = self.read();
             let mut b = Batch { events: Vec::new(), overlay: HashMap::new(), new_tables: Vec::new() };
@@ -382,11 +451,16 @@ impl Db {
             let rows: Vec<(Pk, Arc<Value>)> = t.rows.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             (seq, rows)
         };
+        self.write_snapshot(id, seq, &rows)
+    }
+
+    /// Write rows as the snapshot of table `id` at `seq` and record it.
+    fn write_snapshot(&self, id: u32, seq: u64, rows: &[(Pk, Arc<Value>)]) -> Result<u64> {
         let meta = SnapMeta { table: id, seq, rows: rows.len() as u64 };
         let mut b = self.store.build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode())?;
         let mut chunk: Vec<(&Pk, &Value)> = Vec::new();
         let mut size = 0usize;
-        for (k, v) in &rows {
+        for (k, v) in rows {
             chunk.push((k, v.as_ref()));
             size += 64;
             if size >= crate::table::snapshot::RECORD_TARGET {
@@ -404,10 +478,138 @@ impl Db {
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = st.tables.get_mut(&id) {
             t.snapshots.push((seq, file_id));
-            t.since_events = 0;
-            t.since_bytes = 0;
+            t.snapshots.sort_unstable();
+            if t.snapshots.last().is_some_and(|(s, _)| *s == seq) {
+                t.since_events = 0;
+                t.since_bytes = 0;
+            }
         }
         Ok(seq)
+    }
+
+    /// `COMPACT t [BEFORE ...]`: fold the table's history at or before the
+    /// horizon (the end of the last commit at or before the point given) into
+    /// a snapshot at the horizon. Afterwards a read before the horizon is an
+    /// error; everything at or after it reads as before. The folded events'
+    /// documents are removed from the sealed log segments (each rewritten
+    /// under a fresh data key), and older snapshots of the table are deleted.
+    /// Without `before`, the current horizon stays (all history is kept) and
+    /// only the reclaiming is redone. Returns the horizon.
+    ///
+    /// Crash-safe: the horizon snapshot is written first, then the horizon is
+    /// committed as an event; each segment rewrite is an atomic swap, and a
+    /// later `COMPACT` finishes any rewrite a crash interrupted.
+    pub fn compact(&self, table: &str, before: Option<&AsOf>) -> Result<u64> {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let (id, h, current) = {
+            let st = self.read();
+            let def = st.table(table)?;
+            let current = st.tables.get(&def.id).map_or(0, |t| t.horizon);
+            let h = match before {
+                None => current,
+                Some(a) => resolve(&st, a)?,
+            };
+            (def.id, h, current)
+        };
+        if h > current {
+            let rows: Vec<(Pk, Arc<Value>)> = {
+                let st = self.read();
+                let t = st.tables.get(&id).ok_or_else(|| Error::NotFound(format!("table {table}")))?;
+                if t.snapshots.iter().any(|(s, _)| *s == h) {
+                    Vec::new()
+                } else {
+                    self.rows_at(&st, id, t, h)?.into_iter().collect()
+                }
+            };
+            let has = self.read().tables.get(&id).is_some_and(|t| t.snapshots.iter().any(|(s, _)| *s == h));
+            if !has {
+                self.write_snapshot(id, h, &rows)?;
+            }
+            let baseline = {
+                let st = self.read();
+                let t = st.tables.get(&id).ok_or_else(|| Error::NotFound(format!("table {table}")))?;
+                self.rows_at(&st, id, t, h)?
+            };
+            self.commit_locked(|_, b| {
+                b.events.push(Event {
+                    op: Op::Compact,
+                    table: id,
+                    key: None,
+                    doc: Some(serde_json::json!({ "horizon": h })),
+                    patch: None,
+                });
+                Ok(())
+            })?;
+            let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+            st.fold_history(id, h, baseline.keys());
+        }
+        let h = h.max(current);
+        if h == 0 {
+            return Ok(0);
+        }
+        self.reclaim(id, h)?;
+        Ok(h)
+    }
+
+    /// Remove the documents of table `id`'s events at or before `h` from the
+    /// sealed log segments, and its snapshots older than `h`.
+    fn reclaim(&self, id: u32, h: u64) -> Result<()> {
+        let active: Vec<u64> = self
+            .store
+            .stream_files(EVENTS_STREAM)
+            .into_iter()
+            .filter(|f| !matches!(f.state, crate::format::keyring::FileState::Sealed { .. }))
+            .map(|f| f.file_id)
+            .collect();
+        for f in self.store.stream_files(EVENTS_STREAM) {
+            if active.contains(&f.file_id) {
+                continue;
+            }
+            let starts_before = self.read().commits.iter().any(|c| c.pos.file_id == f.file_id && c.first_seq <= h);
+            if !starts_before {
+                continue;
+            }
+            let rewritten = self.store.rewrite_file(f.file_id, |rec| {
+                let mut c = Commit::decode(rec).map_err(|e| Error::corrupted(&f.name, 0, e.reason))?;
+                let mut changed = false;
+                for (i, e) in c.events.iter_mut().enumerate() {
+                    let seq = c.first_seq + i as u64;
+                    if e.table == id && seq <= h && matches!(e.op, Op::Insert | Op::Patch | Op::SoftDelete) {
+                        *e = Event { op: Op::Folded, table: id, key: None, doc: None, patch: None };
+                        changed = true;
+                    }
+                }
+                Ok(changed.then(|| c.encode()))
+            })?;
+            if let Some(positions) = rewritten {
+                let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+                let mut idx: Vec<usize> =
+                    (0..st.commits.len()).filter(|i| st.commits[*i].pos.file_id == f.file_id).collect();
+                idx.sort_by_key(|i| st.commits[*i].pos.offset);
+                if idx.len() != positions.len() {
+                    return Err(Error::corrupted(&f.name, 0, "rewritten segment holds a different number of commits"));
+                }
+                for (i, p) in idx.into_iter().zip(positions) {
+                    st.commits[i].pos = p;
+                }
+                drop(st);
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                cache.map.clear();
+                cache.bytes = 0;
+            }
+        }
+        let old: Vec<u64> = self
+            .store
+            .files()
+            .into_iter()
+            .filter(|f| f.stream == SNAPSHOT_STREAM_BASE + id)
+            .filter(|f| SnapMeta::decode(&f.meta).is_ok_and(|m| m.seq < h))
+            .map(|f| f.file_id)
+            .collect();
+        if !old.is_empty() {
+            self.store.commit(crate::storage::store::Edit { remove: old, ..Default::default() })?;
+        }
+        Ok(())
     }
 
     /// Write several changes as one commit; returns the last sequence number.
@@ -449,10 +651,10 @@ impl Db {
         let seq = resolve(&st, &AsOf::Seq(seq))?;
         let def = table_at(&st, table, seq)?;
         let Some(h) = st.tables.get(&def.id).and_then(|t| t.history.get(key)) else { return Ok(None) };
-        self.doc_at(&st, h, seq)
+        self.doc_at(&st, def.id, key, h, seq)
     }
 
-    fn doc_at(&self, st: &State, h: &[Hist], seq: u64) -> Result<Option<Value>> {
+    fn doc_at(&self, st: &State, id: u32, key: &Pk, h: &[Hist], seq: u64) -> Result<Option<Value>> {
         let n = h.partition_point(|e| e.seq <= seq);
         if n == 0 {
             return Ok(None);
@@ -461,7 +663,29 @@ impl Db {
         if e.op == Op::SoftDelete {
             return Ok(None);
         }
+        if e.folded {
+            return Ok(self.baseline(st, id)?.get(key).map(|d| (**d).clone()));
+        }
         Ok(self.event(st, e)?.doc.clone())
+    }
+
+    /// The rows of table `id` at its compaction horizon.
+    fn baseline(&self, st: &State, id: u32) -> Result<Arc<BTreeMap<Pk, Arc<Value>>>> {
+        let t = st.tables.get(&id).ok_or_else(|| Error::NotFound(format!("table {id}")))?;
+        if let Some((h, rows)) = self.baselines.lock().unwrap_or_else(|p| p.into_inner()).get(&id)
+            && *h == t.horizon
+        {
+            return Ok(rows.clone());
+        }
+        let file = t
+            .snapshots
+            .iter()
+            .find(|(s, _)| *s == t.horizon)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| Error::NotFound(format!("snapshot at the horizon of table {id}")))?;
+        let rows = Arc::new(load_snapshot(&self.store, file)?);
+        self.baselines.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (t.horizon, rows.clone()));
+        Ok(rows)
     }
 
     fn load_commit(&self, st: &State, ci: u32) -> Result<Arc<Commit>> {
@@ -517,14 +741,13 @@ impl Db {
         };
         let mut out = Vec::with_capacity(h.len());
         for e in h {
-            let ev = self.event(&st, *e)?;
+            let (op, doc) = if e.folded {
+                ("COMPACTED", self.baseline(&st, def.id)?.get(key).map(|d| (**d).clone()).unwrap_or(Value::Null))
+            } else {
+                (e.op.name(), self.event(&st, *e)?.doc.unwrap_or(Value::Null))
+            };
             let time = st.commits.get(e.commit as usize).map(|c| c.time).unwrap_or(0);
-            out.push(HistoryEntry {
-                seq: e.seq,
-                time: format_rfc3339(time),
-                op: e.op.name(),
-                doc: ev.doc.unwrap_or(Value::Null),
-            });
+            out.push(HistoryEntry { seq: e.seq, time: format_rfc3339(time), op, doc });
         }
         Ok(out)
     }
@@ -583,7 +806,7 @@ impl Db {
                     Op::SoftDelete => {
                         rows.remove(k);
                     }
-                    Op::CreateTable => {}
+                    Op::CreateTable | Op::Compact | Op::Folded => {}
                 }
             }
         }
@@ -655,6 +878,7 @@ impl Db {
             Stmt::Describe { table } => Outcome::Tables(vec![self.describe(table)?]),
             Stmt::ShowDrift { table, key } => Outcome::Drift(self.history(table, key)?),
             Stmt::Snapshot { table } => Outcome::Snapshot(self.snapshot(table)?),
+            Stmt::Compact { table, before } => Outcome::Compacted(self.compact(table, before.as_ref())?),
         })
     }
 
@@ -721,6 +945,14 @@ fn resolve(st: &State, a: &AsOf) -> Result<u64> {
 
 fn table_at<'a>(st: &'a State, table: &str, seq: u64) -> Result<&'a TableDef> {
     let def = st.table(table)?;
+    if let Some(t) = st.tables.get(&def.id)
+        && seq < t.horizon
+    {
+        return Err(Error::Query(format!(
+            "history of table {table:?} before @seq:{} was compacted; @seq:{seq} can no longer be read",
+            t.horizon
+        )));
+    }
     if def.created_seq > seq {
         return Err(Error::Query(format!(
             "table {table:?} did not exist at @seq:{seq} (created at @seq:{})",

@@ -18,6 +18,7 @@ enum Op {
     Delete(usize, i64),
     Batch(Vec<(usize, i64, i64)>),
     Snapshot(usize),
+    Compact(usize, u8),
     Reopen,
 }
 
@@ -28,6 +29,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..2usize, 0..6i64).prop_map(|(t, k)| Op::Delete(t, k)),
         1 => proptest::collection::vec((0..2usize, 0..6i64, any::<i64>()), 1..4).prop_map(Op::Batch),
         1 => (0..2usize).prop_map(Op::Snapshot),
+        1 => (0..2usize, any::<u8>()).prop_map(|(t, f)| Op::Compact(t, f)),
         1 => Just(Op::Reopen),
     ]
 }
@@ -54,7 +56,7 @@ fn opts(fs: &MemFs, snap_every: u64) -> Options {
     }
 }
 
-fn check(db: &Db, states: &[(u64, State)], history: &History) {
+fn check(db: &Db, states: &[(u64, State)], history: &History, horizons: &[u64; 2]) {
     let latest = db.latest_seq();
     for seq in 0..=latest {
         // The model state at `seq`: the last recorded state at or before it.
@@ -63,6 +65,12 @@ fn check(db: &Db, states: &[(u64, State)], history: &History) {
         for (t, name) in TABLES.iter().enumerate() {
             let got = db.scan(name, Some(&AsOf::Seq(seq)));
             let created = 1 + t as u64;
+            // The horizon is a commit boundary: reads of commit ends before it are errors.
+            let commit_end = states[i - 1].0;
+            if commit_end < horizons[t] {
+                assert!(got.is_err(), "table {name} AS OF @seq:{seq} is before the horizon {}", horizons[t]);
+                continue;
+            }
             if seq < created {
                 assert!(got.is_err(), "table {name} must not exist at {seq}");
                 continue;
@@ -77,10 +85,22 @@ fn check(db: &Db, states: &[(u64, State)], history: &History) {
     }
     assert!(db.scan("alpha", Some(&AsOf::Seq(latest + 1))).is_err(), "beyond the latest sequence");
     for ((t, k), h) in history {
-        let got = db.history(TABLES[*t], k).unwrap();
-        let got: Vec<(u64, &str, Value)> = got.into_iter().map(|e| (e.seq, e.op, e.doc)).collect();
-        let want: Vec<(u64, &str, Value)> = h.iter().map(|(s, o, d)| (*s, *o, d.clone())).collect();
-        assert_eq!(got, want);
+        let hz = horizons[*t];
+        let mut want: Vec<(u64, &str, Value)> = Vec::new();
+        if hz > 0 {
+            let i = states.partition_point(|(s, _)| *s <= hz);
+            if let Some(d) = states[i - 1].1[*t].get(k) {
+                want.push((hz, "COMPACTED", d.clone()));
+            }
+        }
+        want.extend(h.iter().filter(|(s, _, _)| *s > hz).map(|(s, o, d)| (*s, *o, d.clone())));
+        match db.history(TABLES[*t], k) {
+            Ok(got) => {
+                let got: Vec<(u64, &str, Value)> = got.into_iter().map(|e| (e.seq, e.op, e.doc)).collect();
+                assert_eq!(got, want, "history of {k:?}");
+            }
+            Err(_) => assert!(want.is_empty(), "history of {k:?} missing"),
+        }
     }
 }
 
@@ -94,8 +114,10 @@ proptest! {
         db.create_table("alpha", "id", &["v"]).unwrap();
         db.create_table("beta", "name", &[]).unwrap();
         let mut cur: State = Default::default();
-        let mut states: Vec<(u64, State)> = vec![(0, cur.clone())];
+        // Commit ends: 0 (nothing), 1 and 2 (the two CREATE TABLEs).
+        let mut states: Vec<(u64, State)> = vec![(0, cur.clone()), (1, cur.clone()), (2, cur.clone())];
         let mut history: History = BTreeMap::new();
+        let mut horizons = [0u64; 2];
         for o in ops {
             let before = db.latest_seq();
             match o {
@@ -158,6 +180,26 @@ proptest! {
                     prop_assert_eq!(seq, db.latest_seq());
                     prop_assert_eq!(db.snapshots(TABLES[t]).unwrap().last().copied(), Some(seq));
                 }
+                Op::Compact(t, f) => {
+                    let latest = db.latest_seq();
+                    let target = latest * u64::from(f) / 255;
+                    match db.compact(TABLES[t], Some(&AsOf::Seq(target))) {
+                        Ok(h) => {
+                            // The horizon is the end of the last commit at or before the target.
+                            let i = states.partition_point(|(s, _)| *s <= target);
+                            let expect = states[i - 1].0;
+                            if expect >= horizons[t] {
+                                prop_assert_eq!(h, expect);
+                                horizons[t] = h;
+                            }
+                        }
+                        Err(e) => {
+                            // Only a target before the table existed or before its horizon may fail.
+                            let i = states.partition_point(|(s, _)| *s <= target);
+                            prop_assert!(states[i - 1].0 < 1 + t as u64 || states[i - 1].0 < horizons[t], "{e}");
+                        }
+                    }
+                }
                 Op::Reopen => {
                     db.close().unwrap();
                     db = Db::open("/db", &k, opts(&fs, snap_every)).unwrap();
@@ -167,9 +209,9 @@ proptest! {
                 states.push((db.latest_seq(), cur.clone()));
             }
         }
-        check(&db, &states, &history);
+        check(&db, &states, &history, &horizons);
         db.close().unwrap();
         let db = Db::open("/db", &k, opts(&fs, snap_every)).unwrap();
-        check(&db, &states, &history);
+        check(&db, &states, &history, &horizons);
     }
 }

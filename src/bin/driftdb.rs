@@ -149,6 +149,21 @@ enum Command {
         #[arg(short = 't', long = "table")]
         table: String,
     },
+    /// Fold a table's history before a horizon into a snapshot (`--before`);
+    /// reads before the horizon become errors, everything after is unchanged.
+    Compact {
+        /// The data directory.
+        #[arg(short = 'd', long = "dir", value_name = "DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        key: KeyOpts,
+        /// Table.
+        #[arg(short = 't', long = "table")]
+        table: String,
+        /// The horizon: @seq:N or an RFC 3339 time (default: keep all history).
+        #[arg(long, value_name = "AS_OF")]
+        before: Option<String>,
+    },
     /// Load a JSON Lines file into a table, in batched commits.
     Ingest {
         /// The data directory.
@@ -302,6 +317,21 @@ fn run(cli: Cli) -> Result<u8, Error> {
         Command::Snapshot { dir, key, table } => {
             let db = open_db(&dir, &key, false)?;
             print_outcome(&Outcome::Snapshot(db.snapshot(&table)?), false);
+            db.close()?;
+            Ok(0)
+        }
+        Command::Compact { dir, key, table, before } => {
+            let mut q = format!("COMPACT {}", quote_ident(&table));
+            if let Some(b) = before {
+                if b.starts_with('@') {
+                    q.push_str(&format!(" BEFORE {b}"));
+                } else {
+                    q.push_str(&format!(" BEFORE {}", Value::from(b)));
+                }
+            }
+            let stmt = driftdb::query::parse_one(&q)?;
+            let db = open_db(&dir, &key, false)?;
+            print_outcome(&db.execute_stmt(&stmt)?, false);
             db.close()?;
             Ok(0)
         }
@@ -495,6 +525,15 @@ fn print_outcome(o: &Outcome, json: bool) {
         Outcome::Snapshot(seq) => {
             if !json {
                 println!("ok (snapshot at seq {seq})");
+            }
+        }
+        Outcome::Compacted(h) => {
+            if !json {
+                if *h == 0 {
+                    println!("ok (all history kept)");
+                } else {
+                    println!("ok (history before seq {h} folded)");
+                }
             }
         }
         Outcome::Tables(t) => {

@@ -64,6 +64,13 @@ pub enum Stmt {
         /// Table.
         table: String,
     },
+    /// `COMPACT t [BEFORE point]`
+    Compact {
+        /// Table.
+        table: String,
+        /// The horizon: history at or before it is folded.
+        before: Option<AsOf>,
+    },
 }
 
 /// A point in history.
@@ -284,6 +291,16 @@ impl fmt::Display for Stmt {
             Stmt::Snapshot { table } => {
                 f.write_str("SNAPSHOT ")?;
                 ident(f, table)
+            }
+            Stmt::Compact { table, before } => {
+                f.write_str("COMPACT ")?;
+                ident(f, table)?;
+                match before {
+                    None => Ok(()),
+                    Some(AsOf::Seq(n)) => write!(f, " BEFORE @seq:{n}"),
+                    Some(AsOf::Now) => f.write_str(" BEFORE @now"),
+                    Some(AsOf::Time(t, _)) => write!(f, " BEFORE {}", Value::from(t.as_str())),
+                }
             }
             Stmt::Select(s) => {
                 f.write_str("SELECT ")?;

@@ -493,6 +493,11 @@ impl Parser {
             }
             return Err(self.expected("`TABLES` or `DRIFT`"));
         }
+        if self.eat_kw("compact") {
+            let table = self.ident("table name")?;
+            let before = if self.eat_kw("before") { Some(self.as_of()?) } else { None };
+            return Ok(Stmt::Compact { table, before });
+        }
         if self.eat_kw("snapshot") {
             let table = self.ident("table name")?;
             return Ok(Stmt::Snapshot { table });
@@ -504,7 +509,9 @@ impl Parser {
         if self.is_kw("select") {
             return self.select().map(Stmt::Select);
         }
-        Err(self.expected("a statement (CREATE TABLE, INSERT, PATCH, SOFT DELETE, SELECT, SHOW, DESCRIBE, SNAPSHOT)"))
+        Err(self.expected(
+            "a statement (CREATE TABLE, INSERT, PATCH, SOFT DELETE, SELECT, SHOW, DESCRIBE, SNAPSHOT, COMPACT)",
+        ))
     }
 
     fn select(&mut self) -> Result<Select> {

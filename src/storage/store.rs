@@ -1059,6 +1059,55 @@ impl Store {
         Ok(events)
     }
 
+    /// Rewrite a sealed file under a fresh data key, passing each record
+    /// through `transform` (which may return it unchanged). The new file takes
+    /// the old one's place in its stream (same kind, stream, ordinal and
+    /// metadata) in one atomic manifest change, and the old file is deleted.
+    /// If `transform` changed nothing, nothing is written and `None` is
+    /// returned; otherwise the new position of every record, in order.
+    pub fn rewrite_file(
+        &self,
+        file_id: u64,
+        mut transform: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>>,
+    ) -> Result<Option<Vec<RecordPos>>> {
+        let info = self
+            .files()
+            .into_iter()
+            .find(|f| f.file_id == file_id)
+            .ok_or_else(|| Error::NotFound(format!("file {file_id:016x}")))?;
+        if !matches!(info.state, FileState::Sealed { .. })
+            || self.lock_inner().writers.values().any(|w| w.header.file_id == file_id)
+        {
+            return Err(Error::InvalidArgument(format!("{} is still being written", info.name)));
+        }
+        let mut b = {
+            let mut guard = self.lock_inner();
+            let inner = &mut *guard;
+            let (writer, entry, path) =
+                self.new_file(inner, info.kind, info.stream, info.ordinal, info.meta.clone())?;
+            FileBuilder { store: self, writer, entry, path, done: false }
+        };
+        let mut changed = false;
+        let mut positions = Vec::new();
+        self.read_file(file_id, |_, rec| {
+            let pos = match transform(rec)? {
+                Some(new) => {
+                    changed = true;
+                    b.append(&new)?
+                }
+                None => b.append(rec)?,
+            };
+            positions.push(pos);
+            Ok(())
+        })?;
+        if !changed {
+            return Ok(None); // the builder's file is removed on drop
+        }
+        let pending = b.finish()?;
+        self.commit(Edit { add: vec![pending], remove: vec![file_id], root: None })?;
+        Ok(Some(positions))
+    }
+
     /// Merge runs of small sealed stream files (left by many short sessions)
     /// into one file under a fresh data key. Record order is preserved; record
     /// positions in the merged files change.

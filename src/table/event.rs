@@ -61,6 +61,12 @@ pub enum Op {
     SoftDelete,
     /// A table is created.
     CreateTable,
+    /// A table's history before a horizon is folded (`COMPACT`); the
+    /// document is `{"horizon": seq}`.
+    Compact,
+    /// What compaction leaves of an event it folded: the table id and the
+    /// sequence number's place, nothing else.
+    Folded,
 }
 
 impl Op {
@@ -70,6 +76,8 @@ impl Op {
             Op::Patch => 2,
             Op::SoftDelete => 3,
             Op::CreateTable => 10,
+            Op::Compact => 11,
+            Op::Folded => 12,
         }
     }
     fn from_code(c: u8) -> Option<Op> {
@@ -78,6 +86,8 @@ impl Op {
             2 => Op::Patch,
             3 => Op::SoftDelete,
             10 => Op::CreateTable,
+            11 => Op::Compact,
+            12 => Op::Folded,
             _ => return None,
         })
     }
@@ -88,6 +98,8 @@ impl Op {
             Op::Patch => "PATCH",
             Op::SoftDelete => "SOFT_DELETE",
             Op::CreateTable => "CREATE_TABLE",
+            Op::Compact => "COMPACT",
+            Op::Folded => "FOLDED",
         }
     }
 }
@@ -218,7 +230,7 @@ impl Commit {
                 .ok_or_else(|| DecodeError { offset: at, reason: "unknown event op".into() })?;
             let table = r.u32("table")?;
             let key = get_key(&mut r)?;
-            let (doc, patch) = if docs_for(i) || op == Op::CreateTable {
+            let (doc, patch) = if docs_for(i) || op == Op::CreateTable || op == Op::Compact {
                 (get_json(&mut r, "document")?, get_json(&mut r, "patch")?)
             } else {
                 r.blob(MAX_DOC, "document")?;
@@ -297,7 +309,14 @@ mod tests {
 
     fn arb_event() -> impl Strategy<Value = Event> {
         (
-            prop_oneof![Just(Op::Insert), Just(Op::Patch), Just(Op::SoftDelete), Just(Op::CreateTable)],
+            prop_oneof![
+                Just(Op::Insert),
+                Just(Op::Patch),
+                Just(Op::SoftDelete),
+                Just(Op::CreateTable),
+                Just(Op::Compact),
+                Just(Op::Folded)
+            ],
             any::<u32>(),
             prop_oneof![
                 Just(None),
