@@ -174,9 +174,9 @@ impl State {
             let (Some(t), Some(key)) = (self.tables.get_mut(&e.table), e.key.clone()) else {
                 return Err(Error::Query(format!("event at seq {seq} names an unknown table or no key")));
             };
-            t.since_events += 1;
-            t.since_bytes += share;
             if self.rows_from.get(&e.table).is_none_or(|from| seq > *from) {
+                t.since_events += 1;
+                t.since_bytes += share;
                 let new = match e.op {
                     Op::Insert | Op::Patch => Some(Arc::new(e.doc.clone().unwrap_or(Value::Null))),
                     _ => None,
@@ -309,6 +309,14 @@ impl Db {
             }
             st.apply(&c, pos, rec.len()).map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))
         })?;
+        let latest = st.latest_seq();
+        if let Some((id, from)) = st.rows_from.iter().find(|(_, f)| **f > latest) {
+            return Err(Error::tampered(
+                "keyring",
+                0,
+                format!("a snapshot of table {id} is at @seq:{from}, past the end of the event log (@seq:{latest})"),
+            ));
+        }
         let horizons: Vec<(u32, u64, Option<u64>)> = st
             .tables
             .iter()
@@ -326,15 +334,7 @@ impl Db {
             let rows = load_snapshot(&store, snap)?;
             st.fold_history(id, h, rows.keys());
         }
-        for (id, t) in st.tables.iter_mut() {
-            if let Some(from) = st.rows_from.get(id)
-                && t.snapshots.last().is_some_and(|(s, _)| s == from)
-            {
-                // Counters restart at the latest snapshot.
-                let after: u64 = t.history.values().map(|h| h.iter().filter(|e| e.seq > *from).count() as u64).sum();
-                t.since_events = after;
-                t.since_bytes = 0;
-            }
+        for t in st.tables.values_mut() {
             let fields: Vec<String> = t.indexes.keys().cloned().collect();
             for f in fields {
                 let mut ix = Index::default();
@@ -426,8 +426,16 @@ impl Db {
             (st.latest_seq(), due)
         };
         for t in due {
-            // The commit is durable; a failed automatic snapshot only delays the next one.
-            let _ = self.snapshot_locked(t);
+            // The commit is durable; a failed automatic snapshot only delays
+            // the next one (its counters restart, so it is not retried on
+            // every commit).
+            if self.snapshot_locked(t).is_err() {
+                let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+                if let Some(td) = st.tables.get_mut(&t) {
+                    td.since_events = 0;
+                    td.since_bytes = 0;
+                }
+            }
         }
         Ok(seq)
     }
@@ -458,16 +466,20 @@ impl Db {
     fn write_snapshot(&self, id: u32, seq: u64, rows: &[(Pk, Arc<Value>)]) -> Result<u64> {
         let meta = SnapMeta { table: id, seq, rows: rows.len() as u64 };
         let mut b = self.store.build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode())?;
-        let mut chunk: Vec<(&Pk, &Value)> = Vec::new();
+        // Records of about RECORD_TARGET bytes, by the rows' real encoded size
+        // (a single row larger than a record gets a record of its own).
+        let mut chunk: Vec<(&Pk, Vec<u8>)> = Vec::new();
         let mut size = 0usize;
         for (k, v) in rows {
-            chunk.push((k, v.as_ref()));
-            size += 64;
-            if size >= crate::table::snapshot::RECORD_TARGET {
+            let doc = serde_json::to_vec(v.as_ref()).map_err(|e| Error::Query(e.to_string()))?;
+            let n = doc.len() + 32;
+            if !chunk.is_empty() && size + n > crate::table::snapshot::RECORD_TARGET {
                 b.append(&encode_rows(&chunk))?;
                 chunk.clear();
                 size = 0;
             }
+            size += n;
+            chunk.push((k, doc));
         }
         if !chunk.is_empty() || rows.is_empty() {
             b.append(&encode_rows(&chunk))?;
@@ -613,7 +625,9 @@ impl Db {
     }
 
     /// Write several changes as one commit; returns the last sequence number.
-    /// Nothing is committed if `f` or any change fails.
+    /// Nothing is committed if `f` or any change fails. `f` must make its
+    /// changes through the [`Writer`] it is given: calling another writing
+    /// method of this `Db` from inside `f` waits forever for the writer lock.
     pub fn write(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<()>) -> Result<u64> {
         self.commit(|st, b| f(&mut Writer { st, b }))
     }
@@ -929,7 +943,7 @@ fn resolve(st: &State, a: &AsOf) -> Result<u64> {
             Ok(if k == 0 { 0 } else { st.commits[k - 1].first_seq + u64::from(st.commits[k - 1].len) - 1 })
         }
         AsOf::Time(text, t) => {
-            if *t > now_micros() {
+            if *t > now_micros().max(st.last_time) {
                 return Err(Error::Query(format!("AS OF {text:?} is in the future")));
             }
             // Commit times never decrease: binary search, no scan.

@@ -135,3 +135,22 @@ fn a_crash_at_any_point_of_compaction_leaves_a_consistent_database() {
     }
     panic!("compaction never succeeded");
 }
+
+#[test]
+fn snapshots_of_large_documents_are_split_into_records() {
+    let fs = MemFs::new();
+    let db = Db::create("/db", &key(), opts(&fs)).unwrap();
+    db.create_table("big", "id", &[]).unwrap();
+    let pad = "p".repeat(600 * 1024);
+    for i in 0..40 {
+        db.insert("big", json!({"id": i, "pad": pad})).unwrap();
+    }
+    // 40 × 600 KiB is more than one 16 MiB record could hold.
+    let seq = db.snapshot("big").unwrap();
+    assert_eq!(db.snapshots("big").unwrap(), vec![seq]);
+    db.close().unwrap();
+    let db = Db::open("/db", &key(), opts(&fs)).unwrap();
+    let rows = db.scan("big", None).unwrap();
+    assert_eq!(rows.len(), 40);
+    assert_eq!(rows[39]["pad"].as_str().unwrap().len(), pad.len());
+}

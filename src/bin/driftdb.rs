@@ -7,6 +7,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use clap::{Args, Parser, Subcommand};
+use driftdb::query::ast::quote_ident;
 use driftdb::{Argon2Params, CreateOptions, Db, Error, KeySource, Options, Outcome, Store, StoreOptions};
 use serde_json::Value;
 use std::io::IsTerminal;
@@ -377,16 +378,6 @@ fn open_db(dir: &std::path::Path, key: &KeyOpts, read_only: bool) -> Result<Db, 
     Db::open(dir, &ks, Options { store: StoreOptions { read_only, ..StoreOptions::default() }, ..Options::default() })
 }
 
-fn quote_ident(s: &str) -> String {
-    if s.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
-        && s.chars().all(|c| c.is_alphanumeric() || c == '_')
-    {
-        s.to_string()
-    } else {
-        Value::from(s).to_string()
-    }
-}
-
 /// `1` is an integer key, `o1` a string key, `"1"` (JSON) the string 1.
 fn parse_key(s: &str) -> Result<driftdb::Pk, Error> {
     if let Ok(v) = serde_json::from_str::<Value>(s)
@@ -409,6 +400,7 @@ fn ingest(db: &Db, table: &str, file: &std::path::Path, batch: usize) -> Result<
         }
         let first = pending[0].0;
         let last = pending[pending.len() - 1].0;
+        let count = pending.len() as u64;
         db.write(|w| {
             for (line, doc) in pending.drain(..) {
                 w.insert(table, doc).map_err(|e| match e {
@@ -420,7 +412,7 @@ fn ingest(db: &Db, table: &str, file: &std::path::Path, batch: usize) -> Result<
             Ok(())
         })
         .inspect_err(|_| eprintln!("nothing of lines {first}..={last} was committed"))?;
-        *total += (last - first + 1) as u64;
+        *total += count;
         if progress {
             eprint!("\r{total} documents");
         }

@@ -5,6 +5,21 @@ use crate::table::Pk;
 use serde_json::Value;
 use std::fmt;
 
+/// Words that cannot be bare names (write them as quoted strings).
+pub const RESERVED: &[&str] = &[
+    "select", "from", "where", "as", "of", "order", "by", "limit", "offset", "group", "and", "or", "not", "in", "is",
+    "null", "asc", "desc", "key", "set", "true", "false", "before",
+];
+
+/// A name as DriftQL text: bare if it is a plain identifier and not a
+/// reserved word, otherwise a quoted string.
+pub fn quote_ident(s: &str) -> String {
+    let plain = s.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_alphanumeric() || c == '_')
+        && !RESERVED.iter().any(|r| s.eq_ignore_ascii_case(r));
+    if plain { s.to_string() } else { Value::from(s).to_string() }
+}
+
 /// A field path: `a.b.c`.
 pub type Path = Vec<String>;
 
@@ -164,9 +179,7 @@ pub struct Select {
 }
 
 fn ident(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
-    let plain = s.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
-        && s.chars().all(|c| c.is_alphanumeric() || c == '_');
-    if plain { f.write_str(s) } else { write!(f, "{}", Value::from(s)) }
+    f.write_str(&quote_ident(s))
 }
 
 fn path(f: &mut fmt::Formatter<'_>, p: &Path) -> fmt::Result {

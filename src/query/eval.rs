@@ -23,14 +23,84 @@ pub fn get_path<'a>(doc: &'a Value, path: &Path) -> Option<&'a Value> {
     if v.is_null() { None } else { Some(v) }
 }
 
+fn as_int(n: &serde_json::Number) -> Option<i128> {
+    n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from))
+}
+
+/// Exact comparison of an integer with a float.
+fn cmp_int_float(i: i128, f: f64) -> Option<Ordering> {
+    if f.is_nan() {
+        return None;
+    }
+    if f >= 1.0e38 {
+        return Some(Ordering::Less);
+    }
+    if f <= -1.0e38 {
+        return Some(Ordering::Greater);
+    }
+    let t = f.trunc();
+    Some(match i.cmp(&(t as i128)) {
+        Ordering::Equal if f > t => Ordering::Less,
+        Ordering::Equal if f < t => Ordering::Greater,
+        o => o,
+    })
+}
+
+/// Numbers compare by value, exactly: integers as integers, an integer and a
+/// float without rounding, floats as floats.
 fn num_cmp(a: &serde_json::Number, b: &serde_json::Number) -> Option<Ordering> {
-    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
-        return Some(x.cmp(&y));
+    match (as_int(a), as_int(b)) {
+        (Some(x), Some(y)) => Some(x.cmp(&y)),
+        (Some(x), None) => cmp_int_float(x, b.as_f64()?),
+        (None, Some(y)) => cmp_int_float(y, a.as_f64()?).map(Ordering::reverse),
+        (None, None) => a.as_f64()?.partial_cmp(&b.as_f64()?),
     }
-    if let (Some(x), Some(y)) = (a.as_u64(), b.as_u64()) {
-        return Some(x.cmp(&y));
+}
+
+/// A canonical text of a value: object keys sorted, numbers by value (an
+/// integral float is written as an integer), so values that compare equal
+/// have equal texts. Used for `GROUP BY` and to order unequal composites.
+pub fn canonical(v: &Value) -> String {
+    let mut out = String::new();
+    canon(v, &mut out);
+    out
+}
+
+fn canon(v: &Value, out: &mut String) {
+    match v {
+        Value::Number(n) => match (as_int(n), n.as_f64()) {
+            (Some(i), _) => out.push_str(&i.to_string()),
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 1.0e38 => out.push_str(&(f as i128).to_string()),
+            _ => out.push_str(&n.to_string()),
+        },
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canon(x, out);
+            }
+            out.push(']');
+        }
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::from(k.as_str()).to_string());
+                out.push(':');
+                if let Some(x) = m.get(k) {
+                    canon(x, out);
+                }
+            }
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
     }
-    a.as_f64()?.partial_cmp(&b.as_f64()?)
 }
 
 /// Ordering of two values of the same type; `None` across types.
@@ -40,7 +110,7 @@ pub fn same_type_cmp(a: &Value, b: &Value) -> Option<Ordering> {
         (Value::String(x), Value::String(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
         (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
         (Value::Array(_), Value::Array(_)) | (Value::Object(_), Value::Object(_)) => {
-            if a == b {
+            if canonical(a) == canonical(b) {
                 Some(Ordering::Equal)
             } else {
                 None
@@ -65,7 +135,7 @@ fn rank(v: Option<&Value>) -> u8 {
 pub fn total_cmp(a: Option<&Value>, b: Option<&Value>) -> Ordering {
     match rank(a).cmp(&rank(b)) {
         Ordering::Equal => match (a, b) {
-            (Some(x), Some(y)) => same_type_cmp(x, y).unwrap_or_else(|| x.to_string().cmp(&y.to_string())),
+            (Some(x), Some(y)) => same_type_cmp(x, y).unwrap_or_else(|| canonical(x).cmp(&canonical(y))),
             _ => Ordering::Equal,
         },
         o => o,
@@ -84,6 +154,15 @@ pub fn matches(e: &Expr, doc: &Value) -> bool {
         }
         Expr::Cmp(p, op, lit) => {
             let Some(v) = get_path(doc, p) else { return false };
+            // Two arrays or two objects are equal or not; they have no order.
+            if matches!((v, lit), (Value::Array(_), Value::Array(_)) | (Value::Object(_), Value::Object(_))) {
+                let eq = canonical(v) == canonical(lit);
+                return match op {
+                    CmpOp::Eq => eq,
+                    CmpOp::Ne => !eq,
+                    _ => false,
+                };
+            }
             let Some(o) = same_type_cmp(v, lit) else { return false };
             match op {
                 CmpOp::Eq => o == Ordering::Equal,
@@ -115,7 +194,7 @@ pub fn check_expr(e: &Expr) -> Result<()> {
 #[derive(Default, Clone)]
 struct Acc {
     count: u64,
-    int_sum: Option<i64>,
+    int_sum: Option<i128>,
     float_sum: f64,
     nums: u64,
     all_int: bool,
@@ -134,7 +213,7 @@ impl Acc {
         if let Value::Number(n) = v {
             self.nums += 1;
             self.float_sum += n.as_f64().unwrap_or(0.0);
-            match (n.as_i64(), self.int_sum) {
+            match (as_int(n), self.int_sum) {
                 (Some(i), Some(s)) => self.int_sum = s.checked_add(i),
                 _ => self.all_int = false,
             }
@@ -151,7 +230,7 @@ impl Acc {
         match agg {
             Agg::Count => Value::from(star_count),
             Agg::Sum if self.nums == 0 => Value::Null,
-            Agg::Sum => match (self.all_int, self.int_sum) {
+            Agg::Sum => match (self.all_int, self.int_sum.and_then(|s| i64::try_from(s).ok())) {
                 (true, Some(s)) => Value::from(s),
                 _ => serde_json::Number::from_f64(self.float_sum).map_or(Value::Null, Value::Number),
             },
@@ -195,7 +274,8 @@ pub fn run_select(sel: &Select, docs: impl Iterator<Item = std::sync::Arc<Value>
         let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for d in &rows {
             let key: Vec<Option<Value>> = sel.group_by.iter().map(|p| get_path(d, p).cloned()).collect();
-            let k = serde_json::to_string(&key).unwrap_or_default();
+            let k: Vec<String> = key.iter().map(|v| v.as_ref().map(canonical).unwrap_or_default()).collect();
+            let k = k.join("\u{0}");
             let gi = *index.entry(k).or_insert_with(|| {
                 groups.push((key.clone(), vec![Acc::new(); sel.items.len()], 0));
                 groups.len() - 1
@@ -334,6 +414,19 @@ mod tests {
         );
         assert_eq!(ids("SELECT * FROM t ORDER BY id DESC LIMIT 2 OFFSET 1"), vec![json!(3), json!(2)]);
         assert!(run("SELECT * FROM t WHERE a = null", &docs()).is_err());
+        let n = vec![
+            json!({"id": 1, "v": 9007199254740992.0}),
+            json!({"id": 2, "v": 9007199254740992i64}),
+            json!({"id": 3, "v": 9007199254740993i64}),
+        ];
+        assert_eq!(run("SELECT MAX(v) FROM t", &n).unwrap(), vec![json!({"MAX(v)": 9007199254740993i64})]);
+        let ids = |q: &str, d: &[Value]| -> Vec<Value> { run(q, d).unwrap().iter().map(|r| r["id"].clone()).collect() };
+        assert_eq!(ids("SELECT * FROM t WHERE v = 9007199254740992.0", &n), vec![json!(1), json!(2)]);
+        assert_eq!(ids("SELECT * FROM t WHERE v > 9007199254740992.0", &n), vec![json!(3)]);
+        assert_eq!(ids("SELECT * FROM t ORDER BY v DESC, id", &n), vec![json!(3), json!(1), json!(2)]);
+        let o = vec![json!({"id": 1, "o": {"a": 1}}), json!({"id": 2, "o": {"a": 2}})];
+        assert_eq!(ids("SELECT * FROM t WHERE o != {\"a\": 1}", &o), vec![json!(2)]);
+        assert_eq!(ids("SELECT * FROM t WHERE o = {\"a\": 1}", &o), vec![json!(1)]);
     }
 
     #[test]
@@ -355,6 +448,15 @@ mod tests {
         let r = run("SELECT COUNT(*), SUM(amount) FROM t WHERE id > 100", &docs()).unwrap();
         assert_eq!(r, vec![json!({"COUNT(*)": 0, "SUM(amount)": null})]);
         assert!(run("SELECT id, COUNT(*) FROM t", &docs()).is_err());
+        let big = vec![json!({"v": i64::MAX}), json!({"v": 1}), json!({"v": -1})];
+        assert_eq!(run("SELECT SUM(v) FROM t", &big).unwrap(), vec![json!({"SUM(v)": i64::MAX})]);
+        let mixed =
+            vec![json!({"v": 1}), json!({"v": 1.0}), json!({"v": {"a": 1, "b": 2}}), json!({"v": {"b": 2, "a": 1}})];
+        assert_eq!(
+            run("SELECT v, COUNT(*) FROM t GROUP BY v", &mixed).unwrap().len(),
+            2,
+            "equal values group together"
+        );
         let r = run("SELECT SUM(id) FROM t", &docs()).unwrap();
         assert_eq!(r, vec![json!({"SUM(id)": 10})], "integer sums stay integers");
     }

@@ -129,7 +129,14 @@ fn lex(src: &str) -> Result<Vec<Token>> {
             }
             let text: String = chars[i..=j].iter().collect();
             let v: Value = serde_json::from_str(&text).map_err(|e| {
-                let (l, c2) = (tl + e.line() - 1, if e.line() == 1 { tc + e.column() - 1 } else { e.column() });
+                // serde_json counts bytes within the line; report characters.
+                let line_text = text.lines().nth(e.line().saturating_sub(1)).unwrap_or("");
+                let mut byte = e.column().saturating_sub(1).min(line_text.len());
+                while !line_text.is_char_boundary(byte) {
+                    byte -= 1;
+                }
+                let chars_before = line_text[..byte].chars().count();
+                let (l, c2) = (tl + e.line() - 1, if e.line() == 1 { tc + chars_before } else { chars_before + 1 });
                 err(l, c2, format!("invalid JSON: {e}"))
             })?;
             {
@@ -140,9 +147,11 @@ fn lex(src: &str) -> Result<Vec<Token>> {
             continue;
         }
         if c == '"' || c == '\'' {
+            // Find the closing quote, then decode the escapes as JSON does
+            // (\" \\ \/ \b \f \n \r \t \uXXXX; in '...' also \'). Unknown escapes are errors.
             let q = c;
-            let mut s = String::new();
             let mut j = i + 1;
+            let mut json = String::from("\"");
             loop {
                 let Some(&ch) = chars.get(j) else {
                     return Err(err(tl, tc, format!("unterminated string: expected closing {q}")));
@@ -151,21 +160,28 @@ fn lex(src: &str) -> Result<Vec<Token>> {
                     let Some(&n) = chars.get(j + 1) else {
                         return Err(err(tl, tc, "unterminated string"));
                     };
-                    s.push(match n {
-                        'n' => '\n',
-                        't' => '\t',
-                        'r' => '\r',
-                        other => other,
-                    });
+                    if q == '\'' && n == '\'' {
+                        json.push('\'');
+                    } else {
+                        json.push('\\');
+                        json.push(n);
+                    }
                     j += 2;
                     continue;
                 }
                 if ch == q {
                     break;
                 }
-                s.push(ch);
+                if ch == '"' {
+                    json.push_str("\\\"");
+                } else {
+                    json.push(ch);
+                }
                 j += 1;
             }
+            json.push('"');
+            let s: String =
+                serde_json::from_str(&json).map_err(|e| err(tl, tc, format!("invalid string literal: {e}")))?;
             {
                 let n = j + 1 - i;
                 adv(&chars, &mut i, &mut line, &mut col, n);
@@ -273,11 +289,20 @@ fn lex(src: &str) -> Result<Vec<Token>> {
 struct Parser {
     toks: Vec<Token>,
     pos: usize,
+    /// Nesting depth of the expression being parsed.
+    depth: usize,
+    /// Expression nodes in the current statement.
+    nodes: usize,
 }
+
+/// Deepest nesting of parentheses and `NOT` in an expression.
+const MAX_DEPTH: usize = 64;
+/// Most conditions in one expression.
+const MAX_NODES: usize = 1024;
 
 /// Parse a script of statements.
 pub fn parse(src: &str) -> Result<Vec<Stmt>> {
-    let mut p = Parser { toks: lex(src)?, pos: 0 };
+    let mut p = Parser { toks: lex(src)?, pos: 0, depth: 0, nodes: 0 };
     let mut out = Vec::new();
     loop {
         while p.peek() == &Tok::Sep {
@@ -304,10 +329,7 @@ pub fn parse_one(src: &str) -> Result<Stmt> {
     Ok(v.remove(0))
 }
 
-const RESERVED: &[&str] = &[
-    "select", "from", "where", "as", "of", "order", "by", "limit", "offset", "group", "and", "or", "not", "in", "is",
-    "null", "asc", "desc", "key", "set",
-];
+use super::ast::RESERVED;
 
 impl Parser {
     fn peek(&self) -> &Tok {
@@ -360,7 +382,9 @@ impl Parser {
                 self.pos += 1;
                 Ok(w)
             }
-            Tok::Str(s) if what == "a field name" => {
+            // Any name may be written as a quoted string (needed for reserved
+            // words and names that are not plain identifiers).
+            Tok::Str(s) => {
                 self.pos += 1;
                 Ok(s)
             }
@@ -609,7 +633,20 @@ impl Parser {
         Ok(Item::Field(self.path()?))
     }
 
+    fn node(&mut self) -> Result<()> {
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
+            return Err(self.expected(&format!("a shorter expression (at most {MAX_NODES} conditions)")));
+        }
+        Ok(())
+    }
+
     fn expr(&mut self) -> Result<Expr> {
+        self.nodes = 0;
+        self.expr_inner()
+    }
+
+    fn expr_inner(&mut self) -> Result<Expr> {
         let mut e = self.and_expr()?;
         while self.eat_kw("or") {
             e = Expr::Or(Box::new(e), Box::new(self.and_expr()?));
@@ -626,13 +663,21 @@ impl Parser {
     }
 
     fn not_expr(&mut self) -> Result<Expr> {
-        if self.eat_kw("not") {
-            return Ok(Expr::Not(Box::new(self.not_expr()?)));
-        }
-        if self.eat_sym("(") {
-            let e = self.expr()?;
-            self.sym(")")?;
-            return Ok(e);
+        self.node()?;
+        if self.is_kw("not") || matches!(self.peek(), Tok::Sym("(")) {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(self.expected(&format!("less nesting (at most {MAX_DEPTH} levels of parentheses and NOT)")));
+            }
+            let r = if self.eat_kw("not") {
+                self.not_expr().map(|e| Expr::Not(Box::new(e)))
+            } else {
+                self.pos += 1;
+                let e = self.expr_inner();
+                e.and_then(|e| self.sym(")").map(|()| e))
+            };
+            self.depth -= 1;
+            return r;
         }
         let p = self.path()?;
         if self.eat_kw("is") {
@@ -721,5 +766,25 @@ mod tests {
         assert!(e.contains("primary key"), "{e}");
         assert!(parse("SELECT * FROM t LIMIT -1").is_err());
         assert!(parse("SELECT * FROM t @bogus").is_err());
+        // JSON escapes in strings; unknown escapes are errors.
+        let Stmt::Select(sel) = parse_one(r#"SELECT * FROM t WHERE n = "caf\u00e9\n" OR m = 'it\'s'"#).unwrap() else {
+            panic!()
+        };
+        assert_eq!(sel.filter.unwrap().to_string(), r#"(n = "café\n" OR m = "it's")"#);
+        assert!(parse(r#"SELECT * FROM t WHERE n = "\q""#).is_err());
+        // Quoted names for reserved words and odd table names.
+        assert!(
+            matches!(parse_one(r#"SELECT "key" FROM "my-orders""#).unwrap(), Stmt::Select(s) if s.table == "my-orders")
+        );
+        // Limits on nesting and size: errors, not stack overflows.
+        let deep = format!("SELECT * FROM t WHERE {}a = 1{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(parse(&deep).unwrap_err().to_string().contains("less nesting"));
+        let nots = format!("SELECT * FROM t WHERE {}a = 1", "NOT ".repeat(100_000));
+        assert!(parse(&nots).is_err());
+        let long = format!("SELECT * FROM t WHERE {}", vec!["a = 1"; 100_000].join(" AND "));
+        assert!(parse(&long).unwrap_err().to_string().contains("shorter expression"));
+        // Errors after a multi-byte character still point at the right column.
+        let e = parse("INSERT INTO t {\"é\": }").unwrap_err().to_string();
+        assert!(e.contains("column 21"), "{e}");
     }
 }

@@ -276,11 +276,6 @@ pub(crate) fn get_key(r: &mut Reader<'_>) -> Result<Option<Pk>, DecodeError> {
     })
 }
 
-/// Encode an optional JSON value as a blob (empty = absent).
-pub(crate) fn put_json_pub(w: &mut Writer, v: &Option<Value>) {
-    put_json(w, v)
-}
-
 /// Decode a JSON blob.
 pub(crate) fn get_json_pub(r: &mut Reader<'_>, what: &str) -> Result<Option<Value>, DecodeError> {
     get_json(r, what)

@@ -8,7 +8,7 @@
 //! ```
 
 use super::Pk;
-use super::event::{get_json_pub, get_key, put_json_pub, put_key};
+use super::event::{get_json_pub, get_key, put_key};
 use crate::format::codec::{DecodeError, Reader, Writer};
 use serde_json::Value;
 
@@ -52,13 +52,13 @@ impl SnapMeta {
     }
 }
 
-/// Encode one record of rows.
-pub fn encode_rows(rows: &[(&Pk, &Value)]) -> Vec<u8> {
+/// Encode one record of rows (documents already serialized as JSON).
+pub fn encode_rows(rows: &[(&Pk, Vec<u8>)]) -> Vec<u8> {
     let mut w = Writer::default();
     w.u32(rows.len() as u32);
-    for (k, v) in rows {
+    for (k, doc) in rows {
         put_key(&mut w, &Some((*k).clone()));
-        put_json_pub(&mut w, &Some((*v).clone()));
+        w.blob(doc);
     }
     w.buf
 }
@@ -90,7 +90,7 @@ mod tests {
         assert_eq!(SnapMeta::decode(&m.encode()).unwrap(), m);
         let (a, b) = (Pk::Int(1), Pk::Str("x".into()));
         let (da, db) = (json!({"id": 1}), json!({"id": "x", "n": [1, 2]}));
-        let rec = encode_rows(&[(&a, &da), (&b, &db)]);
+        let rec = encode_rows(&[(&a, serde_json::to_vec(&da).unwrap()), (&b, serde_json::to_vec(&db).unwrap())]);
         assert_eq!(decode_rows(&rec).unwrap(), vec![(a, da), (b, db)]);
         assert!(decode_rows(&rec[..rec.len() - 1]).is_err());
     }
