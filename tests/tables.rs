@@ -100,6 +100,18 @@ fn the_seed_examples_through_the_cli() {
     assert!(out.contains("snapshot at seq"), "{out}");
     assert_eq!(db.lines("select", &["-t", "orders", "--as-of", "@seq:3", "--json"]), before);
     assert!(std::fs::read_dir(&db.dir).unwrap().any(|e| e.unwrap().path().extension().is_some_and(|x| x == "snap")));
+    // COMPACT through the CLI: reads before the horizon become errors, after it unchanged.
+    let now_rows = db.lines("select", &["-t", "orders", "--json"]);
+    let (code, out, err) = db.cmd("compact", &["-t", "orders", "--before", "@seq:3"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("folded"), "{out}");
+    let (code, _, err) = db.cmd("select", &["-t", "orders", "--as-of", "@seq:2"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("compacted"), "{err}");
+    assert_eq!(db.lines("select", &["-t", "orders", "--json"]), now_rows);
+    assert_eq!(db.lines("select", &["-t", "orders", "--as-of", "@seq:3", "--json"])[0]["status"], "paid");
+    let drift = db.lines("drift", &["-t", "orders", "-k", "o1", "--json"]);
+    assert_eq!(drift[0]["op"], "COMPACTED");
     // Tables and human output.
     let (code, out, _) = db.cmd("tables", &[]);
     assert_eq!(code, 0);

@@ -343,8 +343,14 @@ fn run(cli: Cli) -> Result<u8, Error> {
         }
         Command::Ingest { dir, key, table, file, batch } => {
             let db = open_db(&dir, &key, false)?;
+            let t0 = std::time::Instant::now();
             let n = ingest(&db, &table, &file, batch.max(1))?;
-            println!("ingested {} documents into {table} (latest sequence {})", n, db.latest_seq());
+            let secs = t0.elapsed().as_secs_f64();
+            println!(
+                "ingested {n} documents into {table} in {secs:.2} s ({:.0} docs/s; latest sequence {})",
+                n as f64 / secs.max(1e-9),
+                db.latest_seq()
+            );
             db.close()?;
             Ok(0)
         }
@@ -388,12 +394,54 @@ fn parse_key(s: &str) -> Result<driftdb::Pk, Error> {
     Ok(driftdb::Pk::Str(s.to_string()))
 }
 
+/// A progress bar on standard error (only on a terminal).
+struct Progress {
+    on: bool,
+    total_bytes: u64,
+    start: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl Progress {
+    fn new(total_bytes: u64) -> Self {
+        let now = std::time::Instant::now();
+        Progress { on: std::io::stderr().is_terminal(), total_bytes, start: now, last: now }
+    }
+
+    fn show(&mut self, bytes: u64, docs: u64, force: bool) {
+        if !self.on || (!force && self.last.elapsed() < std::time::Duration::from_millis(100)) {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        let frac = if self.total_bytes == 0 { 1.0 } else { (bytes as f64 / self.total_bytes as f64).min(1.0) };
+        let filled = (frac * 30.0) as usize;
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        let rate = docs as f64 / secs;
+        let eta = if frac > 0.0 { secs * (1.0 - frac) / frac } else { 0.0 };
+        eprint!(
+            "\r[{}{}] {:>3.0}%  {docs} documents  {rate:.0} docs/s  ETA {eta:.0}s ",
+            "#".repeat(filled),
+            " ".repeat(30 - filled),
+            frac * 100.0
+        );
+    }
+
+    fn finish(&mut self, bytes: u64, docs: u64) {
+        if self.on {
+            self.show(bytes, docs, true);
+            eprintln!();
+        }
+    }
+}
+
 fn ingest(db: &Db, table: &str, file: &std::path::Path, batch: usize) -> Result<u64, Error> {
     use std::io::BufRead;
     let f = std::fs::File::open(file).map_err(|e| Error::io("opening", file, e))?;
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bar = Progress::new(size);
     let mut pending: Vec<(usize, Value)> = Vec::with_capacity(batch);
     let mut total = 0u64;
-    let progress = std::io::stderr().is_terminal();
+    let mut bytes = 0u64;
     let flush = |pending: &mut Vec<(usize, Value)>, total: &mut u64| -> Result<(), Error> {
         if pending.is_empty() {
             return Ok(());
@@ -411,32 +459,32 @@ fn ingest(db: &Db, table: &str, file: &std::path::Path, batch: usize) -> Result<
             }
             Ok(())
         })
-        .inspect_err(|_| eprintln!("nothing of lines {first}..={last} was committed"))?;
+        .inspect_err(|_| eprintln!("\nnothing of lines {first}..={last} was committed"))?;
         *total += count;
-        if progress {
-            eprint!("\r{total} documents");
-        }
         Ok(())
     };
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
         let n = i + 1;
         let line = line.map_err(|e| Error::io("reading", file, e))?;
+        bytes += line.len() as u64 + 1;
         if line.trim().is_empty() {
             continue;
         }
         let doc: Value = serde_json::from_str(&line).map_err(|e| {
-            eprintln!("nothing of the current batch (from line {}) was committed", pending.first().map_or(n, |p| p.0));
+            eprintln!(
+                "\nnothing of the current batch (from line {}) was committed",
+                pending.first().map_or(n, |p| p.0)
+            );
             Error::Query(format!("{}:{n}: invalid JSON: {e}", file.display()))
         })?;
         pending.push((n, doc));
         if pending.len() >= batch {
             flush(&mut pending, &mut total)?;
+            bar.show(bytes, total, false);
         }
     }
     flush(&mut pending, &mut total)?;
-    if progress {
-        eprintln!();
-    }
+    bar.finish(bytes, total);
     Ok(total)
 }
 
