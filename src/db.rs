@@ -30,7 +30,8 @@ pub struct Options {
     /// Argon2id cost for a new passphrase-protected database.
     pub argon2: Argon2Params,
     /// Snapshot a table automatically after this many of its events (or
-    /// its row count, if larger: snapshot cost stays linear in the events).
+    /// as many events as it had rows at its last snapshot, if more: snapshot
+    /// cost stays linear in the events).
     pub snapshot_every_events: u64,
     /// ... or after this many bytes of its events (once at least half its
     /// row count in events has accumulated).
@@ -100,7 +101,7 @@ struct Hist {
 #[derive(Default)]
 struct TableData {
     rows: BTreeMap<Pk, Arc<Value>>,
-    history: BTreeMap<Pk, Vec<Hist>>,
+    history: HashMap<Pk, Vec<Hist>>,
     /// Secondary indexes of the current rows, by field.
     indexes: BTreeMap<String, Index>,
     /// Snapshots: (sequence number, file id), oldest first.
@@ -141,11 +142,12 @@ impl State {
     }
 
     /// Apply a decoded commit found at `pos` (`rec_len` bytes on disk).
-    fn apply(&mut self, c: &Commit, pos: RecordPos, rec_len: usize) -> Result<()> {
+    /// Documents are moved out of `c`.
+    fn apply(&mut self, c: &mut Commit, pos: RecordPos, rec_len: usize) -> Result<()> {
         let share = (rec_len / c.events.len().max(1)) as u64;
         let ci = u32::try_from(self.commits.len()).map_err(|_| Error::Query("too many commits".into()))?;
         self.commits.push(CommitMeta { first_seq: c.first_seq, len: c.events.len() as u32, time: c.time_micros, pos });
-        for (i, e) in c.events.iter().enumerate() {
+        for (i, e) in c.events.iter_mut().enumerate() {
             let seq = c.first_seq + i as u64;
             if e.op == Op::CreateTable {
                 let mut def: TableDef = serde_json::from_value(e.doc.clone().unwrap_or(Value::Null))
@@ -178,7 +180,7 @@ impl State {
                 t.since_events += 1;
                 t.since_bytes += share;
                 let new = match e.op {
-                    Op::Insert | Op::Patch => Some(Arc::new(e.doc.clone().unwrap_or(Value::Null))),
+                    Op::Insert | Op::Patch => Some(Arc::new(e.doc.take().unwrap_or(Value::Null))),
                     _ => None,
                 };
                 let old = match &new {
@@ -307,7 +309,7 @@ impl Db {
             if needs_docs {
                 c = Commit::decode(rec).map_err(bad)?;
             }
-            st.apply(&c, pos, rec.len()).map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))
+            st.apply(&mut c, pos, rec.len()).map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))
         })?;
         let latest = st.latest_seq();
         if let Some((id, from)) = st.rows_from.iter().find(|(_, f)| **f > latest) {
@@ -387,7 +389,7 @@ impl Db {
 
     /// [`Db::commit`] with the writer lock already held.
     fn commit_locked(&self, build: impl FnOnce(&State, &mut Batch) -> Result<()>) -> Result<u64> {
-        let (commit, _) = {
+        let (mut commit, _) = {
             let st = self.read();
             let mut b = Batch { events: Vec::new(), overlay: HashMap::new(), new_tables: Vec::new() };
             build(&st, &mut b)?;
@@ -409,14 +411,14 @@ impl Db {
         self.store.sync()?;
         let (seq, due) = {
             let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-            st.apply(&commit, pos, bytes.len())?;
+            st.apply(&mut commit, pos, bytes.len())?;
             let mut due: Vec<u32> = Vec::new();
             for e in &commit.events {
-                // Never more often than the table's size in events: the cost of
-                // snapshots stays linear in the number of events.
+                // Not before as many events as the table had rows at its last
+                // snapshot: the cost of snapshots stays linear in the events.
                 let rows = st.tables.get(&e.table).map_or(0, |t| t.rows.len() as u64);
                 if let Some(t) = st.tables.get(&e.table)
-                    && (t.since_events >= self.opts.snapshot_every_events.max(rows)
+                    && (t.since_events >= self.opts.snapshot_every_events.max(rows.saturating_sub(t.since_events))
                         || (t.since_bytes >= self.opts.snapshot_every_bytes && t.since_events >= rows / 2))
                     && !due.contains(&e.table)
                 {
