@@ -704,11 +704,13 @@ impl Db {
         Ok(rows)
     }
 
-    fn load_commit(&self, st: &State, ci: u32) -> Result<Arc<Commit>> {
+    /// A decoded commit, from the cache or from disk (no state lock needed).
+    fn load_commit_meta(&self, ci: u32, meta: CommitMeta) -> Result<Arc<Commit>> {
         if let Some((c, _)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).map.get(&ci) {
             return Ok(c.clone());
         }
-        let (rec, meta, name) = self.read_commit_record(st, ci)?;
+        let rec = self.store.read_record(meta.pos)?;
+        let name = crate::format::file_name(meta.pos.file_id, FileKind::Segment);
         let c = Commit::decode(&rec).map_err(|e| Error::corrupted(&name, meta.pos.offset, e.reason))?;
         if c.first_seq != meta.first_seq || c.events.len() as u32 != meta.len {
             return Err(Error::tampered(&name, meta.pos.offset, "commit record changed since it was read"));
@@ -780,39 +782,49 @@ impl Db {
     }
 
     /// The documents of a table at a point in history (or now), in key order.
+    ///
+    /// A read of the past plans its replay under the state lock and reads
+    /// the files without it, so writers are not held up by long reads.
     pub fn scan(&self, table: &str, as_of: Option<&AsOf>) -> Result<Vec<Arc<Value>>> {
-        let st = self.read();
-        self.scan_locked(&st, table, as_of)
-    }
-
-    fn scan_locked(&self, st: &State, table: &str, as_of: Option<&AsOf>) -> Result<Vec<Arc<Value>>> {
-        let latest = st.latest_seq();
-        let seq = match as_of {
-            None => latest,
-            Some(a) => resolve(st, a)?,
-        };
-        let def = table_at(st, table, seq)?;
-        let Some(t) = st.tables.get(&def.id) else { return Ok(Vec::new()) };
-        if seq == latest {
-            return Ok(t.rows.values().cloned().collect());
+        for attempt in 0..2 {
+            let plan = {
+                let st = self.read();
+                let latest = st.latest_seq();
+                let seq = match as_of {
+                    None => latest,
+                    Some(a) => resolve(&st, a)?,
+                };
+                let def = table_at(&st, table, seq)?;
+                let Some(t) = st.tables.get(&def.id) else { return Ok(Vec::new()) };
+                if seq == latest {
+                    return Ok(t.rows.values().cloned().collect());
+                }
+                replay_plan(&st, def.id, t, seq)
+            };
+            match self.replay(plan) {
+                // A concurrent compaction may have replaced a file the plan named: plan again.
+                Err(Error::NotFound(_)) if attempt == 0 => continue,
+                r => return Ok(r?.into_values().collect()),
+            }
         }
-        Ok(self.rows_at(st, def.id, t, seq)?.into_values().collect())
+        Err(Error::NotFound(format!("table {table:?} kept changing under the read")))
     }
 
     /// A table's rows at `seq` (a commit boundary): its nearest snapshot at
     /// or before `seq`, then the log's commits after it, up to `seq`.
     fn rows_at(&self, st: &State, id: u32, t: &TableData, seq: u64) -> Result<BTreeMap<Pk, Arc<Value>>> {
-        let si = t.snapshots.partition_point(|(s, _)| *s <= seq);
-        let (mut rows, from) = match si.checked_sub(1).map(|i| t.snapshots[i]) {
-            Some((s, file)) => (load_snapshot(&self.store, file)?, s),
-            None => (BTreeMap::new(), 0),
+        self.replay(replay_plan(st, id, t, seq))
+    }
+
+    /// Carry out a replay plan; needs no lock on the state.
+    fn replay(&self, plan: ReplayPlan) -> Result<BTreeMap<Pk, Arc<Value>>> {
+        let id = plan.table;
+        let mut rows = match plan.snapshot {
+            Some(file) => load_snapshot(&self.store, file)?,
+            None => BTreeMap::new(),
         };
-        let start = st.commits.partition_point(|c| c.first_seq <= from);
-        for ci in start..st.commits.len() {
-            if st.commits[ci].first_seq > seq {
-                break;
-            }
-            let c = self.load_commit(st, ci as u32)?;
+        for (ci, meta) in plan.commits {
+            let c = self.load_commit_meta(ci, meta)?;
             for e in c.events.iter().filter(|e| e.table == id) {
                 let Some(k) = &e.key else { continue };
                 match e.op {
@@ -913,6 +925,29 @@ impl Db {
         }
         Ok(out)
     }
+}
+
+/// What a read of the past needs: the snapshot to start from and the commits after it.
+struct ReplayPlan {
+    table: u32,
+    snapshot: Option<u64>,
+    commits: Vec<(u32, CommitMeta)>,
+}
+
+fn replay_plan(st: &State, id: u32, t: &TableData, seq: u64) -> ReplayPlan {
+    let si = t.snapshots.partition_point(|(s, _)| *s <= seq);
+    let (snapshot, from) = match si.checked_sub(1).map(|i| t.snapshots[i]) {
+        Some((s, file)) => (Some(file), s),
+        None => (None, 0),
+    };
+    let start = st.commits.partition_point(|c| c.first_seq <= from);
+    let commits = st.commits[start..]
+        .iter()
+        .enumerate()
+        .take_while(|(_, c)| c.first_seq <= seq)
+        .map(|(i, c)| ((start + i) as u32, *c))
+        .collect();
+    ReplayPlan { table: id, snapshot, commits }
 }
 
 /// Every row of a snapshot file.

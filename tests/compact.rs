@@ -154,3 +154,37 @@ fn snapshots_of_large_documents_are_split_into_records() {
     assert_eq!(rows.len(), 40);
     assert_eq!(rows[39]["pad"].as_str().unwrap().len(), pad.len());
 }
+
+#[test]
+fn readers_of_the_past_run_alongside_a_writer() {
+    let fs = MemFs::new();
+    let db = Db::create("/db", &key(), Options { snapshot_every_events: 50, ..opts(&fs) }).unwrap();
+    db.create_table("t", "id", &["v"]).unwrap();
+    for i in 0..100 {
+        db.insert("t", json!({"id": i, "v": i})).unwrap();
+    }
+    let fixed = db.latest_seq();
+    let expect: Vec<serde_json::Value> =
+        db.scan("t", Some(&AsOf::Seq(fixed))).unwrap().iter().map(|d| (**d).clone()).collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 100..400 {
+                db.insert("t", json!({"id": i, "v": i})).unwrap();
+                if i % 50 == 0 {
+                    db.patch("t", &Pk::Int(i - 100), json!({"v": -1}).as_object().cloned().unwrap()).unwrap();
+                }
+            }
+        });
+        for _ in 0..2 {
+            s.spawn(|| {
+                for _ in 0..40 {
+                    let got: Vec<serde_json::Value> =
+                        db.scan("t", Some(&AsOf::Seq(fixed))).unwrap().iter().map(|d| (**d).clone()).collect();
+                    assert_eq!(got, expect, "a past read changed while a writer ran");
+                    assert!(db.scan("t", None).unwrap().len() >= 100);
+                }
+            });
+        }
+    });
+    assert_eq!(db.scan("t", None).unwrap().len(), 400);
+}
