@@ -42,6 +42,16 @@ struct KeyOpts {
     key_command: Option<String>,
 }
 
+/// Which database to open, and with which key.
+#[derive(Args, Debug)]
+struct DbArgs {
+    /// The data directory.
+    #[arg(short = 'd', long = "dir", value_name = "DIR")]
+    dir: PathBuf,
+    #[command(flatten)]
+    key: KeyOpts,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Write a new random 256-bit master key (mode 0600; never overwrites).
@@ -67,11 +77,8 @@ enum Command {
     },
     /// Run DriftQL statements (each write is its own commit; the first error stops).
     Sql {
-        /// The data directory.
-        #[arg(short = 'd', long = "dir", value_name = "DIR")]
-        dir: PathBuf,
         #[command(flatten)]
-        key: KeyOpts,
+        db: DbArgs,
         /// Statements to run.
         #[arg(
             short = 'e',
@@ -90,11 +97,8 @@ enum Command {
     },
     /// Read a table, now or as of a point in history.
     Select {
-        /// The data directory.
-        #[arg(short = 'd', long = "dir", value_name = "DIR")]
-        dir: PathBuf,
         #[command(flatten)]
-        key: KeyOpts,
+        db: DbArgs,
         /// Table.
         #[arg(short = 't', long = "table")]
         table: String,
@@ -113,11 +117,8 @@ enum Command {
     },
     /// A row's whole history.
     Drift {
-        /// The data directory.
-        #[arg(short = 'd', long = "dir", value_name = "DIR")]
-        dir: PathBuf,
         #[command(flatten)]
-        key: KeyOpts,
+        db: DbArgs,
         /// Table.
         #[arg(short = 't', long = "table")]
         table: String,
@@ -130,22 +131,16 @@ enum Command {
     },
     /// List tables.
     Tables {
-        /// The data directory.
-        #[arg(short = 'd', long = "dir", value_name = "DIR")]
-        dir: PathBuf,
         #[command(flatten)]
-        key: KeyOpts,
+        db: DbArgs,
         /// Print JSON Lines.
         #[arg(long)]
         json: bool,
     },
     /// Snapshot a table now, so reads of the present and the past replay less.
     Snapshot {
-        /// The data directory.
-        #[arg(short = 'd', long = "dir", value_name = "DIR")]
-        dir: PathBuf,
         #[command(flatten)]
-        key: KeyOpts,
+        db: DbArgs,
         /// Table.
         #[arg(short = 't', long = "table")]
         table: String,
@@ -153,11 +148,8 @@ enum Command {
     /// Fold a table's history before a horizon into a snapshot (`--before`);
     /// reads before the horizon become errors, everything after is unchanged.
     Compact {
-        /// The data directory.
-        #[arg(short = 'd', long = "dir", value_name = "DIR")]
-        dir: PathBuf,
         #[command(flatten)]
-        key: KeyOpts,
+        db: DbArgs,
         /// Table.
         #[arg(short = 't', long = "table")]
         table: String,
@@ -167,11 +159,8 @@ enum Command {
     },
     /// Load a JSON Lines file into a table, in batched commits.
     Ingest {
-        /// The data directory.
-        #[arg(short = 'd', long = "dir", value_name = "DIR")]
-        dir: PathBuf,
         #[command(flatten)]
-        key: KeyOpts,
+        db: DbArgs,
         /// Table.
         #[arg(short = 't', long = "table")]
         table: String,
@@ -184,11 +173,8 @@ enum Command {
     },
     /// Check every file: keyring, manifest, every frame's CRC and tag.
     Verify {
-        /// The data directory.
-        #[arg(short = 'd', long = "dir", value_name = "DIR")]
-        dir: PathBuf,
         #[command(flatten)]
-        key: KeyOpts,
+        db: DbArgs,
         /// Check structure and CRCs only, without a key.
         #[arg(long)]
         no_key: bool,
@@ -269,7 +255,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             println!("created database {id} in {} (master key: {})", dir.display(), ks.describe());
             Ok(0)
         }
-        Command::Sql { dir, key, execute, file, json } => {
+        Command::Sql { db: DbArgs { dir, key }, execute, file, json } => {
             let script = match (execute, file) {
                 (Some(e), _) => e,
                 (None, Some(f)) => std::fs::read_to_string(&f).map_err(|e| Error::io("reading", &f, e))?,
@@ -288,18 +274,14 @@ fn run(cli: Cli) -> Result<u8, Error> {
             db.close()?;
             Ok(0)
         }
-        Command::Select { dir, key, table, filter, as_of, limit, json } => {
+        Command::Select { db: DbArgs { dir, key }, table, filter, as_of, limit, json } => {
             let mut q =
                 format!("SELECT * FROM {}", Value::from(table.as_str()).as_str().map(quote_ident).unwrap_or_default());
             if let Some(w) = filter {
                 q.push_str(&format!(" WHERE {w}"));
             }
             if let Some(a) = as_of {
-                if a.starts_with('@') {
-                    q.push_str(&format!(" AS OF {a}"));
-                } else {
-                    q.push_str(&format!(" AS OF {}", Value::from(a)));
-                }
+                q.push_str(&format!(" AS OF {}", point_text(&a)));
             }
             if let Some(l) = limit {
                 q.push_str(&format!(" LIMIT {l}"));
@@ -309,26 +291,22 @@ fn run(cli: Cli) -> Result<u8, Error> {
             print_outcome(&db.execute_stmt(&stmt)?, json);
             Ok(0)
         }
-        Command::Drift { dir, key, table, row, json } => {
+        Command::Drift { db: DbArgs { dir, key }, table, row, json } => {
             let db = open_db(&dir, &key, true)?;
             let k = parse_key(&row)?;
             print_outcome(&Outcome::Drift(db.history(&table, &k)?), json);
             Ok(0)
         }
-        Command::Snapshot { dir, key, table } => {
+        Command::Snapshot { db: DbArgs { dir, key }, table } => {
             let db = open_db(&dir, &key, false)?;
             print_outcome(&Outcome::Snapshot(db.snapshot(&table)?), false);
             db.close()?;
             Ok(0)
         }
-        Command::Compact { dir, key, table, before } => {
+        Command::Compact { db: DbArgs { dir, key }, table, before } => {
             let mut q = format!("COMPACT {}", quote_ident(&table));
             if let Some(b) = before {
-                if b.starts_with('@') {
-                    q.push_str(&format!(" BEFORE {b}"));
-                } else {
-                    q.push_str(&format!(" BEFORE {}", Value::from(b)));
-                }
+                q.push_str(&format!(" BEFORE {}", point_text(&b)));
             }
             let stmt = driftdb::query::parse_one(&q)?;
             let db = open_db(&dir, &key, false)?;
@@ -336,12 +314,12 @@ fn run(cli: Cli) -> Result<u8, Error> {
             db.close()?;
             Ok(0)
         }
-        Command::Tables { dir, key, json } => {
+        Command::Tables { db: DbArgs { dir, key }, json } => {
             let db = open_db(&dir, &key, true)?;
             print_outcome(&Outcome::Tables(db.tables()), json);
             Ok(0)
         }
-        Command::Ingest { dir, key, table, file, batch } => {
+        Command::Ingest { db: DbArgs { dir, key }, table, file, batch } => {
             let db = open_db(&dir, &key, false)?;
             let t0 = std::time::Instant::now();
             let n = ingest(&db, &table, &file, batch.max(1))?;
@@ -354,7 +332,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             db.close()?;
             Ok(0)
         }
-        Command::Verify { dir, key, no_key, json } => {
+        Command::Verify { db: DbArgs { dir, key }, no_key, json } => {
             let report = if no_key {
                 driftdb::verify_without_key(&dir, &driftdb::storage::StdFs)?
             } else {
@@ -382,6 +360,11 @@ fn run(cli: Cli) -> Result<u8, Error> {
 fn open_db(dir: &std::path::Path, key: &KeyOpts, read_only: bool) -> Result<Db, Error> {
     let ks = key_source(key, false)?;
     Db::open(dir, &ks, Options { store: StoreOptions { read_only, ..StoreOptions::default() }, ..Options::default() })
+}
+
+/// A point in history as DriftQL: `@seq:N` and `@now` as given, a time quoted.
+fn point_text(a: &str) -> String {
+    if a.starts_with('@') { a.to_string() } else { Value::from(a).to_string() }
 }
 
 /// `1` is an integer key, `o1` a string key, `"1"` (JSON) the string 1.
