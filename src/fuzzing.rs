@@ -115,6 +115,135 @@ pub fn driftql(data: &[u8]) {
     }
 }
 
+/// Model fuzzer: bytes become a sequence of operations (insert, patch, soft
+/// delete, multi-row commit, snapshot, compact, clean reopen, crash and
+/// reopen) on two tables, run against the engine on [`MemFs`] and against a
+/// naive in-memory oracle. After every operation the current state and a read
+/// `AS OF` a past commit (chosen by the input) must equal the oracle's.
+///
+/// [`MemFs`]: crate::storage::memfs::MemFs
+pub fn model(data: &[u8]) {
+    use crate::query::ast::AsOf;
+    use crate::storage::memfs::MemFs;
+    use crate::table::Pk;
+    use crate::{Db, KeySource, Options, StoreOptions};
+    use serde_json::{Map, Value, json};
+    use std::collections::BTreeMap;
+
+    type State = [BTreeMap<Pk, Value>; 2];
+    const TABLES: [&str; 2] = ["a", "b"];
+    let fs = MemFs::new();
+    let key = || KeySource::Raw(SecretKey::from_bytes(FUZZ_KEY));
+    let opts = || Options {
+        store: StoreOptions { vfs: std::sync::Arc::new(fs.clone()), segment_size: 1024, ..Default::default() },
+        snapshot_every_events: 5,
+        ..Default::default()
+    };
+    let Ok(mut db) = Db::create("/db", &key(), opts()) else { return };
+    for t in TABLES {
+        assert!(db.create_table(t, "id", &["v"]).is_ok());
+    }
+    let mut cur: State = Default::default();
+    // (commit end, state after it)
+    let mut states: Vec<(u64, State)> = vec![(0, cur.clone()), (1, cur.clone()), (2, cur.clone())];
+    let mut horizon = [0u64; 2];
+    let k = |b: u8| Pk::Int(i64::from(b % 6));
+    for op in data.chunks(4) {
+        let [code, x, y, z] = [op[0], *op.get(1).unwrap_or(&0), *op.get(2).unwrap_or(&0), *op.get(3).unwrap_or(&0)];
+        let t = usize::from(x & 1);
+        let before = db.latest_seq();
+        match code % 8 {
+            0 | 1 => {
+                let doc = json!({"id": i64::from(y % 6), "v": z});
+                let ok = !cur[t].contains_key(&k(y));
+                assert_eq!(db.insert(TABLES[t], doc.clone()).is_ok(), ok, "insert");
+                if ok {
+                    cur[t].insert(k(y), doc);
+                }
+            }
+            2 => {
+                let mut set = Map::new();
+                set.insert("v".into(), if z % 3 == 0 { Value::Null } else { json!(z) });
+                let r = db.patch(TABLES[t], &k(y), set);
+                assert_eq!(r.is_ok(), cur[t].contains_key(&k(y)), "patch");
+                if let Some(Value::Object(m)) = cur[t].get_mut(&k(y)) {
+                    if z % 3 == 0 {
+                        m.remove("v");
+                    } else {
+                        m.insert("v".into(), json!(z));
+                    }
+                }
+            }
+            3 => {
+                let r = db.soft_delete(TABLES[t], &k(y));
+                assert_eq!(r.is_ok(), cur[t].remove(&k(y)).is_some(), "soft delete");
+            }
+            4 => {
+                // Two inserts in one commit: both or neither.
+                let (d1, d2) = (json!({"id": i64::from(y % 6)}), json!({"id": i64::from(z % 6)}));
+                let ok = !cur[t].contains_key(&k(y)) && !cur[t].contains_key(&k(z)) && k(y) != k(z);
+                let r = db.write(|w| {
+                    w.insert(TABLES[t], d1.clone())?;
+                    w.insert(TABLES[t], d2.clone())
+                });
+                assert_eq!(r.is_ok(), ok, "batch");
+                if ok {
+                    cur[t].insert(k(y), d1);
+                    cur[t].insert(k(z), d2);
+                }
+            }
+            5 => {
+                assert!(db.snapshot(TABLES[t]).is_ok());
+            }
+            6 => {
+                let target = before * u64::from(z) / 255;
+                let i = states.partition_point(|(s, _)| *s <= target);
+                let end = states[i - 1].0;
+                match db.compact(TABLES[t], Some(&AsOf::Seq(target))) {
+                    Ok(h) => {
+                        assert_eq!(h, end.max(horizon[t]), "compaction horizon");
+                        horizon[t] = h;
+                    }
+                    Err(e) => panic!("compact failed: {e}"),
+                }
+            }
+            _ => {
+                if y & 1 == 0 {
+                    assert!(db.close().is_ok());
+                } else {
+                    fs.crash();
+                    drop(db);
+                }
+                db = match Db::open("/db", &key(), opts()) {
+                    Ok(db) => db,
+                    Err(e) => panic!("reopen failed: {e}"),
+                };
+            }
+        }
+        if db.latest_seq() != before {
+            states.push((db.latest_seq(), cur.clone()));
+        }
+        // Every acknowledged commit is there; the present and a past point read right.
+        assert_eq!(db.latest_seq(), states.last().map_or(0, |s| s.0), "latest sequence");
+        let past = u64::from(z) * db.latest_seq() / 255;
+        for (t, name) in TABLES.iter().enumerate() {
+            let now: Vec<Value> =
+                db.scan(name, None).map(|v| v.iter().map(|d| (**d).clone()).collect()).unwrap_or_default();
+            assert_eq!(now, cur[t].values().cloned().collect::<Vec<_>>(), "current state of {name}");
+            let i = states.partition_point(|(s, _)| *s <= past);
+            let (end, want) = &states[i - 1];
+            match db.scan(name, Some(&AsOf::Seq(past))) {
+                Ok(rows) => {
+                    let got: Vec<Value> = rows.iter().map(|d| (**d).clone()).collect();
+                    assert!(*end >= horizon[t], "read before the horizon of {name} succeeded");
+                    assert_eq!(got, want[t].values().cloned().collect::<Vec<_>>(), "{name} AS OF @seq:{past}");
+                }
+                Err(e) => assert!(*end < horizon[t] || *end < 1 + t as u64, "{name} AS OF @seq:{past}: {e}"),
+            }
+        }
+    }
+}
+
 fn body(data: &[u8]) {
     if let Ok(b) = KeyringBody::decode(data) {
         assert_eq!(b.encode(), data, "keyring body re-encode differs");
@@ -145,6 +274,7 @@ mod tests {
             ("commit", commit),
             ("snapshot", snapshot),
             ("driftql", driftql),
+            ("model", model),
         ] {
             for input in corpus(name) {
                 f(&input);
@@ -252,6 +382,22 @@ mod tests {
             "snapshot",
             "seed1",
             &encode_rows(&[(&a, b"{\"id\":1}".to_vec()), (&b, b"{\"id\":\"x\",\"n\":[1,2.5]}".to_vec())]),
+        );
+        put(
+            "model",
+            "seed0",
+            &[
+                0, 0, 1, 7, 0, 1, 2, 9, 2, 0, 1, 3, 4, 1, 3, 4, 5, 0, 0, 0, 3, 0, 2, 0, 7, 0, 1, 0, 6, 0, 0, 200, 0, 1,
+                5, 5, 7, 0, 0, 0, 2, 1, 3, 6,
+            ],
+        );
+        put(
+            "model",
+            "seed1",
+            &[
+                1, 0, 0, 1, 1, 0, 1, 2, 1, 0, 2, 3, 1, 0, 3, 4, 1, 0, 4, 5, 1, 0, 5, 6, 6, 0, 0, 128, 2, 0, 4, 9, 7, 0,
+                1, 255,
+            ],
         );
         for (i, q) in [
             "CREATE TABLE orders (pk=id, INDEX(status, customer_id))",
