@@ -1,5 +1,6 @@
 //! A walkthrough on a fresh temporary database with the example key from
-//! `keys-example/`: init, ingest, time travel, history, snapshots, verify,
+//! `keys-example/`: init, ingest, time travel, history, snapshots,
+//! compaction, verify,
 //! and what happens with a wrong key, a flipped byte and a torn write.
 //!
 //! Run with `cargo run --example walkthrough`.
@@ -71,6 +72,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     step("snapshot", "snapshots bound the replay for reads of the present and the past");
     run(&db, "SNAPSHOT users")?;
+
+    step("compact", "fold history older than a retention horizon; later history is untouched");
+    run(&db, &format!("COMPACT users BEFORE @seq:{before_changes}"))?;
+    match db.execute_stmt(&parse_one(&format!("SELECT COUNT(*) FROM users AS OF @seq:{}", before_changes - 1))?) {
+        Err(e) => println!("    reading before the horizon: {e}"),
+        Ok(_) => return Err("a read before the horizon succeeded".into()),
+    }
+    run(&db, r#"SHOW DRIFT users KEY "user-00000007""#)?;
     db.close()?;
     let db = Db::open(&dir, &key, opts.clone())?;
     println!(
