@@ -20,7 +20,7 @@ use std::sync::Arc;
 /// append, sync and seal, so a frame index is never sealed twice and nothing
 /// is written over a partial frame.
 pub struct FileWriter {
-    file: Box<dyn VfsFile>,
+    file: Arc<dyn VfsFile>,
     pub(crate) name: String,
     key: Arc<FrameKey>,
     pub(crate) header: FileHeader,
@@ -37,7 +37,8 @@ pub struct FileWriter {
 impl FileWriter {
     /// Create `path` (must not exist) and write and sync its header.
     pub fn create(vfs: &dyn Vfs, path: &Path, name: String, header: FileHeader, key: Arc<FrameKey>) -> Result<Self> {
-        let file = vfs.open(path, OpenMode::CreateNew).map_err(|e| Error::io("creating", path, e))?;
+        let file: Arc<dyn VfsFile> =
+            vfs.open(path, OpenMode::CreateNew).map_err(|e| Error::io("creating", path, e))?.into();
         file.write_all_at(&header.encode(), 0).map_err(|e| Error::io("writing header of", path, e))?;
         file.sync_data().map_err(|e| Error::io("syncing", path, e))?;
         Ok(FileWriter {
@@ -104,6 +105,36 @@ impl FileWriter {
         if let Err(e) = self.file.sync_data() {
             self.failed = true;
             return Err(Error::io("syncing", Path::new(&self.name), e));
+        }
+        self.dirty = false;
+        let mark = encode_final_payload(self.data_frames, self.payload_bytes);
+        self.write_frame(FLAG_SYNC, &mark)?;
+        Ok(())
+    }
+
+    /// For a sync done without holding the writer: the file handle and the
+    /// offset the sync will cover, or `None` when nothing needs syncing.
+    pub(crate) fn begin_sync(&self) -> Result<Option<(Arc<dyn VfsFile>, u64)>> {
+        self.check()?;
+        Ok(self.dirty.then(|| (self.file.clone(), self.offset)))
+    }
+
+    /// Finish a sync begun with [`FileWriter::begin_sync`]: on success, and
+    /// if nothing was appended meanwhile, write the sync marker; on failure,
+    /// latch the writer.
+    pub(crate) fn end_sync(&mut self, covered: u64, outcome: std::io::Result<()>) -> Result<()> {
+        self.check()?;
+        if let Err(e) = outcome {
+            self.failed = true;
+            return Err(Error::io("syncing", Path::new(&self.name), e));
+        }
+        if self.offset != covered {
+            // Frames appended during the sync are not covered by it: no
+            // marker may follow them until a later sync.
+            return Ok(());
+        }
+        if !self.dirty {
+            return Ok(());
         }
         self.dirty = false;
         let mark = encode_final_payload(self.data_frames, self.payload_bytes);

@@ -747,6 +747,35 @@ impl Store {
         Ok(())
     }
 
+    /// Make the records appended to `stream` durable. The fsync runs without
+    /// holding the store's lock, so readers and other streams' writers go on
+    /// meanwhile. After a failure the store refuses further writes.
+    pub fn sync_stream(&self, stream: u32) -> Result<()> {
+        let (file, covered) = {
+            let guard = self.lock_inner();
+            if let Some(p) = &guard.poisoned {
+                return Err(Error::Poisoned(p.clone()));
+            }
+            let Some(w) = guard.writers.get(&stream) else { return Ok(()) };
+            match w.begin_sync()? {
+                Some(x) => x,
+                None => return Ok(()),
+            }
+        };
+        let outcome = file.sync_data();
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
+        let Some(w) = inner.writers.get_mut(&stream) else {
+            // Sealed meanwhile: sealing synced it.
+            return Ok(());
+        };
+        if let Err(e) = w.end_sync(covered, outcome) {
+            Self::poison(inner, &e);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn seal_writer(&self, inner: &mut Inner, w: &mut FileWriter) -> Result<()> {
         let (frames, len) = match w.finish() {
             Ok(x) => x,
@@ -774,6 +803,12 @@ impl Store {
 
     /// Seal every active file and release the store.
     pub fn close(self) -> Result<()> {
+        self.close_inner()
+    }
+
+    /// [`Store::close`] through a shared reference: seal every active file;
+    /// afterwards every write is refused.
+    pub fn close_shared(&self) -> Result<()> {
         self.close_inner()
     }
 
@@ -945,7 +980,18 @@ impl Store {
         };
         let name = file_name(entry.file_id, entry.kind);
         let path = self.dir.join(&name);
-        let f = self.opts.vfs.open(&path, OpenMode::Read).map_err(|e| Error::io("opening", &path, e))?;
+        let f = match self.opts.vfs.open(&path, OpenMode::Read) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let still_listed = self.lock_inner().body.files.iter().any(|f| f.file_id == pos.file_id);
+                return Err(if still_listed {
+                    Error::tampered(&name, 0, "file listed in the manifest is missing")
+                } else {
+                    Error::NotFound(format!("{name} was replaced by a concurrent change; read again"))
+                });
+            }
+            Err(e) => return Err(Error::io("opening", &path, e)),
+        };
         let mut hdr = [0u8; crate::format::frame::FRAME_HEADER_LEN];
         f.read_exact_at(&mut hdr, pos.offset)
             .map_err(|_| Error::corrupted(&name, pos.offset, "record position past the end of the file"))?;
@@ -1134,7 +1180,7 @@ impl Store {
                 let mergeable = size(f) < small_below
                     && !active.contains(&f.file_id)
                     && f.meta.is_empty()
-                    && matches!(f.kind, FileKind::Segment | FileKind::Wal | FileKind::AuditLog);
+                    && matches!(f.kind, FileKind::Segment | FileKind::AuditLog);
                 if mergeable
                     && run.first().is_none_or(|r| r.kind == f.kind)
                     && run_bytes + size(f) <= self.opts.segment_size
