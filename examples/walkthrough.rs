@@ -170,6 +170,9 @@ fn run(db: &Db, q: &str) -> Result<(), Box<dyn std::error::Error>> {
     println!("  > {q}");
     match db.execute_stmt(&parse_one(q)?)? {
         Outcome::Committed(seq) => println!("    ok (seq {seq})"),
+        Outcome::Began(iso) => println!("    begin ({})", iso.as_str()),
+        Outcome::Staged => println!("    ok (pending commit)"),
+        Outcome::RolledBack => println!("    rolled back"),
         Outcome::Snapshot(seq) => println!("    snapshot at seq {seq}"),
         Outcome::Compacted(h) => println!("    history before seq {h} folded"),
         Outcome::Rows(rows) => rows.iter().for_each(|r| println!("    {r}")),

@@ -1,26 +1,54 @@
 //! The database: tables of JSON documents over the encrypted store.
 //!
-//! Every change is an event in one database-wide, append-only log (stream
-//! [`EVENTS_STREAM`]). A commit is one log record holding all its events, so
-//! it is on disk entirely or not at all, and is synced before the call that
-//! made it returns. Current rows live in memory; the history of each row is
-//! indexed in memory by sequence number and read back from the log, so any
-//! past state can be reconstructed.
+//! Every change is an event in one database-wide, append-only log. A commit
+//! is one record holding all its events, so it is on disk entirely or not at
+//! all. It is first written to the write-ahead log (stream [`WAL_STREAM`],
+//! files of their own with their own data keys) and synced before the call
+//! that made it returns; concurrent committers share that fsync (group
+//! commit: the first to take the writer lock writes everyone's queued commits
+//! and syncs once). A checkpoint later copies the logged commits into the
+//! event segments (stream [`EVENTS_STREAM`]), syncs them and deletes the WAL
+//! files; opening replays whatever the WAL holds beyond the segments.
+//!
+//! Current rows live in memory; the history of each row is indexed in memory
+//! by sequence number and read back from the log, so any past state can be
+//! reconstructed. Readers take a read lock on that state and never wait for
+//! an fsync.
 
 use crate::query::ast::{AsOf, Select, Stmt};
-use crate::storage::store::{CreateOptions, RecordPos, Store, StoreOptions};
+use crate::storage::store::{CreateOptions, Edit, RecordPos, Store, StoreOptions};
 use crate::table::index::Index;
 use crate::table::snapshot::{SNAPSHOT_STREAM_BASE, SnapMeta, decode_rows, encode_rows};
 use crate::table::time::{format_rfc3339, now_micros};
 use crate::table::{Commit, Event, Op, Pk, TableDef};
+use crate::txn::{Batch, GroupView, Isolation, Request, TxnOp};
 use crate::{Argon2Params, Error, FileKind, KeySource, Result};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
-/// The log stream holding every commit.
+pub use crate::txn::Txn;
+
+/// The segment stream holding every checkpointed commit.
 pub const EVENTS_STREAM: u32 = 1;
+/// The write-ahead log stream: commits not yet checkpointed.
+pub const WAL_STREAM: u32 = 2;
+
+/// When a commit is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The write-ahead log is fsynced before `commit` returns (the default).
+    #[default]
+    Immediate,
+    /// NOT durable on return: `commit` returns once the commit is written
+    /// to the operating system, and a background thread fsyncs the
+    /// write-ahead log at this interval. A crash (of the machine, not only
+    /// the process) can lose the commits of about the last interval; what
+    /// survives is always a prefix of the history, each commit whole.
+    RelaxedSyncEvery(Duration),
+}
 
 /// Options for [`Db::create`] and [`Db::open`].
 #[derive(Clone)]
@@ -36,6 +64,11 @@ pub struct Options {
     /// ... or after this many bytes of its events (once at least half its
     /// row count in events has accumulated).
     pub snapshot_every_bytes: u64,
+    /// When a commit is durable.
+    pub durability: Durability,
+    /// Checkpoint the write-ahead log into the segments once it holds this
+    /// many bytes (it is also checkpointed on open and on close).
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for Options {
@@ -45,6 +78,8 @@ impl Default for Options {
             argon2: Argon2Params::default(),
             snapshot_every_events: 10_000,
             snapshot_every_bytes: 64 << 20,
+            durability: Durability::Immediate,
+            checkpoint_bytes: 8 << 20,
         }
     }
 }
@@ -77,6 +112,12 @@ pub enum Outcome {
     Snapshot(u64),
     /// The table's history is folded up to this horizon.
     Compacted(u64),
+    /// `BEGIN`: a transaction started.
+    Began(Isolation),
+    /// A change staged inside a transaction (committed by `COMMIT`).
+    Staged,
+    /// `ROLLBACK`: the transaction's changes were discarded.
+    RolledBack,
 }
 
 #[derive(Clone, Copy)]
@@ -88,8 +129,8 @@ struct CommitMeta {
 }
 
 #[derive(Clone, Copy)]
-struct Hist {
-    seq: u64,
+pub(crate) struct Hist {
+    pub(crate) seq: u64,
     op: Op,
     commit: u32,
     idx: u32,
@@ -99,9 +140,9 @@ struct Hist {
 }
 
 #[derive(Default)]
-struct TableData {
-    rows: BTreeMap<Pk, Arc<Value>>,
-    history: HashMap<Pk, Vec<Hist>>,
+pub(crate) struct TableData {
+    pub(crate) rows: BTreeMap<Pk, Arc<Value>>,
+    pub(crate) history: HashMap<Pk, Vec<Hist>>,
     /// Secondary indexes of the current rows, by field.
     indexes: BTreeMap<String, Index>,
     /// Snapshots: (sequence number, file id), oldest first.
@@ -113,15 +154,28 @@ struct TableData {
     horizon: u64,
 }
 
+/// A row change, kept while a transaction that began before it is open.
+pub(crate) struct Change {
+    pub(crate) seq: u64,
+    pub(crate) table: u32,
+    pub(crate) key: Pk,
+    pub(crate) old: Option<Arc<Value>>,
+    pub(crate) new: Option<Arc<Value>>,
+}
+
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
     names: BTreeMap<String, u32>,
-    defs: HashMap<u32, TableDef>,
-    tables: HashMap<u32, TableData>,
-    next_seq: u64,
-    last_time: i64,
+    pub(crate) defs: HashMap<u32, TableDef>,
+    pub(crate) tables: HashMap<u32, TableData>,
+    pub(crate) next_seq: u64,
+    pub(crate) last_time: i64,
     commits: Vec<CommitMeta>,
-    next_table_id: u32,
+    pub(crate) next_table_id: u32,
+    /// Snapshots of the open `Snapshot`/`Serializable` transactions (count each).
+    active: BTreeMap<u64, usize>,
+    /// Row changes after the oldest open transaction's snapshot, in order.
+    pub(crate) changes: VecDeque<Change>,
     /// Rows of table `t` up to this sequence number came from a snapshot:
     /// replay only indexes their history.
     rows_from: HashMap<u32, u64>,
@@ -130,15 +184,27 @@ struct State {
 }
 
 impl State {
-    fn table(&self, name: &str) -> Result<&TableDef> {
+    pub(crate) fn table(&self, name: &str) -> Result<&TableDef> {
         self.names
             .get(name)
             .and_then(|id| self.defs.get(id))
             .ok_or_else(|| Error::Query(format!("unknown table {name:?}")))
     }
 
-    fn latest_seq(&self) -> u64 {
+    pub(crate) fn latest_seq(&self) -> u64 {
         self.next_seq - 1
+    }
+
+    /// Forget the changes no open transaction can need.
+    fn prune_changes(&mut self) {
+        match self.active.keys().next().copied() {
+            None => self.changes.clear(),
+            Some(min) => {
+                while self.changes.front().is_some_and(|c| c.seq <= min) {
+                    self.changes.pop_front();
+                }
+            }
+        }
     }
 
     /// Apply a decoded commit found at `pos` (`rec_len` bytes on disk).
@@ -187,6 +253,15 @@ impl State {
                     Some(d) => t.rows.insert(key.clone(), d.clone()),
                     None => t.rows.remove(&key),
                 };
+                if !self.active.is_empty() {
+                    self.changes.push_back(Change {
+                        seq,
+                        table: e.table,
+                        key: key.clone(),
+                        old: old.clone(),
+                        new: new.clone(),
+                    });
+                }
                 if self.maintain_indexes {
                     for (f, ix) in t.indexes.iter_mut() {
                         if let Some(o) = &old {
@@ -226,13 +301,42 @@ impl State {
 
 /// An embedded DriftDB database.
 pub struct Db {
-    store: Store,
+    store: Arc<Store>,
     state: RwLock<State>,
-    writer: Mutex<()>,
+    /// Held by the group-commit leader (and by snapshots and compaction).
+    writer: Mutex<WriterState>,
+    /// Commit requests waiting for a leader.
+    queue: Mutex<Vec<Request>>,
     cache: Mutex<CommitCache>,
     /// Rows at each table's compaction horizon, loaded on first use.
     baselines: Mutex<HashMap<u32, (u64, Arc<Rows>)>>,
     opts: Options,
+    flusher: Option<Flusher>,
+}
+
+/// What the writer lock guards: the commits in the WAL not yet checkpointed.
+#[derive(Default)]
+struct WriterState {
+    /// (commit index, record) of every commit only in the WAL.
+    pending: Vec<(u32, Vec<u8>)>,
+    pending_bytes: u64,
+}
+
+/// The background thread of [`Durability::RelaxedSyncEvery`].
+struct Flusher {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some(mut f) = self.flusher.take() {
+            let _ = f.stop.send(());
+            if let Some(t) = f.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 /// A table's rows, in key order.
@@ -247,13 +351,6 @@ struct CommitCache {
 
 /// Bytes of log records kept decoded in the commit cache.
 const CACHE_BYTES: usize = 64 << 20;
-
-fn check_name(kind: &str, n: &str) -> Result<()> {
-    if n.is_empty() || n.len() > 256 || n.chars().any(|c| c.is_control()) {
-        return Err(Error::Query(format!("invalid {kind} name {n:?}")));
-    }
-    Ok(())
-}
 
 impl Db {
     /// Create a new database in `dir` (missing or empty).
@@ -290,26 +387,31 @@ impl Db {
             t.rows = rows;
             st.rows_from.insert(id, seq);
         }
-        store.read_stream(EVENTS_STREAM, |pos, rec| {
-            let name = crate::format::file_name(pos.file_id, FileKind::Segment);
-            let bad = |e: crate::format::codec::DecodeError| {
-                Error::corrupted(&name, pos.offset, format!("commit record: {}", e.reason))
-            };
-            let mut c = Commit::decode_headers(rec).map_err(bad)?;
-            if c.first_seq != st.next_seq {
+        store.read_stream(EVENTS_STREAM, |pos, rec| replay_record(&mut st, FileKind::Segment, pos, rec).map(|_| ()))?;
+        // Then the commits the WAL holds beyond the segments (a WAL file
+        // already checkpointed may still be there if a crash came before
+        // its deletion: its commits are skipped).
+        let mut writer = WriterState::default();
+        let wal_files = store.stream_files(WAL_STREAM).len();
+        store.read_stream(WAL_STREAM, |pos, rec| {
+            let name = crate::format::file_name(pos.file_id, FileKind::Wal);
+            let c = Commit::decode_headers(rec)
+                .map_err(|e| Error::corrupted(&name, pos.offset, format!("commit record: {}", e.reason)))?;
+            let end = c.first_seq + c.events.len() as u64;
+            if end <= st.next_seq {
+                return Ok(());
+            }
+            if c.first_seq < st.next_seq {
                 return Err(Error::tampered(
                     &name,
                     pos.offset,
-                    format!("commit starts at seq {}, expected {}", c.first_seq, st.next_seq),
+                    format!("commit @seq:{} overlaps the segments' last commit", c.first_seq),
                 ));
             }
-            let needs_docs = c.events.iter().enumerate().any(|(i, e)| {
-                e.op != Op::CreateTable && st.rows_from.get(&e.table).is_none_or(|from| c.first_seq + i as u64 > *from)
-            });
-            if needs_docs {
-                c = Commit::decode(rec).map_err(bad)?;
-            }
-            st.apply(&mut c, pos, rec.len()).map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))
+            let ci = replay_record(&mut st, FileKind::Wal, pos, rec)?;
+            writer.pending_bytes += rec.len() as u64;
+            writer.pending.push((ci, rec.to_vec()));
+            Ok(())
         })?;
         let latest = st.latest_seq();
         if let Some((id, from)) = st.rows_from.iter().find(|(_, f)| **f > latest) {
@@ -348,17 +450,50 @@ impl Db {
         }
         st.rows_from.clear();
         st.maintain_indexes = true;
-        Ok(Db::from_store(store, st, opts))
+        let db = Db::from_store(store, st, opts);
+        if wal_files > 0 && !db.store.options().read_only {
+            let mut w = db.writer.lock().unwrap_or_else(|p| p.into_inner());
+            *w = writer;
+            // Housekeeping: if it cannot be done now (a full disk, say),
+            // the WAL stays and the next open tries again.
+            match db.checkpoint(&mut w) {
+                Err(e) if e.is_integrity() => return Err(e),
+                _ => {}
+            }
+        } else {
+            *db.writer.lock().unwrap_or_else(|p| p.into_inner()) = writer;
+        }
+        Ok(db)
     }
 
     fn from_store(store: Store, state: State, opts: Options) -> Db {
+        let store = Arc::new(store);
+        let flusher = match opts.durability {
+            Durability::RelaxedSyncEvery(every) if !store.options().read_only => {
+                let (stop, rx) = std::sync::mpsc::channel::<()>();
+                let s = store.clone();
+                let thread = std::thread::Builder::new()
+                    .name("driftdb-wal-sync".into())
+                    .spawn(move || {
+                        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                            // A failure poisons the store: the next commit reports it.
+                            let _ = s.sync_stream(WAL_STREAM);
+                        }
+                    })
+                    .ok();
+                Some(Flusher { stop, thread })
+            }
+            _ => None,
+        };
         Db {
             store,
             state: RwLock::new(state),
-            writer: Mutex::new(()),
+            writer: Mutex::new(WriterState::default()),
+            queue: Mutex::new(Vec::new()),
             cache: Mutex::new(CommitCache::default()),
             baselines: Mutex::new(HashMap::new()),
             opts,
+            flusher,
         }
     }
 
@@ -371,80 +506,248 @@ impl Db {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub(crate) fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.read()
+    }
+
+    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The latest committed sequence number (0 for an empty database).
     pub fn latest_seq(&self) -> u64 {
         self.read().latest_seq()
     }
 
-    /// Close the database, sealing its open files.
+    /// Close the database: checkpoint the write-ahead log and seal the open files.
     pub fn close(self) -> Result<()> {
-        self.store.close()
-    }
-
-    /// Commit events built by `build` against the current state, atomically.
-    fn commit(&self, build: impl FnOnce(&State, &mut Batch) -> Result<()>) -> Result<u64> {
-        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.commit_locked(build)
-    }
-
-    /// [`Db::commit`] with the writer lock already held.
-    fn commit_locked(&self, build: impl FnOnce(&State, &mut Batch) -> Result<()>) -> Result<u64> {
-        let (mut commit, _) = {
-            let st = self.read();
-            let mut b = Batch { events: Vec::new(), overlay: HashMap::new(), new_tables: Vec::new() };
-            build(&st, &mut b)?;
-            if b.events.is_empty() {
-                return Ok(st.latest_seq());
-            }
-            let time = now_micros().max(st.last_time);
-            (Commit { first_seq: st.next_seq, time_micros: time, events: b.events }, ())
-        };
-        let bytes = commit.encode();
-        if bytes.len() > crate::format::frame::MAX_PAYLOAD {
-            return Err(Error::Query(format!(
-                "commit of {} bytes exceeds the {}-byte limit; split it",
-                bytes.len(),
-                crate::format::frame::MAX_PAYLOAD
-            )));
+        if !self.store.options().read_only && self.store.poisoned().is_none() {
+            let mut w = self.lock_writer();
+            self.checkpoint(&mut w)?;
         }
-        let pos = self.store.append(EVENTS_STREAM, FileKind::Segment, &bytes)?;
-        self.store.sync()?;
-        let (seq, due) = {
-            let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-            st.apply(&mut commit, pos, bytes.len())?;
-            let mut due: Vec<u32> = Vec::new();
-            for e in &commit.events {
-                // Not before as many events as the table had rows at its last
-                // snapshot: the cost of snapshots stays linear in the events.
-                let rows = st.tables.get(&e.table).map_or(0, |t| t.rows.len() as u64);
-                if let Some(t) = st.tables.get(&e.table)
-                    && (t.since_events >= self.opts.snapshot_every_events.max(rows.saturating_sub(t.since_events))
-                        || (t.since_bytes >= self.opts.snapshot_every_bytes && t.since_events >= rows / 2))
-                    && !due.contains(&e.table)
-                {
-                    due.push(e.table);
+        self.store.close_shared()
+    }
+
+    /// Begin a transaction.
+    pub fn begin(&self, iso: Isolation) -> Txn<'_> {
+        if iso == Isolation::ReadCommitted {
+            return Txn::new(self, iso, self.read().latest_seq(), false);
+        }
+        // Registered under the write lock, so that every change after the
+        // snapshot is kept for the transaction's reads and validation.
+        let mut st = self.write_state();
+        let snapshot = st.latest_seq();
+        *st.active.entry(snapshot).or_default() += 1;
+        Txn::new(self, iso, snapshot, true)
+    }
+
+    /// A transaction with snapshot `snapshot` ended.
+    pub(crate) fn unregister(&self, snapshot: u64) {
+        let mut st = self.write_state();
+        if let Some(n) = st.active.get_mut(&snapshot) {
+            *n -= 1;
+            if *n == 0 {
+                st.active.remove(&snapshot);
+            }
+        }
+        st.prune_changes();
+    }
+
+    /// Hand a commit to the group-commit leader (which may be this thread)
+    /// and wait for its outcome.
+    pub(crate) fn submit(&self, req: Request) -> Result<u64> {
+        let slot = req.slot.clone();
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(req);
+        let mut w = self.lock_writer();
+        if let Some(r) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return r;
+        }
+        let reqs = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        self.run_group(&mut w, reqs);
+        drop(w);
+        let r = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        r.unwrap_or_else(|| Err(Error::Poisoned("the commit was lost by the group-commit leader".into())))
+    }
+
+    /// The group-commit leader's work (writer lock held): validate and build
+    /// every queued commit against the latest state, append them all to the
+    /// WAL, sync once, apply them, and answer each request.
+    fn run_group(&self, w: &mut WriterState, reqs: Vec<Request>) {
+        let set = |slot: &Arc<Mutex<Option<Result<u64>>>>, r: Result<u64>| {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        };
+        let mut built: Vec<(Commit, Vec<u8>, Request)> = Vec::new();
+        {
+            let st = self.read();
+            let mut g = GroupView::new(&st);
+            for req in reqs {
+                if let Some(why) = crate::txn::conflict(&st, &g, &req) {
+                    set(&req.slot, Err(Error::Conflict(why)));
+                    continue;
+                }
+                let mut b = Batch::default();
+                if let Err(e) = req.ops.iter().try_for_each(|op| b.apply(&g, op)) {
+                    set(&req.slot, Err(e));
+                    continue;
+                }
+                if b.events.is_empty() {
+                    set(&req.slot, Ok(g.next_seq - 1));
+                    continue;
+                }
+                let n = b.events.len() as u64;
+                let time = now_micros().max(g.last_time);
+                let events = std::mem::take(&mut b.events);
+                let commit = Commit { first_seq: g.next_seq, time_micros: time, events };
+                let bytes = commit.encode();
+                if bytes.len() > crate::format::frame::MAX_PAYLOAD {
+                    set(
+                        &req.slot,
+                        Err(Error::Query(format!(
+                            "commit of {} bytes exceeds the {}-byte limit; split it",
+                            bytes.len(),
+                            crate::format::frame::MAX_PAYLOAD
+                        ))),
+                    );
+                    continue;
+                }
+                if let Err(e) = g.absorb(b) {
+                    set(&req.slot, Err(e));
+                    continue;
+                }
+                g.next_seq += n;
+                g.last_time = time;
+                built.push((commit, bytes, req));
+            }
+        }
+        if built.is_empty() {
+            return;
+        }
+        let mut positions = Vec::with_capacity(built.len());
+        let mut failure: Option<Error> = None;
+        for (_, bytes, _) in &built {
+            match self.store.append(WAL_STREAM, FileKind::Wal, bytes) {
+                Ok(p) => positions.push(p),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
                 }
             }
-            (st.latest_seq(), due)
-        };
+        }
+        if failure.is_none() && self.opts.durability == Durability::Immediate {
+            failure = self.store.sync_stream(WAL_STREAM).err();
+        }
+        if let Some(e) = failure {
+            // Nothing of the group is acknowledged or applied; the store
+            // refuses writes from now on (reopen recovers).
+            let msg = e.to_string();
+            let mut first = Some(e);
+            for (_, _, req) in built {
+                let err = first.take().unwrap_or_else(|| Error::Poisoned(msg.clone()));
+                set(&req.slot, Err(err));
+            }
+            return;
+        }
+        let mut due: Vec<u32> = Vec::new();
+        {
+            let mut st = self.write_state();
+            for ((mut commit, bytes, req), pos) in built.into_iter().zip(positions) {
+                let ci = st.commits.len() as u32;
+                match st.apply(&mut commit, pos, bytes.len()) {
+                    Ok(()) => set(&req.slot, Ok(st.latest_seq())),
+                    Err(e) => {
+                        set(&req.slot, Err(e));
+                        continue;
+                    }
+                }
+                w.pending_bytes += bytes.len() as u64;
+                w.pending.push((ci, bytes));
+                for e in &commit.events {
+                    // Not before as many events as the table had rows at its last
+                    // snapshot: the cost of snapshots stays linear in the events.
+                    let rows = st.tables.get(&e.table).map_or(0, |t| t.rows.len() as u64);
+                    if let Some(t) = st.tables.get(&e.table)
+                        && (t.since_events >= self.opts.snapshot_every_events.max(rows.saturating_sub(t.since_events))
+                            || (t.since_bytes >= self.opts.snapshot_every_bytes && t.since_events >= rows / 2))
+                        && !due.contains(&e.table)
+                    {
+                        due.push(e.table);
+                    }
+                }
+            }
+        }
+        if w.pending_bytes >= self.opts.checkpoint_bytes {
+            // The commits are durable in the WAL: a failed checkpoint only
+            // leaves them there (and the store refuses writes until reopened).
+            let _ = self.checkpoint(w);
+        }
         for t in due {
             // The commit is durable; a failed automatic snapshot only delays
             // the next one (its counters restart, so it is not retried on
             // every commit).
             if self.snapshot_locked(t).is_err() {
-                let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+                let mut st = self.write_state();
                 if let Some(td) = st.tables.get_mut(&t) {
                     td.since_events = 0;
                     td.since_bytes = 0;
                 }
             }
         }
-        Ok(seq)
+    }
+
+    /// Copy the commits only in the WAL into the segments, sync them, and
+    /// delete the WAL files (writer lock held). Crash-safe at every step: the
+    /// WAL files go only after the segments holding their commits are synced,
+    /// and opening skips WAL commits the segments already hold.
+    fn checkpoint(&self, w: &mut WriterState) -> Result<()> {
+        let wal_files = self.store.stream_files(WAL_STREAM);
+        if wal_files.is_empty() && w.pending.is_empty() {
+            return Ok(());
+        }
+        // Seal (and sync) the WAL's current file: every WAL file is then
+        // fully covered by what is copied below.
+        self.store.seal_stream(WAL_STREAM)?;
+        let mut moved = Vec::with_capacity(w.pending.len());
+        for (ci, rec) in &w.pending {
+            moved.push((*ci, self.store.append(EVENTS_STREAM, FileKind::Segment, rec)?));
+        }
+        self.store.sync_stream(EVENTS_STREAM)?;
+        {
+            let mut st = self.write_state();
+            for (ci, pos) in moved {
+                if let Some(c) = st.commits.get_mut(ci as usize) {
+                    c.pos = pos;
+                }
+            }
+        }
+        let remove: Vec<u64> = self.store.stream_files(WAL_STREAM).iter().map(|f| f.file_id).collect();
+        w.pending.clear();
+        w.pending_bytes = 0;
+        self.store.commit(Edit { remove, ..Default::default() })
+    }
+
+    /// Commit events built by `build` as one commit, writer lock held.
+    fn commit_locked(&self, w: &mut WriterState, ops: Vec<TxnOp>) -> Result<u64> {
+        let slot: Arc<Mutex<Option<Result<u64>>>> = Arc::default();
+        let req = Request {
+            ops,
+            iso: Isolation::ReadCommitted,
+            snapshot: 0,
+            written: Vec::new(),
+            reads: Default::default(),
+            slot: slot.clone(),
+        };
+        self.run_group(w, vec![req]);
+        let r = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        r.unwrap_or_else(|| Err(Error::Poisoned("the commit was lost".into())))
     }
 
     /// Snapshot a table now (`SNAPSHOT t`); returns the sequence number it is taken at.
     pub fn snapshot(&self, table: &str) -> Result<u64> {
-        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.lock_writer();
         let id = self.read().table(table)?.id;
         self.snapshot_locked(id)
     }
@@ -514,7 +817,7 @@ impl Db {
     /// committed as an event; each segment rewrite is an atomic swap, and a
     /// later `COMPACT` finishes any rewrite a crash interrupted.
     pub fn compact(&self, table: &str, before: Option<&AsOf>) -> Result<u64> {
-        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = self.lock_writer();
         let (id, h, current) = {
             let st = self.read();
             let def = st.table(table)?;
@@ -544,16 +847,16 @@ impl Db {
                 let t = st.tables.get(&id).ok_or_else(|| Error::NotFound(format!("table {table}")))?;
                 self.rows_at(&st, id, t, h)?
             };
-            self.commit_locked(|_, b| {
-                b.events.push(Event {
+            self.commit_locked(
+                &mut w,
+                vec![TxnOp::Raw(Event {
                     op: Op::Compact,
                     table: id,
                     key: None,
                     doc: Some(serde_json::json!({ "horizon": h })),
                     patch: None,
-                });
-                Ok(())
-            })?;
+                })],
+            )?;
             let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
             st.fold_history(id, h, baseline.keys());
         }
@@ -561,6 +864,10 @@ impl Db {
         if h == 0 {
             return Ok(0);
         }
+        // Every commit into sealed segments first, so that all of them can
+        // be rewritten.
+        self.checkpoint(&mut w)?;
+        self.store.seal_stream(EVENTS_STREAM)?;
         self.reclaim(id, h)?;
         Ok(h)
     }
@@ -626,12 +933,14 @@ impl Db {
         Ok(())
     }
 
-    /// Write several changes as one commit; returns the last sequence number.
-    /// Nothing is committed if `f` or any change fails. `f` must make its
-    /// changes through the [`Writer`] it is given: calling another writing
-    /// method of this `Db` from inside `f` waits forever for the writer lock.
-    pub fn write(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<()>) -> Result<u64> {
-        self.commit(|st, b| f(&mut Writer { st, b }))
+    /// Write several changes as one commit (a `ReadCommitted` transaction:
+    /// each change is re-applied to the latest state when it commits);
+    /// returns the last sequence number. Nothing is committed if `f` or any
+    /// change fails.
+    pub fn write(&self, f: impl FnOnce(&mut Txn<'_>) -> Result<()>) -> Result<u64> {
+        let mut t = self.begin(Isolation::ReadCommitted);
+        f(&mut t)?;
+        t.commit()
     }
 
     /// `CREATE TABLE`.
@@ -666,7 +975,12 @@ impl Db {
         let st = self.read();
         let seq = resolve(&st, &AsOf::Seq(seq))?;
         let def = table_at(&st, table, seq)?;
-        let Some(h) = st.tables.get(&def.id).and_then(|t| t.history.get(key)) else { return Ok(None) };
+        let Some(t) = st.tables.get(&def.id) else { return Ok(None) };
+        let Some(h) = t.history.get(key) else { return Ok(None) };
+        if h.last().is_some_and(|e| e.seq <= seq && !e.folded) {
+            // Unchanged since: the current row is the answer.
+            return Ok(t.rows.get(key).map(|d| (**d).clone()));
+        }
         self.doc_at(&st, def.id, key, h, seq)
     }
 
@@ -857,17 +1171,55 @@ impl Db {
                 None => true,
                 Some(a) => resolve(&st, a)? == st.latest_seq(),
             };
-            if current && let Some(f) = &sel.filter {
-                let def = st.table(&sel.table)?;
-                if let Some(t) = st.tables.get(&def.id)
-                    && let Some(keys) = crate::table::index::plan(f, &t.indexes)
-                {
-                    let docs: Vec<Arc<Value>> = keys.iter().filter_map(|k| t.rows.get(k).cloned()).collect();
-                    return crate::query::eval::run_select(sel, docs.into_iter());
-                }
+            if current {
+                let id = st.table(&sel.table)?.id;
+                return self.select_current(&st, id, sel);
             }
         }
         self.select_full_scan(sel)
+    }
+
+    /// A `SELECT` over the current rows of table `id`, through an index when one applies.
+    pub(crate) fn select_current(&self, st: &State, id: u32, sel: &Select) -> Result<Vec<Value>> {
+        let Some(t) = st.tables.get(&id) else { return crate::query::eval::run_select(sel, std::iter::empty()) };
+        if let Some(f) = &sel.filter
+            && let Some(keys) = crate::table::index::plan(f, &t.indexes)
+        {
+            let docs: Vec<Arc<Value>> = keys.iter().filter_map(|k| t.rows.get(k).cloned()).collect();
+            return crate::query::eval::run_select(sel, docs.into_iter());
+        }
+        crate::query::eval::run_select(sel, t.rows.values().cloned())
+    }
+
+    /// A row as of `seq`, for a transaction registered at `seq` or earlier:
+    /// the current document unless the row changed after `seq`.
+    pub(crate) fn doc_at_snapshot(&self, st: &State, id: u32, key: &Pk, seq: u64) -> Result<Option<Value>> {
+        let Some(t) = st.tables.get(&id) else { return Ok(None) };
+        let Some(h) = t.history.get(key) else { return Ok(None) };
+        if h.last().is_none_or(|e| e.seq <= seq) {
+            return Ok(t.rows.get(key).map(|d| (**d).clone()));
+        }
+        // The oldest change after the snapshot holds the row as it was.
+        let from = st.changes.partition_point(|c| c.seq <= seq);
+        if let Some(c) = st.changes.range(from..).find(|c| c.table == id && &c.key == key) {
+            return Ok(c.old.as_deref().cloned());
+        }
+        self.doc_at(st, id, key, h, seq)
+    }
+
+    /// Table `id`'s rows as of `seq`, for a transaction registered at `seq`
+    /// or earlier: the current rows with the later changes undone.
+    pub(crate) fn rows_at_snapshot(&self, st: &State, id: u32, seq: u64) -> Result<BTreeMap<Pk, Arc<Value>>> {
+        let Some(t) = st.tables.get(&id) else { return Ok(BTreeMap::new()) };
+        let mut rows = t.rows.clone();
+        let from = st.changes.partition_point(|c| c.seq <= seq);
+        for c in st.changes.range(from..).rev().filter(|c| c.table == id) {
+            match &c.old {
+                Some(d) => rows.insert(c.key.clone(), d.clone()),
+                None => rows.remove(&c.key),
+            };
+        }
+        Ok(rows)
     }
 
     /// Run a `SELECT` without using any index (for checking index answers).
@@ -891,9 +1243,15 @@ impl Db {
             .collect()
     }
 
-    /// Execute one statement.
+    /// Execute one statement (outside any transaction: `BEGIN`, `COMMIT` and
+    /// `ROLLBACK` belong in a script run by [`Db::execute`]).
     pub fn execute_stmt(&self, stmt: &Stmt) -> Result<Outcome> {
         Ok(match stmt {
+            Stmt::Begin(_) | Stmt::Commit | Stmt::Rollback => {
+                return Err(Error::Query(format!(
+                    "{stmt} is only valid in a script (Db::execute) or through Db::begin"
+                )));
+            }
             Stmt::CreateTable { name, pk, indexes } => {
                 let idx: Vec<&str> = indexes.iter().map(String::as_str).collect();
                 Outcome::Committed(self.create_table(name, pk, &idx)?)
@@ -910,21 +1268,126 @@ impl Db {
         })
     }
 
-    /// Execute a script. Each write statement is its own commit; the first
-    /// error stops the script (statements before it stay committed) and is
-    /// returned with the statement's number.
+    /// Execute a script. Outside a transaction each write statement is its
+    /// own commit; between `BEGIN` and `COMMIT` the writes commit together
+    /// or not at all. The first error stops the script and is returned with
+    /// the statement's number: statements committed before it stay
+    /// committed, and an open transaction is rolled back (the message says
+    /// so). A script that ends inside a transaction rolls it back and is an
+    /// error.
     pub fn execute(&self, script: &str) -> Result<Vec<Outcome>> {
-        let stmts = crate::query::parse(script)?;
-        let mut out = Vec::with_capacity(stmts.len());
-        for (i, s) in stmts.iter().enumerate() {
-            out.push(self.execute_stmt(s).map_err(|e| match e {
-                Error::Query(m) => Error::Query(format!("statement {}: {m}", i + 1)),
-                Error::Constraint(m) => Error::Constraint(format!("statement {}: {m}", i + 1)),
-                other => other,
-            })?);
-        }
+        let mut out = Vec::new();
+        self.execute_each(script, |o| out.push(o))?;
         Ok(out)
     }
+
+    /// [`Db::execute`], handing each statement's outcome to `each` as soon
+    /// as it is known.
+    pub fn execute_each(&self, script: &str, mut each: impl FnMut(Outcome)) -> Result<()> {
+        let stmts = crate::query::parse(script)?;
+        let mut txn: Option<(usize, Txn<'_>)> = None;
+        for (i, s) in stmts.iter().enumerate() {
+            let r = match (&mut txn, s) {
+                (None, Stmt::Begin(iso)) => {
+                    txn = Some((i + 1, self.begin(iso.unwrap_or_default())));
+                    Ok(Outcome::Began(iso.unwrap_or_default()))
+                }
+                (None, Stmt::Commit | Stmt::Rollback) => Err(Error::Query(format!("{s} outside a transaction"))),
+                (None, s) => self.execute_stmt(s),
+                (Some(_), Stmt::Begin(_)) => Err(Error::Query("BEGIN inside a transaction (no nesting)".into())),
+                (Some(_), Stmt::Commit) => match txn.take() {
+                    Some((_, t)) => t.commit().map(Outcome::Committed),
+                    None => Err(Error::Query("COMMIT outside a transaction".into())),
+                },
+                (Some(_), Stmt::Rollback) => {
+                    if let Some((_, t)) = txn.take() {
+                        t.rollback();
+                    }
+                    Ok(Outcome::RolledBack)
+                }
+                (Some((_, t)), s) => Self::execute_in(self, t, s),
+            };
+            match r {
+                Ok(o) => each(o),
+                Err(e) => {
+                    let aborted = match txn.take() {
+                        Some((at, t)) => {
+                            t.rollback();
+                            format!("; the transaction begun at statement {at} was rolled back")
+                        }
+                        None if matches!(s, Stmt::Commit) => "; the transaction was rolled back".to_string(),
+                        None => String::new(),
+                    };
+                    return Err(match e {
+                        Error::Query(m) => Error::Query(format!("statement {}: {m}{aborted}", i + 1)),
+                        Error::Constraint(m) => Error::Constraint(format!("statement {}: {m}{aborted}", i + 1)),
+                        Error::Conflict(m) => Error::Conflict(format!("statement {}: {m}{aborted}", i + 1)),
+                        other => other,
+                    });
+                }
+            }
+        }
+        if let Some((at, t)) = txn.take() {
+            t.rollback();
+            return Err(Error::Query(format!(
+                "the transaction begun at statement {at} was not committed (no COMMIT before the end of the script); it was rolled back"
+            )));
+        }
+        Ok(())
+    }
+
+    /// One statement inside a script's transaction.
+    fn execute_in(&self, t: &mut Txn<'_>, s: &Stmt) -> Result<Outcome> {
+        Ok(match s {
+            Stmt::CreateTable { name, pk, indexes } => {
+                let idx: Vec<&str> = indexes.iter().map(String::as_str).collect();
+                t.create_table(name, pk, &idx)?;
+                Outcome::Staged
+            }
+            Stmt::Insert { table, doc } => {
+                t.insert(table, Value::Object(doc.clone()))?;
+                Outcome::Staged
+            }
+            Stmt::Patch { table, key, set } => {
+                t.patch(table, key, set.clone())?;
+                Outcome::Staged
+            }
+            Stmt::SoftDelete { table, key } => {
+                t.soft_delete(table, key)?;
+                Outcome::Staged
+            }
+            Stmt::Select(sel) => Outcome::Rows(t.select(sel)?),
+            Stmt::Snapshot { .. } | Stmt::Compact { .. } => {
+                return Err(Error::Query(format!("{s} is not allowed inside a transaction")));
+            }
+            other => self.execute_stmt(other)?,
+        })
+    }
+}
+
+/// Apply one log record while opening; returns the commit's index.
+fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec: &[u8]) -> Result<u32> {
+    let name = crate::format::file_name(pos.file_id, kind);
+    let bad = |e: crate::format::codec::DecodeError| {
+        Error::corrupted(&name, pos.offset, format!("commit record: {}", e.reason))
+    };
+    let mut c = Commit::decode_headers(rec).map_err(bad)?;
+    if c.first_seq != st.next_seq {
+        return Err(Error::tampered(
+            &name,
+            pos.offset,
+            format!("commit starts at seq {}, expected {}", c.first_seq, st.next_seq),
+        ));
+    }
+    let needs_docs = c.events.iter().enumerate().any(|(i, e)| {
+        e.op != Op::CreateTable && st.rows_from.get(&e.table).is_none_or(|from| c.first_seq + i as u64 > *from)
+    });
+    if needs_docs {
+        c = Commit::decode(rec).map_err(bad)?;
+    }
+    let ci = st.commits.len() as u32;
+    st.apply(&mut c, pos, rec.len()).map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))?;
+    Ok(ci)
 }
 
 /// What a read of the past needs: the snapshot to start from and the commits after it.
@@ -1011,132 +1474,4 @@ fn table_at<'a>(st: &'a State, table: &str, seq: u64) -> Result<&'a TableDef> {
         )));
     }
     Ok(def)
-}
-
-struct Batch {
-    events: Vec<Event>,
-    overlay: HashMap<(u32, Pk), Option<Value>>,
-    new_tables: Vec<TableDef>,
-}
-
-/// Builds one commit: every change is checked against the database and the
-/// changes before it in the same commit.
-pub struct Writer<'a> {
-    st: &'a State,
-    b: &'a mut Batch,
-}
-
-impl Writer<'_> {
-    fn def(&self, table: &str) -> Result<TableDef> {
-        if let Some(d) = self.b.new_tables.iter().find(|d| d.name == table) {
-            return Ok(d.clone());
-        }
-        self.st.table(table).cloned()
-    }
-
-    fn current(&self, id: u32, key: &Pk) -> Option<Value> {
-        if let Some(v) = self.b.overlay.get(&(id, key.clone())) {
-            return v.clone();
-        }
-        self.st.tables.get(&id).and_then(|t| t.rows.get(key)).map(|d| (**d).clone())
-    }
-
-    /// Create a table.
-    pub fn create_table(&mut self, name: &str, pk: &str, indexes: &[&str]) -> Result<()> {
-        check_name("table", name)?;
-        check_name("primary key field", pk)?;
-        for i in indexes {
-            check_name("indexed field", i)?;
-        }
-        if self.def(name).is_ok() {
-            return Err(Error::Constraint(format!("table {name:?} already exists")));
-        }
-        let id = self.st.next_table_id.max(1) + self.b.new_tables.len() as u32;
-        let def = TableDef {
-            id,
-            name: name.to_string(),
-            pk: pk.to_string(),
-            indexes: indexes.iter().map(|s| s.to_string()).collect(),
-            created_seq: 0,
-        };
-        let doc = serde_json::to_value(&def).map_err(|e| Error::Query(e.to_string()))?;
-        self.b.events.push(Event { op: Op::CreateTable, table: id, key: None, doc: Some(doc), patch: None });
-        self.b.new_tables.push(def);
-        Ok(())
-    }
-
-    /// Insert a document; its primary key must not be live.
-    pub fn insert(&mut self, table: &str, doc: Value) -> Result<()> {
-        let def = self.def(table)?;
-        let Value::Object(m) = &doc else {
-            return Err(Error::Query(format!("INSERT INTO {table}: the document must be a JSON object")));
-        };
-        let key = match m.get(&def.pk) {
-            None | Some(Value::Null) => {
-                return Err(Error::Query(format!(
-                    "INSERT INTO {table}: the document has no primary key field {:?}",
-                    def.pk
-                )));
-            }
-            Some(v) => Pk::from_json(v).ok_or_else(|| {
-                Error::Query(format!(
-                    "INSERT INTO {table}: primary key {:?} must be a string or an integer, not {v}",
-                    def.pk
-                ))
-            })?,
-        };
-        if self.current(def.id, &key).is_some() {
-            return Err(Error::Constraint(format!("duplicate primary key {key} in table {table:?}")));
-        }
-        self.b.overlay.insert((def.id, key.clone()), Some(doc.clone()));
-        self.b.events.push(Event { op: Op::Insert, table: def.id, key: Some(key), doc: Some(doc), patch: None });
-        Ok(())
-    }
-
-    /// Merge `set` into a live row; `null` removes a field. The primary key cannot change.
-    pub fn patch(&mut self, table: &str, key: &Pk, set: Map<String, Value>) -> Result<()> {
-        let def = self.def(table)?;
-        let Some(Value::Object(mut doc)) = self.current(def.id, key) else {
-            return Err(Error::Constraint(format!("PATCH {table}: no live row with key {key} (missing or deleted)")));
-        };
-        if let Some(v) = set.get(&def.pk)
-            && Pk::from_json(v).as_ref() != Some(key)
-        {
-            return Err(Error::Constraint(format!("PATCH {table}: the primary key {:?} cannot change", def.pk)));
-        }
-        for (k, v) in &set {
-            if v.is_null() {
-                doc.remove(k);
-            } else {
-                doc.insert(k.clone(), v.clone());
-            }
-        }
-        let doc = Value::Object(doc);
-        self.b.overlay.insert((def.id, key.clone()), Some(doc.clone()));
-        self.b.events.push(Event {
-            op: Op::Patch,
-            table: def.id,
-            key: Some(key.clone()),
-            doc: Some(doc),
-            patch: Some(Value::Object(set)),
-        });
-        Ok(())
-    }
-
-    /// Soft-delete a live row: it leaves current reads, its history stays.
-    pub fn soft_delete(&mut self, table: &str, key: &Pk) -> Result<()> {
-        let def = self.def(table)?;
-        let Some(doc) = self.current(def.id, key) else {
-            return Err(Error::Constraint(format!("SOFT DELETE FROM {table}: no live row with key {key}")));
-        };
-        self.b.overlay.insert((def.id, key.clone()), None);
-        self.b.events.push(Event {
-            op: Op::SoftDelete,
-            table: def.id,
-            key: Some(key.clone()),
-            doc: Some(doc),
-            patch: None,
-        });
-        Ok(())
-    }
 }

@@ -101,16 +101,22 @@ pub enum Error {
     /// The store was opened read-only.
     #[error("the database was opened read-only")]
     ReadOnly,
+    /// A transaction conflicted with one that committed after it began;
+    /// nothing of it was written. Retrying it may succeed.
+    #[error("transaction conflict (retry the transaction): {0}")]
+    Conflict(String),
 }
 
 impl Error {
     /// Process exit code for this error, as documented in the README:
-    /// 1 operation failed, 2 usage, 3 key problem, 4 integrity problem, 5 in use.
+    /// 1 operation failed, 2 usage, 3 key problem, 4 integrity problem, 5 in
+    /// use, 6 transaction conflict (retry).
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::WrongKey(_) | Error::KeyRetired { .. } | Error::KeySource(_) => 3,
             Error::Corrupted { .. } | Error::Tampered { .. } | Error::UnsupportedVersion { .. } => 4,
             Error::InUse { .. } => 5,
+            Error::Conflict(_) => 6,
             Error::InvalidArgument(_) => 2,
             Error::Io { .. }
             | Error::NotADatabase { .. }

@@ -23,15 +23,17 @@ pub mod fuzzing;
 pub mod query;
 pub mod storage;
 pub mod table;
+pub mod txn;
 
 pub use crypto::kdf::Argon2Params;
 pub use crypto::keysource::KeySource;
-pub use db::{Db, HistoryEntry, Options, Outcome};
+pub use db::{Db, Durability, HistoryEntry, Options, Outcome};
 pub use error::{Error, Result};
 pub use format::FileKind;
 pub use storage::store::{CreateOptions, Edit, FileInfo, RecordPos, RecoveryEvent, Store, StoreOptions};
 pub use storage::verify::{VerifyReport, verify_without_key};
 pub use table::{Pk, TableDef};
+pub use txn::{Isolation, Txn};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

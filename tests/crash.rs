@@ -7,9 +7,8 @@
 
 mod common;
 use driftdb::{FileKind, KeySource, Store, StoreOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::time::Duration;
 
 const CHILD_ENV: &str = "DRIFTDB_CRASH_CHILD_DIR";
 
@@ -52,41 +51,16 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "crash_child_entry", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, &d)
-            .env("DRIFTDB_CRASH_CHILD_KEY", &k)
-            .env("DRIFTDB_CRASH_CHILD_START", next_start.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let kill_after = Duration::from_millis(5 + seed % 120);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut acked = None;
-            let mut opened = false;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.ends_with("CHILD-OPEN") {
-                    opened = true;
-                    let _ = tx.send(());
-                } else if let Some(n) = line.strip_prefix("ack ") {
-                    acked = Some(n.parse::<u64>().unwrap());
-                }
-            }
-            (opened, acked)
-        });
-        rx.recv_timeout(Duration::from_secs(60)).expect("child never opened the database");
-        let t0 = Instant::now();
-        while t0.elapsed() < kill_after {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        let (opened, acked) = reader.join().unwrap();
-        assert!(opened);
+        let acked = common::run_child_and_kill(
+            "crash_child_entry",
+            &[
+                (CHILD_ENV, d.to_str().unwrap()),
+                ("DRIFTDB_CRASH_CHILD_KEY", k.to_str().unwrap()),
+                ("DRIFTDB_CRASH_CHILD_START", &next_start.to_string()),
+            ],
+            Duration::from_millis(5 + seed % 120),
+        );
+        let acked = acked.last().map(|n| n.parse::<u64>().unwrap());
         // Reopen: the lock died with the child; every acknowledged record is there.
         let s = Store::open(&d, &KeySource::key_file(&k), StoreOptions::default()).unwrap();
         let mut got = Vec::new();

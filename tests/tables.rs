@@ -239,3 +239,33 @@ fn table_data_canaries_appear_in_no_file() {
     }
     assert!(Path::new(&db.dir).exists());
 }
+
+#[test]
+fn a_transaction_through_the_cli_commits_whole_or_rolls_back_and_says_so() {
+    let db = Db::new();
+    let (code, out, err) = db.sql(
+        r#"CREATE TABLE acct (pk=id)
+           BEGIN ISOLATION LEVEL SNAPSHOT
+           INSERT INTO acct {"id": "a", "balance": 10}
+           INSERT INTO acct {"id": "b", "balance": 20}
+           SELECT COUNT(*) FROM acct
+           COMMIT"#,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("begin (snapshot)") && out.contains("pending commit"), "{out}");
+    assert!(out.contains("ok (seq 3)"), "one commit for both inserts: {out}");
+    let (code, _, err) = db.sql(
+        r#"BEGIN
+           PATCH acct KEY "a" SET {"balance": 0}
+           PATCH acct KEY "missing" SET {"balance": 30}
+           COMMIT"#,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("statement 3") && err.contains("rolled back"), "{err}");
+    let rows = db.lines("select", &["-t", "acct", "--json"]);
+    assert_eq!(rows.iter().map(|r| r["balance"].as_i64().unwrap()).collect::<Vec<_>>(), vec![10, 20]);
+    let (code, _, err) = db.sql("BEGIN\nINSERT INTO acct {\"id\": \"c\"}");
+    assert_eq!(code, 1);
+    assert!(err.contains("not committed"), "{err}");
+    assert_eq!(db.lines("select", &["-t", "acct", "--json"]).len(), 2);
+}

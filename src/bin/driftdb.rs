@@ -262,15 +262,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 (None, None) => return Err(Error::InvalidArgument("give -e STATEMENTS or -f FILE".into())),
             };
             let db = open_db(&dir, &key, false)?;
-            let stmts = driftdb::query::parse(&script)?;
-            for (i, st) in stmts.iter().enumerate() {
-                let out = db.execute_stmt(st).map_err(|e| match e {
-                    Error::Query(m) => Error::Query(format!("statement {}: {m}", i + 1)),
-                    Error::Constraint(m) => Error::Constraint(format!("statement {}: {m}", i + 1)),
-                    other => other,
-                })?;
-                print_outcome(&out, json);
-            }
+            db.execute_each(&script, |out| print_outcome(&out, json))?;
             db.close()?;
             Ok(0)
         }
@@ -543,6 +535,21 @@ fn print_outcome(o: &Outcome, json: bool) {
                     .map(|e| serde_json::json!({"seq": e.seq, "time": e.time, "op": e.op, "doc": e.doc.to_string()}))
                     .collect();
                 print_rows(&rows);
+            }
+        }
+        Outcome::Began(iso) => {
+            if !json {
+                println!("begin ({})", iso.as_str().to_lowercase());
+            }
+        }
+        Outcome::Staged => {
+            if !json {
+                println!("ok (pending commit)");
+            }
+        }
+        Outcome::RolledBack => {
+            if !json {
+                println!("rolled back");
             }
         }
         Outcome::Snapshot(seq) => {

@@ -60,6 +60,12 @@ pub enum Stmt {
     },
     /// `SELECT ...`
     Select(Select),
+    /// `BEGIN [ISOLATION LEVEL READ COMMITTED | SNAPSHOT | SERIALIZABLE]`
+    Begin(Option<crate::txn::Isolation>),
+    /// `COMMIT`
+    Commit,
+    /// `ROLLBACK`
+    Rollback,
     /// `SHOW TABLES`
     ShowTables,
     /// `SHOW DRIFT t KEY k`
@@ -291,6 +297,10 @@ impl fmt::Display for Stmt {
                 key(f, k)
             }
             Stmt::ShowTables => f.write_str("SHOW TABLES"),
+            Stmt::Begin(None) => f.write_str("BEGIN"),
+            Stmt::Begin(Some(iso)) => write!(f, "BEGIN ISOLATION LEVEL {}", iso.as_str()),
+            Stmt::Commit => f.write_str("COMMIT"),
+            Stmt::Rollback => f.write_str("ROLLBACK"),
             Stmt::ShowDrift { table, key: k } => {
                 f.write_str("SHOW DRIFT ")?;
                 ident(f, table)?;

@@ -4,6 +4,7 @@
 
 use super::ast::*;
 use crate::table::Pk;
+use crate::txn::Isolation;
 use crate::{Error, Result};
 use serde_json::Value;
 
@@ -533,8 +534,32 @@ impl Parser {
         if self.is_kw("select") {
             return self.select().map(Stmt::Select);
         }
+        if self.eat_kw("begin") {
+            self.eat_kw("transaction");
+            if !self.eat_kw("isolation") {
+                return Ok(Stmt::Begin(None));
+            }
+            self.kw("level")?;
+            let iso = if self.eat_kw("read") {
+                self.kw("committed")?;
+                Isolation::ReadCommitted
+            } else if self.eat_kw("snapshot") {
+                Isolation::Snapshot
+            } else if self.eat_kw("serializable") {
+                Isolation::Serializable
+            } else {
+                return Err(self.expected("READ COMMITTED, SNAPSHOT or SERIALIZABLE"));
+            };
+            return Ok(Stmt::Begin(Some(iso)));
+        }
+        if self.eat_kw("commit") {
+            return Ok(Stmt::Commit);
+        }
+        if self.eat_kw("rollback") {
+            return Ok(Stmt::Rollback);
+        }
         Err(self.expected(
-            "a statement (CREATE TABLE, INSERT, PATCH, SOFT DELETE, SELECT, SHOW, DESCRIBE, SNAPSHOT, COMPACT)",
+            "a statement (CREATE TABLE, INSERT, PATCH, SOFT DELETE, SELECT, SHOW, DESCRIBE, SNAPSHOT, COMPACT, BEGIN, COMMIT, ROLLBACK)",
         ))
     }
 
@@ -748,6 +773,31 @@ mod tests {
         assert_eq!(sel.offset, 2);
         assert_eq!(sel.as_of, Some(AsOf::Seq(2)));
         assert_eq!(sel.items.len(), 3);
+    }
+
+    #[test]
+    fn transaction_statements_parse_and_print_back() {
+        let s = parse(
+            "BEGIN\nbegin transaction isolation level read committed\nBEGIN ISOLATION LEVEL SNAPSHOT\nBEGIN ISOLATION LEVEL SERIALIZABLE\nCOMMIT\nrollback",
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            vec![
+                Stmt::Begin(None),
+                Stmt::Begin(Some(Isolation::ReadCommitted)),
+                Stmt::Begin(Some(Isolation::Snapshot)),
+                Stmt::Begin(Some(Isolation::Serializable)),
+                Stmt::Commit,
+                Stmt::Rollback
+            ]
+        );
+        for st in &s {
+            assert_eq!(&parse_one(&st.to_string()).unwrap(), st);
+        }
+        let e = parse("BEGIN ISOLATION LEVEL REPEATABLE READ").unwrap_err().to_string();
+        assert!(e.contains("READ COMMITTED, SNAPSHOT or SERIALIZABLE"), "{e}");
+        assert!(parse("BEGIN ISOLATION LEVEL READ UNCOMMITTED").is_err());
     }
 
     #[test]

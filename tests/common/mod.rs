@@ -64,3 +64,40 @@ pub fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Re-run this test binary in child mode (only test `entry`, with `env`),
+/// wait until it prints `CHILD-OPEN`, let it run for `run_for`, SIGKILL it,
+/// and return the text after `ack ` of every line it printed.
+pub fn run_child_and_kill(entry: &str, env: &[(&str, &str)], run_for: std::time::Duration) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", entry, "--nocapture", "--test-threads=1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.ends_with("CHILD-OPEN") {
+                let _ = tx.send(());
+            } else if let Some(rest) = line.strip_prefix("ack ") {
+                acked.push(rest.to_string());
+            }
+        }
+        acked
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60)).expect("child never opened the database");
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < run_for {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    reader.join().unwrap()
+}

@@ -1,0 +1,608 @@
+//! Transactions and isolation.
+//!
+//! A [`Txn`] records its changes as operations and keeps its own writes in
+//! an overlay, so its reads (point reads, queries, aggregates) see them. It
+//! reads from a view that depends on its [`Isolation`]. Nothing reaches the
+//! disk before [`Txn::commit`]: the commit is validated and turned into
+//! events by the group-commit leader (see [`crate::db`]), against the latest
+//! committed state, and is then written to the write-ahead log with the
+//! other commits of its group, under one fsync.
+//!
+//! Validation is optimistic:
+//!
+//! * `ReadCommitted` checks nothing beyond the constraints: every change is
+//!   re-applied to the latest state (a `PATCH` merges into the latest
+//!   document, an `INSERT` fails if the key is live by then).
+//! * `Snapshot` aborts with [`Error::Conflict`] if any row it writes was
+//!   written by a transaction that committed after it began (first
+//!   committer wins).
+//! * `Serializable` also aborts if anything it read changed after it began:
+//!   a row it read by key (present or absent), or any row of a table it
+//!   queried whose old or new version satisfies the query's `WHERE` (a
+//!   query without `WHERE` conflicts with any change to the table). A
+//!   transaction that commits therefore read exactly what it would have read
+//!   had it run alone at its commit point, so the committed history is
+//!   serializable in commit order.
+
+use crate::db::{Change, Db, State};
+use crate::query::ast::{Expr, Select, Stmt};
+use crate::table::{Event, Op, Pk, TableDef};
+use crate::{Error, Result};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// Isolation level of a transaction.
+///
+/// | anomaly                     | ReadCommitted | Snapshot  | Serializable |
+/// |-----------------------------|---------------|-----------|--------------|
+/// | dirty read                  | prevented     | prevented | prevented    |
+/// | non-repeatable read         | possible      | prevented | prevented    |
+/// | lost update                 | possible      | prevented | prevented    |
+/// | phantom (re-run query)      | possible      | prevented | prevented    |
+/// | write skew                  | possible      | possible  | prevented    |
+/// | phantom on a predicate read, then write | possible | possible | prevented |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// Every read sees the latest committed state; changes are re-applied to
+    /// the latest state at commit.
+    ReadCommitted,
+    /// Reads see the state at `begin`; a write-write conflict with a
+    /// transaction that committed meanwhile aborts (first committer wins).
+    Snapshot,
+    /// Snapshot, and a commit also aborts if anything the transaction read
+    /// (rows by key, query predicates) changed meanwhile. The default.
+    #[default]
+    Serializable,
+}
+
+impl Isolation {
+    /// DriftQL spelling (`READ COMMITTED`, `SNAPSHOT`, `SERIALIZABLE`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::ReadCommitted => "READ COMMITTED",
+            Isolation::Snapshot => "SNAPSHOT",
+            Isolation::Serializable => "SERIALIZABLE",
+        }
+    }
+}
+
+/// One change of a transaction, re-applied at commit.
+#[derive(Debug, Clone)]
+pub(crate) enum TxnOp {
+    CreateTable {
+        name: String,
+        pk: String,
+        indexes: Vec<String>,
+    },
+    Insert {
+        table: String,
+        doc: Value,
+    },
+    Patch {
+        table: String,
+        key: Pk,
+        set: Map<String, Value>,
+    },
+    SoftDelete {
+        table: String,
+        key: Pk,
+    },
+    /// An event built by the engine itself (compaction markers).
+    Raw(Event),
+}
+
+/// What a transaction read, for `Serializable` validation.
+#[derive(Default, Debug)]
+pub(crate) struct ReadSet {
+    pub keys: HashSet<(u32, Pk)>,
+    /// (table, `WHERE`): `None` reads the whole table.
+    pub preds: Vec<(u32, Option<Expr>)>,
+}
+
+/// A commit request handed to the group-commit leader.
+pub(crate) struct Request {
+    pub ops: Vec<TxnOp>,
+    pub iso: Isolation,
+    pub snapshot: u64,
+    /// Rows written (existing tables only), for conflict checks.
+    pub written: Vec<(u32, Pk)>,
+    pub reads: ReadSet,
+    pub slot: Arc<std::sync::Mutex<Option<Result<u64>>>>,
+}
+
+/// The state a batch of changes is checked against.
+pub(crate) trait View {
+    /// A table's definition.
+    fn def(&self, name: &str) -> Result<TableDef>;
+    /// A row's document.
+    fn current(&self, id: u32, key: &Pk) -> Result<Option<Value>>;
+    /// The id the next new table gets.
+    fn next_table_id(&self) -> u32;
+}
+
+/// The latest committed state plus the commits built earlier in the same
+/// group (not yet applied).
+pub(crate) struct GroupView<'a> {
+    pub st: &'a State,
+    pub rows: HashMap<(u32, Pk), Option<Value>>,
+    pub written: HashSet<(u32, Pk)>,
+    pub new_tables: Vec<TableDef>,
+    pub next_table_id: u32,
+    pub next_seq: u64,
+    pub last_time: i64,
+    /// (table, old, new) of the rows written earlier in the group.
+    pub changes: Vec<(u32, Option<Value>, Option<Value>)>,
+}
+
+impl<'a> GroupView<'a> {
+    pub fn new(st: &'a State) -> Self {
+        GroupView {
+            st,
+            rows: HashMap::new(),
+            written: HashSet::new(),
+            new_tables: Vec::new(),
+            next_table_id: st.next_table_id.max(1),
+            next_seq: st.next_seq,
+            last_time: st.last_time,
+            changes: Vec::new(),
+        }
+    }
+
+    /// Take in the changes of a batch built against this view (its events
+    /// already taken out).
+    pub fn absorb(&mut self, b: Batch) -> Result<()> {
+        for ((id, k), new) in b.overlay {
+            if !b.new_tables.iter().any(|d| d.id == id) {
+                let old = self.current(id, &k)?;
+                self.changes.push((id, old, new.clone()));
+                self.written.insert((id, k.clone()));
+            }
+            self.rows.insert((id, k), new);
+        }
+        for d in b.new_tables {
+            self.next_table_id = self.next_table_id.max(d.id + 1);
+            self.new_tables.push(d);
+        }
+        Ok(())
+    }
+}
+
+impl View for GroupView<'_> {
+    fn def(&self, name: &str) -> Result<TableDef> {
+        if let Some(d) = self.new_tables.iter().find(|d| d.name == name) {
+            return Ok(d.clone());
+        }
+        self.st.table(name).cloned()
+    }
+
+    fn current(&self, id: u32, key: &Pk) -> Result<Option<Value>> {
+        if let Some(v) = self.rows.get(&(id, key.clone())) {
+            return Ok(v.clone());
+        }
+        Ok(self.st.tables.get(&id).and_then(|t| t.rows.get(key)).map(|d| (**d).clone()))
+    }
+
+    fn next_table_id(&self) -> u32 {
+        self.next_table_id
+    }
+}
+
+/// The committed state as of a transaction's snapshot.
+pub(crate) struct SnapshotView<'a> {
+    pub db: &'a Db,
+    pub st: &'a State,
+    pub seq: u64,
+}
+
+impl View for SnapshotView<'_> {
+    fn def(&self, name: &str) -> Result<TableDef> {
+        let d = self.st.table(name)?;
+        if d.created_seq > self.seq {
+            return Err(Error::Query(format!(
+                "unknown table {name:?} (created at @seq:{}, after this transaction's snapshot @seq:{})",
+                d.created_seq, self.seq
+            )));
+        }
+        Ok(d.clone())
+    }
+
+    fn current(&self, id: u32, key: &Pk) -> Result<Option<Value>> {
+        self.db.doc_at_snapshot(self.st, id, key, self.seq)
+    }
+
+    fn next_table_id(&self) -> u32 {
+        self.st.next_table_id.max(1)
+    }
+}
+
+/// Changes being built into one commit: every change is checked against a
+/// [`View`] and the changes before it.
+#[derive(Default)]
+pub(crate) struct Batch {
+    pub events: Vec<Event>,
+    pub overlay: HashMap<(u32, Pk), Option<Value>>,
+    pub new_tables: Vec<TableDef>,
+}
+
+fn check_name(kind: &str, n: &str) -> Result<()> {
+    if n.is_empty() || n.len() > 256 || n.chars().any(|c| c.is_control()) {
+        return Err(Error::Query(format!("invalid {kind} name {n:?}")));
+    }
+    Ok(())
+}
+
+impl Batch {
+    pub fn def(&self, v: &dyn View, table: &str) -> Result<TableDef> {
+        if let Some(d) = self.new_tables.iter().find(|d| d.name == table) {
+            return Ok(d.clone());
+        }
+        v.def(table)
+    }
+
+    fn is_new(&self, id: u32) -> bool {
+        self.new_tables.iter().any(|d| d.id == id)
+    }
+
+    pub fn current(&self, v: &dyn View, id: u32, key: &Pk) -> Result<Option<Value>> {
+        if let Some(x) = self.overlay.get(&(id, key.clone())) {
+            return Ok(x.clone());
+        }
+        if self.is_new(id) {
+            return Ok(None);
+        }
+        v.current(id, key)
+    }
+
+    /// Check and add one change.
+    pub fn apply(&mut self, v: &dyn View, op: &TxnOp) -> Result<()> {
+        match op {
+            TxnOp::CreateTable { name, pk, indexes } => self.create_table(v, name, pk, indexes),
+            TxnOp::Insert { table, doc } => self.insert(v, table, doc.clone()),
+            TxnOp::Patch { table, key, set } => self.patch(v, table, key, set.clone()),
+            TxnOp::SoftDelete { table, key } => self.soft_delete(v, table, key),
+            TxnOp::Raw(e) => {
+                self.events.push(e.clone());
+                Ok(())
+            }
+        }
+    }
+
+    fn create_table(&mut self, v: &dyn View, name: &str, pk: &str, indexes: &[String]) -> Result<()> {
+        check_name("table", name)?;
+        check_name("primary key field", pk)?;
+        for i in indexes {
+            check_name("indexed field", i)?;
+        }
+        if self.def(v, name).is_ok() {
+            return Err(Error::Constraint(format!("table {name:?} already exists")));
+        }
+        let id = v.next_table_id().max(1) + self.new_tables.len() as u32;
+        let def =
+            TableDef { id, name: name.to_string(), pk: pk.to_string(), indexes: indexes.to_vec(), created_seq: 0 };
+        let doc = serde_json::to_value(&def).map_err(|e| Error::Query(e.to_string()))?;
+        self.events.push(Event { op: Op::CreateTable, table: id, key: None, doc: Some(doc), patch: None });
+        self.new_tables.push(def);
+        Ok(())
+    }
+
+    /// The primary key of a document for table `def`.
+    fn key_of(def: &TableDef, table: &str, doc: &Value) -> Result<Pk> {
+        let Value::Object(m) = doc else {
+            return Err(Error::Query(format!("INSERT INTO {table}: the document must be a JSON object")));
+        };
+        match m.get(&def.pk) {
+            None | Some(Value::Null) => {
+                Err(Error::Query(format!("INSERT INTO {table}: the document has no primary key field {:?}", def.pk)))
+            }
+            Some(v) => Pk::from_json(v).ok_or_else(|| {
+                Error::Query(format!(
+                    "INSERT INTO {table}: primary key {:?} must be a string or an integer, not {v}",
+                    def.pk
+                ))
+            }),
+        }
+    }
+
+    fn insert(&mut self, v: &dyn View, table: &str, doc: Value) -> Result<()> {
+        let def = self.def(v, table)?;
+        let key = Self::key_of(&def, table, &doc)?;
+        if self.current(v, def.id, &key)?.is_some() {
+            return Err(Error::Constraint(format!("duplicate primary key {key} in table {table:?}")));
+        }
+        self.overlay.insert((def.id, key.clone()), Some(doc.clone()));
+        self.events.push(Event { op: Op::Insert, table: def.id, key: Some(key), doc: Some(doc), patch: None });
+        Ok(())
+    }
+
+    fn patch(&mut self, v: &dyn View, table: &str, key: &Pk, set: Map<String, Value>) -> Result<()> {
+        let def = self.def(v, table)?;
+        let Some(Value::Object(mut doc)) = self.current(v, def.id, key)? else {
+            return Err(Error::Constraint(format!("PATCH {table}: no live row with key {key} (missing or deleted)")));
+        };
+        if let Some(x) = set.get(&def.pk)
+            && Pk::from_json(x).as_ref() != Some(key)
+        {
+            return Err(Error::Constraint(format!("PATCH {table}: the primary key {:?} cannot change", def.pk)));
+        }
+        for (k, x) in &set {
+            if x.is_null() {
+                doc.remove(k);
+            } else {
+                doc.insert(k.clone(), x.clone());
+            }
+        }
+        let doc = Value::Object(doc);
+        self.overlay.insert((def.id, key.clone()), Some(doc.clone()));
+        self.events.push(Event {
+            op: Op::Patch,
+            table: def.id,
+            key: Some(key.clone()),
+            doc: Some(doc),
+            patch: Some(Value::Object(set)),
+        });
+        Ok(())
+    }
+
+    fn soft_delete(&mut self, v: &dyn View, table: &str, key: &Pk) -> Result<()> {
+        let def = self.def(v, table)?;
+        let Some(doc) = self.current(v, def.id, key)? else {
+            return Err(Error::Constraint(format!("SOFT DELETE FROM {table}: no live row with key {key}")));
+        };
+        self.overlay.insert((def.id, key.clone()), None);
+        self.events.push(Event {
+            op: Op::SoftDelete,
+            table: def.id,
+            key: Some(key.clone()),
+            doc: Some(doc),
+            patch: None,
+        });
+        Ok(())
+    }
+}
+
+/// A transaction. Obtained from [`Db::begin`]; dropping it without
+/// [`Txn::commit`] rolls it back.
+pub struct Txn<'db> {
+    db: &'db Db,
+    iso: Isolation,
+    snapshot: u64,
+    ops: Vec<TxnOp>,
+    local: Batch,
+    reads: ReadSet,
+    registered: bool,
+}
+
+impl<'db> Txn<'db> {
+    pub(crate) fn new(db: &'db Db, iso: Isolation, snapshot: u64, registered: bool) -> Self {
+        Txn { db, iso, snapshot, ops: Vec::new(), local: Batch::default(), reads: ReadSet::default(), registered }
+    }
+
+    /// The isolation level.
+    pub fn isolation(&self) -> Isolation {
+        self.iso
+    }
+
+    /// The sequence number the transaction's snapshot was taken at (for
+    /// `ReadCommitted`, the latest at `begin`; its reads move on).
+    pub fn snapshot_seq(&self) -> u64 {
+        self.snapshot
+    }
+
+    /// Run `f` with the view this transaction reads through.
+    fn with_view<R>(&self, f: impl FnOnce(&dyn View, &State) -> Result<R>) -> Result<R> {
+        let st = self.db.read_state();
+        match self.iso {
+            Isolation::ReadCommitted => f(&GroupView::new(&st), &st),
+            _ => f(&SnapshotView { db: self.db, st: &st, seq: self.snapshot }, &st),
+        }
+    }
+
+    fn stage(&mut self, op: TxnOp) -> Result<()> {
+        let mut local = std::mem::take(&mut self.local);
+        let r = self.with_view(|v, _| local.apply(v, &op));
+        self.local = local;
+        r?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    /// Create a table.
+    pub fn create_table(&mut self, name: &str, pk: &str, indexes: &[&str]) -> Result<()> {
+        self.stage(TxnOp::CreateTable {
+            name: name.to_string(),
+            pk: pk.to_string(),
+            indexes: indexes.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    /// Insert a document; its primary key must not be live.
+    pub fn insert(&mut self, table: &str, doc: Value) -> Result<()> {
+        self.stage(TxnOp::Insert { table: table.to_string(), doc })
+    }
+
+    /// Merge `set` into a live row; `null` removes a field.
+    pub fn patch(&mut self, table: &str, key: &Pk, set: Map<String, Value>) -> Result<()> {
+        self.stage(TxnOp::Patch { table: table.to_string(), key: key.clone(), set })
+    }
+
+    /// Soft-delete a live row.
+    pub fn soft_delete(&mut self, table: &str, key: &Pk) -> Result<()> {
+        self.stage(TxnOp::SoftDelete { table: table.to_string(), key: key.clone() })
+    }
+
+    /// A row's document as this transaction sees it (its own writes included).
+    pub fn get(&mut self, table: &str, key: &Pk) -> Result<Option<Value>> {
+        let local = &self.local;
+        let (id, new, doc) = self.with_view(|v, _| {
+            let def = local.def(v, table)?;
+            Ok((def.id, local.is_new(def.id), local.current(v, def.id, key)?))
+        })?;
+        if !new {
+            self.reads.keys.insert((id, key.clone()));
+        }
+        Ok(doc)
+    }
+
+    /// Run a `SELECT` as this transaction sees the data (its own writes
+    /// included). A `SELECT ... AS OF` reads committed history instead.
+    pub fn select(&mut self, sel: &Select) -> Result<Vec<Value>> {
+        if sel.as_of.is_some() {
+            return self.db.select(sel);
+        }
+        let local = &self.local;
+        let (id, new, rows) = self.with_view(|v, st| {
+            let def = local.def(v, &sel.table)?;
+            let new = local.is_new(def.id);
+            let mine = local.overlay.keys().any(|(t, _)| *t == def.id);
+            let at_latest = self.iso == Isolation::ReadCommitted || st.latest_seq() == self.snapshot;
+            if !new && !mine && at_latest {
+                return Ok((def.id, new, Err(self.db.select_current(st, def.id, sel)?)));
+            }
+            let mut rows: BTreeMap<Pk, Arc<Value>> = if new {
+                BTreeMap::new()
+            } else if at_latest {
+                st.tables.get(&def.id).map(|t| t.rows.clone()).unwrap_or_default()
+            } else {
+                self.db.rows_at_snapshot(st, def.id, self.snapshot)?
+            };
+            for ((t, k), d) in &local.overlay {
+                if *t == def.id {
+                    match d {
+                        Some(d) => rows.insert(k.clone(), Arc::new(d.clone())),
+                        None => rows.remove(k),
+                    };
+                }
+            }
+            Ok((def.id, new, Ok(rows)))
+        })?;
+        if !new {
+            self.reads.preds.push((id, sel.filter.clone()));
+        }
+        match rows {
+            Err(out) => Ok(out),
+            Ok(rows) => crate::query::eval::run_select(sel, rows.into_values()),
+        }
+    }
+
+    /// Run a DriftQL `SELECT` inside the transaction and deserialize its rows.
+    pub fn query<T: serde::de::DeserializeOwned>(&mut self, driftql: &str) -> Result<Vec<T>> {
+        let Stmt::Select(sel) = crate::query::parse_one(driftql)? else {
+            return Err(Error::Query("query() runs a SELECT".into()));
+        };
+        self.select(&sel)?
+            .into_iter()
+            .map(|v| {
+                serde_json::from_value(v).map_err(|e| Error::Query(format!("row does not fit the requested type: {e}")))
+            })
+            .collect()
+    }
+
+    /// Commit: returns the sequence number of the transaction's last event
+    /// (the latest sequence number if it changed nothing). Durable when it
+    /// returns (with [`crate::db::Durability::Immediate`]). A conflict is
+    /// [`Error::Conflict`]: nothing was written; run the transaction again.
+    pub fn commit(mut self) -> Result<u64> {
+        if self.ops.is_empty() {
+            let latest = self.db.latest_seq();
+            self.end();
+            return Ok(latest);
+        }
+        let written = self
+            .local
+            .events
+            .iter()
+            .filter(|e| !self.local.is_new(e.table))
+            .filter_map(|e| e.key.clone().map(|k| (e.table, k)))
+            .collect();
+        let req = Request {
+            ops: std::mem::take(&mut self.ops),
+            iso: self.iso,
+            snapshot: self.snapshot,
+            written,
+            reads: std::mem::take(&mut self.reads),
+            slot: Arc::default(),
+        };
+        let r = self.db.submit(req);
+        self.end();
+        r
+    }
+
+    /// Discard every change.
+    pub fn rollback(mut self) {
+        self.end();
+    }
+
+    fn end(&mut self) {
+        if self.registered {
+            self.db.unregister(self.snapshot);
+            self.registered = false;
+        }
+    }
+}
+
+impl Drop for Txn<'_> {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// The first change after `snapshot` that invalidates what a request wrote
+/// (Snapshot and Serializable) or read (Serializable): a description of it.
+pub(crate) fn conflict(st: &State, g: &GroupView<'_>, req: &Request) -> Option<String> {
+    if req.iso == Isolation::ReadCommitted {
+        return None;
+    }
+    let changed_key = |id: u32, k: &Pk| -> Option<u64> {
+        if g.written.contains(&(id, k.clone())) {
+            return Some(g.next_seq);
+        }
+        let last = st.tables.get(&id)?.history.get(k)?.last()?.seq;
+        (last > req.snapshot).then_some(last)
+    };
+    let name = |id: u32| st.defs.get(&id).map_or_else(|| format!("#{id}"), |d| d.name.clone());
+    for (id, k) in &req.written {
+        if let Some(s) = changed_key(*id, k) {
+            return Some(format!(
+                "row {k} of table {:?} was changed at @seq:{s} by a transaction that committed after this one began (@seq:{})",
+                name(*id),
+                req.snapshot
+            ));
+        }
+    }
+    if req.iso != Isolation::Serializable {
+        return None;
+    }
+    for (id, k) in &req.reads.keys {
+        if let Some(s) = changed_key(*id, k) {
+            return Some(format!(
+                "row {k} of table {:?}, read by this transaction, was changed at @seq:{s} after it began (@seq:{})",
+                name(*id),
+                req.snapshot
+            ));
+        }
+    }
+    let hit = |pred: &Option<Expr>, old: Option<&Value>, new: Option<&Value>| match pred {
+        None => true,
+        Some(p) => {
+            old.is_some_and(|d| crate::query::eval::matches(p, d))
+                || new.is_some_and(|d| crate::query::eval::matches(p, d))
+        }
+    };
+    for (id, pred) in &req.reads.preds {
+        let from = st.changes.partition_point(|c| c.seq <= req.snapshot);
+        let c: Option<&Change> =
+            st.changes.range(from..).find(|c| c.table == *id && hit(pred, c.old.as_deref(), c.new.as_deref()));
+        let s = c.map(|c| c.seq).or_else(|| {
+            g.changes.iter().any(|(t, o, n)| t == id && hit(pred, o.as_ref(), n.as_ref())).then_some(g.next_seq)
+        });
+        if let Some(s) = s {
+            return Some(format!(
+                "a query of table {:?} read by this transaction would see a change committed at @seq:{s}, after it began (@seq:{})",
+                name(*id),
+                req.snapshot
+            ));
+        }
+    }
+    None
+}

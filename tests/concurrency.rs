@@ -1,0 +1,202 @@
+//! Readers never wait for a writer's fsync, and committers that arrive while
+//! an fsync is in progress share the next one (group commit). A file system
+//! wrapper holds every fsync of the write-ahead log until the test lets it go.
+
+use driftdb::storage::memfs::MemFs;
+use driftdb::storage::vfs::{LockGuard, OpenMode, Vfs, VfsFile};
+use driftdb::{Db, Isolation, KeySource, Options, Pk, StoreOptions};
+use serde_json::{Value, json};
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+struct Gate {
+    held: Mutex<bool>,
+    cv: Condvar,
+    waiting: AtomicUsize,
+    wal_syncs: AtomicUsize,
+}
+
+#[derive(Clone)]
+struct StallFs {
+    inner: MemFs,
+    gate: Arc<Gate>,
+}
+
+struct StallFile {
+    inner: Box<dyn VfsFile>,
+    wal: bool,
+    gate: Arc<Gate>,
+}
+
+impl VfsFile for StallFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_all_at(buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        if self.wal {
+            self.gate.wal_syncs.fetch_add(1, Ordering::SeqCst);
+            let mut held = self.gate.held.lock().unwrap();
+            self.gate.waiting.fetch_add(1, Ordering::SeqCst);
+            while *held {
+                held = self.gate.cv.wait(held).unwrap();
+            }
+            self.gate.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.inner.sync_data()
+    }
+}
+
+impl Vfs for StallFs {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn VfsFile>> {
+        let wal = path.extension().is_some_and(|e| e == "wal");
+        Ok(Box::new(StallFile { inner: self.inner.open(path, mode)?, wal, gate: self.gate.clone() }))
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        self.inner.read_dir(path)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.sync_dir(path)
+    }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        self.inner.exists(path)
+    }
+    fn try_lock(&self, path: &Path, exclusive: bool) -> io::Result<Option<Box<dyn LockGuard>>> {
+        self.inner.try_lock(path, exclusive)
+    }
+}
+
+fn setup() -> (Arc<Gate>, Db) {
+    let gate = Arc::new(Gate::default());
+    let fs = StallFs { inner: MemFs::new(), gate: gate.clone() };
+    let o = Options { store: StoreOptions { vfs: Arc::new(fs), ..Default::default() }, ..Default::default() };
+    let key = KeySource::Raw(driftdb::crypto::keys::SecretKey::from_bytes([3; 32]));
+    let db = Db::create("/db", &key, o).unwrap();
+    db.create_table("t", "id", &["v"]).unwrap();
+    for i in 0..100 {
+        db.insert("t", json!({"id": i, "v": i % 7})).unwrap();
+    }
+    (gate, db)
+}
+
+/// Releases the gate when dropped, so that a failing assertion cannot leave
+/// a thread stuck in fsync (and the test hanging instead of failing).
+struct Release<'a>(&'a Gate);
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        hold(self.0, false);
+    }
+}
+
+fn hold(g: &Gate, on: bool) {
+    *g.held.lock().unwrap() = on;
+    g.cv.notify_all();
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..5000 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn readers_do_not_wait_for_a_commit_stuck_in_fsync_and_do_not_see_it() {
+    let (gate, db) = setup();
+    let seq_before = db.latest_seq();
+    hold(&gate, true);
+    std::thread::scope(|s| {
+        let _release = Release(&gate);
+        let writer = s.spawn(|| db.insert("t", json!({"id": 1000, "v": 1})).unwrap());
+        wait_for("the commit to reach its fsync", || gate.waiting.load(Ordering::SeqCst) == 1);
+        // The commit is in its fsync. Every kind of read completes meanwhile,
+        // from several threads, and none of them sees the unsynced commit.
+        let (tx, rx) = std::sync::mpsc::channel();
+        for r in 0..4 {
+            let (db, tx) = (&db, tx.clone());
+            s.spawn(move || {
+                let got = db.get("t", &Pk::Int(1000)).unwrap();
+                let past = db.get_as_of("t", &Pk::Int(5), 10).unwrap();
+                let q: Vec<Value> = db.query("SELECT COUNT(*) FROM t WHERE v = 1").unwrap();
+                let mut t = db.begin(Isolation::Serializable);
+                let in_txn = t.get("t", &Pk::Int(3)).unwrap();
+                t.rollback();
+                tx.send((r, got, past, q, in_txn, db.latest_seq())).unwrap();
+            });
+        }
+        for _ in 0..4 {
+            let (r, got, past, q, in_txn, latest) =
+                rx.recv_timeout(Duration::from_secs(10)).expect("a reader waited for the writer's fsync");
+            assert!(got.is_none(), "reader {r} saw a commit that is not yet durable");
+            assert!(past.is_some() && in_txn.is_some(), "reader {r}");
+            assert_eq!(q[0]["COUNT(*)"], 15, "reader {r}");
+            assert_eq!(latest, seq_before, "reader {r}");
+        }
+        hold(&gate, false);
+        let seq = writer.join().unwrap();
+        assert_eq!(seq, seq_before + 1);
+    });
+    assert!(db.get("t", &Pk::Int(1000)).unwrap().is_some(), "visible once durable");
+}
+
+#[test]
+fn committers_arriving_during_an_fsync_share_the_next_one() {
+    let (gate, db) = setup();
+    hold(&gate, true);
+    let syncs_before = gate.wal_syncs.load(Ordering::SeqCst);
+    std::thread::scope(|s| {
+        let _release = Release(&gate);
+        let first = s.spawn(|| db.insert("t", json!({"id": 2000})).unwrap());
+        wait_for("the first commit's fsync", || gate.waiting.load(Ordering::SeqCst) == 1);
+        let db = &db;
+        let others: Vec<_> = (0..8)
+            .map(|i| {
+                s.spawn(move || {
+                    let mut t = db.begin(Isolation::Snapshot);
+                    t.insert("t", json!({"id": 3000 + i})).unwrap();
+                    t.insert("t", json!({"id": 4000 + i})).unwrap();
+                    t.commit().unwrap()
+                })
+            })
+            .collect();
+        // Let all eight queue up behind the writer lock.
+        std::thread::sleep(Duration::from_millis(300));
+        hold(&gate, false);
+        first.join().unwrap();
+        let mut seqs: Vec<u64> = others.into_iter().map(|h| h.join().unwrap()).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 8, "eight distinct commits");
+    });
+    let syncs = gate.wal_syncs.load(Ordering::SeqCst) - syncs_before;
+    assert!(syncs <= 3, "nine commits took {syncs} WAL fsyncs; the eight waiting ones should share one");
+    for i in 0..8 {
+        assert!(
+            db.get("t", &Pk::Int(3000 + i)).unwrap().is_some() && db.get("t", &Pk::Int(4000 + i)).unwrap().is_some()
+        );
+    }
+}
