@@ -307,6 +307,11 @@ pub struct Db {
     writer: Mutex<WriterState>,
     /// Commit requests waiting for a leader.
     queue: Mutex<Vec<Request>>,
+    /// Bumped (and waiters woken) each time the writer lock is released:
+    /// committers wait here, not on the writer lock, so that one whose
+    /// commit a leader already finished returns at once instead of queueing
+    /// behind the next leader's fsync.
+    released: (Mutex<u64>, std::sync::Condvar),
     cache: Mutex<CommitCache>,
     /// Rows at each table's compaction horizon, loaded on first use.
     baselines: Mutex<HashMap<u32, (u64, Arc<Rows>)>>,
@@ -320,6 +325,47 @@ struct WriterState {
     /// (commit index, record) of every commit only in the WAL.
     pending: Vec<(u32, Vec<u8>)>,
     pending_bytes: u64,
+}
+
+/// The writer lock, held; releasing it wakes the waiting committers.
+struct WriterGuard<'a> {
+    guard: Option<std::sync::MutexGuard<'a, WriterState>>,
+    released: &'a (Mutex<u64>, std::sync::Condvar),
+}
+
+impl std::ops::Deref for WriterGuard<'_> {
+    type Target = WriterState;
+    fn deref(&self) -> &WriterState {
+        // Present until drop.
+        self.guard.as_deref().unwrap_or(&EMPTY_WRITER)
+    }
+}
+
+static EMPTY_WRITER: WriterState = WriterState { pending: Vec::new(), pending_bytes: 0 };
+
+impl std::ops::DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut WriterState {
+        match self.guard.as_deref_mut() {
+            Some(w) => w,
+            None => unreachable_writer(),
+        }
+    }
+}
+
+#[allow(clippy::panic)]
+#[cold]
+fn unreachable_writer() -> ! {
+    // The guard is only taken out in drop.
+    panic!("writer guard used after release")
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut n = self.released.0.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.wrapping_add(1);
+        self.released.1.notify_all();
+    }
 }
 
 /// The background thread of [`Durability::RelaxedSyncEvery`].
@@ -452,7 +498,7 @@ impl Db {
         st.maintain_indexes = true;
         let db = Db::from_store(store, st, opts);
         if wal_files > 0 && !db.store.options().read_only {
-            let mut w = db.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let mut w = db.lock_writer();
             *w = writer;
             // Housekeeping: if it cannot be done now (a full disk, say),
             // the WAL stays and the next open tries again.
@@ -461,7 +507,7 @@ impl Db {
                 _ => {}
             }
         } else {
-            *db.writer.lock().unwrap_or_else(|p| p.into_inner()) = writer;
+            *db.lock_writer() = writer;
         }
         Ok(db)
     }
@@ -490,6 +536,7 @@ impl Db {
             state: RwLock::new(state),
             writer: Mutex::new(WriterState::default()),
             queue: Mutex::new(Vec::new()),
+            released: (Mutex::new(0), std::sync::Condvar::new()),
             cache: Mutex::new(CommitCache::default()),
             baselines: Mutex::new(HashMap::new()),
             opts,
@@ -514,8 +561,17 @@ impl Db {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_writer(&self) -> std::sync::MutexGuard<'_, WriterState> {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_writer(&self) -> WriterGuard<'_> {
+        WriterGuard { guard: Some(self.writer.lock().unwrap_or_else(|p| p.into_inner())), released: &self.released }
+    }
+
+    fn try_lock_writer(&self) -> Option<WriterGuard<'_>> {
+        let guard = match self.writer.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(WriterGuard { guard: Some(guard), released: &self.released })
     }
 
     /// The latest committed sequence number (0 for an empty database).
@@ -561,16 +617,32 @@ impl Db {
     /// and wait for its outcome.
     pub(crate) fn submit(&self, req: Request) -> Result<u64> {
         let slot = req.slot.clone();
+        let take = || slot.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(req);
-        let mut w = self.lock_writer();
-        if let Some(r) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return r;
+        loop {
+            let epoch = self.released.0.lock().unwrap_or_else(|p| p.into_inner());
+            // A leader answers before it releases the writer lock, and
+            // bumps the counter only after: checked under the counter's
+            // lock, no answer and no release can be missed.
+            if let Some(r) = take() {
+                return r;
+            }
+            match self.try_lock_writer() {
+                Some(mut w) => {
+                    drop(epoch);
+                    let reqs = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+                    self.run_group(&mut w, reqs);
+                    drop(w);
+                    if let Some(r) = take() {
+                        return r;
+                    }
+                }
+                None => {
+                    let seen = *epoch;
+                    let _epoch = self.released.1.wait_while(epoch, |e| *e == seen).unwrap_or_else(|p| p.into_inner());
+                }
+            }
         }
-        let reqs = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
-        self.run_group(&mut w, reqs);
-        drop(w);
-        let r = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        r.unwrap_or_else(|| Err(Error::Poisoned("the commit was lost by the group-commit leader".into())))
     }
 
     /// The group-commit leader's work (writer lock held): validate and build
