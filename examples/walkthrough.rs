@@ -1,12 +1,12 @@
 //! A walkthrough on a fresh temporary database with the example key from
-//! `keys-example/`: init, ingest, time travel, history, snapshots,
-//! compaction, verify,
+//! `keys-example/`: init, ingest, transactions, time travel, history,
+//! snapshots, compaction, verify,
 //! and what happens with a wrong key, a flipped byte and a torn write.
 //!
 //! Run with `cargo run --example walkthrough`.
 
 use driftdb::query::parse_one;
-use driftdb::{Db, Error, KeySource, Options, Outcome, Pk, StoreOptions};
+use driftdb::{Db, Error, Isolation, KeySource, Options, Outcome, Pk, StoreOptions};
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -58,6 +58,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             json!({"status": "closed"}).as_object().cloned().unwrap_or_default(),
         )?;
     }
+
+    step("transaction", "two transactions add to one balance; the first to commit wins, the other retries");
+    let k = Pk::Str("user-00000001".into());
+    let add = |t: &mut driftdb::Txn<'_>, n: i64| -> driftdb::Result<()> {
+        let b = t.get("users", &k)?.and_then(|d| d["balance"].as_i64()).unwrap_or(0);
+        t.patch("users", &k, json!({"balance": b + n}).as_object().cloned().unwrap_or_default())
+    };
+    let mut t1 = db.begin(Isolation::Serializable);
+    let mut t2 = db.begin(Isolation::Serializable);
+    add(&mut t1, 10)?;
+    add(&mut t2, 20)?;
+    println!("  t1 committed at seq {}", t1.commit()?);
+    match t2.commit() {
+        Err(e @ Error::Conflict(_)) => println!("  t2: {e}"),
+        other => return Err(format!("expected a conflict, got {other:?}").into()),
+    }
+    let mut t2 = db.begin(Isolation::Serializable);
+    add(&mut t2, 20)?;
+    println!("  t2 retried, committed at seq {}", t2.commit()?);
+    run(&db, r#"SELECT id, balance FROM users WHERE id = "user-00000001""#)?;
+    run(
+        &db,
+        r#"BEGIN ISOLATION LEVEL SERIALIZABLE
+           PATCH users KEY "user-00000002" SET {"balance": 0}
+           PATCH users KEY "user-00000003" SET {"balance": 5}
+           COMMIT"#,
+    )?;
 
     step("time travel", "the same query now and AS OF the sequence number before the changes");
     run(&db, "SELECT status, COUNT(*) FROM users GROUP BY status ORDER BY status")?;
@@ -157,8 +184,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn die_mid_write(dir: &Path, key: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let db = Db::open(dir, &KeySource::key_file(key), Options::default())?;
     db.insert("users", json!({"id": "user-crash", "status": "active"}))?;
-    let active =
-        db.store().stream_files(driftdb::db::EVENTS_STREAM).last().map(|f| dir.join(&f.name)).ok_or("no file")?;
+    let active = db.store().stream_files(driftdb::db::WAL_STREAM).last().map(|f| dir.join(&f.name)).ok_or("no file")?;
     // What a write cut short by power loss leaves: the start of a frame.
     let mut f = std::fs::OpenOptions::new().append(true).open(active)?;
     std::io::Write::write_all(&mut f, &[0x41, 0x00, 0x00, 0x00, 0x00, 0x13, 0x37])?;
@@ -168,7 +194,7 @@ fn die_mid_write(dir: &Path, key: &Path) -> Result<(), Box<dyn std::error::Error
 /// Run one statement and print what it returns.
 fn run(db: &Db, q: &str) -> Result<(), Box<dyn std::error::Error>> {
     println!("  > {q}");
-    match db.execute_stmt(&parse_one(q)?)? {
+    db.execute_each(q, |o| match o {
         Outcome::Committed(seq) => println!("    ok (seq {seq})"),
         Outcome::Began(iso) => println!("    begin ({})", iso.as_str()),
         Outcome::Staged => println!("    ok (pending commit)"),
@@ -178,7 +204,7 @@ fn run(db: &Db, q: &str) -> Result<(), Box<dyn std::error::Error>> {
         Outcome::Rows(rows) => rows.iter().for_each(|r| println!("    {r}")),
         Outcome::Drift(h) => h.iter().for_each(|e| println!("    seq {} {} {:<11} {}", e.seq, e.time, e.op, e.doc)),
         Outcome::Tables(t) => t.iter().for_each(|d| println!("    {} (pk={}, indexes {:?})", d.name, d.pk, d.indexes)),
-    }
+    })?;
     Ok(())
 }
 

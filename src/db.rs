@@ -21,7 +21,7 @@ use crate::table::index::Index;
 use crate::table::snapshot::{SNAPSHOT_STREAM_BASE, SnapMeta, decode_rows, encode_rows};
 use crate::table::time::{format_rfc3339, now_micros};
 use crate::table::{Commit, Event, Op, Pk, TableDef};
-use crate::txn::{Batch, GroupView, Isolation, Request, TxnOp};
+use crate::txn::{Accepted, Batch, GroupView, Isolation, Request, Slot};
 use crate::{Argon2Params, Error, FileKind, KeySource, Result};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -649,11 +649,10 @@ impl Db {
     /// every queued commit against the latest state, append them all to the
     /// WAL, sync once, apply them, and answer each request.
     fn run_group(&self, w: &mut WriterState, reqs: Vec<Request>) {
-        let set = |slot: &Arc<Mutex<Option<Result<u64>>>>, r: Result<u64>| {
+        let set = |slot: &Slot, r: Result<u64>| {
             *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
         };
-        let mut built: Vec<(Commit, Vec<u8>, Request)> = Vec::new();
-        {
+        let accepted = {
             let st = self.read();
             let mut g = GroupView::new(&st);
             for req in reqs {
@@ -661,23 +660,32 @@ impl Db {
                     set(&req.slot, Err(Error::Conflict(why)));
                     continue;
                 }
-                let mut b = Batch::default();
-                if let Err(e) = req.ops.iter().try_for_each(|op| b.apply(&g, op)) {
-                    set(&req.slot, Err(e));
-                    continue;
-                }
+                let Request { batch, snapshot, slot, .. } = req;
+                // The transaction's own batch when nothing it depends on
+                // changed; otherwise its changes re-applied to the latest state.
+                let mut b = if g.still_valid(&batch, snapshot) {
+                    batch
+                } else {
+                    let mut b = Batch::default();
+                    let rebuilt =
+                        batch.into_ops(&st).and_then(|ops| ops.into_iter().try_for_each(|op| b.apply(&g, op)));
+                    if let Err(e) = rebuilt {
+                        set(&slot, Err(e));
+                        continue;
+                    }
+                    b
+                };
                 if b.events.is_empty() {
-                    set(&req.slot, Ok(g.next_seq - 1));
+                    set(&slot, Ok(g.next_seq - 1));
                     continue;
                 }
-                let n = b.events.len() as u64;
                 let time = now_micros().max(g.last_time);
-                let events = std::mem::take(&mut b.events);
-                let commit = Commit { first_seq: g.next_seq, time_micros: time, events };
+                let commit = Commit { first_seq: g.next_seq, time_micros: time, events: std::mem::take(&mut b.events) };
                 let bytes = commit.encode();
+                b.events = commit.events;
                 if bytes.len() > crate::format::frame::MAX_PAYLOAD {
                     set(
-                        &req.slot,
+                        &slot,
                         Err(Error::Query(format!(
                             "commit of {} bytes exceeds the {}-byte limit; split it",
                             bytes.len(),
@@ -686,15 +694,14 @@ impl Db {
                     );
                     continue;
                 }
-                if let Err(e) = g.absorb(b) {
-                    set(&req.slot, Err(e));
-                    continue;
-                }
-                g.next_seq += n;
-                g.last_time = time;
-                built.push((commit, bytes, req));
+                g.accept(Accepted { batch: b, slot, first_seq: g.next_seq, time, bytes });
             }
-        }
+            g.accepted
+        };
+        let built: Vec<(Commit, Vec<u8>, Slot)> = accepted
+            .into_iter()
+            .map(|a| (Commit { first_seq: a.first_seq, time_micros: a.time, events: a.batch.events }, a.bytes, a.slot))
+            .collect();
         if built.is_empty() {
             return;
         }
@@ -713,25 +720,27 @@ impl Db {
             failure = self.store.sync_stream(WAL_STREAM).err();
         }
         if let Some(e) = failure {
-            // Nothing of the group is acknowledged or applied; the store
-            // refuses writes from now on (reopen recovers).
+            // Nothing of the group is acknowledged or applied, though part
+            // of it may be on disk: the store refuses writes from now on
+            // (reopen recovers, and decides from what the disk holds).
+            self.store.poison_with(&e);
             let msg = e.to_string();
             let mut first = Some(e);
-            for (_, _, req) in built {
+            for (_, _, slot) in built {
                 let err = first.take().unwrap_or_else(|| Error::Poisoned(msg.clone()));
-                set(&req.slot, Err(err));
+                set(&slot, Err(err));
             }
             return;
         }
         let mut due: Vec<u32> = Vec::new();
         {
             let mut st = self.write_state();
-            for ((mut commit, bytes, req), pos) in built.into_iter().zip(positions) {
+            for ((mut commit, bytes, slot), pos) in built.into_iter().zip(positions) {
                 let ci = st.commits.len() as u32;
                 match st.apply(&mut commit, pos, bytes.len()) {
-                    Ok(()) => set(&req.slot, Ok(st.latest_seq())),
+                    Ok(()) => set(&slot, Ok(st.latest_seq())),
                     Err(e) => {
-                        set(&req.slot, Err(e));
+                        set(&slot, Err(e));
                         continue;
                     }
                 }
@@ -750,6 +759,12 @@ impl Db {
                     }
                 }
             }
+        }
+        // Wake the committers answered above before the housekeeping below.
+        {
+            let mut n = self.released.0.lock().unwrap_or_else(|p| p.into_inner());
+            *n = n.wrapping_add(1);
+            self.released.1.notify_all();
         }
         if w.pending_bytes >= self.opts.checkpoint_bytes {
             // The commits are durable in the WAL: a failed checkpoint only
@@ -779,6 +794,17 @@ impl Db {
         if wal_files.is_empty() && w.pending.is_empty() {
             return Ok(());
         }
+        let r = self.checkpoint_steps(w);
+        if let Err(e) = &r {
+            // A retry in this session would copy commits the segments may
+            // already hold: refuse writes instead; the next open checkpoints
+            // from what the disk holds.
+            self.store.poison_with(e);
+        }
+        r
+    }
+
+    fn checkpoint_steps(&self, w: &mut WriterState) -> Result<()> {
         // Seal (and sync) the WAL's current file: every WAL file is then
         // fully covered by what is copied below.
         self.store.seal_stream(WAL_STREAM)?;
@@ -801,14 +827,14 @@ impl Db {
         self.store.commit(Edit { remove, ..Default::default() })
     }
 
-    /// Commit events built by `build` as one commit, writer lock held.
-    fn commit_locked(&self, w: &mut WriterState, ops: Vec<TxnOp>) -> Result<u64> {
-        let slot: Arc<Mutex<Option<Result<u64>>>> = Arc::default();
+    /// Commit engine-built events (compaction markers) as one commit, writer lock held.
+    fn commit_locked(&self, w: &mut WriterState, events: Vec<Event>) -> Result<u64> {
+        let slot: Slot = Arc::default();
+        let batch = Batch { events, ..Batch::default() };
         let req = Request {
-            ops,
+            batch,
             iso: Isolation::ReadCommitted,
-            snapshot: 0,
-            written: Vec::new(),
+            snapshot: self.latest_seq(),
             reads: Default::default(),
             slot: slot.clone(),
         };
@@ -841,6 +867,8 @@ impl Db {
 
     /// Write rows as the snapshot of table `id` at `seq` and record it.
     fn write_snapshot(&self, id: u32, seq: u64, rows: &[(Pk, Arc<Value>)]) -> Result<u64> {
+        // A snapshot must never be ahead of the durable log (relaxed durability).
+        self.store.sync_stream(WAL_STREAM)?;
         let meta = SnapMeta { table: id, seq, rows: rows.len() as u64 };
         let mut b = self.store.build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode())?;
         // Records of about RECORD_TARGET bytes, by the rows' real encoded size
@@ -898,6 +926,13 @@ impl Db {
                 None => current,
                 Some(a) => resolve(&st, a)?,
             };
+            if let Some(oldest) = st.active.keys().next()
+                && h > *oldest
+            {
+                return Err(Error::Query(format!(
+                    "a transaction that reads the database as of @seq:{oldest} is open; COMPACT {table:?} cannot move the horizon past it (to @seq:{h}) until it ends"
+                )));
+            }
             (def.id, h, current)
         };
         if h > current {
@@ -921,13 +956,13 @@ impl Db {
             };
             self.commit_locked(
                 &mut w,
-                vec![TxnOp::Raw(Event {
+                vec![Event {
                     op: Op::Compact,
                     table: id,
                     key: None,
                     doc: Some(serde_json::json!({ "horizon": h })),
                     patch: None,
-                })],
+                }],
             )?;
             let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
             st.fold_history(id, h, baseline.keys());
@@ -1261,6 +1296,11 @@ impl Db {
             return crate::query::eval::run_select(sel, docs.into_iter());
         }
         crate::query::eval::run_select(sel, t.rows.values().cloned())
+    }
+
+    /// The sequence number an `AS OF` names now.
+    pub(crate) fn resolve_as_of(&self, a: &AsOf) -> Result<u64> {
+        resolve(&self.read(), a)
     }
 
     /// A row as of `seq`, for a transaction registered at `seq` or earlier:

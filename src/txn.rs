@@ -100,15 +100,30 @@ pub(crate) struct ReadSet {
     pub preds: Vec<(u32, Option<Expr>)>,
 }
 
+/// Where the group-commit leader puts a request's outcome.
+pub(crate) type Slot = Arc<std::sync::Mutex<Option<Result<u64>>>>;
+
 /// A commit request handed to the group-commit leader.
 pub(crate) struct Request {
-    pub ops: Vec<TxnOp>,
+    /// The changes, as built by the transaction against its own view. The
+    /// leader uses them as they are when nothing they depend on changed
+    /// since `snapshot`, and otherwise re-applies them to the latest state.
+    pub batch: Batch,
     pub iso: Isolation,
     pub snapshot: u64,
-    /// Rows written (existing tables only), for conflict checks.
-    pub written: Vec<(u32, Pk)>,
     pub reads: ReadSet,
-    pub slot: Arc<std::sync::Mutex<Option<Result<u64>>>>,
+    pub slot: Slot,
+}
+
+impl Request {
+    /// Rows written in tables that existed before the transaction.
+    pub fn written(&self) -> impl Iterator<Item = (u32, &Pk)> {
+        self.batch
+            .events
+            .iter()
+            .filter(|e| !self.batch.is_new(e.table))
+            .filter_map(|e| e.key.as_ref().map(|k| (e.table, k)))
+    }
 }
 
 /// The state a batch of changes is checked against.
@@ -121,50 +136,75 @@ pub(crate) trait View {
     fn next_table_id(&self) -> u32;
 }
 
-/// The latest committed state plus the commits built earlier in the same
+/// The latest committed state plus the commits accepted earlier in the same
 /// group (not yet applied).
 pub(crate) struct GroupView<'a> {
     pub st: &'a State,
-    pub rows: HashMap<(u32, Pk), Option<Value>>,
+    /// Accepted commits, in order.
+    pub accepted: Vec<Accepted>,
     pub written: HashSet<(u32, Pk)>,
     pub new_tables: Vec<TableDef>,
     pub next_table_id: u32,
     pub next_seq: u64,
     pub last_time: i64,
-    /// (table, old, new) of the rows written earlier in the group.
-    pub changes: Vec<(u32, Option<Value>, Option<Value>)>,
+}
+
+/// A commit the group-commit leader accepted.
+pub(crate) struct Accepted {
+    pub batch: Batch,
+    pub slot: Slot,
+    pub first_seq: u64,
+    pub time: i64,
+    pub bytes: Vec<u8>,
 }
 
 impl<'a> GroupView<'a> {
     pub fn new(st: &'a State) -> Self {
         GroupView {
             st,
-            rows: HashMap::new(),
+            accepted: Vec::new(),
             written: HashSet::new(),
             new_tables: Vec::new(),
             next_table_id: st.next_table_id.max(1),
             next_seq: st.next_seq,
             last_time: st.last_time,
-            changes: Vec::new(),
         }
     }
 
-    /// Take in the changes of a batch built against this view (its events
-    /// already taken out).
-    pub fn absorb(&mut self, b: Batch) -> Result<()> {
-        for ((id, k), new) in b.overlay {
-            if !b.new_tables.iter().any(|d| d.id == id) {
-                let old = self.current(id, &k)?;
-                self.changes.push((id, old, new.clone()));
-                self.written.insert((id, k.clone()));
+    /// Take in a commit built against this view (or found equivalent to one).
+    pub fn accept(&mut self, a: Accepted) {
+        for (id, k) in a.batch.overlay.keys() {
+            if !a.batch.is_new(*id) {
+                self.written.insert((*id, k.clone()));
             }
-            self.rows.insert((id, k), new);
         }
-        for d in b.new_tables {
+        for d in &a.batch.new_tables {
             self.next_table_id = self.next_table_id.max(d.id + 1);
-            self.new_tables.push(d);
+            self.new_tables.push(d.clone());
         }
-        Ok(())
+        self.next_seq += a.batch.events.len() as u64;
+        self.last_time = a.time;
+        self.accepted.push(a);
+    }
+
+    /// Whether `b`, built by a transaction against its own view as of
+    /// `snapshot` or later, is exactly what re-applying it here would build:
+    /// no row it wrote changed since `snapshot`, and the tables it creates
+    /// get the same ids and clash with none.
+    pub fn still_valid(&self, b: &Batch, snapshot: u64) -> bool {
+        let rows_unchanged = b.overlay.keys().filter(|(id, _)| !b.is_new(*id)).all(|(id, k)| {
+            !self.written.contains(&(*id, k.clone()))
+                && self
+                    .st
+                    .tables
+                    .get(id)
+                    .and_then(|t| t.history.get(k))
+                    .and_then(|h| h.last())
+                    .is_none_or(|e| e.seq <= snapshot)
+        });
+        let tables_fit = b.new_tables.first().is_none_or(|d| d.id == self.next_table_id)
+            && b.new_tables.iter().all(|d| self.def(&d.name).is_err());
+        rows_unchanged && tables_fit
     }
 }
 
@@ -177,8 +217,11 @@ impl View for GroupView<'_> {
     }
 
     fn current(&self, id: u32, key: &Pk) -> Result<Option<Value>> {
-        if let Some(v) = self.rows.get(&(id, key.clone())) {
-            return Ok(v.clone());
+        let k = (id, key.clone());
+        for a in self.accepted.iter().rev() {
+            if let Some(d) = a.batch.overlay_doc(&k) {
+                return Ok(d.cloned());
+            }
         }
         Ok(self.st.tables.get(&id).and_then(|t| t.rows.get(key)).map(|d| (**d).clone()))
     }
@@ -221,8 +264,13 @@ impl View for SnapshotView<'_> {
 #[derive(Default)]
 pub(crate) struct Batch {
     pub events: Vec<Event>,
-    pub overlay: HashMap<(u32, Pk), Option<Value>>,
+    /// Each row written: the index of its last event.
+    pub overlay: HashMap<(u32, Pk), usize>,
     pub new_tables: Vec<TableDef>,
+    /// Give new tables provisional ids from the top of the id space (a
+    /// transaction's own batch: real ids are assigned at commit, and a table
+    /// another transaction creates meanwhile can never share one).
+    pub local_ids: bool,
 }
 
 fn check_name(kind: &str, n: &str) -> Result<()> {
@@ -240,13 +288,24 @@ impl Batch {
         v.def(table)
     }
 
-    fn is_new(&self, id: u32) -> bool {
+    pub fn is_new(&self, id: u32) -> bool {
         self.new_tables.iter().any(|d| d.id == id)
     }
 
+    /// The row as this batch left it: `Some(None)` if it deleted it, `None`
+    /// if the batch did not write it.
+    pub fn overlay_doc(&self, k: &(u32, Pk)) -> Option<Option<&Value>> {
+        let i = *self.overlay.get(k)?;
+        let e = self.events.get(i)?;
+        Some(match e.op {
+            Op::Insert | Op::Patch => e.doc.as_ref(),
+            _ => None,
+        })
+    }
+
     pub fn current(&self, v: &dyn View, id: u32, key: &Pk) -> Result<Option<Value>> {
-        if let Some(x) = self.overlay.get(&(id, key.clone())) {
-            return Ok(x.clone());
+        if let Some(x) = self.overlay_doc(&(id, key.clone())) {
+            return Ok(x.cloned());
         }
         if self.is_new(id) {
             return Ok(None);
@@ -255,17 +314,56 @@ impl Batch {
     }
 
     /// Check and add one change.
-    pub fn apply(&mut self, v: &dyn View, op: &TxnOp) -> Result<()> {
+    pub fn apply(&mut self, v: &dyn View, op: TxnOp) -> Result<()> {
         match op {
-            TxnOp::CreateTable { name, pk, indexes } => self.create_table(v, name, pk, indexes),
-            TxnOp::Insert { table, doc } => self.insert(v, table, doc.clone()),
-            TxnOp::Patch { table, key, set } => self.patch(v, table, key, set.clone()),
-            TxnOp::SoftDelete { table, key } => self.soft_delete(v, table, key),
+            TxnOp::CreateTable { name, pk, indexes } => self.create_table(v, &name, &pk, &indexes),
+            TxnOp::Insert { table, doc } => self.insert(v, &table, doc),
+            TxnOp::Patch { table, key, set } => self.patch(v, &table, &key, set),
+            TxnOp::SoftDelete { table, key } => self.soft_delete(v, &table, &key),
             TxnOp::Raw(e) => {
-                self.events.push(e.clone());
+                self.events.push(e);
                 Ok(())
             }
         }
+    }
+
+    /// The changes of this batch as operations, to re-apply them elsewhere
+    /// (`st` names the tables that existed before it).
+    pub fn into_ops(self, st: &State) -> Result<Vec<TxnOp>> {
+        let name = |id: u32| -> Result<String> {
+            self.new_tables
+                .iter()
+                .find(|d| d.id == id)
+                .map(|d| d.name.clone())
+                .or_else(|| st.defs.get(&id).map(|d| d.name.clone()))
+                .ok_or_else(|| Error::NotFound(format!("table {id}")))
+        };
+        let mut ops = Vec::with_capacity(self.events.len());
+        for e in &self.events {
+            let key = || e.key.clone().ok_or_else(|| Error::Query("event without a key".into()));
+            ops.push(match e.op {
+                Op::CreateTable => {
+                    let d = self
+                        .new_tables
+                        .iter()
+                        .find(|d| d.id == e.table)
+                        .ok_or_else(|| Error::NotFound(format!("new table {}", e.table)))?;
+                    TxnOp::CreateTable { name: d.name.clone(), pk: d.pk.clone(), indexes: d.indexes.clone() }
+                }
+                Op::Insert => TxnOp::Insert { table: name(e.table)?, doc: e.doc.clone().unwrap_or(Value::Null) },
+                Op::Patch => TxnOp::Patch {
+                    table: name(e.table)?,
+                    key: key()?,
+                    set: match &e.patch {
+                        Some(Value::Object(m)) => m.clone(),
+                        _ => Map::new(),
+                    },
+                },
+                Op::SoftDelete => TxnOp::SoftDelete { table: name(e.table)?, key: key()? },
+                _ => TxnOp::Raw(e.clone()),
+            });
+        }
+        Ok(ops)
     }
 
     fn create_table(&mut self, v: &dyn View, name: &str, pk: &str, indexes: &[String]) -> Result<()> {
@@ -277,7 +375,8 @@ impl Batch {
         if self.def(v, name).is_ok() {
             return Err(Error::Constraint(format!("table {name:?} already exists")));
         }
-        let id = v.next_table_id().max(1) + self.new_tables.len() as u32;
+        let n = self.new_tables.len() as u32;
+        let id = if self.local_ids { u32::MAX - n } else { v.next_table_id().max(1) + n };
         let def =
             TableDef { id, name: name.to_string(), pk: pk.to_string(), indexes: indexes.to_vec(), created_seq: 0 };
         let doc = serde_json::to_value(&def).map_err(|e| Error::Query(e.to_string()))?;
@@ -310,7 +409,7 @@ impl Batch {
         if self.current(v, def.id, &key)?.is_some() {
             return Err(Error::Constraint(format!("duplicate primary key {key} in table {table:?}")));
         }
-        self.overlay.insert((def.id, key.clone()), Some(doc.clone()));
+        self.overlay.insert((def.id, key.clone()), self.events.len());
         self.events.push(Event { op: Op::Insert, table: def.id, key: Some(key), doc: Some(doc), patch: None });
         Ok(())
     }
@@ -333,7 +432,7 @@ impl Batch {
             }
         }
         let doc = Value::Object(doc);
-        self.overlay.insert((def.id, key.clone()), Some(doc.clone()));
+        self.overlay.insert((def.id, key.clone()), self.events.len());
         self.events.push(Event {
             op: Op::Patch,
             table: def.id,
@@ -349,7 +448,7 @@ impl Batch {
         let Some(doc) = self.current(v, def.id, key)? else {
             return Err(Error::Constraint(format!("SOFT DELETE FROM {table}: no live row with key {key}")));
         };
-        self.overlay.insert((def.id, key.clone()), None);
+        self.overlay.insert((def.id, key.clone()), self.events.len());
         self.events.push(Event {
             op: Op::SoftDelete,
             table: def.id,
@@ -367,7 +466,6 @@ pub struct Txn<'db> {
     db: &'db Db,
     iso: Isolation,
     snapshot: u64,
-    ops: Vec<TxnOp>,
     local: Batch,
     reads: ReadSet,
     registered: bool,
@@ -375,7 +473,8 @@ pub struct Txn<'db> {
 
 impl<'db> Txn<'db> {
     pub(crate) fn new(db: &'db Db, iso: Isolation, snapshot: u64, registered: bool) -> Self {
-        Txn { db, iso, snapshot, ops: Vec::new(), local: Batch::default(), reads: ReadSet::default(), registered }
+        let local = Batch { local_ids: true, ..Batch::default() };
+        Txn { db, iso, snapshot, local, reads: ReadSet::default(), registered }
     }
 
     /// The isolation level.
@@ -400,11 +499,9 @@ impl<'db> Txn<'db> {
 
     fn stage(&mut self, op: TxnOp) -> Result<()> {
         let mut local = std::mem::take(&mut self.local);
-        let r = self.with_view(|v, _| local.apply(v, &op));
+        let r = self.with_view(|v, _| local.apply(v, op));
         self.local = local;
-        r?;
-        self.ops.push(op);
-        Ok(())
+        r
     }
 
     /// Create a table.
@@ -445,10 +542,30 @@ impl<'db> Txn<'db> {
     }
 
     /// Run a `SELECT` as this transaction sees the data (its own writes
-    /// included). A `SELECT ... AS OF` reads committed history instead.
+    /// included). A `SELECT ... AS OF` reads committed history instead; in a
+    /// `Snapshot` or `Serializable` transaction only history up to its
+    /// snapshot (which no later commit can change).
     pub fn select(&mut self, sel: &Select) -> Result<Vec<Value>> {
-        if sel.as_of.is_some() {
-            return self.db.select(sel);
+        if let Some(a) = &sel.as_of {
+            if self.iso == Isolation::ReadCommitted {
+                return self.db.select(sel);
+            }
+            let seq = self.db.resolve_as_of(a)?;
+            if seq > self.snapshot {
+                return Err(Error::Query(format!(
+                    "AS OF {} reads past this transaction's snapshot (@seq:{}); a {} transaction reads history only up to its snapshot",
+                    match a {
+                        crate::query::ast::AsOf::Seq(n) => format!("@seq:{n}"),
+                        crate::query::ast::AsOf::Now => "@now".to_string(),
+                        crate::query::ast::AsOf::Time(t, _) => format!("{t:?}"),
+                    },
+                    self.snapshot,
+                    self.iso.as_str()
+                )));
+            }
+            let mut at = sel.clone();
+            at.as_of = Some(crate::query::ast::AsOf::Seq(seq));
+            return self.db.select(&at);
         }
         let local = &self.local;
         let (id, new, rows) = self.with_view(|v, st| {
@@ -466,9 +583,9 @@ impl<'db> Txn<'db> {
             } else {
                 self.db.rows_at_snapshot(st, def.id, self.snapshot)?
             };
-            for ((t, k), d) in &local.overlay {
+            for (t, k) in local.overlay.keys() {
                 if *t == def.id {
-                    match d {
+                    match local.overlay_doc(&(*t, k.clone())).flatten() {
                         Some(d) => rows.insert(k.clone(), Arc::new(d.clone())),
                         None => rows.remove(k),
                     };
@@ -503,23 +620,15 @@ impl<'db> Txn<'db> {
     /// returns (with [`crate::db::Durability::Immediate`]). A conflict is
     /// [`Error::Conflict`]: nothing was written; run the transaction again.
     pub fn commit(mut self) -> Result<u64> {
-        if self.ops.is_empty() {
+        if self.local.events.is_empty() {
             let latest = self.db.latest_seq();
             self.end();
             return Ok(latest);
         }
-        let written = self
-            .local
-            .events
-            .iter()
-            .filter(|e| !self.local.is_new(e.table))
-            .filter_map(|e| e.key.clone().map(|k| (e.table, k)))
-            .collect();
         let req = Request {
-            ops: std::mem::take(&mut self.ops),
+            batch: std::mem::take(&mut self.local),
             iso: self.iso,
             snapshot: self.snapshot,
-            written,
             reads: std::mem::take(&mut self.reads),
             slot: Arc::default(),
         };
@@ -561,11 +670,11 @@ pub(crate) fn conflict(st: &State, g: &GroupView<'_>, req: &Request) -> Option<S
         (last > req.snapshot).then_some(last)
     };
     let name = |id: u32| st.defs.get(&id).map_or_else(|| format!("#{id}"), |d| d.name.clone());
-    for (id, k) in &req.written {
-        if let Some(s) = changed_key(*id, k) {
+    for (id, k) in req.written() {
+        if let Some(s) = changed_key(id, k) {
             return Some(format!(
                 "row {k} of table {:?} was changed at @seq:{s} by a transaction that committed after this one began (@seq:{})",
-                name(*id),
+                name(id),
                 req.snapshot
             ));
         }
@@ -593,9 +702,15 @@ pub(crate) fn conflict(st: &State, g: &GroupView<'_>, req: &Request) -> Option<S
         let from = st.changes.partition_point(|c| c.seq <= req.snapshot);
         let c: Option<&Change> =
             st.changes.range(from..).find(|c| c.table == *id && hit(pred, c.old.as_deref(), c.new.as_deref()));
-        let s = c.map(|c| c.seq).or_else(|| {
-            g.changes.iter().any(|(t, o, n)| t == id && hit(pred, o.as_ref(), n.as_ref())).then_some(g.next_seq)
-        });
+        // Rows written earlier in the group: before it, they are as in `st`.
+        let in_group = || {
+            g.written.iter().filter(|(t, _)| t == id).any(|(t, k)| {
+                let old = st.tables.get(t).and_then(|x| x.rows.get(k)).map(|d| d.as_ref());
+                let new = g.current(*t, k).ok().flatten();
+                hit(pred, old, new.as_ref())
+            })
+        };
+        let s = c.map(|c| c.seq).or_else(|| in_group().then_some(g.next_seq));
         if let Some(s) = s {
             return Some(format!(
                 "a query of table {:?} read by this transaction would see a change committed at @seq:{s}, after it began (@seq:{})",

@@ -349,3 +349,67 @@ fn transactions_survive_reopen_and_relaxed_durability_still_commits() {
     assert_eq!(db.latest_seq(), seq);
     assert_eq!(db.scan("t", None).unwrap().len(), 10);
 }
+
+#[test]
+fn compaction_cannot_move_the_horizon_past_an_open_transaction() {
+    let (_fs, db) = db();
+    let mut t = db.begin(Isolation::Serializable);
+    let snap = t.snapshot_seq();
+    db.soft_delete("acct", &Pk::Str("b".into())).unwrap();
+    db.insert("acct", json!({"id": "c"})).unwrap();
+    let e = db.compact("acct", Some(&driftdb::query::ast::AsOf::Seq(db.latest_seq()))).unwrap_err();
+    assert!(e.to_string().contains("transaction"), "{e}");
+    // The transaction still reads its snapshot and sees the delete as a conflict.
+    assert_eq!(balance(&t.get("acct", &Pk::Str("b".into())).unwrap()), 100);
+    t.insert("acct", json!({"id": "d", "note": "b was there"})).unwrap();
+    assert!(is_conflict(t.commit()));
+    // Up to the snapshot is fine while it is open; anything once it ended.
+    let t = db.begin(Isolation::Snapshot);
+    db.compact("acct", Some(&driftdb::query::ast::AsOf::Seq(snap))).unwrap();
+    drop(t);
+    db.compact("acct", Some(&driftdb::query::ast::AsOf::Seq(db.latest_seq()))).unwrap();
+}
+
+#[test]
+fn as_of_inside_a_snapshot_transaction_reads_only_up_to_its_snapshot() {
+    let (_fs, db) = db();
+    let before = db.latest_seq();
+    let mut t = db.begin(Isolation::Serializable);
+    db.patch("acct", &Pk::Str("a".into()), set(json!({"balance": 1}))).unwrap();
+    let q = |s: &str| {
+        driftdb::query::parse_one(s).map(|st| match st {
+            driftdb::query::ast::Stmt::Select(sel) => sel,
+            _ => unreachable!(),
+        })
+    };
+    let at = t.select(&q(&format!("SELECT balance FROM acct WHERE id = \"a\" AS OF @seq:{before}")).unwrap()).unwrap();
+    assert_eq!(at, vec![json!({"balance": 100})]);
+    for past_it in ["AS OF @now".to_string(), format!("AS OF @seq:{}", db.latest_seq())] {
+        let e = t.select(&q(&format!("SELECT * FROM acct {past_it}")).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("snapshot"), "{e}");
+    }
+    // Read committed reads committed history, as any read outside a transaction.
+    let mut rc = db.begin(Isolation::ReadCommitted);
+    assert_eq!(rc.select(&q("SELECT balance FROM acct WHERE id = \"a\" AS OF @now").unwrap()).unwrap().len(), 1);
+}
+
+#[test]
+fn a_table_created_in_a_transaction_never_shadows_one_committed_meanwhile() {
+    let (_fs, db) = db();
+    let mut t = db.begin(Isolation::ReadCommitted);
+    t.create_table("mine", "k", &[]).unwrap();
+    t.insert("mine", json!({"k": 1})).unwrap();
+    db.create_table("theirs", "k", &[]).unwrap();
+    db.insert("theirs", json!({"k": 1, "owner": "them"})).unwrap();
+    // `theirs` is its own table for the transaction: its row is visible and
+    // a duplicate key there is refused; `mine` is unaffected.
+    assert_eq!(t.get("theirs", &Pk::Int(1)).unwrap().unwrap()["owner"], "them");
+    assert!(t.insert("theirs", json!({"k": 1})).is_err());
+    t.insert("theirs", json!({"k": 2})).unwrap();
+    let mine: Vec<Value> = t.query("SELECT * FROM mine").unwrap();
+    assert_eq!(mine, vec![json!({"k": 1})]);
+    t.commit().unwrap();
+    assert_eq!(db.scan("theirs", None).unwrap().len(), 2);
+    assert_eq!(db.scan("mine", None).unwrap().len(), 1);
+    assert_ne!(db.describe("mine").unwrap().id, db.describe("theirs").unwrap().id);
+}

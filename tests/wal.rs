@@ -252,3 +252,68 @@ fn a_crash_at_any_write_of_transactions_and_checkpoints_keeps_every_acknowledged
     }
     assert!(budget > 10_000, "the run covered checkpoints: {budget}");
 }
+
+#[test]
+fn after_a_failed_write_at_any_point_the_session_never_writes_a_commit_twice() {
+    // A write fails part-way (a full disk during a commit or a checkpoint);
+    // then space returns and the application keeps committing in the same
+    // session. Whatever was refused or accepted, the database reopens with
+    // every acknowledged transaction whole and nothing duplicated.
+    let mut budget = 0u64;
+    while budget < 40_000 {
+        let fs = MemFs::new();
+        let db = setup(&fs, 1500);
+        fs.set_faults(Faults { space_left: Some(budget), ..Default::default() });
+        let mut acked = 0;
+        let mut n = 1;
+        while n <= 30 {
+            if txn(&db, n).is_err() {
+                break;
+            }
+            acked = n;
+            n += 1;
+        }
+        fs.set_faults(Faults::default());
+        let mut refused = false;
+        for m in n..n + 10 {
+            match txn(&db, m) {
+                Ok(_) => acked = m,
+                Err(e) => {
+                    assert!(matches!(e, Error::Poisoned(_)), "budget {budget}: {e}");
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        let _ = db.close();
+        let db = Db::open("/db", &key(), opts(&fs, 1500)).unwrap_or_else(|e| panic!("budget {budget}: {e}"));
+        let last = check(&db, acked, n + 10, &format!("budget {budget}"));
+        if !refused {
+            assert_eq!(last, acked, "budget {budget}");
+        }
+        budget += 233;
+    }
+}
+
+#[test]
+fn relaxed_durability_never_lets_a_snapshot_get_ahead_of_the_log() {
+    let fs = MemFs::new();
+    let o = Options {
+        durability: driftdb::Durability::RelaxedSyncEvery(std::time::Duration::from_secs(3600)),
+        snapshot_every_events: 20,
+        ..opts(&fs, 1 << 40)
+    };
+    let db = Db::create("/db", &key(), o.clone()).unwrap();
+    db.create_table("t", "id", &["batch"]).unwrap();
+    db.insert("t", json!({"id": "counter", "last": 0})).unwrap();
+    for n in 1..=40 {
+        txn(&db, n).unwrap();
+    }
+    assert!(!db.snapshots("t").unwrap().is_empty(), "automatic snapshots were taken");
+    // Power loss: nothing unsynced survives.
+    fs.crash();
+    drop(db);
+    let db = Db::open("/db", &key(), o).unwrap();
+    let n = check(&db, 0, 40, "after power loss");
+    assert!(n >= 20, "the snapshot's commits were made durable first: {n}");
+}

@@ -564,6 +564,12 @@ impl Store {
         Ok(())
     }
 
+    /// Refuse every later write (until reopened) because of `e`: for
+    /// callers whose multi-step change failed part-way.
+    pub fn poison_with(&self, e: &Error) {
+        Self::poison(&mut self.lock_inner(), e);
+    }
+
     fn poison(inner: &mut Inner, e: &Error) {
         if inner.poisoned.is_none() {
             inner.poisoned = Some(e.to_string());
@@ -751,24 +757,33 @@ impl Store {
     /// holding the store's lock, so readers and other streams' writers go on
     /// meanwhile. After a failure the store refuses further writes.
     pub fn sync_stream(&self, stream: u32) -> Result<()> {
-        let (file, covered) = {
+        let (file, covered, file_id) = {
             let guard = self.lock_inner();
             if let Some(p) = &guard.poisoned {
                 return Err(Error::Poisoned(p.clone()));
             }
             let Some(w) = guard.writers.get(&stream) else { return Ok(()) };
             match w.begin_sync()? {
-                Some(x) => x,
+                Some((f, covered)) => (f, covered, w.header.file_id),
                 None => return Ok(()),
             }
         };
         let outcome = file.sync_data();
         let mut guard = self.lock_inner();
         let inner = &mut *guard;
-        let Some(w) = inner.writers.get_mut(&stream) else {
-            // Sealed meanwhile: sealing synced it.
-            return Ok(());
-        };
+        let same = inner.writers.get(&stream).is_some_and(|w| w.header.file_id == file_id);
+        if !same {
+            // Sealed meanwhile (sealing synced it); a failure still counts.
+            return match outcome {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let err = Error::io("syncing", self.dir.join(file_name(file_id, FileKind::Wal)), e);
+                    Self::poison(inner, &err);
+                    Err(err)
+                }
+            };
+        }
+        let Some(w) = inner.writers.get_mut(&stream) else { return Ok(()) };
         if let Err(e) = w.end_sync(covered, outcome) {
             Self::poison(inner, &e);
             return Err(e);
