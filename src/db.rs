@@ -69,6 +69,8 @@ pub struct Options {
     /// Checkpoint the write-ahead log into the segments once it holds this
     /// many bytes (it is also checkpointed on open and on close).
     pub checkpoint_bytes: u64,
+    /// On open, resume an interrupted re-encryption in the background.
+    pub resume_rotation: bool,
 }
 
 impl Default for Options {
@@ -80,6 +82,7 @@ impl Default for Options {
             snapshot_every_bytes: 64 << 20,
             durability: Durability::Immediate,
             checkpoint_bytes: 8 << 20,
+            resume_rotation: true,
         }
     }
 }
@@ -301,6 +304,14 @@ impl State {
 
 /// An embedded DriftDB database.
 pub struct Db {
+    s: Arc<Shared>,
+    /// The application's handle (not a background thread's): dropping it
+    /// stops and joins the background threads.
+    owner: bool,
+}
+
+/// What a `Db` handle and its background threads share.
+pub(crate) struct Shared {
     store: Arc<Store>,
     state: RwLock<State>,
     /// Held by the group-commit leader (and by snapshots and compaction).
@@ -316,7 +327,71 @@ pub struct Db {
     /// Rows at each table's compaction horizon, loaded on first use.
     baselines: Mutex<HashMap<u32, (u64, Arc<Rows>)>>,
     opts: Options,
-    flusher: Option<Flusher>,
+    flusher: Mutex<Option<Flusher>>,
+    /// Taken for each file rewrite (compaction, re-encryption).
+    maint: Mutex<()>,
+    /// The background re-encryption, if one was started.
+    rotator: Mutex<Option<std::thread::JoinHandle<Result<()>>>>,
+    /// Set to stop the background re-encryption between two files.
+    stop: std::sync::atomic::AtomicBool,
+    /// Whether a re-encryption is running in this process.
+    rotating: std::sync::atomic::AtomicBool,
+}
+
+/// Options of [`Db::rotate_master_key`] and [`Db::rotate_data_keys`].
+#[derive(Clone, Debug)]
+pub struct RotateOptions {
+    /// Only re-wrap the data keys under the new master key; re-encrypt nothing.
+    pub rewrap_only: bool,
+    /// Re-encrypt at most this many bytes per second (so the foreground
+    /// keeps its latency); `None`: as fast as the disk goes.
+    pub throttle_bytes_per_sec: Option<u64>,
+    /// Argon2id cost when the new master key is a passphrase.
+    pub argon2: Argon2Params,
+    /// Re-encrypt in a background thread (the default); otherwise call
+    /// [`Db::resume_rotation`] to do it in the calling thread.
+    pub background: bool,
+}
+
+impl Default for RotateOptions {
+    fn default() -> Self {
+        RotateOptions {
+            rewrap_only: false,
+            throttle_bytes_per_sec: None,
+            argon2: Argon2Params::default(),
+            background: true,
+        }
+    }
+}
+
+/// Progress of the current or last re-encryption.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RotationProgress {
+    /// `idle` (never rotated with re-encryption), `running`, `interrupted`
+    /// (files remain and nothing is re-encrypting them: run `keys resume`
+    /// or reopen) or `complete`.
+    pub state: &'static str,
+    /// Files re-encrypted.
+    pub files_done: u64,
+    /// Files to re-encrypt.
+    pub files_total: u64,
+    /// Bytes re-encrypted.
+    pub bytes_done: u64,
+    /// Bytes to re-encrypt.
+    pub bytes_total: u64,
+}
+
+/// Keys and rotation, as `driftdb keys status` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RotationStatus {
+    /// Database id (hex).
+    pub database_id: String,
+    /// The master key version that opens the database.
+    pub active_key_version: u32,
+    /// Every master key version, with the live files whose data keys date from it.
+    pub keys: Vec<crate::storage::store::KeyVersionStatus>,
+    /// The current or last re-encryption.
+    pub rotation: RotationProgress,
 }
 
 /// What the writer lock guards: the commits in the WAL not yet checkpointed.
@@ -376,7 +451,12 @@ struct Flusher {
 
 impl Drop for Db {
     fn drop(&mut self) {
-        if let Some(mut f) = self.flusher.take() {
+        if !self.owner {
+            return;
+        }
+        let _ = self.stop_rotation();
+        let flusher = self.s.flusher.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut f) = flusher {
             let _ = f.stop.send(());
             if let Some(t) = f.thread.take() {
                 let _ = t.join();
@@ -497,7 +577,7 @@ impl Db {
         st.rows_from.clear();
         st.maintain_indexes = true;
         let db = Db::from_store(store, st, opts);
-        if wal_files > 0 && !db.store.options().read_only {
+        if wal_files > 0 && !db.s.store.options().read_only {
             let mut w = db.lock_writer();
             *w = writer;
             // Housekeeping: if it cannot be done now (a full disk, say),
@@ -508,6 +588,9 @@ impl Db {
             }
         } else {
             *db.lock_writer() = writer;
+        }
+        if db.s.opts.resume_rotation && !db.s.store.options().read_only && db.s.store.poisoned().is_none() {
+            db.start_reencryption(None);
         }
         Ok(db)
     }
@@ -532,25 +615,37 @@ impl Db {
             _ => None,
         };
         Db {
-            store,
-            state: RwLock::new(state),
-            writer: Mutex::new(WriterState::default()),
-            queue: Mutex::new(Vec::new()),
-            released: (Mutex::new(0), std::sync::Condvar::new()),
-            cache: Mutex::new(CommitCache::default()),
-            baselines: Mutex::new(HashMap::new()),
-            opts,
-            flusher,
+            s: Arc::new(Shared {
+                store,
+                state: RwLock::new(state),
+                writer: Mutex::new(WriterState::default()),
+                queue: Mutex::new(Vec::new()),
+                released: (Mutex::new(0), std::sync::Condvar::new()),
+                cache: Mutex::new(CommitCache::default()),
+                baselines: Mutex::new(HashMap::new()),
+                opts,
+                flusher: Mutex::new(flusher),
+                maint: Mutex::new(()),
+                rotator: Mutex::new(None),
+                stop: std::sync::atomic::AtomicBool::new(false),
+                rotating: std::sync::atomic::AtomicBool::new(false),
+            }),
+            owner: true,
         }
+    }
+
+    /// A handle for a background thread (does not stop anything when dropped).
+    fn background_handle(&self) -> Db {
+        Db { s: self.s.clone(), owner: false }
     }
 
     /// The underlying store (files, keys, verification).
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.s.store
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|p| p.into_inner())
+        self.s.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -558,20 +653,20 @@ impl Db {
     }
 
     fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
+        self.s.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_writer(&self) -> WriterGuard<'_> {
-        WriterGuard { guard: Some(self.writer.lock().unwrap_or_else(|p| p.into_inner())), released: &self.released }
+        WriterGuard { guard: Some(self.s.writer.lock().unwrap_or_else(|p| p.into_inner())), released: &self.s.released }
     }
 
     fn try_lock_writer(&self) -> Option<WriterGuard<'_>> {
-        let guard = match self.writer.try_lock() {
+        let guard = match self.s.writer.try_lock() {
             Ok(g) => g,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        Some(WriterGuard { guard: Some(guard), released: &self.released })
+        Some(WriterGuard { guard: Some(guard), released: &self.s.released })
     }
 
     /// The latest committed sequence number (0 for an empty database).
@@ -581,11 +676,205 @@ impl Db {
 
     /// Close the database: checkpoint the write-ahead log and seal the open files.
     pub fn close(self) -> Result<()> {
-        if !self.store.options().read_only && self.store.poisoned().is_none() {
+        let rotation = self.stop_rotation();
+        if !self.s.store.options().read_only && self.s.store.poisoned().is_none() {
             let mut w = self.lock_writer();
             self.checkpoint(&mut w)?;
         }
-        self.store.close_shared()
+        self.s.store.close_shared()?;
+        rotation
+    }
+
+    /// Rotate the master key: every data key is re-wrapped under a new
+    /// master key version in one atomic keyring replacement, and from the
+    /// moment this returns only `new_key` opens the database. Then, unless
+    /// `rewrap_only`, every file is re-encrypted under a fresh data key in
+    /// the background (see [`Db::rotation_status`]) while reads and writes
+    /// go on; a crash or a close leaves it to resume on the next open.
+    /// Returns the new master key version.
+    pub fn rotate_master_key(&self, new_key: &KeySource, o: RotateOptions) -> Result<u32> {
+        self.rotate(Some(new_key), o)
+    }
+
+    /// Re-encrypt every file under a fresh data key, keeping the master key.
+    pub fn rotate_data_keys(&self, o: RotateOptions) -> Result<()> {
+        self.rotate(None, RotateOptions { rewrap_only: false, ..o }).map(|_| ())
+    }
+
+    fn rotate(&self, new_key: Option<&KeySource>, o: RotateOptions) -> Result<u32> {
+        let version = {
+            let mut w = self.lock_writer();
+            // The WAL's commits into the segments first: no file the
+            // re-encryption rewrites is one a commit position points into
+            // while it is still being written.
+            self.checkpoint(&mut w)?;
+            self.s.store.begin_rotation(new_key, o.argon2, !o.rewrap_only)?
+        };
+        if !o.rewrap_only && o.background {
+            self.start_reencryption(o.throttle_bytes_per_sec);
+        }
+        Ok(version)
+    }
+
+    /// Keys and the progress of the current or last re-encryption.
+    pub fn rotation_status(&self) -> RotationStatus {
+        let store = &self.s.store;
+        let keys = store.key_versions();
+        let rotation = match store.rotation() {
+            None => RotationProgress { state: "idle", files_done: 0, files_total: 0, bytes_done: 0, bytes_total: 0 },
+            Some(r) => {
+                let pending = store.rotation_pending();
+                let left_bytes: u64 = pending
+                    .iter()
+                    .map(|f| match f.state {
+                        crate::format::keyring::FileState::Sealed { len, .. } => len,
+                        crate::format::keyring::FileState::Active => 0,
+                    })
+                    .sum();
+                let state = if r.finished_unix != 0 {
+                    "complete"
+                } else if self.s.rotating.load(std::sync::atomic::Ordering::SeqCst) {
+                    "running"
+                } else {
+                    "interrupted"
+                };
+                RotationProgress {
+                    state,
+                    files_done: r.files_total.saturating_sub(pending.len() as u64),
+                    files_total: r.files_total,
+                    bytes_done: r.bytes_total.saturating_sub(left_bytes),
+                    bytes_total: r.bytes_total,
+                }
+            }
+        };
+        RotationStatus {
+            database_id: store.db_id().iter().map(|b| format!("{b:02x}")).collect(),
+            active_key_version: store.master_version(),
+            keys,
+            rotation,
+        }
+    }
+
+    /// Re-encrypt, in the calling thread, every file an interrupted (or
+    /// foreground) rotation has left, calling `progress` after each file;
+    /// then record the end of the rotation.
+    pub fn resume_rotation(
+        &self,
+        throttle_bytes_per_sec: Option<u64>,
+        mut progress: impl FnMut(&RotationStatus),
+    ) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.s.rotating.swap(true, Ordering::SeqCst) {
+            return Err(Error::InvalidArgument("a re-encryption is already running".into()));
+        }
+        let r = self.reencrypt_all(throttle_bytes_per_sec, &mut progress);
+        self.s.rotating.store(false, Ordering::SeqCst);
+        r
+    }
+
+    /// Start the background re-encryption (if files remain and none runs).
+    fn start_reencryption(&self, throttle: Option<u64>) {
+        use std::sync::atomic::Ordering;
+        if self.s.store.rotation_pending().is_empty() && self.s.store.rotation().is_none_or(|r| r.finished_unix != 0) {
+            return;
+        }
+        if self.s.rotating.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.s.stop.store(false, Ordering::SeqCst);
+        let h = self.background_handle();
+        let spawned = std::thread::Builder::new().name("driftdb-reencrypt".into()).spawn(move || {
+            let r = h.reencrypt_all(throttle, &mut |_| {});
+            h.s.rotating.store(false, Ordering::SeqCst);
+            r
+        });
+        match spawned {
+            Ok(t) => *self.s.rotator.lock().unwrap_or_else(|p| p.into_inner()) = Some(t),
+            Err(_) => self.s.rotating.store(false, Ordering::SeqCst),
+        }
+    }
+
+    /// Wait for the background re-encryption to end; its outcome.
+    pub fn wait_for_rotation(&self) -> Result<()> {
+        let t = self.s.rotator.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match t {
+            Some(t) => t.join().unwrap_or_else(|_| Err(Error::Poisoned("the re-encryption thread panicked".into()))),
+            None => Ok(()),
+        }
+    }
+
+    /// Stop the background re-encryption after the file in progress.
+    fn stop_rotation(&self) -> Result<()> {
+        self.s.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wait_for_rotation()
+    }
+
+    fn reencrypt_all(&self, throttle: Option<u64>, progress: &mut dyn FnMut(&RotationStatus)) -> Result<()> {
+        let t0 = std::time::Instant::now();
+        let mut bytes = 0u64;
+        loop {
+            if self.s.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(());
+            }
+            let Some(f) = self.s.store.rotation_pending().into_iter().next() else { break };
+            bytes += match f.state {
+                crate::format::keyring::FileState::Sealed { len, .. } => len,
+                crate::format::keyring::FileState::Active => 0,
+            };
+            self.reencrypt_one(&f)?;
+            progress(&self.rotation_status());
+            if let Some(rate) = throttle.filter(|r| *r > 0) {
+                let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        self.s.store.finish_rotation()?;
+        progress(&self.rotation_status());
+        Ok(())
+    }
+
+    /// Re-encrypt one file and point everything that refers to it at its
+    /// replacement before the old file is deleted.
+    fn reencrypt_one(&self, f: &crate::storage::store::FileInfo) -> Result<()> {
+        let _m = self.s.maint.lock().unwrap_or_else(|p| p.into_inner());
+        let (new_id, positions) = match self.s.store.reencrypt_file(f.file_id) {
+            // Replaced meanwhile (merged or compacted): under a fresh key already.
+            Err(Error::NotFound(_)) => return Ok(()),
+            r => r?,
+        };
+        let r = match f.kind {
+            FileKind::Segment | FileKind::Wal => self.remap_commits(f.file_id, &f.name, &positions),
+            FileKind::Snapshot => {
+                let mut st = self.write_state();
+                for t in st.tables.values_mut() {
+                    for s in t.snapshots.iter_mut() {
+                        if s.1 == f.file_id {
+                            s.1 = new_id;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        self.s.store.release(f.file_id);
+        r
+    }
+
+    /// Point the commits stored in file `old` at their positions in its rewrite.
+    fn remap_commits(&self, old: u64, name: &str, positions: &[RecordPos]) -> Result<()> {
+        let mut st = self.write_state();
+        let mut idx: Vec<usize> = (0..st.commits.len()).filter(|i| st.commits[*i].pos.file_id == old).collect();
+        idx.sort_by_key(|i| st.commits[*i].pos.offset);
+        if idx.len() != positions.len() {
+            return Err(Error::corrupted(name, 0, "rewritten file holds a different number of commits"));
+        }
+        for (i, p) in idx.into_iter().zip(positions) {
+            st.commits[i].pos = *p;
+        }
+        Ok(())
     }
 
     /// Begin a transaction.
@@ -618,9 +907,9 @@ impl Db {
     pub(crate) fn submit(&self, req: Request) -> Result<u64> {
         let slot = req.slot.clone();
         let take = || slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(req);
+        self.s.queue.lock().unwrap_or_else(|p| p.into_inner()).push(req);
         loop {
-            let epoch = self.released.0.lock().unwrap_or_else(|p| p.into_inner());
+            let epoch = self.s.released.0.lock().unwrap_or_else(|p| p.into_inner());
             // A leader answers before it releases the writer lock, and
             // bumps the counter only after: checked under the counter's
             // lock, no answer and no release can be missed.
@@ -630,7 +919,7 @@ impl Db {
             match self.try_lock_writer() {
                 Some(mut w) => {
                     drop(epoch);
-                    let reqs = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+                    let reqs = std::mem::take(&mut *self.s.queue.lock().unwrap_or_else(|p| p.into_inner()));
                     self.run_group(&mut w, reqs);
                     drop(w);
                     if let Some(r) = take() {
@@ -639,7 +928,7 @@ impl Db {
                 }
                 None => {
                     let seen = *epoch;
-                    let _epoch = self.released.1.wait_while(epoch, |e| *e == seen).unwrap_or_else(|p| p.into_inner());
+                    let _epoch = self.s.released.1.wait_while(epoch, |e| *e == seen).unwrap_or_else(|p| p.into_inner());
                 }
             }
         }
@@ -708,7 +997,7 @@ impl Db {
         let mut positions = Vec::with_capacity(built.len());
         let mut failure: Option<Error> = None;
         for (_, bytes, _) in &built {
-            match self.store.append(WAL_STREAM, FileKind::Wal, bytes) {
+            match self.s.store.append(WAL_STREAM, FileKind::Wal, bytes) {
                 Ok(p) => positions.push(p),
                 Err(e) => {
                     failure = Some(e);
@@ -716,14 +1005,14 @@ impl Db {
                 }
             }
         }
-        if failure.is_none() && self.opts.durability == Durability::Immediate {
-            failure = self.store.sync_stream(WAL_STREAM).err();
+        if failure.is_none() && self.s.opts.durability == Durability::Immediate {
+            failure = self.s.store.sync_stream(WAL_STREAM).err();
         }
         if let Some(e) = failure {
             // Nothing of the group is acknowledged or applied, though part
             // of it may be on disk: the store refuses writes from now on
             // (reopen recovers, and decides from what the disk holds).
-            self.store.poison_with(&e);
+            self.s.store.poison_with(&e);
             let msg = e.to_string();
             let mut first = Some(e);
             for (_, _, slot) in built {
@@ -751,8 +1040,9 @@ impl Db {
                     // snapshot: the cost of snapshots stays linear in the events.
                     let rows = st.tables.get(&e.table).map_or(0, |t| t.rows.len() as u64);
                     if let Some(t) = st.tables.get(&e.table)
-                        && (t.since_events >= self.opts.snapshot_every_events.max(rows.saturating_sub(t.since_events))
-                            || (t.since_bytes >= self.opts.snapshot_every_bytes && t.since_events >= rows / 2))
+                        && (t.since_events
+                            >= self.s.opts.snapshot_every_events.max(rows.saturating_sub(t.since_events))
+                            || (t.since_bytes >= self.s.opts.snapshot_every_bytes && t.since_events >= rows / 2))
                         && !due.contains(&e.table)
                     {
                         due.push(e.table);
@@ -762,11 +1052,11 @@ impl Db {
         }
         // Wake the committers answered above before the housekeeping below.
         {
-            let mut n = self.released.0.lock().unwrap_or_else(|p| p.into_inner());
+            let mut n = self.s.released.0.lock().unwrap_or_else(|p| p.into_inner());
             *n = n.wrapping_add(1);
-            self.released.1.notify_all();
+            self.s.released.1.notify_all();
         }
-        if w.pending_bytes >= self.opts.checkpoint_bytes {
+        if w.pending_bytes >= self.s.opts.checkpoint_bytes {
             // The commits are durable in the WAL: a failed checkpoint only
             // leaves them there (and the store refuses writes until reopened).
             let _ = self.checkpoint(w);
@@ -790,7 +1080,7 @@ impl Db {
     /// WAL files go only after the segments holding their commits are synced,
     /// and opening skips WAL commits the segments already hold.
     fn checkpoint(&self, w: &mut WriterState) -> Result<()> {
-        let wal_files = self.store.stream_files(WAL_STREAM);
+        let wal_files = self.s.store.stream_files(WAL_STREAM);
         if wal_files.is_empty() && w.pending.is_empty() {
             return Ok(());
         }
@@ -799,7 +1089,7 @@ impl Db {
             // A retry in this session would copy commits the segments may
             // already hold: refuse writes instead; the next open checkpoints
             // from what the disk holds.
-            self.store.poison_with(e);
+            self.s.store.poison_with(e);
         }
         r
     }
@@ -807,12 +1097,12 @@ impl Db {
     fn checkpoint_steps(&self, w: &mut WriterState) -> Result<()> {
         // Seal (and sync) the WAL's current file: every WAL file is then
         // fully covered by what is copied below.
-        self.store.seal_stream(WAL_STREAM)?;
+        self.s.store.seal_stream(WAL_STREAM)?;
         let mut moved = Vec::with_capacity(w.pending.len());
         for (ci, rec) in &w.pending {
-            moved.push((*ci, self.store.append(EVENTS_STREAM, FileKind::Segment, rec)?));
+            moved.push((*ci, self.s.store.append(EVENTS_STREAM, FileKind::Segment, rec)?));
         }
-        self.store.sync_stream(EVENTS_STREAM)?;
+        self.s.store.sync_stream(EVENTS_STREAM)?;
         {
             let mut st = self.write_state();
             for (ci, pos) in moved {
@@ -821,10 +1111,10 @@ impl Db {
                 }
             }
         }
-        let remove: Vec<u64> = self.store.stream_files(WAL_STREAM).iter().map(|f| f.file_id).collect();
+        let remove: Vec<u64> = self.s.store.stream_files(WAL_STREAM).iter().map(|f| f.file_id).collect();
         w.pending.clear();
         w.pending_bytes = 0;
-        self.store.commit(Edit { remove, ..Default::default() })
+        self.s.store.commit(Edit { remove, ..Default::default() })
     }
 
     /// Commit engine-built events (compaction markers) as one commit, writer lock held.
@@ -868,9 +1158,9 @@ impl Db {
     /// Write rows as the snapshot of table `id` at `seq` and record it.
     fn write_snapshot(&self, id: u32, seq: u64, rows: &[(Pk, Arc<Value>)]) -> Result<u64> {
         // A snapshot must never be ahead of the durable log (relaxed durability).
-        self.store.sync_stream(WAL_STREAM)?;
+        self.s.store.sync_stream(WAL_STREAM)?;
         let meta = SnapMeta { table: id, seq, rows: rows.len() as u64 };
-        let mut b = self.store.build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode())?;
+        let mut b = self.s.store.build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode())?;
         // Records of about RECORD_TARGET bytes, by the rows' real encoded size
         // (a single row larger than a record gets a record of its own).
         let mut chunk: Vec<(&Pk, Vec<u8>)> = Vec::new();
@@ -891,8 +1181,8 @@ impl Db {
         }
         let pending = b.finish()?;
         let file_id = pending.file_id();
-        self.store.commit(crate::storage::store::Edit { add: vec![pending], ..Default::default() })?;
-        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        self.s.store.commit(crate::storage::store::Edit { add: vec![pending], ..Default::default() })?;
+        let mut st = self.s.state.write().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = st.tables.get_mut(&id) {
             t.snapshots.push((seq, file_id));
             t.snapshots.sort_unstable();
@@ -964,7 +1254,7 @@ impl Db {
                     patch: None,
                 }],
             )?;
-            let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let mut st = self.s.state.write().unwrap_or_else(|p| p.into_inner());
             st.fold_history(id, h, baseline.keys());
         }
         let h = h.max(current);
@@ -974,7 +1264,7 @@ impl Db {
         // Every commit into sealed segments first, so that all of them can
         // be rewritten.
         self.checkpoint(&mut w)?;
-        self.store.seal_stream(EVENTS_STREAM)?;
+        self.s.store.seal_stream(EVENTS_STREAM)?;
         self.reclaim(id, h)?;
         Ok(h)
     }
@@ -982,14 +1272,16 @@ impl Db {
     /// Remove the documents of table `id`'s events at or before `h` from the
     /// sealed log segments, and its snapshots older than `h`.
     fn reclaim(&self, id: u32, h: u64) -> Result<()> {
+        let _m = self.s.maint.lock().unwrap_or_else(|p| p.into_inner());
         let active: Vec<u64> = self
+            .s
             .store
             .stream_files(EVENTS_STREAM)
             .into_iter()
             .filter(|f| !matches!(f.state, crate::format::keyring::FileState::Sealed { .. }))
             .map(|f| f.file_id)
             .collect();
-        for f in self.store.stream_files(EVENTS_STREAM) {
+        for f in self.s.store.stream_files(EVENTS_STREAM) {
             if active.contains(&f.file_id) {
                 continue;
             }
@@ -997,7 +1289,7 @@ impl Db {
             if !starts_before {
                 continue;
             }
-            let rewritten = self.store.rewrite_file(f.file_id, |rec| {
+            let rewritten = self.s.store.rewrite_file(f.file_id, |rec| {
                 let mut c = Commit::decode(rec).map_err(|e| Error::corrupted(&f.name, 0, e.reason))?;
                 let mut changed = false;
                 for (i, e) in c.events.iter_mut().enumerate() {
@@ -1010,7 +1302,7 @@ impl Db {
                 Ok(changed.then(|| c.encode()))
             })?;
             if let Some(positions) = rewritten {
-                let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+                let mut st = self.s.state.write().unwrap_or_else(|p| p.into_inner());
                 let mut idx: Vec<usize> =
                     (0..st.commits.len()).filter(|i| st.commits[*i].pos.file_id == f.file_id).collect();
                 idx.sort_by_key(|i| st.commits[*i].pos.offset);
@@ -1021,12 +1313,13 @@ impl Db {
                     st.commits[i].pos = p;
                 }
                 drop(st);
-                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                let mut cache = self.s.cache.lock().unwrap_or_else(|p| p.into_inner());
                 cache.map.clear();
                 cache.bytes = 0;
             }
         }
         let old: Vec<u64> = self
+            .s
             .store
             .files()
             .into_iter()
@@ -1035,7 +1328,7 @@ impl Db {
             .map(|f| f.file_id)
             .collect();
         if !old.is_empty() {
-            self.store.commit(crate::storage::store::Edit { remove: old, ..Default::default() })?;
+            self.s.store.commit(crate::storage::store::Edit { remove: old, ..Default::default() })?;
         }
         Ok(())
     }
@@ -1109,7 +1402,7 @@ impl Db {
     /// The rows of table `id` at its compaction horizon.
     fn baseline(&self, st: &State, id: u32) -> Result<Arc<BTreeMap<Pk, Arc<Value>>>> {
         let t = st.tables.get(&id).ok_or_else(|| Error::NotFound(format!("table {id}")))?;
-        if let Some((h, rows)) = self.baselines.lock().unwrap_or_else(|p| p.into_inner()).get(&id)
+        if let Some((h, rows)) = self.s.baselines.lock().unwrap_or_else(|p| p.into_inner()).get(&id)
             && *h == t.horizon
         {
             return Ok(rows.clone());
@@ -1120,24 +1413,24 @@ impl Db {
             .find(|(s, _)| *s == t.horizon)
             .map(|(_, f)| *f)
             .ok_or_else(|| Error::NotFound(format!("snapshot at the horizon of table {id}")))?;
-        let rows = Arc::new(load_snapshot(&self.store, file)?);
-        self.baselines.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (t.horizon, rows.clone()));
+        let rows = Arc::new(load_snapshot(&self.s.store, file)?);
+        self.s.baselines.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (t.horizon, rows.clone()));
         Ok(rows)
     }
 
     /// A decoded commit, from the cache or from disk (no state lock needed).
     fn load_commit_meta(&self, ci: u32, meta: CommitMeta) -> Result<Arc<Commit>> {
-        if let Some((c, _)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).map.get(&ci) {
+        if let Some((c, _)) = self.s.cache.lock().unwrap_or_else(|p| p.into_inner()).map.get(&ci) {
             return Ok(c.clone());
         }
-        let rec = self.store.read_record(meta.pos)?;
+        let rec = self.s.store.read_record(meta.pos)?;
         let name = crate::format::file_name(meta.pos.file_id, FileKind::Segment);
         let c = Commit::decode(&rec).map_err(|e| Error::corrupted(&name, meta.pos.offset, e.reason))?;
         if c.first_seq != meta.first_seq || c.events.len() as u32 != meta.len {
             return Err(Error::tampered(&name, meta.pos.offset, "commit record changed since it was read"));
         }
         let c = Arc::new(c);
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.s.cache.lock().unwrap_or_else(|p| p.into_inner());
         while cache.bytes + rec.len() > CACHE_BYTES {
             let Some(k) = cache.map.keys().next().copied() else { break };
             if let Some((_, n)) = cache.map.remove(&k) {
@@ -1153,13 +1446,13 @@ impl Db {
 
     fn read_commit_record(&self, st: &State, ci: u32) -> Result<(Vec<u8>, CommitMeta, String)> {
         let meta = *st.commits.get(ci as usize).ok_or_else(|| Error::NotFound(format!("commit {ci}")))?;
-        let rec = self.store.read_record(meta.pos)?;
+        let rec = self.s.store.read_record(meta.pos)?;
         Ok((rec, meta, crate::format::file_name(meta.pos.file_id, FileKind::Segment)))
     }
 
     /// One event: from the cache, or by decoding just that event of its commit.
     fn event(&self, st: &State, h: Hist) -> Result<Event> {
-        if let Some((c, _)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).map.get(&h.commit) {
+        if let Some((c, _)) = self.s.cache.lock().unwrap_or_else(|p| p.into_inner()).map.get(&h.commit) {
             return c.events.get(h.idx as usize).cloned().ok_or_else(|| Error::NotFound(format!("event {}", h.seq)));
         }
         let (rec, meta, name) = self.read_commit_record(st, h.commit)?;
@@ -1241,7 +1534,7 @@ impl Db {
     fn replay(&self, plan: ReplayPlan) -> Result<BTreeMap<Pk, Arc<Value>>> {
         let id = plan.table;
         let mut rows = match plan.snapshot {
-            Some(file) => load_snapshot(&self.store, file)?,
+            Some(file) => load_snapshot(&self.s.store, file)?,
             None => BTreeMap::new(),
         };
         for (ci, meta) in plan.commits {

@@ -65,6 +65,16 @@ pub fn keyring(data: &[u8]) {
     body(data);
 }
 
+/// Key audit log entry: whatever decodes re-encodes to the same bytes, and
+/// its chain hash is a function of those bytes.
+pub fn audit(data: &[u8]) {
+    use crate::format::audit::{AuditEntry, chain};
+    if let Ok(e) = AuditEntry::decode(data) {
+        assert_eq!(e.encode(), data, "audit entry re-encode differs");
+        assert_eq!(chain(&e.prev, data), chain(&e.prev, &e.encode()));
+    }
+}
+
 /// Event log commit record: decode, re-encode identical; header-only and
 /// single-event decodes agree with the full decode.
 pub fn commit(data: &[u8]) {
@@ -272,6 +282,7 @@ mod tests {
             ("header", header),
             ("keyring", keyring),
             ("commit", commit),
+            ("audit", audit),
             ("snapshot", snapshot),
             ("driftql", driftql),
             ("model", model),
@@ -331,9 +342,11 @@ mod tests {
         let body = KeyringBody {
             next_id: 3,
             created_unix: 1,
-            masters: vec![MasterRecord { version: 2, created_unix: 1, state: MasterState::Active }],
+            masters: vec![MasterRecord { version: 2, created_unix: 1, state: MasterState::Active, first_file_id: 0 }],
             files: vec![entry],
             root: b"root".to_vec(),
+            rotation: None,
+            audit: Default::default(),
         };
         put("keyring", "seed0", &encode_keyring(&h, &body, &key).unwrap());
         put("keyring", "seed1", &body.encode());
@@ -375,6 +388,15 @@ mod tests {
             ],
         };
         put("commit", "seed0", &c.encode());
+        let a = crate::format::audit::AuditEntry {
+            seq: 0,
+            time_micros: 1_700_000_000_000_000,
+            kind: "database-created".into(),
+            master_version: 1,
+            detail: "{\"master_version\":1}".into(),
+            prev: [0; 32],
+        };
+        put("audit", "seed0", &a.encode());
         use crate::table::snapshot::{SnapMeta, encode_rows};
         put("snapshot", "seed0", &SnapMeta { table: 1, seq: 9, rows: 2 }.encode());
         let (a, b) = (Pk::Int(1), Pk::Str("x".into()));

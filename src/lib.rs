@@ -27,7 +27,7 @@ pub mod txn;
 
 pub use crypto::kdf::Argon2Params;
 pub use crypto::keysource::KeySource;
-pub use db::{Db, Durability, HistoryEntry, Options, Outcome};
+pub use db::{Db, Durability, HistoryEntry, Options, Outcome, RotateOptions, RotationProgress, RotationStatus};
 pub use error::{Error, Result};
 pub use format::FileKind;
 pub use storage::store::{CreateOptions, Edit, FileInfo, RecordPos, RecoveryEvent, Store, StoreOptions};

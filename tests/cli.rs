@@ -44,12 +44,12 @@ fn init_then_verify_with_a_key_file() {
     populate(&d, &k);
     let (code, out, err) = parts(&run(&["verify", "-d", d.to_str().unwrap(), "--key-file", k.to_str().unwrap()]));
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("50 frames"), "{out}");
+    assert!(out.contains("51 frames"), "50 records and the audit log's first entry: {out}");
     assert!(out.contains("OK"));
     let o = run(&["verify", "-d", d.to_str().unwrap(), "--key-file", k.to_str().unwrap(), "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["ok"], true);
-    assert_eq!(v["frames_checked"], 50);
+    assert_eq!(v["frames_checked"], 51);
     assert_eq!(v["authenticated"], true);
 }
 

@@ -212,6 +212,9 @@ pub enum MasterState {
     Active,
     /// Replaced by a newer version; no longer opens the database.
     Retired,
+    /// Retired, and no live file has a data key from its time: every data
+    /// key it ever wrapped is gone from the keyring.
+    Destroyed,
 }
 
 /// One master version in the history.
@@ -223,6 +226,38 @@ pub struct MasterRecord {
     pub created_unix: u64,
     /// Its state.
     pub state: MasterState,
+    /// The first file id allocated while this version was active: a file
+    /// with a smaller id got its data key under an older version.
+    pub first_file_id: u64,
+}
+
+/// A re-encryption in progress: every live file with an id below `mark`
+/// still has a data key from before it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationState {
+    /// The master version active when it started.
+    pub target_version: u32,
+    /// Files with ids below this are to be re-encrypted.
+    pub mark: u64,
+    /// When it started (Unix seconds).
+    pub started_unix: u64,
+    /// Files and bytes to re-encrypt when it started.
+    pub files_total: u64,
+    /// Bytes to re-encrypt when it started.
+    pub bytes_total: u64,
+    /// Started as a data-key-only rotation (same master key).
+    pub data_keys_only: bool,
+    /// When it finished (Unix seconds; 0 while files remain).
+    pub finished_unix: u64,
+}
+
+/// The head of the key audit log's hash chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AuditHead {
+    /// Entries in the log.
+    pub count: u64,
+    /// Chain hash after the last entry (all zero for an empty log).
+    pub hash: [u8; 32],
 }
 
 /// The encrypted keyring body.
@@ -238,6 +273,10 @@ pub struct KeyringBody {
     pub files: Vec<FileEntry>,
     /// Application root (small metadata committed atomically with file changes).
     pub root: Vec<u8>,
+    /// The re-encryption in progress, if any.
+    pub rotation: Option<RotationState>,
+    /// The audit log's chain head.
+    pub audit: AuditHead,
 }
 
 const FILE_ENTRY_MIN: usize = 8 + 1 + 8 + 4 + NONCE_LEN + WRAPPED_LEN + 1 + 8 + 8 + 1 + 4 + 8 + 4;
@@ -255,7 +294,9 @@ impl KeyringBody {
             w.u8(match m.state {
                 MasterState::Active => 1,
                 MasterState::Retired => 2,
+                MasterState::Destroyed => 3,
             });
+            w.u64(m.first_file_id);
         }
         w.u32(self.files.len() as u32);
         for f in &self.files {
@@ -284,6 +325,21 @@ impl KeyringBody {
             w.blob(&f.meta);
         }
         w.blob(&self.root);
+        match &self.rotation {
+            None => w.u8(0),
+            Some(r) => {
+                w.u8(1);
+                w.u32(r.target_version);
+                w.u64(r.mark);
+                w.u64(r.started_unix);
+                w.u64(r.files_total);
+                w.u64(r.bytes_total);
+                w.u8(r.data_keys_only as u8);
+                w.u64(r.finished_unix);
+            }
+        }
+        w.u64(self.audit.count);
+        w.bytes(&self.audit.hash);
         w.buf
     }
 
@@ -292,7 +348,7 @@ impl KeyringBody {
         let mut r = Reader::new(buf);
         let next_id = r.u64("next id")?;
         let created_unix = r.u64("creation time")?;
-        let nm = r.count(MAX_MASTERS, 13, "master versions")?;
+        let nm = r.count(MAX_MASTERS, 21, "master versions")?;
         let mut masters = Vec::with_capacity(nm);
         for _ in 0..nm {
             let version = r.u32("master version")?;
@@ -301,9 +357,11 @@ impl KeyringBody {
             let state = match r.u8("master state")? {
                 1 => MasterState::Active,
                 2 => MasterState::Retired,
+                3 => MasterState::Destroyed,
                 s => return Err(DecodeError { offset: at, reason: format!("unknown master state {s}") }),
             };
-            masters.push(MasterRecord { version, created_unix, state });
+            let first_file_id = r.u64("first file id")?;
+            masters.push(MasterRecord { version, created_unix, state, first_file_id });
         }
         let nf = r.count(MAX_FILES, FILE_ENTRY_MIN, "files")?;
         let mut files = Vec::with_capacity(nf);
@@ -341,8 +399,37 @@ impl KeyringBody {
             files.push(FileEntry { file_id, kind, key_id, wrapped, state, stream, ordinal, meta });
         }
         let root = r.blob(MAX_ROOT, "root")?.to_vec();
+        let at = r.pos();
+        let rotation = match r.u8("rotation flag")? {
+            0 => None,
+            1 => {
+                let target_version = r.u32("rotation target")?;
+                let mark = r.u64("rotation mark")?;
+                let started_unix = r.u64("rotation start")?;
+                let files_total = r.u64("rotation files")?;
+                let bytes_total = r.u64("rotation bytes")?;
+                let fat = r.pos();
+                let data_keys_only = match r.u8("data-keys-only flag")? {
+                    0 => false,
+                    1 => true,
+                    x => return Err(DecodeError { offset: fat, reason: format!("invalid flag {x}") }),
+                };
+                let finished_unix = r.u64("rotation end")?;
+                Some(RotationState {
+                    target_version,
+                    mark,
+                    started_unix,
+                    files_total,
+                    bytes_total,
+                    data_keys_only,
+                    finished_unix,
+                })
+            }
+            x => return Err(DecodeError { offset: at, reason: format!("invalid rotation flag {x}") }),
+        };
+        let audit = AuditHead { count: r.u64("audit entries")?, hash: r.array("audit chain hash")? };
         r.finish("keyring body")?;
-        Ok(KeyringBody { next_id, created_unix, masters, files, root })
+        Ok(KeyringBody { next_id, created_unix, masters, files, root, rotation, audit })
     }
 }
 
@@ -559,7 +646,7 @@ mod tests {
             let mut files = Vec::new();
             let mut seen = std::collections::HashSet::new();
             for e in entries { if seen.insert(e.file_id) { files.push(e); } }
-            let body = KeyringBody { next_id, created_unix: 5, masters: vec![MasterRecord { version: 1, created_unix: 2, state: MasterState::Retired }, MasterRecord { version: 2, created_unix: 3, state: MasterState::Active }], files, root };
+            let body = KeyringBody { next_id, created_unix: 5, masters: vec![MasterRecord { version: 1, created_unix: 2, state: MasterState::Retired, first_file_id: 0 }, MasterRecord { version: 2, created_unix: 3, state: MasterState::Active, first_file_id: 9 }], files, root, rotation: Some(RotationState { target_version: 2, mark: 9, started_unix: 4, files_total: 3, bytes_total: 999, data_keys_only: false, finished_unix: 0 }), audit: AuditHead { count: 3, hash: [7; 32] } };
             let enc = body.encode();
             let dec = KeyringBody::decode(&enc).unwrap();
             prop_assert_eq!(&dec, &body);

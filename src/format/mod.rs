@@ -2,6 +2,7 @@
 //! lengths before allocating and never panics on any input.
 //! `docs/FORMAT.md` describes every byte.
 
+pub mod audit;
 pub mod codec;
 pub mod frame;
 pub mod header;

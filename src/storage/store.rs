@@ -11,6 +11,9 @@
 //! 00000000000000XX.seg|wal|snap|idx|cat|audit    data files, named by opaque id
 //! ```
 
+mod rotation;
+pub use rotation::{AUDIT_STREAM, KeyVersionStatus};
+
 use super::segment::{Expect, FileWriter, ScanOutcome, scan};
 use super::vfs::{LockGuard, OpenMode, StdFs, Vfs};
 use crate::crypto::aead::Backend;
@@ -263,6 +266,11 @@ struct Inner {
     master: SecretKey,
     wrap_key: SecretKey,
     writers: HashMap<u32, FileWriter>,
+    /// Files replaced in the manifest but kept readable (and on disk) until
+    /// released: readers holding their positions finish undisturbed.
+    retiring: HashMap<u64, FileEntry>,
+    /// Whether this session checked the audit log against its chain head.
+    audit_checked: bool,
     keys: HashMap<u64, Arc<FrameKey>>,
     poisoned: Option<String>,
     closed: bool,
@@ -277,6 +285,8 @@ impl Inner {
             master,
             wrap_key,
             writers: HashMap::new(),
+            retiring: HashMap::new(),
+            audit_checked: false,
             keys: HashMap::new(),
             poisoned: None,
             closed: false,
@@ -309,6 +319,11 @@ fn session_token() -> Result<u64> {
     let mut b = [0u8; 8];
     crate::crypto::random_bytes(&mut b)?;
     Ok(u64::from_le_bytes(b))
+}
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
 }
 
 fn now_unix() -> u64 {
@@ -373,9 +388,11 @@ impl Store {
         let body = KeyringBody {
             next_id: 1,
             created_unix: now,
-            masters: vec![MasterRecord { version: 1, created_unix: now, state: MasterState::Active }],
+            masters: vec![MasterRecord { version: 1, created_unix: now, state: MasterState::Active, first_file_id: 0 }],
             files: Vec::new(),
             root: Vec::new(),
+            rotation: None,
+            audit: Default::default(),
         };
         let store = Store {
             session: session_token()?,
@@ -393,6 +410,14 @@ impl Store {
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             vfs.sync_dir(parent).map_err(|e| Error::io("syncing directory", parent, e))?;
         }
+        let kind = match &spec {
+            MasterSpec::Key => "key",
+            MasterSpec::Passphrase { .. } => "passphrase",
+        };
+        store.audit_event(
+            "database-created",
+            format!("{{\"master_version\":1,\"master_kind\":\"{kind}\",\"key_source\":{}}}", json_str(&key.describe())),
+        )?;
         Ok(store)
     }
 
@@ -578,6 +603,19 @@ impl Store {
 
     /// Write `body` as the new keyring: temp file, fsync, rename, fsync directory.
     fn persist(&self, inner: &mut Inner, body: KeyringBody) -> Result<()> {
+        let header = inner.header.clone();
+        self.persist_as(inner, header, body, None)
+    }
+
+    /// [`Store::persist`] with a new header and, for a rotation, a new master
+    /// key (which replaces the old one in memory once the keyring is durable).
+    fn persist_as(
+        &self,
+        inner: &mut Inner,
+        mut header: KeyringHeader,
+        body: KeyringBody,
+        new_master: Option<SecretKey>,
+    ) -> Result<()> {
         self.check_writable(inner)?;
         if body.files.len() > keyring::MAX_FILES {
             return Err(Error::InvalidArgument(format!(
@@ -586,10 +624,10 @@ impl Store {
                 keyring::MAX_FILES
             )));
         }
-        let mut header = inner.header.clone();
-        header.generation += 1;
+        header.generation = inner.header.generation + 1;
         crate::crypto::random_bytes(&mut header.write_salt)?;
-        let bytes = keyring::encode_keyring(&header, &body, &inner.master).map_err(|_| {
+        let master = new_master.as_ref().unwrap_or(&inner.master);
+        let bytes = keyring::encode_keyring(&header, &body, master).map_err(|_| {
             Error::InvalidArgument(format!("the keyring would exceed its {}-byte limit", keyring::MAX_BODY))
         })?;
         let vfs = &self.opts.vfs;
@@ -611,6 +649,10 @@ impl Store {
         }
         inner.header = header;
         inner.body = body;
+        if let Some(m) = new_master {
+            inner.wrap_key = keyring::wrap_key(&m, &inner.header.db_id);
+            inner.master = m;
+        }
         Ok(())
     }
 
@@ -685,7 +727,10 @@ impl Store {
             return Err(Error::InvalidArgument("the keyring is not a stream".into()));
         }
         let mut guard = self.lock_inner();
-        let inner = &mut *guard;
+        self.append_locked(&mut guard, stream, kind, payload)
+    }
+
+    fn append_locked(&self, inner: &mut Inner, stream: u32, kind: FileKind, payload: &[u8]) -> Result<RecordPos> {
         self.check_writable(inner)?;
         let need_roll = match inner.writers.get(&stream) {
             None => true,
@@ -862,11 +907,30 @@ impl Store {
 
     /// Apply an [`Edit`] atomically: after a crash either all of it is in
     /// the manifest or none of it.
-    pub fn commit(&self, mut edit: Edit) -> Result<()> {
+    pub fn commit(&self, edit: Edit) -> Result<()> {
         let mut guard = self.lock_inner();
-        let inner = &mut *guard;
+        self.commit_locked(&mut guard, edit, false, None)
+    }
+
+    /// [`Store::commit`] with the lock held. `keep_readable`: removed files
+    /// stay on disk and readable until [`Store::release`]d. `audit`: a key
+    /// event recorded in the same keyring write.
+    fn commit_locked(
+        &self,
+        inner: &mut Inner,
+        mut edit: Edit,
+        keep_readable: bool,
+        audit: Option<(&str, String)>,
+    ) -> Result<()> {
         self.check_writable(inner)?;
+        let head = match audit {
+            Some((kind, detail)) => Some(self.audit_locked(inner, kind, detail)?),
+            None => None,
+        };
         let mut body = inner.body.clone();
+        if let Some(h) = head {
+            body.audit = h;
+        }
         for p in &edit.add {
             if p.owner != self.session {
                 return Err(Error::InvalidArgument("the pending file belongs to another store".into()));
@@ -907,10 +971,23 @@ impl Store {
             p.committed = true;
         }
         for e in removed {
+            if keep_readable {
+                inner.retiring.insert(e.file_id, e);
+                continue;
+            }
             inner.keys.remove(&e.file_id);
             let _ = self.opts.vfs.remove_file(&self.dir.join(file_name(e.file_id, e.kind)));
         }
         Ok(())
+    }
+
+    /// Delete a file replaced by an edit that kept it readable.
+    pub fn release(&self, file_id: u64) {
+        let mut inner = self.lock_inner();
+        if let Some(e) = inner.retiring.remove(&file_id) {
+            inner.keys.remove(&file_id);
+            let _ = self.opts.vfs.remove_file(&self.dir.join(file_name(e.file_id, e.kind)));
+        }
     }
 
     /// Replace the application root atomically.
@@ -924,6 +1001,7 @@ impl Store {
             .files
             .iter()
             .find(|f| f.file_id == file_id)
+            .or_else(|| inner.retiring.get(&file_id))
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("file {file_id:016x} is not in the manifest")))
     }
@@ -1103,6 +1181,12 @@ impl Store {
                     drop_files.push((id, path));
                     events.push(RecoveryEvent::RemovedEmpty { file: name });
                 } else if let Some(m) = body.files.iter_mut().find(|m| m.file_id == id) {
+                    // What the crashed session wrote after its last fsync may
+                    // still be only in the page cache: make the length the
+                    // manifest is about to record durable first.
+                    vfs.open(&path, OpenMode::ReadWrite)
+                        .and_then(|f| f.sync_data())
+                        .map_err(|e| Error::io("syncing", &path, e))?;
                     m.state = FileState::Sealed { frames: out.frames, len: out.end, final_frame: out.final_frame };
                     events.push(RecoveryEvent::Sealed { file: name, frames: out.frames });
                 }

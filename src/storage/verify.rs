@@ -111,6 +111,17 @@ impl Store {
             Some(&self.files().iter().map(|f| f.file_id).collect::<Vec<_>>()),
             &mut r,
         );
+        // The key audit log: every entry in order, chained, and through the
+        // head the keyring records (only if its files passed the scan, so a
+        // problem is reported once).
+        if r.problems.is_empty() {
+            match self.audit_log() {
+                Ok((entries, _)) => {
+                    r.notes.push(format!("key audit log: {} entries, hash chain intact", entries.len()))
+                }
+                Err(err) => r.problems.push(locate(&err, "audit log")),
+            }
+        }
         r.ok = r.problems.is_empty();
         r
     }

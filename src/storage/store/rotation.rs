@@ -1,0 +1,411 @@
+//! Key rotation at the store level: re-wrapping every data key under a new
+//! master version in one atomic keyring replacement, re-encrypting files
+//! under fresh data keys one atomic swap at a time, the status of every key
+//! version, and the hash-chained key audit log.
+
+use super::*;
+use crate::format::audit::{AuditEntry, chain};
+use crate::format::keyring::{AuditHead, RotationState};
+
+/// The stream of the key audit log.
+pub const AUDIT_STREAM: u32 = 3;
+
+/// Files and bytes whose data keys date from one master key version.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyVersionStatus {
+    /// Master key version.
+    pub version: u32,
+    /// `active`, `retiring` (retired as a master key, but live files still
+    /// have data keys from its time) or `retired` (none left).
+    pub state: &'static str,
+    /// Live files whose data keys date from this version.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+fn file_len(e: &FileEntry) -> u64 {
+    match e.state {
+        FileState::Sealed { len, .. } => len,
+        FileState::Active => 0,
+    }
+}
+
+impl Store {
+    /// Read and check the whole audit log: every entry in order, chained from
+    /// the first, and the chain passes through the head the keyring records.
+    /// Returns the entries and the head after the last one (which may be
+    /// past the recorded head: an event logged just before a crash).
+    pub fn audit_log(&self) -> Result<(Vec<AuditEntry>, AuditHead)> {
+        let recorded = self.lock_inner().body.audit;
+        let mut entries = Vec::new();
+        let mut head = AuditHead::default();
+        let mut at_recorded = recorded.count == 0;
+        self.read_stream(AUDIT_STREAM, |pos, rec| {
+            let name = file_name(pos.file_id, FileKind::AuditLog);
+            let e = AuditEntry::decode(rec)
+                .map_err(|e| Error::corrupted(&name, pos.offset, format!("audit entry: {}", e.reason)))?;
+            if e.seq != head.count || e.prev != head.hash {
+                return Err(Error::tampered(
+                    &name,
+                    pos.offset,
+                    format!("audit entry {} does not follow entry {} (chain broken)", e.seq, head.count as i128 - 1),
+                ));
+            }
+            head = AuditHead { count: head.count + 1, hash: chain(&head.hash, rec) };
+            if head.count == recorded.count {
+                if head.hash != recorded.hash {
+                    return Err(Error::tampered(
+                        &name,
+                        pos.offset,
+                        format!("audit entry {} differs from the one the keyring records", e.seq),
+                    ));
+                }
+                at_recorded = true;
+            }
+            entries.push(e);
+            Ok(())
+        })?;
+        if !at_recorded {
+            return Err(Error::tampered(
+                KEYRING_FILE,
+                0,
+                format!(
+                    "the key audit log holds {} entries; the keyring records {}: entries were removed",
+                    head.count, recorded.count
+                ),
+            ));
+        }
+        Ok((entries, head))
+    }
+
+    /// Before the first audit entry of a session: check the log and adopt
+    /// entries logged past the recorded head before a crash.
+    fn audit_prepare(&self) -> Result<()> {
+        if self.lock_inner().audit_checked {
+            return Ok(());
+        }
+        let (_, head) = self.audit_log()?;
+        let mut inner = self.lock_inner();
+        if head.count > inner.body.audit.count {
+            inner.body.audit = head;
+        }
+        inner.audit_checked = true;
+        Ok(())
+    }
+
+    /// Append an audit entry and sync it; returns the new head, to be
+    /// recorded in the keyring write that makes the event happen.
+    pub(super) fn audit_locked(&self, inner: &mut Inner, kind: &str, detail: String) -> Result<AuditHead> {
+        if !inner.audit_checked {
+            return Err(Error::InvalidArgument("audit log not checked in this session".into()));
+        }
+        let e = AuditEntry {
+            seq: inner.body.audit.count,
+            time_micros: now_micros(),
+            kind: kind.to_string(),
+            master_version: inner.header.active.version,
+            detail,
+            prev: inner.body.audit.hash,
+        };
+        let bytes = e.encode();
+        self.append_locked(inner, AUDIT_STREAM, FileKind::AuditLog, &bytes)?;
+        if let Some(w) = inner.writers.get_mut(&AUDIT_STREAM)
+            && let Err(err) = w.sync()
+        {
+            Self::poison(inner, &err);
+            return Err(err);
+        }
+        Ok(AuditHead { count: e.seq + 1, hash: chain(&e.prev, &bytes) })
+    }
+
+    /// Record a key event on its own.
+    pub(crate) fn audit_event(&self, kind: &str, detail: String) -> Result<()> {
+        self.audit_prepare()?;
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
+        let head = self.audit_locked(inner, kind, detail)?;
+        let mut body = inner.body.clone();
+        body.audit = head;
+        self.persist(inner, body)
+    }
+
+    /// The master version a file's data key dates from.
+    fn origin(masters: &[keyring::MasterRecord], file_id: u64) -> u32 {
+        masters.iter().filter(|m| m.first_file_id <= file_id).map(|m| m.version).max().unwrap_or(1)
+    }
+
+    /// Every master version: its state and the live files (and bytes) whose
+    /// data keys date from it.
+    pub fn key_versions(&self) -> Vec<KeyVersionStatus> {
+        let inner = self.lock_inner();
+        let masters = &inner.body.masters;
+        let mut out: Vec<KeyVersionStatus> = masters
+            .iter()
+            .map(|m| KeyVersionStatus { version: m.version, state: "retired", files: 0, bytes: 0 })
+            .collect();
+        for f in &inner.body.files {
+            let v = Self::origin(masters, f.file_id);
+            if let Some(s) = out.iter_mut().find(|s| s.version == v) {
+                s.files += 1;
+                s.bytes += file_len(f);
+            }
+        }
+        for s in &mut out {
+            s.state = if s.version == inner.header.active.version {
+                "active"
+            } else if s.files > 0 {
+                "retiring"
+            } else {
+                "retired"
+            };
+        }
+        out.sort_by_key(|s| s.version);
+        out
+    }
+
+    /// The current or last re-encryption.
+    pub fn rotation(&self) -> Option<RotationState> {
+        self.lock_inner().body.rotation
+    }
+
+    /// The live files a running re-encryption still has to rewrite.
+    pub fn rotation_pending(&self) -> Vec<FileInfo> {
+        let inner = self.lock_inner();
+        let Some(r) = inner.body.rotation.filter(|r| r.finished_unix == 0) else { return Vec::new() };
+        let mut v: Vec<FileInfo> =
+            inner.body.files.iter().filter(|f| f.file_id < r.mark).map(FileInfo::from_entry).collect();
+        v.sort_by_key(|f| (f.stream, f.ordinal, f.file_id));
+        v
+    }
+
+    /// Rotate: with `new_key`, add a master key version and re-wrap every
+    /// data key under it in one atomic keyring replacement (from then on
+    /// only the new key opens the database); with `reencrypt`, also start a
+    /// re-encryption of every current file under fresh data keys (run it
+    /// with [`Store::reencrypt_file`] and [`Store::finish_rotation`]). Every
+    /// file being written is sealed first, so all of them can be rewritten.
+    /// Returns the active master version.
+    pub fn begin_rotation(&self, new_key: Option<&KeySource>, argon2: Argon2Params, reencrypt: bool) -> Result<u32> {
+        let material = new_key.map(|k| k.material()).transpose()?;
+        self.audit_prepare()?;
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
+        self.check_writable(inner)?;
+        let streams: Vec<u32> = inner.writers.keys().copied().collect();
+        for s in streams {
+            if let Some(mut w) = inner.writers.remove(&s) {
+                self.seal_writer(inner, &mut w)?;
+            }
+        }
+        let mut new_master = None;
+        let mut header = inner.header.clone();
+        if let (Some(material), Some(src)) = (&material, new_key) {
+            let spec = match material {
+                Material::Key(_) => MasterSpec::Key,
+                Material::Passphrase(_) => {
+                    argon2.validate()?;
+                    let mut salt = [0u8; 16];
+                    crate::crypto::random_bytes(&mut salt)?;
+                    MasterSpec::Passphrase { params: argon2, salt }
+                }
+            };
+            let m = master_for(material, &spec)?.ok_or_else(|| Error::KeySource("key material mismatch".into()))?;
+            let kcv = keyring::key_check_value(&m, &self.db_id);
+            if matches!(spec, MasterSpec::Key) && ct_eq(&kcv, &inner.header.active.kcv) {
+                return Err(Error::InvalidArgument(
+                    "the new master key is the current one; give a different key (or rotate data keys only)".into(),
+                ));
+            }
+            if matches!(spec, MasterSpec::Key) && inner.header.retired.iter().any(|r| ct_eq(&kcv, &r.kcv)) {
+                return Err(Error::InvalidArgument("the new master key was retired by an earlier rotation".into()));
+            }
+            let version = inner.header.active.version + 1;
+            header.retired.push(inner.header.active);
+            if header.retired.len() > keyring::MAX_RETIRED {
+                header.retired.remove(0);
+            }
+            header.active = MasterCheck { version, spec, kcv };
+            new_master = Some((m, version, src.describe()));
+        }
+        let (files_total, bytes_total) =
+            (inner.body.files.len() as u64, inner.body.files.iter().map(file_len).sum::<u64>());
+        if let Some((_, version, src)) = &new_master {
+            let head = self.audit_locked(
+                inner,
+                "rewrap",
+                format!(
+                    "{{\"from_version\":{},\"to_version\":{version},\"data_keys\":{files_total},\"key_source\":{}}}",
+                    inner.header.active.version,
+                    json_str(src)
+                ),
+            )?;
+            inner.body.audit = head;
+        }
+        if reencrypt {
+            let head = self.audit_locked(
+                inner,
+                "reencrypt-started",
+                format!(
+                    "{{\"files\":{files_total},\"bytes\":{bytes_total},\"data_keys_only\":{}}}",
+                    new_master.is_none()
+                ),
+            )?;
+            inner.body.audit = head;
+        }
+        // Every data key created so far (the audit file just started
+        // included) has been wrapped under the old master key: all of them
+        // are to be replaced.
+        let mark = inner.body.next_id;
+        let mut body = inner.body.clone();
+        if let Some((m, version, _)) = &new_master {
+            let new_wrap = keyring::wrap_key(m, &self.db_id);
+            for f in body.files.iter_mut() {
+                let dek = keyring::unwrap_dek(&inner.wrap_key, &self.db_id, f).map_err(|_| {
+                    Error::tampered(
+                        KEYRING_FILE,
+                        0,
+                        format!("data key of {} failed to unwrap", file_name(f.file_id, f.kind)),
+                    )
+                })?;
+                f.wrapped = keyring::wrap_dek(&new_wrap, *version, &self.db_id, f.file_id, f.key_id, f.kind, &dek)?;
+            }
+            for r in body.masters.iter_mut() {
+                if r.state == MasterState::Active {
+                    r.state = MasterState::Retired;
+                }
+            }
+            body.masters.push(keyring::MasterRecord {
+                version: *version,
+                created_unix: now_unix(),
+                state: MasterState::Active,
+                first_file_id: mark,
+            });
+        }
+        if reencrypt {
+            body.rotation = Some(RotationState {
+                target_version: header.active.version,
+                mark,
+                started_unix: now_unix(),
+                files_total,
+                bytes_total,
+                data_keys_only: new_master.is_none(),
+                finished_unix: 0,
+            });
+        }
+        let version = header.active.version;
+        self.persist_as(inner, header, body, new_master.map(|(m, _, _)| m))?;
+        // The audit file written under the old master key is sealed too, so
+        // that it can be re-encrypted; the next entry starts a new one.
+        if reencrypt && let Some(mut w) = inner.writers.remove(&AUDIT_STREAM) {
+            self.seal_writer(inner, &mut w)?;
+        }
+        Ok(version)
+    }
+
+    /// Rewrite one live sealed file under a fresh data key (same records,
+    /// same place in its stream) and swap it in atomically. The old file
+    /// stays readable until [`Store::release`]: returns its id's
+    /// replacement and the new position of every record, in order.
+    pub fn reencrypt_file(&self, file_id: u64) -> Result<(u64, Vec<RecordPos>)> {
+        self.audit_prepare()?;
+        let info = self
+            .files()
+            .into_iter()
+            .find(|f| f.file_id == file_id)
+            .ok_or_else(|| Error::NotFound(format!("file {file_id:016x}")))?;
+        if !matches!(info.state, FileState::Sealed { .. })
+            || self.lock_inner().writers.values().any(|w| w.header.file_id == file_id)
+        {
+            return Err(Error::InvalidArgument(format!("{} is still being written", info.name)));
+        }
+        let mut b = {
+            let mut guard = self.lock_inner();
+            let inner = &mut *guard;
+            let (writer, entry, path) =
+                self.new_file(inner, info.kind, info.stream, info.ordinal, info.meta.clone())?;
+            FileBuilder { store: self, writer, entry, path, done: false }
+        };
+        let mut positions = Vec::new();
+        self.read_file(file_id, |_, rec| {
+            positions.push(b.append(rec)?);
+            Ok(())
+        })?;
+        let pending = b.finish()?;
+        let new_id = pending.file_id();
+        let len = match info.state {
+            FileState::Sealed { len, .. } => len,
+            FileState::Active => 0,
+        };
+        let mut guard = self.lock_inner();
+        let remaining = guard
+            .body
+            .rotation
+            .map_or(0, |r| guard.body.files.iter().filter(|f| f.file_id < r.mark && f.file_id != file_id).count());
+        self.commit_locked(
+            &mut guard,
+            Edit { add: vec![pending], remove: vec![file_id], root: None },
+            true,
+            Some((
+                "reencrypt-file",
+                format!(
+                    "{{\"old_file\":\"{}\",\"new_file\":\"{}\",\"bytes\":{len},\"files_remaining\":{remaining}}}",
+                    info.name,
+                    file_name(new_id, info.kind)
+                ),
+            )),
+        )?;
+        Ok((new_id, positions))
+    }
+
+    /// End the running re-encryption if no file is left under an old data
+    /// key: record it, and mark every retired master version with no file
+    /// left from its time as destroyed. Returns whether it ended.
+    pub fn finish_rotation(&self) -> Result<bool> {
+        self.audit_prepare()?;
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
+        let Some(r) = inner.body.rotation.filter(|r| r.finished_unix == 0) else { return Ok(false) };
+        if inner.body.files.iter().any(|f| f.file_id < r.mark) {
+            return Ok(false);
+        }
+        let head = self.audit_locked(
+            inner,
+            "reencrypt-finished",
+            format!(
+                "{{\"files\":{},\"bytes\":{},\"statement\":\"no live file is encrypted under a data key created before this rotation\"}}",
+                r.files_total, r.bytes_total
+            ),
+        )?;
+        inner.body.audit = head;
+        let mut destroyed = Vec::new();
+        for m in &inner.body.masters {
+            if m.state == MasterState::Retired
+                && !inner.body.files.iter().any(|f| Self::origin(&inner.body.masters, f.file_id) == m.version)
+            {
+                destroyed.push(m.version);
+            }
+        }
+        for v in &destroyed {
+            let head = self.audit_locked(
+                inner,
+                "master-destroyed",
+                format!("{{\"version\":{v},\"statement\":\"no live file is encrypted under key version {v}\"}}"),
+            )?;
+            inner.body.audit = head;
+        }
+        let mut body = inner.body.clone();
+        for m in body.masters.iter_mut() {
+            if destroyed.contains(&m.version) {
+                m.state = MasterState::Destroyed;
+            }
+        }
+        body.rotation = Some(RotationState { finished_unix: now_unix().max(1), ..r });
+        self.persist(inner, body)?;
+        Ok(true)
+    }
+}
