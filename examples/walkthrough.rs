@@ -1,6 +1,7 @@
 //! A walkthrough on a fresh temporary database with the example key from
 //! `keys-example/`: init, ingest, transactions, time travel, history,
-//! snapshots, compaction, verify,
+//! snapshots, compaction, a key rotation with background re-encryption,
+//! verify,
 //! and what happens with a wrong key, a flipped byte and a torn write.
 //!
 //! Run with `cargo run --example walkthrough`.
@@ -115,6 +116,59 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         db.scan("users", Some(&driftdb::query::ast::AsOf::Seq(before_changes)))?.len()
     );
     list_files(&db);
+
+    step("rotate", "a new master key: re-wrap at once, then re-encrypt every file in the background");
+    let new_key_path = tmp.path().join("master-2.key");
+    let fresh = driftdb::crypto::keys::SecretKey::random()?;
+    let hex_key: String = fresh.expose().iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&new_key_path, hex_key + "\n")?;
+    std::fs::set_permissions(&new_key_path, std::fs::Permissions::from_mode(0o600))?;
+    let old_key = key;
+    let key = KeySource::key_file(&new_key_path);
+    let old_files: Vec<String> = db.store().files().iter().map(|f| f.name.clone()).collect();
+    let version = db.rotate_master_key(
+        &key,
+        driftdb::RotateOptions { throttle_bytes_per_sec: Some(4 << 20), ..Default::default() },
+    )?;
+    println!("  master key version {version} is active; re-encryption runs in the background");
+    // Reads and writes go on meanwhile.
+    run(&db, r#"INSERT INTO users {"id": "user-during-rotation", "status": "active"}"#)?;
+    run(&db, &format!("SELECT COUNT(*) FROM users AS OF @seq:{before_changes}"))?;
+    let st = db.rotation_status();
+    println!(
+        "  progress: {} ({}/{} files, {}/{} bytes)",
+        st.rotation.state,
+        st.rotation.files_done,
+        st.rotation.files_total,
+        st.rotation.bytes_done,
+        st.rotation.bytes_total
+    );
+    db.wait_for_rotation()?;
+    let st = db.rotation_status();
+    println!("  rotation {}: {}/{} files", st.rotation.state, st.rotation.files_done, st.rotation.files_total);
+    for k in &st.keys {
+        if k.files == 0 {
+            println!(
+                "  key version {}: {}; no live file is encrypted under key version {}",
+                k.version, k.state, k.version
+            );
+        } else {
+            println!("  key version {}: {}; {} files, {} bytes", k.version, k.state, k.files, k.bytes);
+        }
+    }
+    let survivors = db.store().files().iter().filter(|f| old_files.contains(&f.name)).count();
+    println!("  files from before the rotation still on disk: {survivors}");
+    list_files(&db);
+    db.close()?;
+    match Db::open(&dir, &old_key, opts.clone()) {
+        Err(e @ Error::KeyRetired { .. }) => println!("  the old key: {e} (CLI exit code {})", e.exit_code()),
+        Err(e) => return Err(e.into()),
+        Ok(_) => return Err("the retired key still opens the database".into()),
+    }
+    let db = Db::open(&dir, &key, opts.clone())?;
+    for e in db.store().audit_log()?.0.iter().filter(|e| e.kind != "reencrypt-file") {
+        println!("  audit #{} {} {}", e.seq, e.kind, e.detail);
+    }
     db.close()?;
 
     step("at rest", "no plaintext on disk: search every file for an e-mail address we stored");
@@ -165,7 +219,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let status = std::process::Command::new(std::env::current_exe()?)
         .arg("--die-mid-write")
         .arg(&dir)
-        .arg(&key_path)
+        .arg(&new_key_path)
         .status()?;
     println!("  writer process exited without closing ({status})");
     let db = Db::open(&dir, &key, opts.clone())?;

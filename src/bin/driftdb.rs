@@ -1,7 +1,7 @@
 //! The `driftdb` command-line tool.
 //!
 //! Exit codes: 0 ok · 1 operation failed · 2 usage · 3 key problem ·
-//! 4 integrity problem · 5 database in use.
+//! 4 integrity problem · 5 database in use · 6 transaction conflict.
 
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -40,6 +40,94 @@ struct KeyOpts {
     /// Shell command that prints the key (KMS, Vault, HSM...).
     #[arg(long, value_name = "CMD", group = "key")]
     key_command: Option<String>,
+}
+
+/// The new master key of a rotation.
+#[derive(Args, Debug, Default)]
+struct NewKeyOpts {
+    /// New master key file (must be mode 0600).
+    #[arg(long, value_name = "PATH", group = "new_key")]
+    new_key_file: Option<PathBuf>,
+    /// Name of an environment variable holding the new passphrase.
+    #[arg(long, value_name = "VAR", group = "new_key")]
+    new_passphrase_env: Option<String>,
+    /// Name of an environment variable holding the new key as hex or base64.
+    #[arg(long, value_name = "VAR", group = "new_key")]
+    new_key_env: Option<String>,
+    /// Shell command that prints the new key.
+    #[arg(long, value_name = "CMD", group = "new_key")]
+    new_key_command: Option<String>,
+}
+
+impl NewKeyOpts {
+    fn source(&self, allow_insecure: bool) -> Result<Option<KeySource>, Error> {
+        Ok(if let Some(p) = &self.new_key_file {
+            Some(KeySource::KeyFile { path: p.clone(), allow_insecure })
+        } else if let Some(v) = &self.new_passphrase_env {
+            let p = std::env::var(v).map_err(|_| Error::KeySource(format!("environment variable {v} is not set")))?;
+            Some(KeySource::passphrase(p))
+        } else if let Some(v) = &self.new_key_env {
+            Some(KeySource::Env(v.clone()))
+        } else {
+            self.new_key_command.as_ref().map(|c| KeySource::Command(c.clone()))
+        })
+    }
+}
+
+/// Key management.
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Rotate the master key (re-wrap at once), then re-encrypt every file
+    /// under fresh data keys in the foreground. Interrupted, it resumes with
+    /// `keys resume` (or on the next open by an application).
+    Rotate {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        new: NewKeyOpts,
+        /// Only re-wrap the data keys under the new master key.
+        #[arg(long, conflicts_with = "data_keys_only")]
+        rewrap_only: bool,
+        /// Keep the master key; re-encrypt every file under fresh data keys.
+        #[arg(long, conflicts_with = "new_key")]
+        data_keys_only: bool,
+        /// Re-encrypt at most RATE bytes per second (suffix K, M or G: 50M).
+        #[arg(long, value_name = "RATE")]
+        throttle: Option<String>,
+        /// Argon2id memory in MiB (a new passphrase only).
+        #[arg(long, default_value_t = 64)]
+        kdf_memory_mib: u32,
+        /// Argon2id iterations (a new passphrase only).
+        #[arg(long, default_value_t = 3)]
+        kdf_iterations: u32,
+        /// Argon2id lanes (a new passphrase only).
+        #[arg(long, default_value_t = 1)]
+        kdf_parallelism: u32,
+    },
+    /// Finish an interrupted re-encryption.
+    Resume {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Re-encrypt at most RATE bytes per second (suffix K, M or G).
+        #[arg(long, value_name = "RATE")]
+        throttle: Option<String>,
+    },
+    /// Key versions, what each still protects, and the rotation's progress.
+    Status {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The key audit log (hash chain checked).
+    Audit {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Print JSON Lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Which database to open, and with which key.
@@ -170,6 +258,11 @@ enum Command {
         /// Documents per commit.
         #[arg(long, default_value_t = 1000)]
         batch: usize,
+    },
+    /// Master and data keys: rotate, resume, status, audit log.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
     },
     /// Check every file: keyring, manifest, every frame's CRC and tag.
     Verify {
@@ -324,6 +417,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             db.close()?;
             Ok(0)
         }
+        Command::Keys { cmd } => keys(cmd),
         Command::Verify { db: DbArgs { dir, key }, no_key, json } => {
             let report = if no_key {
                 driftdb::verify_without_key(&dir, &driftdb::storage::StdFs)?
@@ -351,7 +445,193 @@ fn run(cli: Cli) -> Result<u8, Error> {
 
 fn open_db(dir: &std::path::Path, key: &KeyOpts, read_only: bool) -> Result<Db, Error> {
     let ks = key_source(key, false)?;
-    Db::open(dir, &ks, Options { store: StoreOptions { read_only, ..StoreOptions::default() }, ..Options::default() })
+    Db::open(
+        dir,
+        &ks,
+        Options {
+            store: StoreOptions { read_only, ..StoreOptions::default() },
+            // Re-encryption is `keys resume`'s job, not every command's.
+            resume_rotation: false,
+            ..Options::default()
+        },
+    )
+}
+
+/// `50M` → 50,000,000 bytes per second.
+fn parse_rate(s: &str) -> Result<u64, Error> {
+    let t = s.trim().trim_end_matches("/s").trim_end_matches(['B', 'b']);
+    let (num, mul) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1_000u64),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1_000_000),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1_000_000_000),
+        _ => (t, 1),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(n) if n > 0.0 && n.is_finite() => Ok((n * mul as f64) as u64),
+        _ => {
+            Err(Error::InvalidArgument(format!("--throttle {s:?}: expected a rate such as 500K, 50M or 1G (bytes/s)")))
+        }
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        0..1024 => format!("{b} B"),
+        1024..1_048_576 => format!("{:.1} KiB", b as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", b as f64 / 1_048_576.0),
+        _ => format!("{:.2} GiB", b as f64 / 1_073_741_824.0),
+    }
+}
+
+/// Re-encrypt in the foreground with a progress bar on a terminal.
+fn reencrypt(db: &Db, throttle: Option<u64>) -> Result<(), Error> {
+    let on = std::io::stderr().is_terminal();
+    let start = std::time::Instant::now();
+    let r = db.resume_rotation(throttle, |st| {
+        if !on {
+            return;
+        }
+        let p = &st.rotation;
+        let frac = if p.bytes_total == 0 { 1.0 } else { (p.bytes_done as f64 / p.bytes_total as f64).min(1.0) };
+        let filled = (frac * 30.0) as usize;
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        let eta = if frac > 0.0 { secs * (1.0 - frac) / frac } else { 0.0 };
+        eprint!(
+            "\r[{}{}] {:>3.0}%  {}/{} files  {} of {}  {}/s  ETA {eta:.0}s ",
+            "#".repeat(filled),
+            " ".repeat(30 - filled),
+            frac * 100.0,
+            p.files_done,
+            p.files_total,
+            human_bytes(p.bytes_done),
+            human_bytes(p.bytes_total),
+            human_bytes((p.bytes_done as f64 / secs) as u64),
+        );
+    });
+    if on {
+        eprintln!();
+    }
+    r
+}
+
+fn print_status(st: &driftdb::RotationStatus) {
+    println!("database {}", st.database_id);
+    println!("active master key version: {}", st.active_key_version);
+    for k in &st.keys {
+        match k.state {
+            "active" => println!("  key version {}: active; {} files, {}", k.version, k.files, human_bytes(k.bytes)),
+            "retiring" => println!(
+                "  key version {}: retired as master key, but {} files ({}) are still encrypted under data keys from its time",
+                k.version,
+                k.files,
+                human_bytes(k.bytes)
+            ),
+            _ => println!(
+                "  key version {}: retired; no live file is encrypted under key version {}",
+                k.version, k.version
+            ),
+        }
+    }
+    let r = &st.rotation;
+    match r.state {
+        "idle" => println!("rotation: none"),
+        state => println!(
+            "rotation: {state}; {}/{} files, {} of {} re-encrypted{}",
+            r.files_done,
+            r.files_total,
+            human_bytes(r.bytes_done),
+            human_bytes(r.bytes_total),
+            if state == "interrupted" { " (run `driftdb keys resume`)" } else { "" }
+        ),
+    }
+}
+
+fn keys(cmd: KeysCmd) -> Result<u8, Error> {
+    match cmd {
+        KeysCmd::Rotate {
+            db: DbArgs { dir, key },
+            new,
+            rewrap_only,
+            data_keys_only,
+            throttle,
+            kdf_memory_mib,
+            kdf_iterations,
+            kdf_parallelism,
+        } => {
+            let throttle = throttle.as_deref().map(parse_rate).transpose()?;
+            let new_key = new.source(key.allow_insecure_key_file)?;
+            if new_key.is_none() && !data_keys_only {
+                return Err(Error::InvalidArgument(
+                    "give the new master key (--new-key-file, --new-passphrase-env, --new-key-env or --new-key-command), or --data-keys-only".into(),
+                ));
+            }
+            let db = open_db(&dir, &key, false)?;
+            let o = driftdb::RotateOptions {
+                rewrap_only,
+                throttle_bytes_per_sec: throttle,
+                argon2: Argon2Params {
+                    m_cost_kib: kdf_memory_mib.saturating_mul(1024),
+                    t_cost: kdf_iterations,
+                    p_cost: kdf_parallelism,
+                },
+                background: false,
+            };
+            match &new_key {
+                Some(k) => {
+                    let v = db.rotate_master_key(k, o)?;
+                    println!(
+                        "master key version {v} is active: every data key is re-wrapped under it; only {} opens the database now",
+                        k.describe()
+                    );
+                }
+                None => {
+                    db.rotate_data_keys(o)?;
+                    println!("re-encrypting every file under fresh data keys (master key unchanged)");
+                }
+            }
+            if !rewrap_only {
+                reencrypt(&db, throttle)?;
+            }
+            print_status(&db.rotation_status());
+            db.close()?;
+            Ok(0)
+        }
+        KeysCmd::Resume { db: DbArgs { dir, key }, throttle } => {
+            let throttle = throttle.as_deref().map(parse_rate).transpose()?;
+            let db = open_db(&dir, &key, false)?;
+            reencrypt(&db, throttle)?;
+            print_status(&db.rotation_status());
+            db.close()?;
+            Ok(0)
+        }
+        KeysCmd::Status { db: DbArgs { dir, key }, json } => {
+            let db = open_db(&dir, &key, true)?;
+            let st = db.rotation_status();
+            if json {
+                println!("{}", serde_json::to_string(&st).unwrap_or_else(|_| "{}".into()));
+            } else {
+                print_status(&st);
+            }
+            Ok(0)
+        }
+        KeysCmd::Audit { db: DbArgs { dir, key }, json } => {
+            let db = open_db(&dir, &key, true)?;
+            let (entries, _) = db.store().audit_log()?;
+            for e in entries {
+                let time = driftdb::table::time::format_rfc3339(e.time_micros);
+                let detail: Value = serde_json::from_str(&e.detail).unwrap_or(Value::String(e.detail.clone()));
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"seq": e.seq, "time": time, "event": e.kind, "master_version": e.master_version, "detail": detail})
+                    );
+                } else {
+                    println!("#{:<4} {time}  {:<20} v{}  {}", e.seq, e.kind, e.master_version, detail);
+                }
+            }
+            Ok(0)
+        }
+    }
 }
 
 /// A point in history as DriftQL: `@seq:N` and `@now` as given, a time quoted.

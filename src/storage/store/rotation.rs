@@ -291,8 +291,9 @@ impl Store {
                 target_version: header.active.version,
                 mark,
                 started_unix: now_unix(),
-                files_total,
-                bytes_total,
+                // Every file now listed, the audit file just started included.
+                files_total: body.files.len() as u64,
+                bytes_total: body.files.iter().map(file_len).sum::<u64>(),
                 data_keys_only: new_master.is_none(),
                 finished_unix: 0,
             });
