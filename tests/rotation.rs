@@ -299,3 +299,80 @@ fn tampering_with_the_audit_log_is_detected_by_verify() {
     }
     assert!(verify());
 }
+
+/// A crash between any two file-system operations of a rotation (before
+/// and after every write, fsync, rename, removal and directory sync of the
+/// re-wrap and of each file's re-encryption).
+#[test]
+fn a_crash_between_any_two_operations_of_a_rotation_is_recoverable() {
+    let small = |fs: &MemFs| Options { snapshot_every_events: 1000, ..opts(fs) };
+    let mut ops = 0u64;
+    loop {
+        let fs = MemFs::new();
+        let db = Db::create("/db", &key(1), small(&fs)).unwrap();
+        db.create_table("t", "id", &[]).unwrap();
+        for i in 0..40 {
+            db.insert("t", json!({"id": i, "pad": "p".repeat(60)})).unwrap();
+        }
+        db.snapshot("t").unwrap();
+        db.close().unwrap();
+        let db = Db::open("/db", &key(1), small(&fs)).unwrap();
+        let before = answers(&db);
+        fs.set_faults(Faults { ops_left: Some(ops), ..Default::default() });
+        let done = db.rotate_master_key(&key(2), RotateOptions { background: false, ..Default::default() }).is_ok()
+            && db.resume_rotation(None, |_| {}).is_ok();
+        fs.set_faults(Faults::default());
+        fs.crash();
+        drop(db);
+        let no_resume = Options { resume_rotation: false, ..small(&fs) };
+        let db = match Db::open("/db", &key(2), no_resume.clone()) {
+            Ok(db) => db,
+            Err(Error::WrongKey(_)) => {
+                let db = Db::open("/db", &key(1), no_resume.clone()).unwrap_or_else(|e| panic!("op {ops}: {e}"));
+                assert!(!done, "op {ops}: completed, yet the old key opens the database");
+                assert_eq!(answers(&db), before, "op {ops}: data under the old key");
+                ops += 1;
+                continue;
+            }
+            Err(e) => panic!("op {ops}: {e}"),
+        };
+        assert_eq!(answers(&db), before, "op {ops}: data under the new key");
+        drop(db);
+        let db = Db::open("/db", &key(2), small(&fs)).unwrap();
+        db.wait_for_rotation().unwrap_or_else(|e| panic!("op {ops}: resume: {e}"));
+        let st = db.rotation_status();
+        assert_eq!(st.rotation.state, "complete", "op {ops}: {st:?}");
+        assert_eq!(st.keys.iter().find(|k| k.version == 1).map(|k| k.files), Some(0), "op {ops}");
+        assert_eq!(answers(&db), before, "op {ops}: after resume");
+        assert!(db.store().verify().ok, "op {ops}");
+        if done {
+            break;
+        }
+        ops += 1;
+    }
+    assert!(ops > 50, "the rotation took {ops} operations");
+}
+
+#[test]
+fn a_passphrase_change_is_a_rotation_and_argon2_can_be_retuned_by_rewrapping() {
+    let fs = MemFs::new();
+    let cheap = driftdb::Argon2Params { m_cost_kib: 64, t_cost: 1, p_cost: 1 };
+    let o = Options { argon2: cheap, ..opts(&fs) };
+    let a = KeySource::passphrase("correct horse");
+    let b = KeySource::passphrase("battery staple");
+    let db = Db::create("/db", &a, o.clone()).unwrap();
+    fill(&db);
+    let before = answers(&db);
+    let tuned = driftdb::Argon2Params { m_cost_kib: 128, t_cost: 2, p_cost: 1 };
+    db.rotate_master_key(&b, RotateOptions { rewrap_only: true, argon2: tuned, ..Default::default() }).unwrap();
+    db.close().unwrap();
+    assert!(matches!(Db::open("/db", &a, o.clone()), Err(Error::KeyRetired { .. })));
+    let db = Db::open("/db", &b, o.clone()).unwrap();
+    assert_eq!(answers(&db), before);
+    // The same passphrase with new Argon2 parameters: a new salt and version.
+    db.rotate_master_key(&b, RotateOptions { rewrap_only: true, argon2: cheap, ..Default::default() }).unwrap();
+    db.close().unwrap();
+    let db = Db::open("/db", &b, o).unwrap();
+    assert_eq!(db.store().master_version(), 3);
+    assert_eq!(answers(&db), before);
+}

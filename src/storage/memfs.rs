@@ -33,6 +33,11 @@ pub struct Faults {
     pub fail_writes: bool,
     /// Only `sync_dir` fails with EIO.
     pub fail_dir_sync: bool,
+    /// Mutating operations (writes, truncations, fsyncs, creations,
+    /// renames, removals, directory syncs) that may still happen; every one
+    /// after them fails with EIO and does nothing. With [`MemFs::crash`]
+    /// afterwards, this puts a crash between any two operations.
+    pub ops_left: Option<u64>,
 }
 
 #[derive(Default)]
@@ -56,6 +61,18 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 
 fn lockd(m: &Mutex<Data>) -> MutexGuard<'_, Data> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Count one mutating operation against [`Faults::ops_left`].
+fn take_op(st: &mut State) -> io::Result<()> {
+    match st.faults.ops_left.as_mut() {
+        Some(0) => Err(io::Error::other("injected failure: no operations left")),
+        Some(n) => {
+            *n -= 1;
+            Ok(())
+        }
+        None => Ok(()),
+    }
 }
 
 fn dead() -> io::Error {
@@ -155,6 +172,7 @@ impl VfsFile for MemFile {
         if st.faults.fail_writes {
             return Err(io::Error::other("injected write failure"));
         }
+        take_op(&mut st)?;
         let (n, err) = match st.faults.space_left {
             Some(left) if (buf.len() as u64) > left => (left as usize, true),
             _ => (buf.len(), false),
@@ -181,16 +199,17 @@ impl VfsFile for MemFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        drop(self.check()?);
+        take_op(&mut *self.check()?)?;
         lockd(&self.node).data.resize(len as usize, 0);
         Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        let st = self.check()?;
+        let mut st = self.check()?;
         if st.faults.fail_sync {
             return Err(io::Error::other("injected fsync failure"));
         }
+        take_op(&mut st)?;
         drop(st);
         let mut d = lockd(&self.node);
         d.synced = d.data.clone();
@@ -224,6 +243,9 @@ impl Drop for MemLock {
 impl Vfs for MemFs {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn VfsFile>> {
         let mut st = lock(&self.st);
+        if matches!(mode, OpenMode::CreateNew | OpenMode::Truncate) {
+            take_op(&mut st)?;
+        }
         let node = match (mode, st.files.get(path)) {
             (OpenMode::CreateNew, Some(_)) => return Err(io::Error::from(io::ErrorKind::AlreadyExists)),
             (OpenMode::Read | OpenMode::ReadWrite, None) => return Err(io::Error::from(io::ErrorKind::NotFound)),
@@ -256,11 +278,14 @@ impl Vfs for MemFs {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        lock(&self.st).files.remove(path).map(|_| ()).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+        let mut st = lock(&self.st);
+        take_op(&mut st)?;
+        st.files.remove(path).map(|_| ()).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = lock(&self.st);
+        take_op(&mut st)?;
         let n = st.files.remove(from).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         st.files.insert(to.to_path_buf(), n);
         Ok(())
@@ -271,6 +296,7 @@ impl Vfs for MemFs {
         if st.faults.fail_sync || st.faults.fail_dir_sync {
             return Err(io::Error::other("injected fsync failure"));
         }
+        take_op(&mut st)?;
         let st = &mut *st;
         st.durable.retain(|p, _| p.parent() != Some(path));
         for (p, n) in st.files.iter() {

@@ -466,9 +466,22 @@ impl Store {
                     if let Some(m) = master_for(&material, &r.spec)?
                         && ct_eq(&keyring::key_check_value(&m, &header.db_id), &r.kcv)
                     {
+                        log::warn!(
+                            target: "driftdb::keys",
+                            "failed unlock of {}: the {} is master key version {}, retired by a rotation",
+                            dir.display(),
+                            key.describe(),
+                            r.version
+                        );
                         return Err(Error::KeyRetired { version: r.version });
                     }
                 }
+                log::warn!(
+                    target: "driftdb::keys",
+                    "failed unlock of {}: the {} does not open it (nothing was written)",
+                    dir.display(),
+                    key.describe()
+                );
                 return Err(Error::WrongKey(match (candidate, &header.active.spec) {
                     (None, MasterSpec::Passphrase { .. }) => {
                         "this database is unlocked with a passphrase, but a key was given".into()
