@@ -704,6 +704,9 @@ impl Db {
     fn rotate(&self, new_key: Option<&KeySource>, o: RotateOptions) -> Result<u32> {
         let version = {
             let mut w = self.lock_writer();
+            // No file rewrite in flight: a file begun under the old master
+            // key must not be committed after the re-wrap.
+            let _m = self.s.maint.lock().unwrap_or_else(|p| p.into_inner());
             // The WAL's commits into the segments first: no file the
             // re-encryption rewrites is one a commit position points into
             // while it is still being written.
@@ -812,11 +815,19 @@ impl Db {
     fn reencrypt_all(&self, throttle: Option<u64>, progress: &mut dyn FnMut(&RotationStatus)) -> Result<()> {
         let t0 = std::time::Instant::now();
         let mut bytes = 0u64;
+        let stopped = || self.s.stop.load(std::sync::atomic::Ordering::SeqCst);
         loop {
-            if self.s.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if stopped() {
                 return Ok(());
             }
-            let Some(f) = self.s.store.rotation_pending().into_iter().next() else { break };
+            let Some(f) = self.s.store.rotation_pending().into_iter().next() else {
+                // A rotation started meanwhile may have added files: end
+                // only when none is left.
+                if self.s.store.finish_rotation()? || self.s.store.rotation_pending().is_empty() {
+                    break;
+                }
+                continue;
+            };
             bytes += match f.state {
                 crate::format::keyring::FileState::Sealed { len, .. } => len,
                 crate::format::keyring::FileState::Active => 0,
@@ -825,12 +836,14 @@ impl Db {
             progress(&self.rotation_status());
             if let Some(rate) = throttle.filter(|r| *r > 0) {
                 let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
-                if let Some(wait) = due.checked_sub(t0.elapsed()) {
-                    std::thread::sleep(wait);
+                while let Some(wait) = due.checked_sub(t0.elapsed()) {
+                    if stopped() {
+                        return Ok(());
+                    }
+                    std::thread::sleep(wait.min(Duration::from_millis(50)));
                 }
             }
         }
-        self.s.store.finish_rotation()?;
         progress(&self.rotation_status());
         Ok(())
     }
@@ -1500,7 +1513,7 @@ impl Db {
     /// A read of the past plans its replay under the state lock and reads
     /// the files without it, so writers are not held up by long reads.
     pub fn scan(&self, table: &str, as_of: Option<&AsOf>) -> Result<Vec<Arc<Value>>> {
-        for attempt in 0..2 {
+        for attempt in 0..8 {
             let plan = {
                 let st = self.read();
                 let latest = st.latest_seq();
@@ -1517,7 +1530,7 @@ impl Db {
             };
             match self.replay(plan) {
                 // A concurrent compaction may have replaced a file the plan named: plan again.
-                Err(Error::NotFound(_)) if attempt == 0 => continue,
+                Err(Error::NotFound(_)) if attempt < 7 => continue,
                 r => return Ok(r?.into_values().collect()),
             }
         }

@@ -376,3 +376,64 @@ fn a_passphrase_change_is_a_rotation_and_argon2_can_be_retuned_by_rewrapping() {
     assert_eq!(db.store().master_version(), 3);
     assert_eq!(answers(&db), before);
 }
+
+#[test]
+fn a_rotation_started_while_another_is_reencrypting_takes_over_and_both_keys_retire() {
+    let fs = MemFs::new();
+    let db = Db::create("/db", &key(1), opts(&fs)).unwrap();
+    fill(&db);
+    let before = answers(&db);
+    db.rotate_master_key(&key(2), RotateOptions { throttle_bytes_per_sec: Some(20_000), ..Default::default() })
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    assert_eq!(db.rotation_status().rotation.state, "running");
+    // A second rotation while files are still being re-encrypted.
+    db.rotate_master_key(&key(3), RotateOptions::default()).unwrap();
+    db.wait_for_rotation().unwrap();
+    // Whatever the first thread was doing, everything ends under version 3.
+    let mut tries = 0;
+    while db.rotation_status().rotation.state != "complete" && tries < 100 {
+        db.resume_rotation(None, |_| {}).ok();
+        tries += 1;
+    }
+    let st = db.rotation_status();
+    assert_eq!(st.rotation.state, "complete", "{st:?}");
+    for v in [1, 2] {
+        assert_eq!(st.keys.iter().find(|k| k.version == v).unwrap().files, 0, "{st:?}");
+    }
+    db.close().unwrap();
+    for old in [1, 2] {
+        assert!(matches!(Db::open("/db", &key(old), opts(&fs)), Err(Error::KeyRetired { .. })));
+    }
+    let db = Db::open("/db", &key(3), opts(&fs)).unwrap();
+    assert_eq!(answers(&db), before);
+    assert!(db.store().verify().ok);
+    assert!(db.store().files().iter().all(|f| f.kek_version == 3));
+}
+
+#[test]
+fn a_failed_write_mid_rotation_then_retrying_in_the_same_session_never_forks_the_audit_log() {
+    let mut budget = 0u64;
+    loop {
+        let fs = MemFs::new();
+        let db = Db::create("/db", &key(1), opts(&fs)).unwrap();
+        fill(&db);
+        fs.set_faults(Faults { space_left: Some(budget), ..Default::default() });
+        let first = db.rotate_master_key(&key(2), RotateOptions { background: false, ..Default::default() });
+        let done = first.is_ok() && db.resume_rotation(None, |_| {}).is_ok();
+        fs.set_faults(Faults::default());
+        // Space is back: carry on in the same session, if the store allows it.
+        let _ = db.resume_rotation(None, |_| {});
+        let _ = db.close();
+        let k = if Db::open("/db", &key(2), Options { resume_rotation: false, ..opts(&fs) }).is_ok() { 2 } else { 1 };
+        let db = Db::open("/db", &key(k), opts(&fs)).unwrap_or_else(|e| panic!("budget {budget}: {e}"));
+        db.wait_for_rotation().unwrap_or_else(|e| panic!("budget {budget}: {e}"));
+        let r = db.store().verify();
+        assert!(r.ok, "budget {budget}: {:?}", r.problems);
+        db.store().audit_log().unwrap_or_else(|e| panic!("budget {budget}: {e}"));
+        if done {
+            break;
+        }
+        budget += 1009;
+    }
+}

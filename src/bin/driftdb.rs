@@ -467,7 +467,7 @@ fn parse_rate(s: &str) -> Result<u64, Error> {
         _ => (t, 1),
     };
     match num.trim().parse::<f64>() {
-        Ok(n) if n > 0.0 && n.is_finite() => Ok((n * mul as f64) as u64),
+        Ok(n) if n.is_finite() && n * mul as f64 >= 1.0 => Ok((n * mul as f64) as u64),
         _ => {
             Err(Error::InvalidArgument(format!("--throttle {s:?}: expected a rate such as 500K, 50M or 1G (bytes/s)")))
         }

@@ -21,11 +21,11 @@ pub struct AuditEntry {
     pub seq: u64,
     /// Microseconds since the Unix epoch.
     pub time_micros: i64,
-    /// What happened: `database-created`, `master-added`, `rewrap`,
-    /// `reencrypt-started`, `reencrypt-file`, `reencrypt-finished`,
-    /// `master-retired`, `data-keys-destroyed`.
+    /// What happened: `database-created`, `rewrap`, `reencrypt-started`,
+    /// `reencrypt-file`, `reencrypt-finished`, `master-destroyed`.
     pub kind: String,
-    /// The master key version active after the event.
+    /// The master key version active when the entry was written (for a
+    /// `rewrap`, the version it replaces).
     pub master_version: u32,
     /// Details, as JSON text (no key material, ever).
     pub detail: String,

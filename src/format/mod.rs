@@ -9,7 +9,7 @@ pub mod header;
 pub mod keyring;
 
 /// The on-disk format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 
 /// Length of a database id.
 pub const DB_ID_LEN: usize = 16;

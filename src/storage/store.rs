@@ -936,30 +936,32 @@ impl Store {
         audit: Option<(&str, String)>,
     ) -> Result<()> {
         self.check_writable(inner)?;
-        let head = match audit {
-            Some((kind, detail)) => Some(self.audit_locked(inner, kind, detail)?),
-            None => None,
-        };
-        let mut body = inner.body.clone();
-        if let Some(h) = head {
-            body.audit = h;
-        }
         for p in &edit.add {
             if p.owner != self.session {
                 return Err(Error::InvalidArgument("the pending file belongs to another store".into()));
             }
-            if body.files.iter().any(|f| f.file_id == p.entry.file_id) {
+            if inner.body.files.iter().any(|f| f.file_id == p.entry.file_id) {
                 return Err(Error::InvalidArgument(format!("file {:016x} is already committed", p.entry.file_id)));
+            }
+            if p.entry.wrapped.kek_version != inner.header.active.version {
+                return Err(Error::InvalidArgument(format!(
+                    "file {:016x} was started under master key version {}, replaced since; write it again",
+                    p.entry.file_id, p.entry.wrapped.kek_version
+                )));
             }
         }
         for id in &edit.remove {
             if inner.writers.values().any(|w| w.header.file_id == *id) {
                 return Err(Error::InvalidArgument(format!("file {id:016x} is being written")));
             }
-            if !body.files.iter().any(|f| f.file_id == *id) {
+            if !inner.body.files.iter().any(|f| f.file_id == *id) {
                 return Err(Error::NotFound(format!("file {id:016x}")));
             }
         }
+        if let Some((kind, detail)) = audit {
+            self.audit_locked(inner, kind, detail)?;
+        }
+        let mut body = inner.body.clone();
         let removed: Vec<FileEntry> = body.files.iter().filter(|f| edit.remove.contains(&f.file_id)).cloned().collect();
         body.files.retain(|f| !edit.remove.contains(&f.file_id));
         for p in &edit.add {

@@ -98,8 +98,9 @@ impl Store {
         Ok(())
     }
 
-    /// Append an audit entry and sync it; returns the new head, to be
-    /// recorded in the keyring write that makes the event happen.
+    /// Append an audit entry and sync it; the in-memory head moves past it
+    /// at once (so a failed keyring write after it never forks the chain),
+    /// and the next keyring write records it. Returns the new head.
     pub(super) fn audit_locked(&self, inner: &mut Inner, kind: &str, detail: String) -> Result<AuditHead> {
         if !inner.audit_checked {
             return Err(Error::InvalidArgument("audit log not checked in this session".into()));
@@ -120,7 +121,9 @@ impl Store {
             Self::poison(inner, &err);
             return Err(err);
         }
-        Ok(AuditHead { count: e.seq + 1, hash: chain(&e.prev, &bytes) })
+        let head = AuditHead { count: e.seq + 1, hash: chain(&e.prev, &bytes) };
+        inner.body.audit = head;
+        Ok(head)
     }
 
     /// Record a key event on its own.
@@ -128,9 +131,8 @@ impl Store {
         self.audit_prepare()?;
         let mut guard = self.lock_inner();
         let inner = &mut *guard;
-        let head = self.audit_locked(inner, kind, detail)?;
-        let mut body = inner.body.clone();
-        body.audit = head;
+        self.audit_locked(inner, kind, detail)?;
+        let body = inner.body.clone();
         self.persist(inner, body)
     }
 
@@ -191,11 +193,41 @@ impl Store {
     /// file being written is sealed first, so all of them can be rewritten.
     /// Returns the active master version.
     pub fn begin_rotation(&self, new_key: Option<&KeySource>, argon2: Argon2Params, reencrypt: bool) -> Result<u32> {
-        let material = new_key.map(|k| k.material()).transpose()?;
+        // Derive the new master key (Argon2 for a passphrase: slow) before
+        // taking the lock; its salt is fresh, so nothing depends on the state.
+        let derived = match new_key {
+            None => None,
+            Some(k) => {
+                let material = k.material()?;
+                let spec = match &material {
+                    Material::Key(_) => MasterSpec::Key,
+                    Material::Passphrase(_) => {
+                        argon2.validate()?;
+                        let mut salt = [0u8; 16];
+                        crate::crypto::random_bytes(&mut salt)?;
+                        MasterSpec::Passphrase { params: argon2, salt }
+                    }
+                };
+                let m =
+                    master_for(&material, &spec)?.ok_or_else(|| Error::KeySource("key material mismatch".into()))?;
+                let kcv = keyring::key_check_value(&m, &self.db_id);
+                Some((spec, m, kcv, k.describe()))
+            }
+        };
         self.audit_prepare()?;
         let mut guard = self.lock_inner();
         let inner = &mut *guard;
         self.check_writable(inner)?;
+        if let Some((spec, _, kcv, _)) = &derived {
+            if matches!(spec, MasterSpec::Key) && ct_eq(kcv, &inner.header.active.kcv) {
+                return Err(Error::InvalidArgument(
+                    "the new master key is the current one; give a different key (or rotate data keys only)".into(),
+                ));
+            }
+            if matches!(spec, MasterSpec::Key) && inner.header.retired.iter().any(|r| ct_eq(kcv, &r.kcv)) {
+                return Err(Error::InvalidArgument("the new master key was retired by an earlier rotation".into()));
+            }
+        }
         let streams: Vec<u32> = inner.writers.keys().copied().collect();
         for s in streams {
             if let Some(mut w) = inner.writers.remove(&s) {
@@ -204,38 +236,19 @@ impl Store {
         }
         let mut new_master = None;
         let mut header = inner.header.clone();
-        if let (Some(material), Some(src)) = (&material, new_key) {
-            let spec = match material {
-                Material::Key(_) => MasterSpec::Key,
-                Material::Passphrase(_) => {
-                    argon2.validate()?;
-                    let mut salt = [0u8; 16];
-                    crate::crypto::random_bytes(&mut salt)?;
-                    MasterSpec::Passphrase { params: argon2, salt }
-                }
-            };
-            let m = master_for(material, &spec)?.ok_or_else(|| Error::KeySource("key material mismatch".into()))?;
-            let kcv = keyring::key_check_value(&m, &self.db_id);
-            if matches!(spec, MasterSpec::Key) && ct_eq(&kcv, &inner.header.active.kcv) {
-                return Err(Error::InvalidArgument(
-                    "the new master key is the current one; give a different key (or rotate data keys only)".into(),
-                ));
-            }
-            if matches!(spec, MasterSpec::Key) && inner.header.retired.iter().any(|r| ct_eq(&kcv, &r.kcv)) {
-                return Err(Error::InvalidArgument("the new master key was retired by an earlier rotation".into()));
-            }
+        if let Some((spec, m, kcv, src)) = derived {
             let version = inner.header.active.version + 1;
             header.retired.push(inner.header.active);
             if header.retired.len() > keyring::MAX_RETIRED {
                 header.retired.remove(0);
             }
             header.active = MasterCheck { version, spec, kcv };
-            new_master = Some((m, version, src.describe()));
+            new_master = Some((m, version, src));
         }
         let (files_total, bytes_total) =
             (inner.body.files.len() as u64, inner.body.files.iter().map(file_len).sum::<u64>());
         if let Some((_, version, src)) = &new_master {
-            let head = self.audit_locked(
+            self.audit_locked(
                 inner,
                 "rewrap",
                 format!(
@@ -244,10 +257,9 @@ impl Store {
                     json_str(src)
                 ),
             )?;
-            inner.body.audit = head;
         }
         if reencrypt {
-            let head = self.audit_locked(
+            self.audit_locked(
                 inner,
                 "reencrypt-started",
                 format!(
@@ -255,7 +267,6 @@ impl Store {
                     new_master.is_none()
                 ),
             )?;
-            inner.body.audit = head;
         }
         // Every data key created so far (the audit file just started
         // included) has been wrapped under the old master key: all of them
@@ -302,8 +313,10 @@ impl Store {
         self.persist_as(inner, header, body, new_master.map(|(m, _, _)| m))?;
         // The audit file written under the old master key is sealed too, so
         // that it can be re-encrypted; the next entry starts a new one.
+        // (Best effort: the new key is in force whatever happens here; a file
+        // left active is sealed by the next open's recovery.)
         if reencrypt && let Some(mut w) = inner.writers.remove(&AUDIT_STREAM) {
-            self.seal_writer(inner, &mut w)?;
+            let _ = self.seal_writer(inner, &mut w);
         }
         Ok(version)
     }
@@ -374,7 +387,7 @@ impl Store {
         if inner.body.files.iter().any(|f| f.file_id < r.mark) {
             return Ok(false);
         }
-        let head = self.audit_locked(
+        self.audit_locked(
             inner,
             "reencrypt-finished",
             format!(
@@ -382,7 +395,6 @@ impl Store {
                 r.files_total, r.bytes_total
             ),
         )?;
-        inner.body.audit = head;
         let mut destroyed = Vec::new();
         for m in &inner.body.masters {
             if m.state == MasterState::Retired
@@ -392,12 +404,11 @@ impl Store {
             }
         }
         for v in &destroyed {
-            let head = self.audit_locked(
+            self.audit_locked(
                 inner,
                 "master-destroyed",
                 format!("{{\"version\":{v},\"statement\":\"no live file is encrypted under key version {v}\"}}"),
             )?;
-            inner.body.audit = head;
         }
         let mut body = inner.body.clone();
         for m in body.masters.iter_mut() {
