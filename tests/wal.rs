@@ -298,12 +298,12 @@ fn after_a_failed_write_at_any_point_the_session_never_writes_a_commit_twice() {
 #[test]
 fn relaxed_durability_never_lets_a_snapshot_get_ahead_of_the_log() {
     let fs = MemFs::new();
-    let o = Options {
+    let o = |fs: &MemFs| Options {
         durability: driftdb::Durability::RelaxedSyncEvery(std::time::Duration::from_secs(3600)),
         snapshot_every_events: 20,
-        ..opts(&fs, 1 << 40)
+        ..opts(fs, 1 << 40)
     };
-    let db = Db::create("/db", &key(), o.clone()).unwrap();
+    let db = Db::create("/db", &key(), o(&fs)).unwrap();
     db.create_table("t", "id", &["batch"]).unwrap();
     db.insert("t", json!({"id": "counter", "last": 0})).unwrap();
     for n in 1..=40 {
@@ -313,7 +313,7 @@ fn relaxed_durability_never_lets_a_snapshot_get_ahead_of_the_log() {
     // Power loss: nothing unsynced survives.
     fs.crash();
     drop(db);
-    let db = Db::open("/db", &key(), o).unwrap();
+    let db = Db::open("/db", &key(), o(&fs)).unwrap();
     let n = check(&db, 0, 40, "after power loss");
     assert!(n >= 20, "the snapshot's commits were made durable first: {n}");
 }

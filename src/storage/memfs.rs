@@ -50,9 +50,31 @@ struct State {
 }
 
 /// The in-memory file system. Cheap to clone (shared state).
-#[derive(Clone, Default)]
+///
+/// A clone belongs to the "process" of its time: after [`MemFs::crash`],
+/// every file-system call through a clone made before it fails, as nothing
+/// of a killed process runs on (clone again to "restart").
+#[derive(Default)]
 pub struct MemFs {
     st: Arc<Mutex<State>>,
+    epoch: u64,
+}
+
+impl Clone for MemFs {
+    fn clone(&self) -> Self {
+        MemFs { st: self.st.clone(), epoch: lock(&self.st).epoch }
+    }
+}
+
+impl MemFs {
+    /// The shared state, for a file-system call from this clone's process.
+    fn live(&self) -> io::Result<MutexGuard<'_, State>> {
+        let st = lock(&self.st);
+        if st.epoch != self.epoch {
+            return Err(dead());
+        }
+        Ok(st)
+    }
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -242,7 +264,7 @@ impl Drop for MemLock {
 
 impl Vfs for MemFs {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn VfsFile>> {
-        let mut st = lock(&self.st);
+        let mut st = self.live()?;
         if matches!(mode, OpenMode::CreateNew | OpenMode::Truncate) {
             take_op(&mut st)?;
         }
@@ -268,7 +290,7 @@ impl Vfs for MemFs {
     }
 
     fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
-        let st = lock(&self.st);
+        let st = self.live()?;
         Ok(st
             .files
             .keys()
@@ -278,13 +300,13 @@ impl Vfs for MemFs {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        let mut st = lock(&self.st);
+        let mut st = self.live()?;
         take_op(&mut st)?;
         st.files.remove(path).map(|_| ()).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut st = lock(&self.st);
+        let mut st = self.live()?;
         take_op(&mut st)?;
         let n = st.files.remove(from).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         st.files.insert(to.to_path_buf(), n);
@@ -292,7 +314,7 @@ impl Vfs for MemFs {
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        let mut st = lock(&self.st);
+        let mut st = self.live()?;
         if st.faults.fail_sync || st.faults.fail_dir_sync {
             return Err(io::Error::other("injected fsync failure"));
         }
@@ -308,12 +330,12 @@ impl Vfs for MemFs {
     }
 
     fn exists(&self, path: &Path) -> io::Result<bool> {
-        let st = lock(&self.st);
+        let st = self.live()?;
         Ok(st.files.contains_key(path) || st.files.keys().any(|p| p.starts_with(path)))
     }
 
     fn try_lock(&self, path: &Path, exclusive: bool) -> io::Result<Option<Box<dyn LockGuard>>> {
-        let mut st = lock(&self.st);
+        let mut st = self.live()?;
         let epoch = st.epoch;
         match st.locks.get_mut(path) {
             Some((ex, n, _)) => {
