@@ -351,6 +351,12 @@ pub fn model(data: &[u8]) {
     }
 }
 
+/// The manifest (the keyring body, as decrypted): whatever decodes
+/// re-encodes to the same bytes.
+pub fn manifest(data: &[u8]) {
+    body(data);
+}
+
 fn body(data: &[u8]) {
     if let Ok(b) = KeyringBody::decode(data) {
         assert_eq!(b.encode(), data, "keyring body re-encode differs");
@@ -381,6 +387,7 @@ mod tests {
             ("commit", commit),
             ("audit", audit),
             ("aead_roundtrip", aead_roundtrip),
+            ("manifest", manifest),
             ("snapshot", snapshot),
             ("driftql", driftql),
             ("model", model),
@@ -480,6 +487,8 @@ mod tests {
         };
         put("keyring", "seed0", &encode_keyring(&h, &body, &key).unwrap());
         put("keyring", "seed1", &body.encode());
+        put("manifest", "seed0", &body.encode());
+        put("manifest", "seed1", &KeyringBody::default().encode());
         put("keyring", "seed2", &encode_keyring(&h, &KeyringBody::default(), &key).unwrap());
         use crate::table::{Commit, Event, Op, Pk};
         let c = Commit {

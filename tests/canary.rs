@@ -63,3 +63,61 @@ fn canary_appears_in_no_file_or_name() {
     assert_eq!(n, 200 + 5 + 1);
     assert_eq!(s.root(), CANARY.as_bytes());
 }
+
+/// The same through the database: canaries in table names, field names,
+/// keys, indexed values and documents, through commits, transactions, the
+/// WAL, snapshots, compaction, a key rotation and the audit log; every file
+/// under the data directory is scanned while the WAL holds commits, during
+/// the rotation and after it.
+#[test]
+fn canaries_through_every_file_kind_of_the_database_appear_nowhere() {
+    use driftdb::{Db, Isolation, Options, Pk, RotateOptions};
+    use serde_json::json;
+    const T: &str = "CANARYtable_patients";
+    const F: &str = "CANARYfield_diagnosis";
+    let t = tempfile::tempdir().unwrap();
+    let k1 = common::key_file(t.path(), "k1", 0x61);
+    let k2 = common::key_file(t.path(), "k2", 0x62);
+    let d = t.path().join("db");
+    let scan = |when: &str| {
+        let files = common::tree(&d);
+        for (p, bytes) in &files {
+            for needle in [&b"CANARY"[..], b"diagnosis", b"patients", b"secret-value"] {
+                assert!(
+                    !common::contains(bytes, needle),
+                    "{when}: {:?} in {}",
+                    String::from_utf8_lossy(needle),
+                    p.display()
+                );
+            }
+        }
+        files.keys().filter_map(|p| p.extension().map(|e| e.to_string_lossy().into_owned())).collect::<Vec<_>>()
+    };
+    let o = Options { snapshot_every_events: 50, ..Default::default() };
+    let db = Db::create(&d, &KeySource::key_file(&k1), o.clone()).unwrap();
+    db.create_table(T, "CANARYpk", &[F]).unwrap();
+    for i in 0..200 {
+        db.insert(T, json!({"CANARYpk": format!("CANARYkey-{i}"), F: format!("CANARY-secret-value-{i}")})).unwrap();
+    }
+    let mut tx = db.begin(Isolation::Serializable);
+    tx.patch(T, &Pk::Str("CANARYkey-1".into()), json!({F: "CANARY-in-a-transaction"}).as_object().cloned().unwrap())
+        .unwrap();
+    tx.commit().unwrap();
+    db.snapshot(T).unwrap();
+    let kinds = scan("with the WAL live");
+    assert!(kinds.iter().any(|k| k == "wal") && kinds.iter().any(|k| k == "audit"), "{kinds:?}");
+    db.compact(T, Some(&driftdb::query::ast::AsOf::Seq(100))).unwrap();
+    db.rotate_master_key(
+        &KeySource::key_file(&k2),
+        RotateOptions { throttle_bytes_per_sec: Some(200_000), ..Default::default() },
+    )
+    .unwrap();
+    scan("during the rotation");
+    db.wait_for_rotation().unwrap();
+    db.close().unwrap();
+    let kinds = scan("after the rotation");
+    assert!(kinds.iter().any(|k| k == "seg") && kinds.iter().any(|k| k == "snap"), "{kinds:?}");
+    // The data is really there.
+    let db = Db::open(&d, &KeySource::key_file(&k2), Options::default()).unwrap();
+    assert_eq!(db.scan(T, None).unwrap().len(), 200);
+}

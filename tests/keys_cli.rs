@@ -138,19 +138,25 @@ fn kill_9_during_keys_rotate_then_resume_finishes_with_all_data() {
     let runs: usize = std::env::var("DRIFTDB_ROTATE_KILL_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
     let f = fixture(200, 6);
     let total = count(&f.dir, &f.k1).unwrap();
+    let mut keys: Vec<PathBuf> = vec![f.k1.clone(), f.k2.clone()];
+    // keys[cur] opens the database; keys[cur + 1] is the rotation's target.
+    let mut cur = 0;
     let mut seed = 0x1234_5678_9abc_def1u64;
-    let mut rotated = false;
-    let mut kills = 0;
-    let mut killed_after_rewrap = 0;
-    for run in 0..runs {
+    let (mut kills, mut killed_reencrypting) = (0, 0);
+    for round in 0..runs {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        // Until the re-wrap is in, start the rotation; afterwards, resume it.
-        let key = if rotated { &f.k2 } else { &f.k1 };
-        let mut args = vec!["keys", if rotated { "resume" } else { "rotate" }, "-d", s(&f.dir), "--key-file", s(key)];
-        if !rotated {
-            args.extend_from_slice(&["--new-key-file", s(&f.k2)]);
+        let (old, new) = (keys[cur].clone(), keys[cur + 1].clone());
+        // An unfinished re-encryption is resumed; otherwise a new rotation starts.
+        let status = {
+            let (_, out, _) = parts(&run(&["keys", "status", "-d", s(&f.dir), "--key-file", s(&old), "--json"]));
+            serde_json::from_str::<serde_json::Value>(&out).ok()
+        };
+        let resuming = status.as_ref().is_some_and(|st| st["rotation"]["state"] == "interrupted");
+        let mut args = vec!["keys", if resuming { "resume" } else { "rotate" }, "-d", s(&f.dir), "--key-file", s(&old)];
+        if !resuming {
+            args.extend_from_slice(&["--new-key-file", s(&new)]);
         }
         args.extend_from_slice(&["--throttle", "20K"]);
         let mut child = bin()
@@ -166,49 +172,40 @@ fn kill_9_during_keys_rotate_then_resume_finishes_with_all_data() {
         child.kill().ok(); // SIGKILL
         child.wait().unwrap();
         kills += usize::from(!finished);
-        killed_after_rewrap += usize::from(!finished && rotated);
         // Exactly one key opens the database, with all the data.
-        match (count(&f.dir, &f.k2), count(&f.dir, &f.k1)) {
+        let opener = if resuming { &old } else { &new };
+        match (count(&f.dir, opener), count(&f.dir, if resuming { &new } else { &old })) {
             (Ok(n), Err((3, _))) => {
-                assert_eq!(n, total, "run {run}");
-                rotated = true;
+                assert_eq!(n, total, "round {round}");
+                if !resuming {
+                    cur += 1;
+                    keys.push(key_file(f._t.path(), &format!("k{}", keys.len() + 1), 0x40 + keys.len() as u8));
+                }
+                killed_reencrypting += usize::from(!finished);
             }
-            (Err((3, _)), Ok(n)) => {
-                assert!(!rotated, "run {run}: the old key opens the database again");
-                assert_eq!(n, total, "run {run}");
-            }
-            other => panic!("run {run}: {other:?}"),
+            (Err((3, _)), Ok(n)) if !resuming => assert_eq!(n, total, "round {round}: killed before the re-wrap"),
+            other => panic!("round {round}: {other:?}"),
         }
     }
-    eprintln!("{kills} kills, {killed_after_rewrap} of them during re-encryption");
+    eprintln!("{kills} kills, {killed_reencrypting} of them after the re-wrap");
     assert!(kills > 0);
-    if !rotated {
-        let (code, _, err) = parts(&run(&[
-            "keys",
-            "rotate",
-            "-d",
-            s(&f.dir),
-            "--key-file",
-            s(&f.k1),
-            "--new-key-file",
-            s(&f.k2),
-            "--rewrap-only",
-        ]));
-        assert_eq!(code, 0, "{err}");
-        let (code, _, err) =
-            parts(&run(&["keys", "rotate", "-d", s(&f.dir), "--key-file", s(&f.k2), "--data-keys-only"]));
-        assert_eq!(code, 0, "{err}");
-    }
-    let (code, out, err) = parts(&run(&["keys", "resume", "-d", s(&f.dir), "--key-file", s(&f.k2)]));
+    let key = keys[cur].clone();
+    let (code, out, err) = parts(&run(&["keys", "resume", "-d", s(&f.dir), "--key-file", s(&key)]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("rotation: complete"), "{out}");
-    let (code, out, _) = parts(&run(&["keys", "status", "-d", s(&f.dir), "--key-file", s(&f.k2), "--json"]));
+    let (code, out, _) = parts(&run(&["keys", "status", "-d", s(&f.dir), "--key-file", s(&key), "--json"]));
     assert_eq!(code, 0);
     let st: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(st["rotation"]["state"], "complete", "{st}");
-    assert_eq!(st["keys"][0]["files"], 0, "{st}");
-    assert_eq!(count(&f.dir, &f.k2).unwrap(), total);
-    assert_eq!(count(&f.dir, &f.k1).unwrap_err().0, 3);
-    let (code, out, err) = parts(&run(&["verify", "-d", s(&f.dir), "--key-file", s(&f.k2)]));
+    for v in st["keys"].as_array().unwrap() {
+        if v["state"] != "active" {
+            assert_eq!(v["files"], 0, "{st}");
+        }
+    }
+    assert_eq!(count(&f.dir, &key).unwrap(), total);
+    for old in &keys[..cur] {
+        assert_eq!(count(&f.dir, old).unwrap_err().0, 3);
+    }
+    let (code, out, err) = parts(&run(&["verify", "-d", s(&f.dir), "--key-file", s(&key)]));
     assert_eq!(code, 0, "{out}{err}");
 }

@@ -1,5 +1,5 @@
 //! Tamper sweep: a small database with every file kind written so far (log
-//! segments, the write-ahead log, snapshots, the keyring); for each file, bytes are flipped at
+//! segments, the write-ahead log, snapshots, the key audit log, the keyring); for each file, bytes are flipped at
 //! many positions (every byte of small files), then the database is opened
 //! and everything read: each read returns exactly the original data or an
 //! error, never other data and never a panic.
@@ -74,7 +74,11 @@ fn flipped_bytes_give_the_original_data_or_an_error() {
         .filter_map(|(p, _)| p.extension().map(|e| e.to_string_lossy().into_owned()).or(Some("keyring".into())))
         .collect();
     assert!(
-        kinds.contains("seg") && kinds.contains("wal") && kinds.contains("snap") && kinds.contains("keyring"),
+        kinds.contains("seg")
+            && kinds.contains("wal")
+            && kinds.contains("snap")
+            && kinds.contains("audit")
+            && kinds.contains("keyring"),
         "{kinds:?}"
     );
     let mut flips = 0;
