@@ -18,9 +18,9 @@
 use crate::query::ast::{AsOf, Select, Stmt};
 use crate::storage::store::{CreateOptions, Edit, RecordPos, Store, StoreOptions};
 use crate::table::index::Index;
-use crate::table::snapshot::{SNAPSHOT_STREAM_BASE, SnapMeta, decode_rows, encode_rows};
+use crate::table::snapshot::{SNAPSHOT_STREAM_BASE, SnapMeta, decode_rows_raw, encode_rows};
 use crate::table::time::{format_rfc3339, now_micros};
-use crate::table::{Commit, Event, Op, Pk, TableDef};
+use crate::table::{Commit, Doc, Event, Op, Pk, RawCommit, TableDef};
 use crate::txn::{Accepted, Batch, GroupView, Isolation, Request, Slot};
 use crate::{Argon2Params, Error, FileKind, KeySource, Result};
 use serde_json::{Map, Value};
@@ -142,10 +142,60 @@ pub(crate) struct Hist {
     folded: bool,
 }
 
+/// A row's history, oldest first: most rows have one event, kept inline.
+#[derive(Clone)]
+pub(crate) enum Hists {
+    One(Hist),
+    Many(Vec<Hist>),
+}
+
+impl Default for Hists {
+    fn default() -> Hists {
+        Hists::Many(Vec::new())
+    }
+}
+
+impl std::ops::Deref for Hists {
+    type Target = [Hist];
+    fn deref(&self) -> &[Hist] {
+        match self {
+            Hists::One(h) => std::slice::from_ref(h),
+            Hists::Many(v) => v,
+        }
+    }
+}
+
+impl Hists {
+    fn push(&mut self, h: Hist) {
+        match self {
+            Hists::Many(v) if v.is_empty() => *self = Hists::One(h),
+            Hists::Many(v) => v.push(h),
+            Hists::One(first) => *self = Hists::Many(vec![*first, h]),
+        }
+    }
+
+    fn to_vec_mut(&mut self) -> &mut Vec<Hist> {
+        if let Hists::One(h) = *self {
+            *self = Hists::Many(vec![h]);
+        }
+        match self {
+            Hists::Many(v) => v,
+            Hists::One(_) => unreachable_hists(),
+        }
+    }
+}
+
+#[allow(clippy::panic)]
+#[cold]
+fn unreachable_hists() -> ! {
+    // `to_vec_mut` has just made it `Many`.
+    panic!("history list is not a vector")
+}
+
 #[derive(Default)]
 pub(crate) struct TableData {
-    pub(crate) rows: BTreeMap<Pk, Arc<Value>>,
-    pub(crate) history: HashMap<Pk, Vec<Hist>>,
+    pub(crate) rows: BTreeMap<Pk, Arc<Doc>>,
+    pub(crate) history: HashMap<Pk, Hists>,
     /// Secondary indexes of the current rows, by field.
     indexes: BTreeMap<String, Index>,
     /// Snapshots: (sequence number, file id), oldest first.
@@ -162,8 +212,8 @@ pub(crate) struct Change {
     pub(crate) seq: u64,
     pub(crate) table: u32,
     pub(crate) key: Pk,
-    pub(crate) old: Option<Arc<Value>>,
-    pub(crate) new: Option<Arc<Value>>,
+    pub(crate) old: Option<Arc<Doc>>,
+    pub(crate) new: Option<Arc<Doc>>,
 }
 
 #[derive(Default)]
@@ -211,15 +261,39 @@ impl State {
     }
 
     /// Apply a decoded commit found at `pos` (`rec_len` bytes on disk).
-    /// Documents are moved out of `c`.
+    /// Documents and keys are moved out of `c`.
     fn apply(&mut self, c: &mut Commit, pos: RecordPos, rec_len: usize) -> Result<()> {
-        let share = (rec_len / c.events.len().max(1)) as u64;
+        let events = c
+            .events
+            .iter_mut()
+            .map(|e| Applied {
+                op: e.op,
+                table: e.table,
+                key: e.key.take(),
+                doc: e.doc.take().map(|d| Arc::new(Doc::from_value(d))),
+            })
+            .collect();
+        self.apply_events(c.first_seq, c.time_micros, events, pos, rec_len)
+    }
+
+    /// Apply the events of one commit found at `pos` (`rec_len` bytes on disk).
+    fn apply_events(
+        &mut self,
+        first_seq: u64,
+        time_micros: i64,
+        events: Vec<Applied>,
+        pos: RecordPos,
+        rec_len: usize,
+    ) -> Result<()> {
+        let share = (rec_len / events.len().max(1)) as u64;
         let ci = u32::try_from(self.commits.len()).map_err(|_| Error::Query("too many commits".into()))?;
-        self.commits.push(CommitMeta { first_seq: c.first_seq, len: c.events.len() as u32, time: c.time_micros, pos });
-        for (i, e) in c.events.iter_mut().enumerate() {
-            let seq = c.first_seq + i as u64;
+        let n = events.len() as u64;
+        self.commits.push(CommitMeta { first_seq, len: events.len() as u32, time: time_micros, pos });
+        for (i, e) in events.into_iter().enumerate() {
+            let seq = first_seq + i as u64;
             if e.op == Op::CreateTable {
-                let mut def: TableDef = serde_json::from_value(e.doc.clone().unwrap_or(Value::Null))
+                let v = e.doc.as_ref().map(|d| d.value().clone()).unwrap_or(Value::Null);
+                let mut def: TableDef = serde_json::from_value(v)
                     .map_err(|err| Error::Query(format!("bad table definition at seq {seq}: {err}")))?;
                 def.id = e.table;
                 def.created_seq = seq;
@@ -242,14 +316,14 @@ impl State {
             if e.op == Op::Folded {
                 continue;
             }
-            let (Some(t), Some(key)) = (self.tables.get_mut(&e.table), e.key.clone()) else {
+            let (Some(t), Some(key)) = (self.tables.get_mut(&e.table), e.key) else {
                 return Err(Error::Query(format!("event at seq {seq} names an unknown table or no key")));
             };
             if self.rows_from.get(&e.table).is_none_or(|from| seq > *from) {
                 t.since_events += 1;
                 t.since_bytes += share;
                 let new = match e.op {
-                    Op::Insert | Op::Patch => Some(Arc::new(e.doc.take().unwrap_or(Value::Null))),
+                    Op::Insert | Op::Patch => Some(e.doc.unwrap_or_else(|| Arc::new(Doc::from_value(Value::Null)))),
                     _ => None,
                 };
                 let old = match &new {
@@ -278,8 +352,8 @@ impl State {
             }
             t.history.entry(key).or_default().push(Hist { seq, op: e.op, commit: ci, idx: i as u32, folded: false });
         }
-        self.next_seq = c.first_seq + c.events.len() as u64;
-        self.last_time = self.last_time.max(c.time_micros);
+        self.next_seq = first_seq + n;
+        self.last_time = self.last_time.max(time_micros);
         Ok(())
     }
 
@@ -289,17 +363,26 @@ impl State {
         let ci = self.commits.partition_point(|c| c.first_seq <= h).saturating_sub(1) as u32;
         let Some(t) = self.tables.get_mut(&id) else { return };
         for hist in t.history.values_mut() {
-            hist.retain(|e| e.seq > h);
+            hist.to_vec_mut().retain(|e| e.seq > h);
         }
         for k in live_at_h {
             t.history
                 .entry(k.clone())
                 .or_default()
+                .to_vec_mut()
                 .insert(0, Hist { seq: h, op: Op::Insert, commit: ci, idx: 0, folded: true });
         }
         t.history.retain(|_, v| !v.is_empty());
         t.snapshots.retain(|(s, _)| *s >= h);
     }
+}
+
+/// One event as [`State::apply_events`] takes it.
+struct Applied {
+    op: Op,
+    table: u32,
+    key: Option<Pk>,
+    doc: Option<Arc<Doc>>,
 }
 
 /// An embedded DriftDB database.
@@ -316,8 +399,12 @@ pub(crate) struct Shared {
     state: RwLock<State>,
     /// Held by the group-commit leader (and by snapshots and compaction).
     writer: Mutex<WriterState>,
-    /// Commit requests waiting for a leader.
-    queue: Mutex<Vec<Request>>,
+    /// Commit requests waiting for a leader, with the committing thread.
+    queue: Mutex<Vec<(std::thread::ThreadId, Request)>>,
+    /// Signalled when a request joins the queue while a leader gathers.
+    arrived: std::sync::Condvar,
+    /// What the next leader expects to gather (see [`Db::gather`]).
+    gather: Mutex<Gather>,
     /// Bumped (and waiters woken) each time the writer lock is released:
     /// committers wait here, not on the writer lock, so that one whose
     /// commit a leader already finished returns at once instead of queueing
@@ -443,6 +530,22 @@ impl Drop for WriterGuard<'_> {
     }
 }
 
+/// What a group-commit leader knows of the committers before it takes the
+/// queue: who was in the last group, and how long the last fsyncs took.
+#[derive(Default)]
+struct Gather {
+    /// The threads of the last group: each is likely to commit again soon.
+    last: Vec<std::thread::ThreadId>,
+    /// Moving average of the WAL fsync, in microseconds (0: none yet, or
+    /// not synced per commit); below 50 µs, leaders do not wait.
+    sync_micros: u64,
+    /// A leader is waiting for arrivals (committers then signal `arrived`).
+    waiting: bool,
+    /// Groups to take without waiting: set when a wait gathered nobody
+    /// (committers that commit now and then, not in a loop).
+    cooldown: u32,
+}
+
 /// The background thread of [`Durability::RelaxedSyncEvery`].
 struct Flusher {
     stop: std::sync::mpsc::Sender<()>,
@@ -466,7 +569,7 @@ impl Drop for Db {
 }
 
 /// A table's rows, in key order.
-type Rows = BTreeMap<Pk, Arc<Value>>;
+type Rows = BTreeMap<Pk, Arc<Doc>>;
 
 /// Decoded commits, bounded by the bytes of their records.
 #[derive(Default)]
@@ -487,8 +590,10 @@ impl Db {
     }
 
     /// Open a database: the key is checked first; then every table's latest
-    /// snapshot is loaded and the log replayed (documents are parsed only for
-    /// events after a table's snapshot).
+    /// snapshot is loaded and the log replayed. Rows are kept as the JSON
+    /// text their records hold: each current row is checked once (on up to
+    /// four threads, building the secondary indexes in the same pass), and
+    /// parsed when first read.
     pub fn open(dir: impl AsRef<Path>, key: &KeySource, opts: Options) -> Result<Db> {
         let store = Store::open(dir, key, opts.store.clone())?;
         let mut st = State { next_seq: 1, ..State::default() };
@@ -508,7 +613,7 @@ impl Db {
             }
         }
         for (id, seq, file) in latest {
-            let rows = load_snapshot(&store, file)?;
+            let rows = load_snapshot(&store, file, false)?;
             let t = st.tables.entry(id).or_default();
             t.rows = rows;
             st.rows_from.insert(id, seq);
@@ -561,18 +666,12 @@ impl Db {
                     format!("the snapshot at the compaction horizon @seq:{h} of table {id} is missing"),
                 )
             })?;
-            let rows = load_snapshot(&store, snap)?;
+            let rows = load_snapshot(&store, snap, true)?;
             st.fold_history(id, h, rows.keys());
         }
-        for t in st.tables.values_mut() {
-            let fields: Vec<String> = t.indexes.keys().cloned().collect();
-            for f in fields {
-                let mut ix = Index::default();
-                for (k, d) in &t.rows {
-                    ix.add(&f, d, k);
-                }
-                t.indexes.insert(f, ix);
-            }
+        for (id, t) in st.tables.iter_mut() {
+            let name = st.defs.get(id).map_or_else(|| format!("table {id}"), |d| format!("table {:?}", d.name));
+            check_rows_and_index(&name, t)?;
         }
         st.rows_from.clear();
         st.maintain_indexes = true;
@@ -620,6 +719,8 @@ impl Db {
                 state: RwLock::new(state),
                 writer: Mutex::new(WriterState::default()),
                 queue: Mutex::new(Vec::new()),
+                arrived: std::sync::Condvar::new(),
+                gather: Mutex::new(Gather::default()),
                 released: (Mutex::new(0), std::sync::Condvar::new()),
                 cache: Mutex::new(CommitCache::default()),
                 baselines: Mutex::new(HashMap::new()),
@@ -920,7 +1021,10 @@ impl Db {
     pub(crate) fn submit(&self, req: Request) -> Result<u64> {
         let slot = req.slot.clone();
         let take = || slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        self.s.queue.lock().unwrap_or_else(|p| p.into_inner()).push(req);
+        self.s.queue.lock().unwrap_or_else(|p| p.into_inner()).push((std::thread::current().id(), req));
+        if self.s.gather.lock().unwrap_or_else(|p| p.into_inner()).waiting {
+            self.s.arrived.notify_all();
+        }
         loop {
             let epoch = self.s.released.0.lock().unwrap_or_else(|p| p.into_inner());
             // A leader answers before it releases the writer lock, and
@@ -932,7 +1036,7 @@ impl Db {
             match self.try_lock_writer() {
                 Some(mut w) => {
                     drop(epoch);
-                    let reqs = std::mem::take(&mut *self.s.queue.lock().unwrap_or_else(|p| p.into_inner()));
+                    let reqs = self.gather();
                     self.run_group(&mut w, reqs);
                     drop(w);
                     if let Some(r) = take() {
@@ -945,6 +1049,53 @@ impl Db {
                 }
             }
         }
+    }
+
+    /// Take the queued requests for the next group (writer lock held).
+    ///
+    /// The committers of the last group were answered a moment ago and
+    /// are likely building their next commit: when some of them are not
+    /// queued yet, the leader waits for them, at most about one fsync, so
+    /// that concurrent committers share an fsync instead of alternating
+    /// between two half groups. A lone committer never waits (it is its
+    /// own last group), nor does anyone when commits are not synced; and
+    /// when a wait gathers nobody (committers that commit now and then),
+    /// the next groups do not wait.
+    fn gather(&self) -> Vec<Request> {
+        let (expected, limit) = {
+            let mut g = self.s.gather.lock().unwrap_or_else(|p| p.into_inner());
+            // Not worth a wait when an fsync is nearly free.
+            let limit = if g.cooldown > 0 || g.sync_micros < 50 { 0 } else { g.sync_micros.min(2_000) };
+            g.cooldown = g.cooldown.saturating_sub(1);
+            (std::mem::take(&mut g.last), Duration::from_micros(limit))
+        };
+        let mut q = self.s.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let missing = |q: &Vec<(std::thread::ThreadId, Request)>| {
+            expected.iter().filter(|t| !q.iter().any(|(u, _)| u == *t)).count()
+        };
+        let mut idle = false;
+        let before = missing(&q);
+        if !limit.is_zero() && before > 0 {
+            let deadline = std::time::Instant::now() + limit;
+            self.s.gather.lock().unwrap_or_else(|p| p.into_inner()).waiting = true;
+            while missing(&q) > 0 {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                q = self.s.arrived.wait_timeout(q, left).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            idle = missing(&q) == before;
+            self.s.gather.lock().unwrap_or_else(|p| p.into_inner()).waiting = false;
+        }
+        let taken = std::mem::take(&mut *q);
+        drop(q);
+        let mut g = self.s.gather.lock().unwrap_or_else(|p| p.into_inner());
+        if idle {
+            g.cooldown = 16;
+        }
+        g.last = taken.iter().map(|(t, _)| *t).collect();
+        taken.into_iter().map(|(_, r)| r).collect()
     }
 
     /// The group-commit leader's work (writer lock held): validate and build
@@ -1019,7 +1170,11 @@ impl Db {
             }
         }
         if failure.is_none() && self.s.opts.durability == Durability::Immediate {
+            let t = std::time::Instant::now();
             failure = self.s.store.sync_stream(WAL_STREAM).err();
+            let us = t.elapsed().as_micros().min(1_000_000) as u64;
+            let mut g = self.s.gather.lock().unwrap_or_else(|p| p.into_inner());
+            g.sync_micros = if g.sync_micros == 0 { us } else { (g.sync_micros * 3 + us) / 4 };
         }
         if let Some(e) = failure {
             // Nothing of the group is acknowledged or applied, though part
@@ -1162,14 +1317,14 @@ impl Db {
             if t.snapshots.last().is_some_and(|(s, _)| *s == seq) {
                 return Ok(seq);
             }
-            let rows: Vec<(Pk, Arc<Value>)> = t.rows.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let rows: Vec<(Pk, Arc<Doc>)> = t.rows.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             (seq, rows)
         };
         self.write_snapshot(id, seq, &rows)
     }
 
     /// Write rows as the snapshot of table `id` at `seq` and record it.
-    fn write_snapshot(&self, id: u32, seq: u64, rows: &[(Pk, Arc<Value>)]) -> Result<u64> {
+    fn write_snapshot(&self, id: u32, seq: u64, rows: &[(Pk, Arc<Doc>)]) -> Result<u64> {
         // A snapshot must never be ahead of the durable log (relaxed durability).
         self.s.store.sync_stream(WAL_STREAM)?;
         let meta = SnapMeta { table: id, seq, rows: rows.len() as u64 };
@@ -1179,7 +1334,7 @@ impl Db {
         let mut chunk: Vec<(&Pk, Vec<u8>)> = Vec::new();
         let mut size = 0usize;
         for (k, v) in rows {
-            let doc = serde_json::to_vec(v.as_ref()).map_err(|e| Error::Query(e.to_string()))?;
+            let doc = v.text().as_bytes().to_vec();
             let n = doc.len() + 32;
             if !chunk.is_empty() && size + n > crate::table::snapshot::RECORD_TARGET {
                 b.append(&encode_rows(&chunk))?;
@@ -1239,7 +1394,7 @@ impl Db {
             (def.id, h, current)
         };
         if h > current {
-            let rows: Vec<(Pk, Arc<Value>)> = {
+            let rows: Vec<(Pk, Arc<Doc>)> = {
                 let st = self.read();
                 let t = st.tables.get(&id).ok_or_else(|| Error::NotFound(format!("table {table}")))?;
                 if t.snapshots.iter().any(|(s, _)| *s == h) {
@@ -1380,7 +1535,7 @@ impl Db {
     pub fn get(&self, table: &str, key: &Pk) -> Result<Option<Value>> {
         let st = self.read();
         let def = st.table(table)?;
-        Ok(st.tables.get(&def.id).and_then(|t| t.rows.get(key)).map(|d| (**d).clone()))
+        Ok(st.tables.get(&def.id).and_then(|t| t.rows.get(key)).map(|d| d.to_value()))
     }
 
     /// The document of a row as of sequence number `seq`.
@@ -1392,7 +1547,7 @@ impl Db {
         let Some(h) = t.history.get(key) else { return Ok(None) };
         if h.last().is_some_and(|e| e.seq <= seq && !e.folded) {
             // Unchanged since: the current row is the answer.
-            return Ok(t.rows.get(key).map(|d| (**d).clone()));
+            return Ok(t.rows.get(key).map(|d| d.to_value()));
         }
         self.doc_at(&st, def.id, key, h, seq)
     }
@@ -1407,13 +1562,13 @@ impl Db {
             return Ok(None);
         }
         if e.folded {
-            return Ok(self.baseline(st, id)?.get(key).map(|d| (**d).clone()));
+            return Ok(self.baseline(st, id)?.get(key).map(|d| d.to_value()));
         }
         Ok(self.event(st, e)?.doc.clone())
     }
 
     /// The rows of table `id` at its compaction horizon.
-    fn baseline(&self, st: &State, id: u32) -> Result<Arc<BTreeMap<Pk, Arc<Value>>>> {
+    fn baseline(&self, st: &State, id: u32) -> Result<Arc<Rows>> {
         let t = st.tables.get(&id).ok_or_else(|| Error::NotFound(format!("table {id}")))?;
         if let Some((h, rows)) = self.s.baselines.lock().unwrap_or_else(|p| p.into_inner()).get(&id)
             && *h == t.horizon
@@ -1426,7 +1581,7 @@ impl Db {
             .find(|(s, _)| *s == t.horizon)
             .map(|(_, f)| *f)
             .ok_or_else(|| Error::NotFound(format!("snapshot at the horizon of table {id}")))?;
-        let rows = Arc::new(load_snapshot(&self.s.store, file)?);
+        let rows = Arc::new(load_snapshot(&self.s.store, file, true)?);
         self.s.baselines.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (t.horizon, rows.clone()));
         Ok(rows)
     }
@@ -1485,9 +1640,9 @@ impl Db {
             return Err(Error::NotFound(format!("no row with key {key} in table {table:?}, now or ever")));
         };
         let mut out = Vec::with_capacity(h.len());
-        for e in h {
+        for e in h.iter() {
             let (op, doc) = if e.folded {
-                ("COMPACTED", self.baseline(&st, def.id)?.get(key).map(|d| (**d).clone()).unwrap_or(Value::Null))
+                ("COMPACTED", self.baseline(&st, def.id)?.get(key).map(|d| d.to_value()).unwrap_or(Value::Null))
             } else {
                 (e.op.name(), self.event(&st, *e)?.doc.unwrap_or(Value::Null))
             };
@@ -1512,7 +1667,7 @@ impl Db {
     ///
     /// A read of the past plans its replay under the state lock and reads
     /// the files without it, so writers are not held up by long reads.
-    pub fn scan(&self, table: &str, as_of: Option<&AsOf>) -> Result<Vec<Arc<Value>>> {
+    pub fn scan(&self, table: &str, as_of: Option<&AsOf>) -> Result<Vec<Arc<Doc>>> {
         for attempt in 0..8 {
             let plan = {
                 let st = self.read();
@@ -1539,15 +1694,15 @@ impl Db {
 
     /// A table's rows at `seq` (a commit boundary): its nearest snapshot at
     /// or before `seq`, then the log's commits after it, up to `seq`.
-    fn rows_at(&self, st: &State, id: u32, t: &TableData, seq: u64) -> Result<BTreeMap<Pk, Arc<Value>>> {
+    fn rows_at(&self, st: &State, id: u32, t: &TableData, seq: u64) -> Result<Rows> {
         self.replay(replay_plan(st, id, t, seq))
     }
 
     /// Carry out a replay plan; needs no lock on the state.
-    fn replay(&self, plan: ReplayPlan) -> Result<BTreeMap<Pk, Arc<Value>>> {
+    fn replay(&self, plan: ReplayPlan) -> Result<Rows> {
         let id = plan.table;
         let mut rows = match plan.snapshot {
-            Some(file) => load_snapshot(&self.s.store, file)?,
+            Some(file) => load_snapshot(&self.s.store, file, true)?,
             None => BTreeMap::new(),
         };
         for (ci, meta) in plan.commits {
@@ -1556,7 +1711,7 @@ impl Db {
                 let Some(k) = &e.key else { continue };
                 match e.op {
                     Op::Insert | Op::Patch => {
-                        rows.insert(k.clone(), Arc::new(e.doc.clone().unwrap_or(Value::Null)));
+                        rows.insert(k.clone(), Arc::new(Doc::from_value(e.doc.clone().unwrap_or(Value::Null))));
                     }
                     Op::SoftDelete => {
                         rows.remove(k);
@@ -1598,7 +1753,7 @@ impl Db {
         if let Some(f) = &sel.filter
             && let Some(keys) = crate::table::index::plan(f, &t.indexes)
         {
-            let docs: Vec<Arc<Value>> = keys.iter().filter_map(|k| t.rows.get(k).cloned()).collect();
+            let docs: Vec<Arc<Doc>> = keys.iter().filter_map(|k| t.rows.get(k).cloned()).collect();
             return crate::query::eval::run_select(sel, docs.into_iter());
         }
         crate::query::eval::run_select(sel, t.rows.values().cloned())
@@ -1615,19 +1770,19 @@ impl Db {
         let Some(t) = st.tables.get(&id) else { return Ok(None) };
         let Some(h) = t.history.get(key) else { return Ok(None) };
         if h.last().is_none_or(|e| e.seq <= seq) {
-            return Ok(t.rows.get(key).map(|d| (**d).clone()));
+            return Ok(t.rows.get(key).map(|d| d.to_value()));
         }
         // The oldest change after the snapshot holds the row as it was.
         let from = st.changes.partition_point(|c| c.seq <= seq);
         if let Some(c) = st.changes.range(from..).find(|c| c.table == id && &c.key == key) {
-            return Ok(c.old.as_deref().cloned());
+            return Ok(c.old.as_ref().map(|d| d.to_value()));
         }
         self.doc_at(st, id, key, h, seq)
     }
 
     /// Table `id`'s rows as of `seq`, for a transaction registered at `seq`
     /// or earlier: the current rows with the later changes undone.
-    pub(crate) fn rows_at_snapshot(&self, st: &State, id: u32, seq: u64) -> Result<BTreeMap<Pk, Arc<Value>>> {
+    pub(crate) fn rows_at_snapshot(&self, st: &State, id: u32, seq: u64) -> Result<Rows> {
         let Some(t) = st.tables.get(&id) else { return Ok(BTreeMap::new()) };
         let mut rows = t.rows.clone();
         let from = st.changes.partition_point(|c| c.seq <= seq);
@@ -1786,10 +1941,8 @@ impl Db {
 /// Apply one log record while opening; returns the commit's index.
 fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec: &[u8]) -> Result<u32> {
     let name = crate::format::file_name(pos.file_id, kind);
-    let bad = |e: crate::format::codec::DecodeError| {
-        Error::corrupted(&name, pos.offset, format!("commit record: {}", e.reason))
-    };
-    let mut c = Commit::decode_headers(rec).map_err(bad)?;
+    let c = RawCommit::decode(rec)
+        .map_err(|e| Error::corrupted(&name, pos.offset, format!("commit record: {}", e.reason)))?;
     if c.first_seq != st.next_seq {
         return Err(Error::tampered(
             &name,
@@ -1797,15 +1950,73 @@ fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec: &[u8]) -> 
             format!("commit starts at seq {}, expected {}", c.first_seq, st.next_seq),
         ));
     }
-    let needs_docs = c.events.iter().enumerate().any(|(i, e)| {
-        e.op != Op::CreateTable && st.rows_from.get(&e.table).is_none_or(|from| c.first_seq + i as u64 > *from)
-    });
-    if needs_docs {
-        c = Commit::decode(rec).map_err(bad)?;
+    // Documents stay text (checked once the replay is over, for the rows
+    // still current); events a table's snapshot already covers need none.
+    let mut events = Vec::with_capacity(c.events.len());
+    for (i, e) in c.events.into_iter().enumerate() {
+        let seq = c.first_seq + i as u64;
+        let doc = match e.op {
+            Op::CreateTable | Op::Compact => match e.doc {
+                Some(t) => Some(Arc::new(Doc::from_text(t).map_err(|err| {
+                    Error::corrupted(&name, pos.offset, format!("commit record: event at seq {seq}: {err}"))
+                })?)),
+                None => None,
+            },
+            _ if st.rows_from.get(&e.table).is_none_or(|from| seq > *from) => {
+                e.doc.map(|t| Arc::new(Doc::from_text_unchecked(t)))
+            }
+            _ => None,
+        };
+        events.push(Applied { op: e.op, table: e.table, key: e.key, doc });
     }
     let ci = st.commits.len() as u32;
-    st.apply(&mut c, pos, rec.len()).map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))?;
+    st.apply_events(c.first_seq, c.time_micros, events, pos, rec.len())
+        .map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))?;
     Ok(ci)
+}
+
+/// Check every current row of a table read at open (their documents are
+/// still the text of the log's records) and build the table's secondary
+/// indexes from them, in one pass, on up to four threads.
+fn check_rows_and_index(name: &str, t: &mut TableData) -> Result<()> {
+    type Picked = Vec<Option<Value>>;
+    let fields: Vec<String> = t.indexes.keys().cloned().collect();
+    let f: Vec<&str> = fields.iter().map(String::as_str).collect();
+    let rows: Vec<(&Pk, &Arc<Doc>)> = t.rows.iter().collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let pick = |part: &[(&Pk, &Arc<Doc>)]| -> Result<Vec<Picked>> {
+        part.iter()
+            .map(|(k, d)| {
+                crate::table::doc::check(d.text(), &f)
+                    .map_err(|e| Error::tampered(name, 0, format!("the document of row {k} is not valid JSON: {e}")))
+            })
+            .collect()
+    };
+    let picked: Vec<Result<Vec<Picked>>> = if threads == 1 || rows.len() < 4096 {
+        vec![pick(&rows)]
+    } else {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = rows.chunks(rows.len().div_ceil(threads)).map(|part| s.spawn(|| pick(part))).collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(Error::Query("index build thread panicked".into()))))
+                .collect()
+        })
+    };
+    let mut per_field: Vec<Vec<(Option<Value>, Pk)>> = fields.iter().map(|_| Vec::with_capacity(rows.len())).collect();
+    let mut keys = rows.iter();
+    for part in picked {
+        for vals in part? {
+            let Some((k, _)) = keys.next() else { break };
+            for (out, v) in per_field.iter_mut().zip(vals) {
+                out.push((v, (*k).clone()));
+            }
+        }
+    }
+    drop(rows);
+    for (f, pairs) in fields.into_iter().zip(per_field) {
+        t.indexes.insert(f, Index::from_pairs(pairs));
+    }
+    Ok(())
 }
 
 /// What a read of the past needs: the snapshot to start from and the commits after it.
@@ -1831,17 +2042,24 @@ fn replay_plan(st: &State, id: u32, t: &TableData, seq: u64) -> ReplayPlan {
     ReplayPlan { table: id, snapshot, commits }
 }
 
-/// Every row of a snapshot file.
-fn load_snapshot(store: &Store, file: u64) -> Result<BTreeMap<Pk, Arc<Value>>> {
-    let mut rows = BTreeMap::new();
+/// Every row of a snapshot file. Unless `checked`, the documents are left
+/// unchecked for the caller to check (see [`Doc::from_text_unchecked`]).
+fn load_snapshot(store: &Store, file: u64, checked: bool) -> Result<Rows> {
+    let mut rows = Vec::new();
     let name = crate::format::file_name(file, FileKind::Snapshot);
     store.read_file(file, |pos, rec| {
-        for (k, v) in decode_rows(rec).map_err(|e| Error::corrupted(&name, pos.offset, e.reason))? {
-            rows.insert(k, Arc::new(v));
+        for (k, v) in decode_rows_raw(rec).map_err(|e| Error::corrupted(&name, pos.offset, e.reason))? {
+            let d = if checked {
+                Doc::from_text(v).map_err(|e| Error::corrupted(&name, pos.offset, format!("row {k}: {e}")))?
+            } else {
+                Doc::from_text_unchecked(v)
+            };
+            rows.push((k, Arc::new(d)));
         }
         Ok(())
     })?;
-    Ok(rows)
+    // Snapshot rows are in key order: a bulk build, not an insert per row.
+    Ok(rows.into_iter().collect())
 }
 
 /// The sequence number an `AS OF` names: the end of the last commit at or
@@ -1892,4 +2110,31 @@ fn table_at<'a>(st: &'a State, table: &str, seq: u64) -> Result<&'a TableDef> {
         )));
     }
     Ok(def)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_read_at_open_are_checked_and_indexed() {
+        let mut t = TableData::default();
+        t.indexes.insert("s".into(), Index::default());
+        for i in 0..5000i64 {
+            let text = format!(r#"{{"id":{i},"s":"v{}","n":{i}}}"#, i % 3);
+            t.rows.insert(Pk::Int(i), Arc::new(Doc::from_text_unchecked(&text)));
+        }
+        check_rows_and_index("table \"t\"", &mut t).unwrap();
+        let ix = &t.indexes["s"];
+        assert_eq!(ix.len(), 3);
+        let hits = ix.candidates(crate::query::ast::CmpOp::Eq, &Value::from("v1")).unwrap();
+        assert_eq!(hits.len(), 1667);
+        assert!(hits.iter().all(|k| matches!(k, Pk::Int(i) if i % 3 == 1)));
+
+        // A row whose text is not JSON is an error naming the table and the
+        // row, never a row that reads as null.
+        t.rows.insert(Pk::Int(4242), Arc::new(Doc::from_text_unchecked(r#"{"id":4242,"s":"v"#)));
+        let e = check_rows_and_index("table \"t\"", &mut t).unwrap_err().to_string();
+        assert!(e.contains("table \"t\"") && e.contains("4242") && e.contains("not valid JSON"), "{e}");
+    }
 }

@@ -141,8 +141,26 @@ pub fn commit(data: &[u8]) {
             let (_, _, one) = Commit::decode_one(data, i).unwrap_or_else(|e| panic!("decode_one fails: {e:?}"));
             assert_eq!(&one, e);
         }
+        // The raw decode (opening a database) agrees: same events, and
+        // documents whose text checks and parses to the full decode's.
+        let raw = crate::table::RawCommit::decode(data).unwrap_or_else(|e| panic!("raw decode fails: {e:?}"));
+        assert_eq!((raw.first_seq, raw.time_micros, raw.events.len()), (c.first_seq, c.time_micros, c.events.len()));
+        for (r, e) in raw.events.iter().zip(&c.events) {
+            assert_eq!((r.op, r.table, &r.key), (e.op, e.table, &e.key));
+            let doc = r.doc.map(|t| crate::table::Doc::from_text(t).map(|d| d.value().clone()));
+            assert_eq!(doc.transpose().ok(), Some(e.doc.clone()), "raw document differs");
+        }
     } else {
         let _ = Commit::decode_headers(data);
+        // The raw decode may accept what the full one rejects (it does not
+        // parse JSON); the text of such a document must then fail its check.
+        if let Ok(raw) = crate::table::RawCommit::decode(data) {
+            for r in raw.events {
+                if let Some(t) = r.doc {
+                    let _ = crate::table::Doc::from_text(t);
+                }
+            }
+        }
     }
 }
 
@@ -157,6 +175,22 @@ pub fn snapshot(data: &[u8]) {
             rows.iter().map(|(k, v)| (k, serde_json::to_vec(v).unwrap_or_default())).collect();
         let again = decode_rows(&encode_rows(&enc)).unwrap_or_else(|e| panic!("re-encoded rows do not decode: {e:?}"));
         assert_eq!(again, rows);
+        // The raw decode (opening a database) agrees, and so does a field
+        // read from the text with the parsed document's field.
+        let raw = crate::table::snapshot::decode_rows_raw(data).unwrap_or_else(|e| panic!("raw rows fail: {e:?}"));
+        assert_eq!(raw.len(), rows.len());
+        for ((rk, rt), (k, v)) in raw.iter().zip(&rows) {
+            assert_eq!(rk, k);
+            let d = crate::table::Doc::from_text(rt).unwrap_or_else(|e| panic!("raw row text fails its check: {e}"));
+            if let Some(first) = v.as_object().and_then(|o| o.keys().next()) {
+                assert_eq!(d.field(first).as_ref(), v.get(first), "field read from text differs");
+            }
+            assert_eq!(d.value(), v);
+        }
+    } else if let Ok(raw) = crate::table::snapshot::decode_rows_raw(data) {
+        for (_, t) in raw {
+            assert!(crate::table::Doc::from_text(t).is_err() || serde_json::from_str::<serde_json::Value>(t).is_ok());
+        }
     }
 }
 

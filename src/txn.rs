@@ -26,7 +26,7 @@
 
 use crate::db::{Change, Db, State};
 use crate::query::ast::{Expr, Select, Stmt};
-use crate::table::{Event, Op, Pk, TableDef};
+use crate::table::{Doc, Event, Op, Pk, TableDef};
 use crate::{Error, Result};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -223,7 +223,7 @@ impl View for GroupView<'_> {
                 return Ok(d.cloned());
             }
         }
-        Ok(self.st.tables.get(&id).and_then(|t| t.rows.get(key)).map(|d| (**d).clone()))
+        Ok(self.st.tables.get(&id).and_then(|t| t.rows.get(key)).map(|d| d.to_value()))
     }
 
     fn next_table_id(&self) -> u32 {
@@ -576,7 +576,7 @@ impl<'db> Txn<'db> {
             if !new && !mine && at_latest {
                 return Ok((def.id, new, Err(self.db.select_current(st, def.id, sel)?)));
             }
-            let mut rows: BTreeMap<Pk, Arc<Value>> = if new {
+            let mut rows: BTreeMap<Pk, Arc<Doc>> = if new {
                 BTreeMap::new()
             } else if at_latest {
                 st.tables.get(&def.id).map(|t| t.rows.clone()).unwrap_or_default()
@@ -586,7 +586,7 @@ impl<'db> Txn<'db> {
             for (t, k) in local.overlay.keys() {
                 if *t == def.id {
                     match local.overlay_doc(&(*t, k.clone())).flatten() {
-                        Some(d) => rows.insert(k.clone(), Arc::new(d.clone())),
+                        Some(d) => rows.insert(k.clone(), Arc::new(Doc::from_value(d.clone()))),
                         None => rows.remove(k),
                     };
                 }
@@ -700,12 +700,14 @@ pub(crate) fn conflict(st: &State, g: &GroupView<'_>, req: &Request) -> Option<S
     };
     for (id, pred) in &req.reads.preds {
         let from = st.changes.partition_point(|c| c.seq <= req.snapshot);
-        let c: Option<&Change> =
-            st.changes.range(from..).find(|c| c.table == *id && hit(pred, c.old.as_deref(), c.new.as_deref()));
+        let c: Option<&Change> = st
+            .changes
+            .range(from..)
+            .find(|c| c.table == *id && hit(pred, c.old.as_deref().map(Doc::value), c.new.as_deref().map(Doc::value)));
         // Rows written earlier in the group: before it, they are as in `st`.
         let in_group = || {
             g.written.iter().filter(|(t, _)| t == id).any(|(t, k)| {
-                let old = st.tables.get(t).and_then(|x| x.rows.get(k)).map(|d| d.as_ref());
+                let old = st.tables.get(t).and_then(|x| x.rows.get(k)).map(|d| d.value());
                 let new = g.current(*t, k).ok().flatten();
                 hit(pred, old, new.as_ref())
             })

@@ -250,12 +250,13 @@ fn set_path(out: &mut Map<String, Value>, p: &Path, v: Value) {
 
 /// Run a `SELECT` over documents (in primary-key order): filter, group and
 /// aggregate, order, offset and limit, project.
-pub fn run_select(sel: &Select, docs: impl Iterator<Item = std::sync::Arc<Value>>) -> Result<Vec<Value>> {
+pub fn run_select(sel: &Select, docs: impl Iterator<Item = std::sync::Arc<crate::table::Doc>>) -> Result<Vec<Value>> {
     if let Some(f) = &sel.filter {
         check_expr(f)?;
     }
     let has_agg = sel.items.iter().any(|i| matches!(i, Item::Agg(..)));
-    let rows: Vec<std::sync::Arc<Value>> = docs.filter(|d| sel.filter.as_ref().is_none_or(|f| matches(f, d))).collect();
+    let rows: Vec<std::sync::Arc<crate::table::Doc>> =
+        docs.filter(|d| sel.filter.as_ref().is_none_or(|f| matches(f, d))).collect();
     let mut out: Vec<Value> = if has_agg || !sel.group_by.is_empty() {
         for it in &sel.items {
             if let Item::Field(p) = it
@@ -319,7 +320,7 @@ pub fn run_select(sel: &Select, docs: impl Iterator<Item = std::sync::Arc<Value>
         sort(&mut grouped, &sel.order_by, true);
         grouped
     } else {
-        let mut v: Vec<Value> = rows.iter().map(|d| (**d).clone()).collect();
+        let mut v: Vec<Value> = rows.iter().map(|d| d.to_value()).collect();
         sort(&mut v, &sel.order_by, false);
         v
     };
@@ -384,7 +385,7 @@ mod tests {
 
     fn run(q: &str, docs: &[Value]) -> Result<Vec<Value>> {
         let Stmt::Select(s) = parse_one(q)? else { panic!() };
-        run_select(&s, docs.iter().cloned().map(Arc::new))
+        run_select(&s, docs.iter().cloned().map(|d| Arc::new(crate::table::Doc::from_value(d))))
     }
 
     fn docs() -> Vec<Value> {

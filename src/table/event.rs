@@ -215,6 +215,53 @@ impl Commit {
     }
 
     fn decode_inner_sel(buf: &[u8], docs_for: &dyn Fn(usize) -> bool) -> Result<Commit, DecodeError> {
+        let raw = RawCommit::decode(buf)?;
+        let mut events = Vec::with_capacity(raw.events.len());
+        for (i, e) in raw.events.into_iter().enumerate() {
+            let (doc, patch) = if docs_for(i) || e.op == Op::CreateTable || e.op == Op::Compact {
+                (parse_json(e.doc, e.doc_at, "document")?, parse_json(e.patch, e.patch_at, "patch")?)
+            } else {
+                (None, None)
+            };
+            events.push(Event { op: e.op, table: e.table, key: e.key, doc, patch });
+        }
+        Ok(Commit { first_seq: raw.first_seq, time_micros: raw.time_micros, events })
+    }
+}
+
+/// A commit record split into its events, documents left as JSON text.
+#[derive(Debug)]
+pub struct RawCommit<'a> {
+    /// Sequence number of the first event.
+    pub first_seq: u64,
+    /// Commit time, microseconds since the Unix epoch.
+    pub time_micros: i64,
+    /// The events.
+    pub events: Vec<RawEvent<'a>>,
+}
+
+/// An event of a [`RawCommit`].
+#[derive(Debug)]
+pub struct RawEvent<'a> {
+    /// What it does.
+    pub op: Op,
+    /// The table id.
+    pub table: u32,
+    /// The row's key.
+    pub key: Option<Pk>,
+    /// The document's JSON text (UTF-8 checked, not parsed), if any.
+    pub doc: Option<&'a str>,
+    /// Where the document's blob starts in the record.
+    pub doc_at: usize,
+    /// The patch's JSON text, if any.
+    pub patch: Option<&'a str>,
+    /// Where the patch's blob starts in the record.
+    pub patch_at: usize,
+}
+
+impl<'a> RawCommit<'a> {
+    /// Split a commit record. Documents are checked to be UTF-8, not to be JSON.
+    pub fn decode(buf: &'a [u8]) -> Result<RawCommit<'a>, DecodeError> {
         let mut r = Reader::new(buf);
         let v = r.u8("commit version")?;
         if v != 1 {
@@ -224,30 +271,44 @@ impl Commit {
         let time_micros = i64::from_le_bytes(r.array("commit time")?);
         let n = r.count(1 << 24, 14, "events")?;
         let mut events = Vec::with_capacity(n);
-        for i in 0..n {
+        for _ in 0..n {
             let at = r.pos();
             let op = Op::from_code(r.u8("op")?)
                 .ok_or_else(|| DecodeError { offset: at, reason: "unknown event op".into() })?;
             let table = r.u32("table")?;
             let key = get_key(&mut r)?;
-            let (doc, patch) = if docs_for(i) || op == Op::CreateTable || op == Op::Compact {
-                (get_json(&mut r, "document")?, get_json(&mut r, "patch")?)
-            } else {
-                r.blob(MAX_DOC, "document")?;
-                r.blob(MAX_DOC, "patch")?;
-                (None, None)
-            };
-            events.push(Event { op, table, key, doc, patch });
+            let doc_at = r.pos();
+            let doc = text_blob(&mut r, "document")?;
+            let patch_at = r.pos();
+            let patch = text_blob(&mut r, "patch")?;
+            events.push(RawEvent { op, table, key, doc, doc_at, patch, patch_at });
         }
         r.finish("commit")?;
         if first_seq.checked_add(n as u64).is_none() {
             return Err(DecodeError { offset: 1, reason: "sequence overflow".into() });
         }
-        Ok(Commit { first_seq, time_micros, events })
+        Ok(RawCommit { first_seq, time_micros, events })
     }
 }
 
-/// Encode an optional key.
+fn text_blob<'a>(r: &mut Reader<'a>, what: &str) -> Result<Option<&'a str>, DecodeError> {
+    let at = r.pos();
+    let b = r.blob(MAX_DOC, what)?;
+    if b.is_empty() {
+        return Ok(None);
+    }
+    std::str::from_utf8(b).map(Some).map_err(|_| DecodeError { offset: at, reason: format!("{what}: not UTF-8") })
+}
+
+fn parse_json(t: Option<&str>, at: usize, what: &str) -> Result<Option<Value>, DecodeError> {
+    match t {
+        None => Ok(None),
+        Some(t) => {
+            serde_json::from_str(t).map(Some).map_err(|e| DecodeError { offset: at, reason: format!("{what}: {e}") })
+        }
+    }
+}
+
 pub(crate) fn put_key(w: &mut Writer, key: &Option<Pk>) {
     match key {
         None => w.u8(0),

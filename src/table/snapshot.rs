@@ -79,6 +79,26 @@ pub fn decode_rows(b: &[u8]) -> Result<Vec<(Pk, Value)>, DecodeError> {
     Ok(out)
 }
 
+/// Decode one record of rows, documents left as JSON text (UTF-8 checked).
+pub fn decode_rows_raw(b: &[u8]) -> Result<Vec<(Pk, &str)>, DecodeError> {
+    let mut r = Reader::new(b);
+    let n = r.count(1 << 24, 6, "rows")?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let at = r.pos();
+        let k = get_key(&mut r)?.ok_or_else(|| DecodeError { offset: at, reason: "row without a key".into() })?;
+        let dat = r.pos();
+        let d = r.blob(crate::format::frame::MAX_PAYLOAD, "row")?;
+        if d.is_empty() {
+            return Err(DecodeError { offset: at, reason: "row without a document".into() });
+        }
+        let d = std::str::from_utf8(d).map_err(|_| DecodeError { offset: dat, reason: "row: not UTF-8".into() })?;
+        out.push((k, d));
+    }
+    r.finish("snapshot record")?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +113,9 @@ mod tests {
         let rec = encode_rows(&[(&a, serde_json::to_vec(&da).unwrap()), (&b, serde_json::to_vec(&db).unwrap())]);
         assert_eq!(decode_rows(&rec).unwrap(), vec![(a, da), (b, db)]);
         assert!(decode_rows(&rec[..rec.len() - 1]).is_err());
+        let raw = decode_rows_raw(&rec).unwrap();
+        assert_eq!(raw.len(), 2);
+        assert_eq!(serde_json::from_str::<Value>(raw[1].1).unwrap(), json!({"id": "x", "n": [1, 2]}));
+        assert!(decode_rows_raw(&rec[..rec.len() - 1]).is_err());
     }
 }

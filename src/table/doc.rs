@@ -1,0 +1,218 @@
+//! A stored document: its JSON text as the log holds it, parsed on first use.
+//!
+//! Opening a database keeps every current row as the text its commit or
+//! snapshot record holds (checked once, while the secondary indexes are
+//! built), instead of building a `serde_json::Value` tree per row: a row is
+//! parsed the first time it is read, and the parsed form is kept.
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+/// A document: JSON text, a parsed value, or both (at least one is set).
+pub struct Doc {
+    text: OnceLock<Box<str>>,
+    value: OnceLock<Value>,
+}
+
+impl Doc {
+    /// A document from a parsed value.
+    pub fn from_value(v: Value) -> Doc {
+        Doc { text: OnceLock::new(), value: OnceLock::from(v) }
+    }
+
+    /// A document from JSON text, checked now.
+    pub fn from_text(t: &str) -> Result<Doc, serde_json::Error> {
+        check(t, &[])?;
+        Ok(Doc::from_text_unchecked(t))
+    }
+
+    /// A document from JSON text the caller checks with [`check`] before
+    /// anything reads it (opening a database checks every current row).
+    pub(crate) fn from_text_unchecked(t: &str) -> Doc {
+        Doc { text: OnceLock::from(Box::<str>::from(t)), value: OnceLock::new() }
+    }
+
+    /// The parsed document.
+    pub fn value(&self) -> &Value {
+        self.value.get_or_init(|| match self.text.get() {
+            // Checked text always parses; `Null` is unreachable.
+            Some(t) => serde_json::from_str(t).unwrap_or(Value::Null),
+            None => Value::Null,
+        })
+    }
+
+    /// The document as a new value: a copy of the parsed form, or parsed
+    /// from the text without keeping the result (a point read of a row
+    /// opened from disk leaves nothing behind in memory).
+    pub fn to_value(&self) -> Value {
+        match (self.value.get(), self.text.get()) {
+            (Some(v), _) => v.clone(),
+            (None, Some(t)) => serde_json::from_str(t).unwrap_or(Value::Null),
+            (None, None) => Value::Null,
+        }
+    }
+
+    /// The document as compact JSON text.
+    pub fn text(&self) -> &str {
+        self.text.get_or_init(|| serde_json::to_string(self.value()).unwrap_or_default().into_boxed_str())
+    }
+
+    /// The top-level field `name`, read from the text without building the
+    /// whole tree when the document has not been parsed yet.
+    pub fn field(&self, name: &str) -> Option<Value> {
+        match (self.value.get(), self.text.get()) {
+            (Some(v), _) => v.get(name).cloned(),
+            (None, Some(t)) => check(t, &[name]).ok().and_then(|mut f| f.pop().flatten()),
+            (None, None) => None,
+        }
+    }
+}
+
+impl std::ops::Deref for Doc {
+    type Target = Value;
+    fn deref(&self) -> &Value {
+        self.value()
+    }
+}
+
+impl std::fmt::Debug for Doc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.value(), f)
+    }
+}
+
+impl PartialEq for Doc {
+    fn eq(&self, other: &Doc) -> bool {
+        self.value() == other.value()
+    }
+}
+
+/// Check that `text` is one well-formed JSON value, and return the
+/// top-level fields `fields` of it (when it is an object), in order.
+pub fn check(text: &str, fields: &[&str]) -> Result<Vec<Option<Value>>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let out = Pick { fields }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(out)
+}
+
+struct Pick<'f> {
+    fields: &'f [&'f str],
+}
+
+impl<'de> DeserializeSeed<'de> for Pick<'_> {
+    type Value = Vec<Option<Value>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Visitor<'de> for Pick<'_> {
+    type Value = Vec<Option<Value>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+        let mut out = vec![None; self.fields.len()];
+        while let Some(Key(k)) = m.next_key::<Key<'de>>()? {
+            match self.fields.iter().position(|f| *f == k) {
+                Some(i) => out[i] = Some(m.next_value::<Value>()?),
+                None => {
+                    m.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+        while s.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(vec![None; self.fields.len()])
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(vec![None; self.fields.len()])
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(vec![None; self.fields.len()])
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(vec![None; self.fields.len()])
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(vec![None; self.fields.len()])
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(vec![None; self.fields.len()])
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(vec![None; self.fields.len()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn text_and_value_agree_both_ways() {
+        let v = json!({"id": "a", "n": 1.5, "tags": ["x", {"y": null}], "s": "é\"\\u0001"});
+        let t = serde_json::to_string(&v).unwrap();
+        let a = Doc::from_text(&t).unwrap();
+        assert_eq!(a.to_value(), v);
+        assert!(a.value.get().is_none(), "to_value() must not keep a parsed copy");
+        assert_eq!(a.value(), &v);
+        let b = Doc::from_value(v.clone());
+        assert_eq!(b.text(), t);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn field_reads_text_without_parsing_and_matches_the_value() {
+        let v = json!({"id": "a", "status": "act\\ive", "n": {"deep": [1, 2]}, "z": 12345678901234567890u64});
+        let t = serde_json::to_string(&v).unwrap();
+        let d = Doc::from_text(&t).unwrap();
+        for f in ["id", "status", "n", "z", "missing"] {
+            assert_eq!(d.field(f), v.get(f).cloned(), "{f}");
+        }
+        assert!(d.value.get().is_none(), "field() must not parse the whole document");
+        let picked = check(&t, &["z", "status"]).unwrap();
+        assert_eq!(picked, vec![v.get("z").cloned(), v.get("status").cloned()]);
+    }
+
+    #[test]
+    fn check_rejects_malformed_text_and_trailing_bytes() {
+        for bad in [r#"{"a":1"#, r#"{"a":1}x"#, r#"{"a":01}"#, "\"\u{1}\"", r#"{"a":"\q"}"#, "", "[1,]"] {
+            assert!(check(bad, &["a"]).is_err(), "{bad:?}");
+            assert!(Doc::from_text(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(check("[1, {\"a\": 2}]", &["a"]).unwrap(), vec![None]);
+        assert_eq!(check("7", &[]).unwrap(), Vec::<Option<Value>>::new());
+    }
+}
