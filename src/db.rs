@@ -20,7 +20,7 @@ use crate::storage::store::{CreateOptions, Edit, RecordPos, Store, StoreOptions}
 use crate::table::index::Index;
 use crate::table::snapshot::{SNAPSHOT_STREAM_BASE, SnapMeta, decode_rows_raw, encode_rows};
 use crate::table::time::{format_rfc3339, now_micros};
-use crate::table::{Commit, Doc, Event, Op, Pk, RawCommit, TableDef};
+use crate::table::{Commit, Doc, Event, FastMap, Op, Pk, RawCommit, TableDef};
 use crate::txn::{Accepted, Batch, GroupView, Isolation, Request, Slot};
 use crate::{Argon2Params, Error, FileKind, KeySource, Result};
 use serde_json::{Map, Value};
@@ -195,7 +195,7 @@ fn unreachable_hists() -> ! {
 #[derive(Default)]
 pub(crate) struct TableData {
     pub(crate) rows: BTreeMap<Pk, Arc<Doc>>,
-    pub(crate) history: HashMap<Pk, Hists>,
+    pub(crate) history: FastMap<Pk, Hists>,
     /// Secondary indexes of the current rows, by field.
     indexes: BTreeMap<String, Index>,
     /// Snapshots: (sequence number, file id), oldest first.
@@ -219,8 +219,8 @@ pub(crate) struct Change {
 #[derive(Default)]
 pub(crate) struct State {
     names: BTreeMap<String, u32>,
-    pub(crate) defs: HashMap<u32, TableDef>,
-    pub(crate) tables: HashMap<u32, TableData>,
+    pub(crate) defs: FastMap<u32, TableDef>,
+    pub(crate) tables: FastMap<u32, TableData>,
     pub(crate) next_seq: u64,
     pub(crate) last_time: i64,
     commits: Vec<CommitMeta>,
@@ -231,7 +231,7 @@ pub(crate) struct State {
     pub(crate) changes: VecDeque<Change>,
     /// Rows of table `t` up to this sequence number came from a snapshot:
     /// replay only indexes their history.
-    rows_from: HashMap<u32, u64>,
+    rows_from: FastMap<u32, u64>,
     /// Maintain indexes as events apply (off while opening; built after).
     maintain_indexes: bool,
 }
@@ -260,20 +260,34 @@ impl State {
         }
     }
 
-    /// Apply a decoded commit found at `pos` (`rec_len` bytes on disk).
+    /// Apply a commit just written at `pos` as the record `rec`, whose
+    /// documents' text is at `spans`. Rows keep that text, not the parsed
+    /// documents (those are used to maintain the indexes, then dropped).
     /// Documents and keys are moved out of `c`.
-    fn apply(&mut self, c: &mut Commit, pos: RecordPos, rec_len: usize) -> Result<()> {
+    fn apply(
+        &mut self,
+        c: &mut Commit,
+        rec: &[u8],
+        spans: &[Option<std::ops::Range<usize>>],
+        pos: RecordPos,
+    ) -> Result<()> {
         let events = c
             .events
             .iter_mut()
-            .map(|e| Applied {
-                op: e.op,
-                table: e.table,
-                key: e.key.take(),
-                doc: e.doc.take().map(|d| Arc::new(Doc::from_value(d))),
+            .enumerate()
+            .map(|(i, e)| {
+                let value = e.doc.take();
+                let text =
+                    spans.get(i).cloned().flatten().and_then(|r| rec.get(r)).and_then(|b| std::str::from_utf8(b).ok());
+                let doc = match (&value, text) {
+                    (Some(_), Some(t)) => Some(Arc::new(Doc::from_text_unchecked(t))),
+                    (Some(v), None) => Some(Arc::new(Doc::from_value(v.clone()))),
+                    (None, _) => None,
+                };
+                Applied { op: e.op, table: e.table, key: e.key.take(), doc, value }
             })
             .collect();
-        self.apply_events(c.first_seq, c.time_micros, events, pos, rec_len)
+        self.apply_events(c.first_seq, c.time_micros, events, pos, rec.len())
     }
 
     /// Apply the events of one commit found at `pos` (`rec_len` bytes on disk).
@@ -292,7 +306,7 @@ impl State {
         for (i, e) in events.into_iter().enumerate() {
             let seq = first_seq + i as u64;
             if e.op == Op::CreateTable {
-                let v = e.doc.as_ref().map(|d| d.value().clone()).unwrap_or(Value::Null);
+                let v = e.value.or_else(|| e.doc.as_ref().map(|d| d.value().clone())).unwrap_or(Value::Null);
                 let mut def: TableDef = serde_json::from_value(v)
                     .map_err(|err| Error::Query(format!("bad table definition at seq {seq}: {err}")))?;
                 def.id = e.table;
@@ -342,10 +356,13 @@ impl State {
                 if self.maintain_indexes {
                     for (f, ix) in t.indexes.iter_mut() {
                         if let Some(o) = &old {
-                            ix.remove(f, o, &key);
+                            ix.remove_value(o.field(f).as_ref(), &key);
                         }
                         if let Some(n) = &new {
-                            ix.add(f, n, &key);
+                            match &e.value {
+                                Some(v) => ix.add_value(v.get(f), &key),
+                                None => ix.add_value(n.field(f).as_ref(), &key),
+                            }
                         }
                     }
                 }
@@ -383,6 +400,8 @@ struct Applied {
     table: u32,
     key: Option<Pk>,
     doc: Option<Arc<Doc>>,
+    /// The document parsed, when the caller has it (a commit being made).
+    value: Option<Value>,
 }
 
 /// An embedded DriftDB database.
@@ -1134,7 +1153,7 @@ impl Db {
                 }
                 let time = now_micros().max(g.last_time);
                 let commit = Commit { first_seq: g.next_seq, time_micros: time, events: std::mem::take(&mut b.events) };
-                let bytes = commit.encode();
+                let (bytes, spans) = commit.encode_with_doc_spans();
                 b.events = commit.events;
                 if bytes.len() > crate::format::frame::MAX_PAYLOAD {
                     set(
@@ -1147,20 +1166,24 @@ impl Db {
                     );
                     continue;
                 }
-                g.accept(Accepted { batch: b, slot, first_seq: g.next_seq, time, bytes });
+                g.accept(Accepted { batch: b, slot, first_seq: g.next_seq, time, bytes, spans });
             }
             g.accepted
         };
-        let built: Vec<(Commit, Vec<u8>, Slot)> = accepted
+        type Built = (Commit, Vec<u8>, Vec<Option<std::ops::Range<usize>>>, Slot);
+        let built: Vec<Built> = accepted
             .into_iter()
-            .map(|a| (Commit { first_seq: a.first_seq, time_micros: a.time, events: a.batch.events }, a.bytes, a.slot))
+            .map(|a| {
+                let c = Commit { first_seq: a.first_seq, time_micros: a.time, events: a.batch.events };
+                (c, a.bytes, a.spans, a.slot)
+            })
             .collect();
         if built.is_empty() {
             return;
         }
         let mut positions = Vec::with_capacity(built.len());
         let mut failure: Option<Error> = None;
-        for (_, bytes, _) in &built {
+        for (_, bytes, _, _) in &built {
             match self.s.store.append(WAL_STREAM, FileKind::Wal, bytes) {
                 Ok(p) => positions.push(p),
                 Err(e) => {
@@ -1183,7 +1206,7 @@ impl Db {
             self.s.store.poison_with(&e);
             let msg = e.to_string();
             let mut first = Some(e);
-            for (_, _, slot) in built {
+            for (_, _, _, slot) in built {
                 let err = first.take().unwrap_or_else(|| Error::Poisoned(msg.clone()));
                 set(&slot, Err(err));
             }
@@ -1192,9 +1215,9 @@ impl Db {
         let mut due: Vec<u32> = Vec::new();
         {
             let mut st = self.write_state();
-            for ((mut commit, bytes, slot), pos) in built.into_iter().zip(positions) {
+            for ((mut commit, bytes, spans, slot), pos) in built.into_iter().zip(positions) {
                 let ci = st.commits.len() as u32;
-                match st.apply(&mut commit, pos, bytes.len()) {
+                match st.apply(&mut commit, &bytes, &spans, pos) {
                     Ok(()) => set(&slot, Ok(st.latest_seq())),
                     Err(e) => {
                         set(&slot, Err(e));
@@ -1967,7 +1990,7 @@ fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec: &[u8]) -> 
             }
             _ => None,
         };
-        events.push(Applied { op: e.op, table: e.table, key: e.key, doc });
+        events.push(Applied { op: e.op, table: e.table, key: e.key, doc, value: None });
     }
     let ci = st.commits.len() as u32;
     st.apply_events(c.first_seq, c.time_micros, events, pos, rec.len())

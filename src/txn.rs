@@ -26,10 +26,10 @@
 
 use crate::db::{Change, Db, State};
 use crate::query::ast::{Expr, Select, Stmt};
-use crate::table::{Doc, Event, Op, Pk, TableDef};
+use crate::table::{Doc, Event, FastMap, FastSet, Op, Pk, TableDef};
 use crate::{Error, Result};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Isolation level of a transaction.
@@ -95,7 +95,7 @@ pub(crate) enum TxnOp {
 /// What a transaction read, for `Serializable` validation.
 #[derive(Default, Debug)]
 pub(crate) struct ReadSet {
-    pub keys: HashSet<(u32, Pk)>,
+    pub keys: FastSet<(u32, Pk)>,
     /// (table, `WHERE`): `None` reads the whole table.
     pub preds: Vec<(u32, Option<Expr>)>,
 }
@@ -142,7 +142,7 @@ pub(crate) struct GroupView<'a> {
     pub st: &'a State,
     /// Accepted commits, in order.
     pub accepted: Vec<Accepted>,
-    pub written: HashSet<(u32, Pk)>,
+    pub written: FastSet<(u32, Pk)>,
     pub new_tables: Vec<TableDef>,
     pub next_table_id: u32,
     pub next_seq: u64,
@@ -156,6 +156,8 @@ pub(crate) struct Accepted {
     pub first_seq: u64,
     pub time: i64,
     pub bytes: Vec<u8>,
+    /// Where each event's document text is in `bytes`.
+    pub spans: Vec<Option<std::ops::Range<usize>>>,
 }
 
 impl<'a> GroupView<'a> {
@@ -163,7 +165,7 @@ impl<'a> GroupView<'a> {
         GroupView {
             st,
             accepted: Vec::new(),
-            written: HashSet::new(),
+            written: FastSet::default(),
             new_tables: Vec::new(),
             next_table_id: st.next_table_id.max(1),
             next_seq: st.next_seq,
@@ -265,7 +267,7 @@ impl View for SnapshotView<'_> {
 pub(crate) struct Batch {
     pub events: Vec<Event>,
     /// Each row written: the index of its last event.
-    pub overlay: HashMap<(u32, Pk), usize>,
+    pub overlay: FastMap<(u32, Pk), usize>,
     pub new_tables: Vec<TableDef>,
     /// Give new tables provisional ids from the top of the id space (a
     /// transaction's own batch: real ids are assigned at commit, and a table

@@ -150,12 +150,25 @@ pub struct TableDef {
 
 const MAX_DOC: usize = crate::format::frame::MAX_PAYLOAD;
 
-fn put_json(w: &mut Writer, v: &Option<Value>) {
-    match v {
-        None => w.u32(0),
-        // Serializing a `Value` cannot fail.
-        Some(v) => w.blob(&serde_json::to_vec(v).unwrap_or_default()),
+/// Append a JSON blob, serialized in place; returns where its text is.
+fn put_json(w: &mut Writer, v: &Option<Value>) -> Option<std::ops::Range<usize>> {
+    let v = match v {
+        None => {
+            w.u32(0);
+            return None;
+        }
+        Some(v) => v,
+    };
+    let at = w.buf.len();
+    w.u32(0);
+    let start = w.buf.len();
+    // Serializing a `Value` cannot fail (its map keys are strings).
+    if serde_json::to_writer(&mut w.buf, v).is_err() {
+        w.buf.truncate(start);
     }
+    let len = w.buf.len() - start;
+    w.buf[at..start].copy_from_slice(&(len as u32).to_le_bytes());
+    Some(start..w.buf.len())
 }
 
 fn get_json(r: &mut Reader<'_>, what: &str) -> Result<Option<Value>, DecodeError> {
@@ -170,19 +183,26 @@ fn get_json(r: &mut Reader<'_>, what: &str) -> Result<Option<Value>, DecodeError
 impl Commit {
     /// Encode as a log record.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_with_doc_spans().0
+    }
+
+    /// Encode as a log record, and say where each event's document text is
+    /// in it (what the engine keeps of a row is that text).
+    pub fn encode_with_doc_spans(&self) -> (Vec<u8>, Vec<Option<std::ops::Range<usize>>>) {
         let mut w = Writer::default();
         w.u8(1);
         w.u64(self.first_seq);
         w.bytes(&self.time_micros.to_le_bytes());
         w.u32(self.events.len() as u32);
+        let mut spans = Vec::with_capacity(self.events.len());
         for e in &self.events {
             w.u8(e.op.code());
             w.u32(e.table);
             put_key(&mut w, &e.key);
-            put_json(&mut w, &e.doc);
+            spans.push(put_json(&mut w, &e.doc));
             put_json(&mut w, &e.patch);
         }
-        w.buf
+        (w.buf, spans)
     }
 
     /// Decode a log record.
@@ -396,6 +416,15 @@ mod tests {
             for (i, e) in c.events.iter().enumerate() {
                 let (f, n, one) = Commit::decode_one(&b, i).unwrap();
                 prop_assert_eq!((f, n, &one), (c.first_seq, c.events.len(), e));
+            }
+            // The document spans name each document's text, which the raw decode finds too.
+            let (b2, spans) = c.encode_with_doc_spans();
+            prop_assert_eq!(&b2, &b);
+            let raw = RawCommit::decode(&b).unwrap();
+            for ((span, e), r) in spans.iter().zip(&c.events).zip(&raw.events) {
+                let text = span.clone().map(|s| std::str::from_utf8(&b[s]).unwrap());
+                prop_assert_eq!(text, r.doc);
+                prop_assert_eq!(text.map(|t| serde_json::from_str::<Value>(t).unwrap()), e.doc.clone());
             }
             let h = Commit::decode_headers(&c.encode()).unwrap();
             prop_assert_eq!(h.events.len(), c.events.len());

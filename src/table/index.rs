@@ -72,6 +72,25 @@ impl Index {
         Index { map: groups.into_iter().collect() }
     }
 
+    /// Record `pk` under the field value `v` (the field's value in its row).
+    pub fn add_value(&mut self, v: Option<&Value>, pk: &Pk) {
+        if let Some(k) = v.and_then(ikey) {
+            self.map.entry(k).or_default().insert(pk.clone());
+        }
+    }
+
+    /// Forget `pk` under the field value `v`.
+    pub fn remove_value(&mut self, v: Option<&Value>, pk: &Pk) {
+        if let Some(k) = v.and_then(ikey)
+            && let Some(s) = self.map.get_mut(&k)
+        {
+            s.remove(pk);
+            if s.is_empty() {
+                self.map.remove(&k);
+            }
+        }
+    }
+
     /// Forget `pk` under the value of `field` in `doc`.
     pub fn remove(&mut self, field: &str, doc: &Value, pk: &Pk) {
         if let Some(k) = doc.get(field).and_then(ikey)

@@ -8,3 +8,9 @@ pub mod time;
 
 pub use doc::Doc;
 pub use event::{Commit, Event, Op, Pk, RawCommit, RawEvent, TableDef};
+
+/// Hash maps keyed by row keys and table ids: foldhash, seeded per process
+/// (SipHash cost about a tenth of a write's instructions).
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
+/// A set of the same kind as [`FastMap`].
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::quality::RandomState>;
