@@ -1111,7 +1111,7 @@ impl Db {
         drop(q);
         let mut g = self.s.gather.lock().unwrap_or_else(|p| p.into_inner());
         if idle {
-            g.cooldown = 16;
+            g.cooldown = 4;
         }
         g.last = taken.iter().map(|(t, _)| *t).collect();
         taken.into_iter().map(|(_, r)| r).collect()
