@@ -1055,6 +1055,11 @@ impl Db {
             match self.try_lock_writer() {
                 Some(mut w) => {
                     drop(epoch);
+                    // Answered between the check above and taking the lock:
+                    // do not lead (and wait) for nothing.
+                    if let Some(r) = take() {
+                        return r;
+                    }
                     let reqs = self.gather();
                     self.run_group(&mut w, reqs);
                     drop(w);

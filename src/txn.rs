@@ -408,6 +408,7 @@ impl Batch {
     fn insert(&mut self, v: &dyn View, table: &str, doc: Value) -> Result<()> {
         let def = self.def(v, table)?;
         let key = Self::key_of(&def, table, &doc)?;
+        check_depth(table, &doc)?;
         if self.current(v, def.id, &key)?.is_some() {
             return Err(Error::Constraint(format!("duplicate primary key {key} in table {table:?}")));
         }
@@ -434,6 +435,7 @@ impl Batch {
             }
         }
         let doc = Value::Object(doc);
+        check_depth(table, &doc)?;
         self.overlay.insert((def.id, key.clone()), self.events.len());
         self.events.push(Event {
             op: Op::Patch,
@@ -724,4 +726,16 @@ pub(crate) fn conflict(st: &State, g: &GroupView<'_>, req: &Request) -> Option<S
         }
     }
     None
+}
+
+/// A document must read back: no deeper than [`crate::table::doc::MAX_DEPTH`].
+fn check_depth(table: &str, doc: &Value) -> Result<()> {
+    if crate::table::doc::within_depth(doc) {
+        Ok(())
+    } else {
+        Err(Error::Constraint(format!(
+            "a document of table {table:?} nests arrays and objects deeper than {} levels",
+            crate::table::doc::MAX_DEPTH
+        )))
+    }
 }

@@ -252,3 +252,31 @@ fn numbers_read_back_identically_through_the_log_and_snapshots() {
         assert_eq!(after[i]["n"].as_f64(), Some(want), "{t}");
     }
 }
+
+/// Every document a commit accepts reads back exactly, in the same session
+/// and after reopening; one nested deeper than a parse can read back is
+/// refused when it is written, never stored to read as null later.
+#[test]
+fn documents_read_back_exactly_or_are_refused_when_written() {
+    let fs = MemFs::new();
+    let o = Options { store: StoreOptions { vfs: Arc::new(fs.clone()), ..Default::default() }, ..Default::default() };
+    let k = KeySource::Raw(driftdb::crypto::keys::SecretKey::from_bytes([4; 32]));
+    let nest = |n: usize| (0..n).fold(json!(1), |v, _| json!([v]));
+    let db = Db::create("/db", &k, o.clone()).unwrap();
+    db.create_table("t", "id", &["s"]).unwrap();
+    let fits =
+        json!({"id": 1, "s": "x", "deep": nest(driftdb::table::doc::MAX_DEPTH - 1), "big": 1.7976931348623157e308});
+    db.insert("t", fits.clone()).unwrap();
+    let e = db.insert("t", json!({"id": 2, "deep": nest(driftdb::table::doc::MAX_DEPTH)})).unwrap_err().to_string();
+    assert!(e.contains("deeper than 127 levels"), "{e}");
+    let mut set = Map::new();
+    set.insert("more".into(), nest(driftdb::table::doc::MAX_DEPTH));
+    assert!(db.patch("t", &Pk::Int(1), set).is_err(), "a patch that nests too deep is refused");
+    assert_eq!(db.get("t", &Pk::Int(1)).unwrap(), Some(fits.clone()));
+    assert_eq!(db.get("t", &Pk::Int(2)).unwrap(), None);
+    db.close().unwrap();
+    let db = Db::open("/db", &k, o).unwrap();
+    assert_eq!(db.get("t", &Pk::Int(1)).unwrap(), Some(fits));
+    let hits: Vec<Value> = db.query("SELECT id FROM t WHERE s = 'x'").unwrap();
+    assert_eq!(hits, vec![json!({"id": 1})]);
+}

@@ -5,7 +5,7 @@
 //! built), instead of building a `serde_json::Value` tree per row: a row is
 //! parsed the first time it is read, and the parsed form is kept.
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -37,8 +37,7 @@ impl Doc {
     /// The parsed document.
     pub fn value(&self) -> &Value {
         self.value.get_or_init(|| match self.text.get() {
-            // Checked text always parses; `Null` is unreachable.
-            Some(t) => serde_json::from_str(t).unwrap_or(Value::Null),
+            Some(t) => parse_checked(t),
             None => Value::Null,
         })
     }
@@ -49,7 +48,7 @@ impl Doc {
     pub fn to_value(&self) -> Value {
         match (self.value.get(), self.text.get()) {
             (Some(v), _) => v.clone(),
-            (None, Some(t)) => serde_json::from_str(t).unwrap_or(Value::Null),
+            (None, Some(t)) => parse_checked(t),
             (None, None) => Value::Null,
         }
     }
@@ -89,8 +88,20 @@ impl PartialEq for Doc {
     }
 }
 
-/// Check that `text` is one well-formed JSON value, and return the
-/// top-level fields `fields` of it (when it is an object), in order.
+/// Parse text that [`check`] accepted (or that was serialized from a value
+/// within the nesting limit): it always parses, so the `Null` fallback is
+/// unreachable; should it ever be reached, it is logged.
+fn parse_checked(t: &str) -> Value {
+    serde_json::from_str(t).unwrap_or_else(|e| {
+        log::error!(target: "driftdb::doc", "a checked document does not parse ({e}); read as null");
+        Value::Null
+    })
+}
+
+/// Check that `text` is one JSON value that parses as a `serde_json::Value`
+/// (syntax, string escapes, number range, nesting limit: exactly what the
+/// full parse accepts), and return the top-level fields `fields` of it
+/// (when it is an object), in order.
 pub fn check(text: &str, fields: &[&str]) -> Result<Vec<Option<Value>>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(text);
     let out = Pick { fields }.deserialize(&mut de)?;
@@ -142,16 +153,14 @@ impl<'de> Visitor<'de> for Pick<'_> {
         while let Some(Key(k)) = m.next_key::<Key<'de>>()? {
             match self.fields.iter().position(|f| *f == k) {
                 Some(i) => out[i] = Some(m.next_value::<Value>()?),
-                None => {
-                    m.next_value::<IgnoredAny>()?;
-                }
+                None => m.next_value_seed(Skip)?,
             }
         }
         Ok(out)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
-        while s.next_element::<IgnoredAny>()?.is_some() {}
+        while s.next_element_seed(Skip)?.is_some() {}
         Ok(vec![None; self.fields.len()])
     }
 
@@ -173,6 +182,76 @@ impl<'de> Visitor<'de> for Pick<'_> {
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
         Ok(vec![None; self.fields.len()])
     }
+}
+
+/// Reads a value and keeps nothing, through the same paths as a full parse
+/// (`deserialize_any`: the nesting limit, number range and string escapes
+/// are checked), not serde's `IgnoredAny`, whose skipping checks only the
+/// syntax.
+#[derive(Clone, Copy)]
+struct Skip;
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+        while m.next_key_seed(Skip)?.is_some() {
+            m.next_value_seed(Skip)?;
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<(), A::Error> {
+        while s.next_element_seed(Skip)?.is_some() {}
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// How deep a document may nest arrays and objects: the deepest that reads
+/// back (serde_json refuses to parse the 128th level).
+pub const MAX_DEPTH: usize = 127;
+
+/// Whether `v` nests arrays and objects at most [`MAX_DEPTH`] deep.
+pub fn within_depth(v: &Value) -> bool {
+    let mut stack: Vec<(&Value, usize)> = vec![(v, 0)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        if d + 1 > MAX_DEPTH {
+            return false;
+        }
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    true
 }
 
 #[cfg(test)]
@@ -213,6 +292,22 @@ mod tests {
             assert!(Doc::from_text(bad).is_err(), "{bad:?}");
         }
         assert_eq!(check("[1, {\"a\": 2}]", &["a"]).unwrap(), vec![None]);
+        // What a full parse refuses, the check refuses too, picked or not:
+        // numbers out of range, lone surrogates, nesting past the limit.
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        for bad in [
+            r#"{"a":1e400}"#.to_string(),
+            r#"{"b":1e400}"#.to_string(),
+            r#"{"b":"\ud800"}"#.to_string(),
+            r#"{"a":"\udc00x"}"#.to_string(),
+            format!(r#"{{"b":{}}}"#, deep(MAX_DEPTH)),
+            deep(MAX_DEPTH + 1),
+        ] {
+            assert!(serde_json::from_str::<Value>(&bad).is_err(), "{bad:.40}");
+            assert!(check(&bad, &["a"]).is_err(), "{bad:.40}");
+        }
+        let ok = format!(r#"{{"b":{}}}"#, deep(MAX_DEPTH - 1));
+        assert!(serde_json::from_str::<Value>(&ok).is_ok() && check(&ok, &["a"]).is_ok());
         assert_eq!(check("7", &[]).unwrap(), Vec::<Option<Value>>::new());
     }
 }
