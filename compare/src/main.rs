@@ -210,18 +210,20 @@ fn gets_peer(c: &Connection, docs: u64, n: u64, seed: u64) -> Res<f64> {
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
-/// Durable single-document commits from `writers` threads for `secs`: commits per second.
-fn commits_drift(db: &Db, writers: usize, secs: f64, next: &AtomicU64) -> Res<f64> {
+/// Durable single-document commits from one thread per writer state in
+/// `writers` for `secs` (each `step` is one commit): commits per second.
+fn commits_per_sec<W: Send>(writers: Vec<W>, secs: f64, step: impl Fn(&mut W) -> Res<()> + Sync) -> Res<f64> {
     let stop = Instant::now() + Duration::from_secs_f64(secs);
     let done = AtomicU64::new(0);
     let t = Instant::now();
     std::thread::scope(|s| -> Res<()> {
-        let hs: Vec<_> = (0..writers)
-            .map(|_| {
-                s.spawn(|| -> Res<()> {
+        let hs: Vec<_> = writers
+            .into_iter()
+            .map(|mut w| {
+                let (done, step) = (&done, &step);
+                s.spawn(move || -> Res<()> {
                     while Instant::now() < stop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        db.insert("users", parse(&doc_text(i))?)?;
+                        step(&mut w)?;
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(())
@@ -236,33 +238,21 @@ fn commits_drift(db: &Db, writers: usize, secs: f64, next: &AtomicU64) -> Res<f6
     Ok(done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64())
 }
 
+fn commits_drift(db: &Db, writers: usize, secs: f64, next: &AtomicU64) -> Res<f64> {
+    commits_per_sec(vec![(); writers], secs, |_| {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        db.insert("users", parse(&doc_text(i))?)?;
+        Ok(())
+    })
+}
+
 fn commits_peer(peer: Peer, path: &Path, writers: usize, secs: f64, next: &AtomicU64) -> Res<f64> {
     let conns: Vec<Connection> = (0..writers).map(|_| peer.connect(path)).collect::<Res<_>>()?;
-    let stop = Instant::now() + Duration::from_secs_f64(secs);
-    let done = AtomicU64::new(0);
-    let t = Instant::now();
-    std::thread::scope(|s| -> Res<()> {
-        let hs: Vec<_> = conns
-            .into_iter()
-            .map(|c| {
-                let done = &done;
-                s.spawn(move || -> Res<()> {
-                    let mut st = c.prepare_cached("INSERT INTO users (id, doc) VALUES (?1, ?2)")?;
-                    while Instant::now() < stop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        st.execute(params![key_of(i), doc_text(i)])?;
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join().map_err(|_| "writer thread panicked")??;
-        }
+    commits_per_sec(conns, secs, |c| {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        c.prepare_cached("INSERT INTO users (id, doc) VALUES (?1, ?2)")?.execute(params![key_of(i), doc_text(i)])?;
         Ok(())
-    })?;
-    Ok(done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64())
+    })
 }
 
 /// `AS OF` a random past sequence number for random keys among `keys`

@@ -47,9 +47,7 @@ pub struct Index {
 impl Index {
     /// Record `pk` under the value of `field` in `doc`.
     pub fn add(&mut self, field: &str, doc: &Value, pk: &Pk) {
-        if let Some(k) = doc.get(field).and_then(ikey) {
-            self.map.entry(k).or_default().insert(pk.clone());
-        }
+        self.add_value(doc.get(field), pk);
     }
 
     /// Build an index from (field value, key) pairs given in key order
@@ -93,14 +91,7 @@ impl Index {
 
     /// Forget `pk` under the value of `field` in `doc`.
     pub fn remove(&mut self, field: &str, doc: &Value, pk: &Pk) {
-        if let Some(k) = doc.get(field).and_then(ikey)
-            && let Some(s) = self.map.get_mut(&k)
-        {
-            s.remove(pk);
-            if s.is_empty() {
-                self.map.remove(&k);
-            }
-        }
+        self.remove_value(doc.get(field), pk);
     }
 
     /// Number of distinct values.
