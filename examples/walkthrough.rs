@@ -253,6 +253,7 @@ fn run(db: &Db, q: &str) -> Result<(), Box<dyn std::error::Error>> {
         Outcome::Began(iso) => println!("    begin ({})", iso.as_str()),
         Outcome::Staged => println!("    ok (pending commit)"),
         Outcome::RolledBack => println!("    rolled back"),
+        Outcome::Expected(v) => println!("    ok (expectation holds: {v})"),
         Outcome::Snapshot(seq) => println!("    snapshot at seq {seq}"),
         Outcome::Compacted(h) => println!("    history before seq {h} folded"),
         Outcome::Rows(rows) => rows.iter().for_each(|r| println!("    {r}")),

@@ -18,9 +18,10 @@
 use crate::query::ast::{AsOf, Select, Stmt};
 use crate::storage::store::{CreateOptions, Edit, RecordPos, Store, StoreOptions};
 use crate::table::index::Index;
+use crate::table::schema::{Alter, any_between, apply_between};
 use crate::table::snapshot::{SNAPSHOT_STREAM_BASE, SnapMeta, decode_rows_raw, encode_rows};
 use crate::table::time::{format_rfc3339, now_micros};
-use crate::table::{Commit, Doc, Event, FastMap, Op, Pk, RawCommit, TableDef};
+use crate::table::{Commit, Doc, Event, FastMap, FastSet, Op, Pk, RawCommit, TableDef};
 use crate::txn::{Accepted, Batch, GroupView, Isolation, Request, Slot};
 use crate::{Argon2Params, Error, FileKind, KeySource, Result};
 use serde_json::{Map, Value};
@@ -121,6 +122,8 @@ pub enum Outcome {
     Staged,
     /// `ROLLBACK`: the transaction's changes were discarded.
     RolledBack,
+    /// `EXPECT`: the check held; the value its query returned.
+    Expected(Value),
 }
 
 #[derive(Clone, Copy)]
@@ -205,6 +208,57 @@ pub(crate) struct TableData {
     since_bytes: u64,
     /// History at or before this sequence number was folded by `COMPACT` (0: none).
     horizon: u64,
+    /// Schema changes, in order: (sequence number, change).
+    pub(crate) alters: Vec<(u64, Alter)>,
+    /// The definition after its creation and after each schema change:
+    /// (sequence number, definition), in order.
+    schema: Vec<(u64, TableDef)>,
+}
+
+impl TableData {
+    /// Whether `d` reads differently at `at` (a schema change after it).
+    fn stale(&self, d: &Doc, at: u64) -> bool {
+        !self.alters.is_empty() && d.seq() != u64::MAX && any_between(&self.alters, d.seq(), at)
+    }
+
+    /// A document as read at `at` (`u64::MAX`: now), as a new value.
+    pub(crate) fn view_value(&self, d: &Doc, at: u64) -> Value {
+        let mut v = d.to_value();
+        if self.stale(d, at) {
+            apply_between(&self.alters, d.seq(), at, &mut v);
+        }
+        v
+    }
+
+    /// A document as read at `at`: itself, or a new one if a schema change
+    /// after it changes how it reads.
+    pub(crate) fn view(&self, d: &Arc<Doc>, at: u64) -> Arc<Doc> {
+        if !self.stale(d, at) {
+            return d.clone();
+        }
+        Arc::new(Doc::from_value(self.view_value(d, at)))
+    }
+
+    /// A top-level field of a current document, as read now.
+    fn view_field(&self, d: &Doc, f: &str) -> Option<Value> {
+        if self.stale(d, u64::MAX) { self.view_value(d, u64::MAX).get(f).cloned() } else { d.field(f) }
+    }
+
+    /// The definition as of `seq`.
+    pub(crate) fn def_at(&self, seq: u64) -> Option<&TableDef> {
+        let n = self.schema.partition_point(|(s, _)| *s <= seq);
+        self.schema.get(n.checked_sub(1)?).map(|(_, d)| d)
+    }
+
+    /// Sequence number of the latest schema change (0: none).
+    pub(crate) fn altered_at(&self) -> u64 {
+        self.alters.last().map_or(0, |(s, _)| *s)
+    }
+
+    /// An index on field `f` of the current rows, read now.
+    fn build_index(&self, f: &str) -> Index {
+        Index::from_pairs(self.rows.iter().map(|(k, d)| (self.view_field(d, f), k.clone())))
+    }
 }
 
 /// A row change, kept while a transaction that began before it is open.
@@ -234,6 +288,20 @@ pub(crate) struct State {
     rows_from: FastMap<u32, u64>,
     /// Maintain indexes as events apply (off while opening; built after).
     maintain_indexes: bool,
+    /// Indexes built for a commit's schema changes before it applies
+    /// (without the write lock): see [`Db::prebuild_indexes`].
+    prebuilt: Vec<Prebuilt>,
+}
+
+/// An index built ahead of the schema change at `seq` that needs it, from
+/// the rows as they were before its commit, except the rows its commit
+/// writes before the change (`skip`: added as the change applies).
+pub(crate) struct Prebuilt {
+    table: u32,
+    seq: u64,
+    column: String,
+    index: Index,
+    skip: Vec<Pk>,
 }
 
 impl State {
@@ -279,9 +347,10 @@ impl State {
                 let value = e.doc.take();
                 let text =
                     spans.get(i).cloned().flatten().and_then(|r| rec.get(r)).and_then(|b| std::str::from_utf8(b).ok());
+                let seq = c.first_seq + i as u64;
                 let doc = match (&value, text) {
-                    (Some(_), Some(t)) => Some(Arc::new(Doc::from_text_unchecked(t))),
-                    (Some(v), None) => Some(Arc::new(Doc::from_value(v.clone()))),
+                    (Some(_), Some(t)) => Some(Arc::new(Doc::from_text_unchecked(t).at(seq))),
+                    (Some(v), None) => Some(Arc::new(Doc::from_value(v.clone()).at(seq))),
                     (None, _) => None,
                 };
                 Applied { op: e.op, table: e.table, key: e.key.take(), doc, value }
@@ -312,8 +381,9 @@ impl State {
                 def.id = e.table;
                 def.created_seq = seq;
                 self.names.insert(def.name.clone(), def.id);
-                self.defs.insert(def.id, def);
                 let t = self.tables.entry(e.table).or_default();
+                t.schema.push((seq, def.clone()));
+                self.defs.insert(def.id, def);
                 for f in &self.defs[&e.table].indexes {
                     t.indexes.entry(f.clone()).or_default();
                 }
@@ -330,6 +400,52 @@ impl State {
             if e.op == Op::Folded {
                 continue;
             }
+            if e.op == Op::Alter {
+                let v = e.value.or_else(|| e.doc.as_ref().map(|d| d.value().clone())).unwrap_or(Value::Null);
+                let alter: Alter = serde_json::from_value(v)
+                    .map_err(|err| Error::Query(format!("bad schema change at seq {seq}: {err}")))?;
+                let (Some(def), Some(t)) = (self.defs.get_mut(&e.table), self.tables.get_mut(&e.table)) else {
+                    return Err(Error::Query(format!("schema change at seq {seq} names an unknown table")));
+                };
+                alter.apply_def(def).map_err(|m| Error::Query(format!("schema change at seq {seq}: {m}")))?;
+                t.schema.push((seq, def.clone()));
+                t.alters.push((seq, alter.clone()));
+                match &alter {
+                    Alter::RenameColumn { column, to } => {
+                        if let Some(ix) = t.indexes.remove(column) {
+                            t.indexes.insert(to.clone(), ix);
+                        }
+                    }
+                    Alter::DropColumn { column } | Alter::DropIndex { column } => {
+                        t.indexes.remove(column);
+                    }
+                    Alter::CreateIndex { column } | Alter::AddColumn { column, default: Some(_) } => {
+                        if matches!(alter, Alter::CreateIndex { .. }) || t.indexes.contains_key(column) {
+                            // While opening, indexes are built once the replay is over.
+                            let pre = self
+                                .prebuilt
+                                .iter()
+                                .position(|p| p.table == e.table && p.seq == seq && p.column == *column)
+                                .map(|i| self.prebuilt.swap_remove(i));
+                            let ix = match pre {
+                                _ if !self.maintain_indexes => Index::default(),
+                                Some(mut p) => {
+                                    for k in p.skip {
+                                        if let Some(d) = t.rows.get(&k) {
+                                            p.index.add_value(t.view_field(d, column).as_ref(), &k);
+                                        }
+                                    }
+                                    p.index
+                                }
+                                None => t.build_index(column),
+                            };
+                            t.indexes.insert(column.clone(), ix);
+                        }
+                    }
+                    Alter::AddColumn { default: None, .. } => {}
+                }
+                continue;
+            }
             let (Some(t), Some(key)) = (self.tables.get_mut(&e.table), e.key) else {
                 return Err(Error::Query(format!("event at seq {seq} names an unknown table or no key")));
             };
@@ -337,7 +453,9 @@ impl State {
                 t.since_events += 1;
                 t.since_bytes += share;
                 let new = match e.op {
-                    Op::Insert | Op::Patch => Some(e.doc.unwrap_or_else(|| Arc::new(Doc::from_value(Value::Null)))),
+                    Op::Insert | Op::Patch => {
+                        Some(e.doc.unwrap_or_else(|| Arc::new(Doc::from_value(Value::Null).at(seq))))
+                    }
                     _ => None,
                 };
                 let old = match &new {
@@ -354,9 +472,14 @@ impl State {
                     });
                 }
                 if self.maintain_indexes {
-                    for (f, ix) in t.indexes.iter_mut() {
-                        if let Some(o) = &old {
-                            ix.remove_value(o.field(f).as_ref(), &key);
+                    let old_fields: Vec<Option<Value>> = match &old {
+                        Some(o) if t.stale(o, u64::MAX) => t.indexes.keys().map(|f| t.view_field(o, f)).collect(),
+                        Some(o) => t.indexes.keys().map(|f| o.field(f)).collect(),
+                        None => Vec::new(),
+                    };
+                    for (i, (f, ix)) in t.indexes.iter_mut().enumerate() {
+                        if let Some(o) = old_fields.get(i) {
+                            ix.remove_value(o.as_ref(), &key);
                         }
                         if let Some(n) = &new {
                             match &e.value {
@@ -632,7 +755,7 @@ impl Db {
             }
         }
         for (id, seq, file) in latest {
-            let rows = load_snapshot(&store, file, false)?;
+            let rows = load_snapshot(&store, file, seq, false)?;
             let t = st.tables.entry(id).or_default();
             t.rows = rows;
             st.rows_from.insert(id, seq);
@@ -685,7 +808,7 @@ impl Db {
                     format!("the snapshot at the compaction horizon @seq:{h} of table {id} is missing"),
                 )
             })?;
-            let rows = load_snapshot(&store, snap, true)?;
+            let rows = load_snapshot(&store, snap, h, true)?;
             st.fold_history(id, h, rows.keys());
         }
         for (id, t) in st.tables.iter_mut() {
@@ -1143,7 +1266,7 @@ impl Db {
                 let mut b = if g.still_valid(&batch, snapshot) {
                     batch
                 } else {
-                    let mut b = Batch::default();
+                    let mut b = Batch { system: batch.system, ..Batch::default() };
                     let rebuilt =
                         batch.into_ops(&st).and_then(|ops| ops.into_iter().try_for_each(|op| b.apply(&g, op)));
                     if let Err(e) = rebuilt {
@@ -1219,8 +1342,19 @@ impl Db {
         }
         let mut due: Vec<u32> = Vec::new();
         {
-            let mut st = self.write_state();
+            let mut guard = Some(self.write_state());
             for ((mut commit, bytes, spans, slot), pos) in built.into_iter().zip(positions) {
+                // A schema change that builds an index builds it first,
+                // under the read lock only: readers go on meanwhile.
+                if commit.events.iter().any(|e| e.op == Op::Alter) {
+                    drop(guard.take());
+                    let pre = self.prebuild_indexes(&commit);
+                    guard = Some(self.write_state());
+                    if let Some(st) = guard.as_mut() {
+                        st.prebuilt = pre;
+                    }
+                }
+                let Some(st) = guard.as_mut() else { break };
                 let ci = st.commits.len() as u32;
                 match st.apply(&mut commit, &bytes, &spans, pos) {
                     Ok(()) => set(&slot, Ok(st.latest_seq())),
@@ -1229,6 +1363,7 @@ impl Db {
                         continue;
                     }
                 }
+                st.prebuilt.clear();
                 w.pending_bytes += bytes.len() as u64;
                 w.pending.push((ci, bytes));
                 for e in &commit.events {
@@ -1275,6 +1410,65 @@ impl Db {
     /// delete the WAL files (writer lock held). Crash-safe at every step: the
     /// WAL files go only after the segments holding their commits are synced,
     /// and opening skips WAL commits the segments already hold.
+    /// The indexes the schema changes of `commit` (about to apply) will
+    /// build, built now from the current rows under the read lock (the
+    /// caller, the group-commit leader, keeps every other writer out).
+    fn prebuild_indexes(&self, commit: &Commit) -> Vec<Prebuilt> {
+        let st = self.read();
+        let mut out = Vec::new();
+        // Indexed columns per table as the commit's earlier changes leave them.
+        let mut indexed: FastMap<u32, Vec<String>> = FastMap::default();
+        for (i, e) in commit.events.iter().enumerate() {
+            if e.op != Op::Alter {
+                continue;
+            }
+            let Some(Ok(alter)) = e.doc.clone().map(serde_json::from_value::<Alter>) else { continue };
+            let Some(t) = st.tables.get(&e.table) else { continue };
+            let cols = indexed.entry(e.table).or_insert_with(|| t.indexes.keys().cloned().collect());
+            let column = match &alter {
+                Alter::CreateIndex { column } => {
+                    cols.push(column.clone());
+                    column
+                }
+                Alter::AddColumn { column, default: Some(_) } if cols.contains(column) => column,
+                Alter::RenameColumn { column, to } => {
+                    cols.iter_mut().filter(|c| *c == column).for_each(|c| *c = to.clone());
+                    continue;
+                }
+                Alter::DropColumn { column } | Alter::DropIndex { column } => {
+                    cols.retain(|c| c != column);
+                    continue;
+                }
+                Alter::AddColumn { .. } => continue,
+            };
+            // The commit's changes before this one: rows it writes are
+            // indexed as the change applies; its schema changes apply here.
+            let before = &commit.events[..i];
+            let skip: FastSet<&Pk> =
+                before.iter().filter(|x| x.table == e.table).filter_map(|x| x.key.as_ref()).collect();
+            let alters: Vec<(u64, Alter)> = before
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.table == e.table && x.op == Op::Alter)
+                .filter_map(|(j, x)| Some((commit.first_seq + j as u64, serde_json::from_value(x.doc.clone()?).ok()?)))
+                .chain(std::iter::once((commit.first_seq + i as u64, alter.clone())))
+                .collect();
+            let index = Index::from_pairs(t.rows.iter().filter(|(k, _)| !skip.contains(k)).map(|(k, d)| {
+                let mut v = t.view_value(d, u64::MAX);
+                apply_between(&alters, 0, u64::MAX, &mut v);
+                (v.get(column.as_str()).cloned(), k.clone())
+            }));
+            out.push(Prebuilt {
+                table: e.table,
+                seq: commit.first_seq + i as u64,
+                column: column.clone(),
+                index,
+                skip: skip.into_iter().cloned().collect(),
+            });
+        }
+        out
+    }
+
     fn checkpoint(&self, w: &mut WriterState) -> Result<()> {
         let wal_files = self.s.store.stream_files(WAL_STREAM);
         if wal_files.is_empty() && w.pending.is_empty() {
@@ -1345,7 +1539,7 @@ impl Db {
             if t.snapshots.last().is_some_and(|(s, _)| *s == seq) {
                 return Ok(seq);
             }
-            let rows: Vec<(Pk, Arc<Doc>)> = t.rows.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let rows: Vec<(Pk, Arc<Doc>)> = t.rows.iter().map(|(k, v)| (k.clone(), t.view(v, seq))).collect();
             (seq, rows)
         };
         self.write_snapshot(id, seq, &rows)
@@ -1563,7 +1757,8 @@ impl Db {
     pub fn get(&self, table: &str, key: &Pk) -> Result<Option<Value>> {
         let st = self.read();
         let def = st.table(table)?;
-        Ok(st.tables.get(&def.id).and_then(|t| t.rows.get(key)).map(|d| d.to_value()))
+        let Some(t) = st.tables.get(&def.id) else { return Ok(None) };
+        Ok(t.rows.get(key).map(|d| t.view_value(d, u64::MAX)))
     }
 
     /// The document of a row as of sequence number `seq`.
@@ -1573,9 +1768,14 @@ impl Db {
         let def = table_at(&st, table, seq)?;
         let Some(t) = st.tables.get(&def.id) else { return Ok(None) };
         let Some(h) = t.history.get(key) else { return Ok(None) };
-        if h.last().is_some_and(|e| e.seq <= seq && !e.folded) {
-            // Unchanged since: the current row is the answer.
-            return Ok(t.rows.get(key).map(|d| d.to_value()));
+        if let Some(e) = h.last().filter(|e| e.seq <= seq && !e.folded) {
+            // Unchanged since: the current row is the answer, unless it was
+            // read from a snapshot taken after `seq` and a schema change
+            // between its write and that snapshot shaped it.
+            let d = t.rows.get(key);
+            if d.is_none_or(|d| d.seq() <= seq || !any_between(&t.alters, e.seq, d.seq())) {
+                return Ok(d.map(|d| t.view_value(d, seq)));
+            }
         }
         self.doc_at(&st, def.id, key, h, seq)
     }
@@ -1589,10 +1789,15 @@ impl Db {
         if e.op == Op::SoftDelete {
             return Ok(None);
         }
+        let Some(t) = st.tables.get(&id) else { return Ok(None) };
         if e.folded {
-            return Ok(self.baseline(st, id)?.get(key).map(|d| d.to_value()));
+            return Ok(self.baseline(st, id)?.get(key).map(|d| t.view_value(d, seq)));
         }
-        Ok(self.event(st, e)?.doc.clone())
+        let mut doc = self.event(st, e)?.doc;
+        if let Some(v) = &mut doc {
+            apply_between(&t.alters, e.seq, seq, v);
+        }
+        Ok(doc)
     }
 
     /// The rows of table `id` at its compaction horizon.
@@ -1609,7 +1814,7 @@ impl Db {
             .find(|(s, _)| *s == t.horizon)
             .map(|(_, f)| *f)
             .ok_or_else(|| Error::NotFound(format!("snapshot at the horizon of table {id}")))?;
-        let rows = Arc::new(load_snapshot(&self.s.store, file, true)?);
+        let rows = Arc::new(load_snapshot(&self.s.store, file, t.horizon, true)?);
         self.s.baselines.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (t.horizon, rows.clone()));
         Ok(rows)
     }
@@ -1691,6 +1896,17 @@ impl Db {
         self.read().table(table).cloned()
     }
 
+    /// A table's definition as of a point in history (columns, indexes).
+    pub fn describe_at(&self, table: &str, as_of: &AsOf) -> Result<TableDef> {
+        let st = self.read();
+        let seq = resolve(&st, as_of)?;
+        let def = table_at(&st, table, seq)?;
+        let mut d = st.tables.get(&def.id).and_then(|t| t.def_at(seq)).unwrap_or(def).clone();
+        d.id = def.id;
+        d.created_seq = def.created_seq;
+        Ok(d)
+    }
+
     /// The documents of a table at a point in history (or now), in key order.
     ///
     /// A read of the past plans its replay under the state lock and reads
@@ -1707,7 +1923,7 @@ impl Db {
                 let def = table_at(&st, table, seq)?;
                 let Some(t) = st.tables.get(&def.id) else { return Ok(Vec::new()) };
                 if seq == latest {
-                    return Ok(t.rows.values().cloned().collect());
+                    return Ok(t.rows.values().map(|d| t.view(d, u64::MAX)).collect());
                 }
                 replay_plan(&st, def.id, t, seq)
             };
@@ -1730,21 +1946,35 @@ impl Db {
     fn replay(&self, plan: ReplayPlan) -> Result<Rows> {
         let id = plan.table;
         let mut rows = match plan.snapshot {
-            Some(file) => load_snapshot(&self.s.store, file, true)?,
+            Some((seq, file)) => load_snapshot(&self.s.store, file, seq, true)?,
             None => BTreeMap::new(),
         };
         for (ci, meta) in plan.commits {
             let c = self.load_commit_meta(ci, meta)?;
-            for e in c.events.iter().filter(|e| e.table == id) {
+            for (i, e) in c.events.iter().enumerate().filter(|(_, e)| e.table == id) {
+                let seq = c.first_seq + i as u64;
+                if seq > plan.seq {
+                    break;
+                }
                 let Some(k) = &e.key else { continue };
                 match e.op {
                     Op::Insert | Op::Patch => {
-                        rows.insert(k.clone(), Arc::new(Doc::from_value(e.doc.clone().unwrap_or(Value::Null))));
+                        let d = Doc::from_value(e.doc.clone().unwrap_or(Value::Null)).at(seq);
+                        rows.insert(k.clone(), Arc::new(d));
                     }
                     Op::SoftDelete => {
                         rows.remove(k);
                     }
-                    Op::CreateTable | Op::Compact | Op::Folded => {}
+                    Op::CreateTable | Op::Compact | Op::Folded | Op::Alter => {}
+                }
+            }
+        }
+        if plan.alters.iter().any(|(_, a)| a.changes_documents()) {
+            for d in rows.values_mut() {
+                if any_between(&plan.alters, d.seq(), plan.seq) {
+                    let mut v = d.to_value();
+                    apply_between(&plan.alters, d.seq(), plan.seq, &mut v);
+                    *d = Arc::new(Doc::from_value(v));
                 }
             }
         }
@@ -1781,10 +2011,10 @@ impl Db {
         if let Some(f) = &sel.filter
             && let Some(keys) = crate::table::index::plan(f, &t.indexes)
         {
-            let docs: Vec<Arc<Doc>> = keys.iter().filter_map(|k| t.rows.get(k).cloned()).collect();
+            let docs: Vec<Arc<Doc>> = keys.iter().filter_map(|k| t.rows.get(k)).map(|d| t.view(d, u64::MAX)).collect();
             return crate::query::eval::run_select(sel, docs.into_iter());
         }
-        crate::query::eval::run_select(sel, t.rows.values().cloned())
+        crate::query::eval::run_select(sel, t.rows.values().map(|d| t.view(d, u64::MAX)))
     }
 
     /// The sequence number an `AS OF` names now.
@@ -1798,12 +2028,12 @@ impl Db {
         let Some(t) = st.tables.get(&id) else { return Ok(None) };
         let Some(h) = t.history.get(key) else { return Ok(None) };
         if h.last().is_none_or(|e| e.seq <= seq) {
-            return Ok(t.rows.get(key).map(|d| d.to_value()));
+            return Ok(t.rows.get(key).map(|d| t.view_value(d, seq)));
         }
         // The oldest change after the snapshot holds the row as it was.
         let from = st.changes.partition_point(|c| c.seq <= seq);
         if let Some(c) = st.changes.range(from..).find(|c| c.table == id && &c.key == key) {
-            return Ok(c.old.as_ref().map(|d| d.to_value()));
+            return Ok(c.old.as_ref().map(|d| t.view_value(d, seq)));
         }
         self.doc_at(st, id, key, h, seq)
     }
@@ -1819,6 +2049,11 @@ impl Db {
                 Some(d) => rows.insert(c.key.clone(), d.clone()),
                 None => rows.remove(&c.key),
             };
+        }
+        if !t.alters.is_empty() {
+            for d in rows.values_mut() {
+                *d = t.view(d, seq);
+            }
         }
         Ok(rows)
     }
@@ -1862,7 +2097,13 @@ impl Db {
             Stmt::SoftDelete { table, key } => Outcome::Committed(self.soft_delete(table, key)?),
             Stmt::Select(sel) => Outcome::Rows(self.select(sel)?),
             Stmt::ShowTables => Outcome::Tables(self.tables()),
-            Stmt::Describe { table } => Outcome::Tables(vec![self.describe(table)?]),
+            Stmt::Describe { table, as_of: None } => Outcome::Tables(vec![self.describe(table)?]),
+            Stmt::Describe { table, as_of: Some(a) } => Outcome::Tables(vec![self.describe_at(table, a)?]),
+            Stmt::Alter { table, alter } => Outcome::Committed(self.write(|t| t.alter(table, alter.clone()))?),
+            Stmt::Expect { query, op, value } => {
+                let got = crate::query::eval::single_value(&self.select(query)?)?;
+                expect_outcome(stmt, got, *op, value)?
+            }
             Stmt::ShowDrift { table, key } => Outcome::Drift(self.history(table, key)?),
             Stmt::Snapshot { table } => Outcome::Snapshot(self.snapshot(table)?),
             Stmt::Compact { table, before } => Outcome::Compacted(self.compact(table, before.as_ref())?),
@@ -1938,7 +2179,7 @@ impl Db {
     }
 
     /// One statement inside a script's transaction.
-    fn execute_in(&self, t: &mut Txn<'_>, s: &Stmt) -> Result<Outcome> {
+    pub(crate) fn execute_in(&self, t: &mut Txn<'_>, s: &Stmt) -> Result<Outcome> {
         Ok(match s {
             Stmt::CreateTable { name, pk, indexes } => {
                 let idx: Vec<&str> = indexes.iter().map(String::as_str).collect();
@@ -1958,11 +2199,29 @@ impl Db {
                 Outcome::Staged
             }
             Stmt::Select(sel) => Outcome::Rows(t.select(sel)?),
+            Stmt::Alter { table, alter } => {
+                t.alter(table, alter.clone())?;
+                Outcome::Staged
+            }
+            Stmt::Expect { query, op, value } => {
+                let got = crate::query::eval::single_value(&t.select(query)?)?;
+                expect_outcome(s, got, *op, value)?
+            }
+            Stmt::Describe { table, as_of: None } => Outcome::Tables(vec![t.describe(table)?]),
             Stmt::Snapshot { .. } | Stmt::Compact { .. } => {
                 return Err(Error::Query(format!("{s} is not allowed inside a transaction")));
             }
             other => self.execute_stmt(other)?,
         })
+    }
+}
+
+/// The outcome of an `EXPECT` whose query returned `got`.
+fn expect_outcome(stmt: &Stmt, got: Value, op: crate::query::ast::CmpOp, value: &Value) -> Result<Outcome> {
+    if crate::query::eval::compare(&got, op, value) {
+        Ok(Outcome::Expected(got))
+    } else {
+        Err(Error::Constraint(format!("{stmt} failed: the query returned {got}")))
     }
 }
 
@@ -1984,14 +2243,14 @@ fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec: &[u8]) -> 
     for (i, e) in c.events.into_iter().enumerate() {
         let seq = c.first_seq + i as u64;
         let doc = match e.op {
-            Op::CreateTable | Op::Compact => match e.doc {
+            Op::CreateTable | Op::Compact | Op::Alter => match e.doc {
                 Some(t) => Some(Arc::new(Doc::from_text(t).map_err(|err| {
                     Error::corrupted(&name, pos.offset, format!("commit record: event at seq {seq}: {err}"))
                 })?)),
                 None => None,
             },
             _ if st.rows_from.get(&e.table).is_none_or(|from| seq > *from) => {
-                e.doc.map(|t| Arc::new(Doc::from_text_unchecked(t)))
+                e.doc.map(|t| Arc::new(Doc::from_text_unchecked(t).at(seq)))
             }
             _ => None,
         };
@@ -2015,8 +2274,15 @@ fn check_rows_and_index(name: &str, t: &mut TableData) -> Result<()> {
     let pick = |part: &[(&Pk, &Arc<Doc>)]| -> Result<Vec<Picked>> {
         part.iter()
             .map(|(k, d)| {
-                crate::table::doc::check(d.text(), &f)
-                    .map_err(|e| Error::tampered(name, 0, format!("the document of row {k} is not valid JSON: {e}")))
+                let picked = crate::table::doc::check(d.text(), &f)
+                    .map_err(|e| Error::tampered(name, 0, format!("the document of row {k} is not valid JSON: {e}")))?;
+                // A row written before a schema change is indexed as it reads now.
+                Ok(if t.stale(d, u64::MAX) {
+                    let v = t.view_value(d, u64::MAX);
+                    f.iter().map(|x| v.get(*x).cloned()).collect()
+                } else {
+                    picked
+                })
             })
             .collect()
     };
@@ -2050,16 +2316,22 @@ fn check_rows_and_index(name: &str, t: &mut TableData) -> Result<()> {
 /// What a read of the past needs: the snapshot to start from and the commits after it.
 struct ReplayPlan {
     table: u32,
-    snapshot: Option<u64>,
+    /// The snapshot to start from: (sequence number, file id).
+    snapshot: Option<(u64, u64)>,
     commits: Vec<(u32, CommitMeta)>,
+    /// The point read.
+    seq: u64,
+    /// The table's schema changes up to `seq` (documents read through them).
+    alters: Vec<(u64, Alter)>,
 }
 
 fn replay_plan(st: &State, id: u32, t: &TableData, seq: u64) -> ReplayPlan {
     let si = t.snapshots.partition_point(|(s, _)| *s <= seq);
     let (snapshot, from) = match si.checked_sub(1).map(|i| t.snapshots[i]) {
-        Some((s, file)) => (Some(file), s),
+        Some((s, file)) => (Some((s, file)), s),
         None => (None, 0),
     };
+    let alters = t.alters.iter().take_while(|(s, _)| *s <= seq).cloned().collect();
     let start = st.commits.partition_point(|c| c.first_seq <= from);
     let commits = st.commits[start..]
         .iter()
@@ -2067,12 +2339,12 @@ fn replay_plan(st: &State, id: u32, t: &TableData, seq: u64) -> ReplayPlan {
         .take_while(|(_, c)| c.first_seq <= seq)
         .map(|(i, c)| ((start + i) as u32, *c))
         .collect();
-    ReplayPlan { table: id, snapshot, commits }
+    ReplayPlan { table: id, snapshot, commits, seq, alters }
 }
 
 /// Every row of a snapshot file. Unless `checked`, the documents are left
 /// unchecked for the caller to check (see [`Doc::from_text_unchecked`]).
-fn load_snapshot(store: &Store, file: u64, checked: bool) -> Result<Rows> {
+fn load_snapshot(store: &Store, file: u64, seq: u64, checked: bool) -> Result<Rows> {
     let mut rows = Vec::new();
     let name = crate::format::file_name(file, FileKind::Snapshot);
     store.read_file(file, |pos, rec| {
@@ -2082,6 +2354,7 @@ fn load_snapshot(store: &Store, file: u64, checked: bool) -> Result<Rows> {
             } else {
                 Doc::from_text_unchecked(v)
             };
+            let d = d.at(seq);
             rows.push((k, Arc::new(d)));
         }
         Ok(())

@@ -20,6 +20,7 @@ pub mod error;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod migrate;
 pub mod query;
 pub mod storage;
 pub mod table;

@@ -26,6 +26,7 @@
 
 use crate::db::{Change, Db, State};
 use crate::query::ast::{Expr, Select, Stmt};
+use crate::table::schema::Alter;
 use crate::table::{Doc, Event, FastMap, FastSet, Op, Pk, TableDef};
 use crate::{Error, Result};
 use serde_json::{Map, Value};
@@ -88,6 +89,10 @@ pub(crate) enum TxnOp {
         table: String,
         key: Pk,
     },
+    Alter {
+        table: String,
+        alter: Alter,
+    },
     /// An event built by the engine itself (compaction markers).
     Raw(Event),
 }
@@ -144,6 +149,8 @@ pub(crate) struct GroupView<'a> {
     pub accepted: Vec<Accepted>,
     pub written: FastSet<(u32, Pk)>,
     pub new_tables: Vec<TableDef>,
+    /// Tables whose schema the accepted commits change, and their definitions after.
+    pub altered: Vec<TableDef>,
     pub next_table_id: u32,
     pub next_seq: u64,
     pub last_time: i64,
@@ -167,6 +174,7 @@ impl<'a> GroupView<'a> {
             accepted: Vec::new(),
             written: FastSet::default(),
             new_tables: Vec::new(),
+            altered: Vec::new(),
             next_table_id: st.next_table_id.max(1),
             next_seq: st.next_seq,
             last_time: st.last_time,
@@ -183,6 +191,10 @@ impl<'a> GroupView<'a> {
         for d in &a.batch.new_tables {
             self.next_table_id = self.next_table_id.max(d.id + 1);
             self.new_tables.push(d.clone());
+        }
+        for d in &a.batch.altered {
+            self.altered.retain(|x| x.id != d.id);
+            self.altered.push(d.clone());
         }
         self.next_seq += a.batch.events.len() as u64;
         self.last_time = a.time;
@@ -206,12 +218,33 @@ impl<'a> GroupView<'a> {
         });
         let tables_fit = b.new_tables.first().is_none_or(|d| d.id == self.next_table_id)
             && b.new_tables.iter().all(|d| self.def(&d.name).is_err());
-        rows_unchanged && tables_fit
+        // No schema change since `snapshot` to a table it writes or alters.
+        let schemas_unchanged = b
+            .overlay
+            .keys()
+            .map(|(id, _)| *id)
+            .chain(b.alters.iter().map(|(_, id, _)| *id))
+            .filter(|id| !b.is_new(*id))
+            .all(|id| self.schema_changed_after(id, snapshot).is_none());
+        rows_unchanged && tables_fit && schemas_unchanged
+    }
+
+    /// The sequence number of a schema change to table `id` after
+    /// `snapshot`, committed or accepted earlier in the group.
+    pub fn schema_changed_after(&self, id: u32, snapshot: u64) -> Option<u64> {
+        if self.altered.iter().any(|d| d.id == id) {
+            return Some(self.next_seq);
+        }
+        let s = self.st.tables.get(&id).map_or(0, |t| t.altered_at());
+        (s > snapshot).then_some(s)
     }
 }
 
 impl View for GroupView<'_> {
     fn def(&self, name: &str) -> Result<TableDef> {
+        if let Some(d) = self.altered.iter().find(|d| d.name == name) {
+            return Ok(d.clone());
+        }
         if let Some(d) = self.new_tables.iter().find(|d| d.name == name) {
             return Ok(d.clone());
         }
@@ -220,12 +253,24 @@ impl View for GroupView<'_> {
 
     fn current(&self, id: u32, key: &Pk) -> Result<Option<Value>> {
         let k = (id, key.clone());
-        for a in self.accepted.iter().rev() {
-            if let Some(d) = a.batch.overlay_doc(&k) {
-                return Ok(d.cloned());
+        // Schema changes of commits after the one found, newest first.
+        let mut later: Vec<&Alter> = Vec::new();
+        let finish = |mut doc: Option<Value>, later: &[&Alter]| {
+            if let Some(Value::Object(m)) = &mut doc {
+                for a in later.iter().rev() {
+                    a.apply_doc(m);
+                }
             }
+            doc
+        };
+        for a in self.accepted.iter().rev() {
+            if let Some(doc) = a.batch.overlay_view(&k) {
+                return Ok(finish(doc, &later));
+            }
+            later.extend(a.batch.alters.iter().rev().filter(|(_, t, _)| *t == id).map(|(_, _, x)| x));
         }
-        Ok(self.st.tables.get(&id).and_then(|t| t.rows.get(key)).map(|d| d.to_value()))
+        let doc = self.st.tables.get(&id).and_then(|t| t.rows.get(key).map(|d| t.view_value(d, u64::MAX)));
+        Ok(finish(doc, &later))
     }
 
     fn next_table_id(&self) -> u32 {
@@ -269,11 +314,21 @@ pub(crate) struct Batch {
     /// Each row written: the index of its last event.
     pub overlay: FastMap<(u32, Pk), usize>,
     pub new_tables: Vec<TableDef>,
+    /// Schema changes: (index of the event, table, change), in order.
+    pub alters: Vec<(usize, u32, Alter)>,
+    /// Definitions of the tables this batch changes the schema of, after it.
+    pub altered: Vec<TableDef>,
+    /// May write DriftDB's own tables (names beginning with `_drift`).
+    pub system: bool,
     /// Give new tables provisional ids from the top of the id space (a
     /// transaction's own batch: real ids are assigned at commit, and a table
     /// another transaction creates meanwhile can never share one).
     pub local_ids: bool,
 }
+
+/// Tables whose names begin with this are DriftDB's own (the migration
+/// history): readable, never written by statements.
+pub const SYSTEM_PREFIX: &str = "_drift";
 
 fn check_name(kind: &str, n: &str) -> Result<()> {
     if n.is_empty() || n.len() > 256 || n.chars().any(|c| c.is_control()) {
@@ -284,6 +339,9 @@ fn check_name(kind: &str, n: &str) -> Result<()> {
 
 impl Batch {
     pub fn def(&self, v: &dyn View, table: &str) -> Result<TableDef> {
+        if let Some(d) = self.altered.iter().find(|d| d.name == table) {
+            return Ok(d.clone());
+        }
         if let Some(d) = self.new_tables.iter().find(|d| d.name == table) {
             return Ok(d.clone());
         }
@@ -305,14 +363,50 @@ impl Batch {
         })
     }
 
+    /// The row as this batch left it, read through the batch's later schema
+    /// changes: `Some(None)` if it deleted it, `None` if it did not write it.
+    pub fn overlay_view(&self, k: &(u32, Pk)) -> Option<Option<Value>> {
+        let i = *self.overlay.get(k)?;
+        let mut doc = self.overlay_doc(k)?.cloned();
+        self.apply_staged(k.0, Some(i), &mut doc);
+        Some(doc)
+    }
+
+    /// Apply this batch's schema changes to table `id` after event `after`
+    /// (all of them for `None`) to a document.
+    pub fn apply_staged(&self, id: u32, after: Option<usize>, doc: &mut Option<Value>) {
+        if let Some(Value::Object(m)) = doc {
+            for (_, _, a) in self.alters.iter().filter(|(i, t, _)| *t == id && after.is_none_or(|x| *i > x)) {
+                a.apply_doc(m);
+            }
+        }
+    }
+
+    /// Whether this batch changes the schema of table `id`.
+    pub fn alters_table(&self, id: u32) -> bool {
+        self.alters.iter().any(|(_, t, _)| *t == id)
+    }
+
     pub fn current(&self, v: &dyn View, id: u32, key: &Pk) -> Result<Option<Value>> {
-        if let Some(x) = self.overlay_doc(&(id, key.clone())) {
-            return Ok(x.cloned());
+        if let Some(x) = self.overlay_view(&(id, key.clone())) {
+            return Ok(x);
         }
         if self.is_new(id) {
             return Ok(None);
         }
-        v.current(id, key)
+        let mut doc = v.current(id, key)?;
+        self.apply_staged(id, None, &mut doc);
+        Ok(doc)
+    }
+
+    /// Refuse writes to DriftDB's own tables from statements.
+    fn writable(&self, table: &str) -> Result<()> {
+        if table.starts_with(SYSTEM_PREFIX) && !self.system {
+            return Err(Error::Query(format!(
+                "table {table:?} belongs to DriftDB (names beginning with {SYSTEM_PREFIX:?} are reserved): it can be read, not written"
+            )));
+        }
+        Ok(())
     }
 
     /// Check and add one change.
@@ -322,6 +416,7 @@ impl Batch {
             TxnOp::Insert { table, doc } => self.insert(v, &table, doc),
             TxnOp::Patch { table, key, set } => self.patch(v, &table, &key, set),
             TxnOp::SoftDelete { table, key } => self.soft_delete(v, &table, &key),
+            TxnOp::Alter { table, alter } => self.alter(v, &table, alter),
             TxnOp::Raw(e) => {
                 self.events.push(e);
                 Ok(())
@@ -362,6 +457,11 @@ impl Batch {
                     },
                 },
                 Op::SoftDelete => TxnOp::SoftDelete { table: name(e.table)?, key: key()? },
+                Op::Alter => TxnOp::Alter {
+                    table: name(e.table)?,
+                    alter: serde_json::from_value(e.doc.clone().unwrap_or(Value::Null))
+                        .map_err(|err| Error::Query(format!("schema change: {err}")))?,
+                },
                 _ => TxnOp::Raw(e.clone()),
             });
         }
@@ -370,6 +470,7 @@ impl Batch {
 
     fn create_table(&mut self, v: &dyn View, name: &str, pk: &str, indexes: &[String]) -> Result<()> {
         check_name("table", name)?;
+        self.writable(name)?;
         check_name("primary key field", pk)?;
         for i in indexes {
             check_name("indexed field", i)?;
@@ -379,8 +480,14 @@ impl Batch {
         }
         let n = self.new_tables.len() as u32;
         let id = if self.local_ids { u32::MAX - n } else { v.next_table_id().max(1) + n };
-        let def =
-            TableDef { id, name: name.to_string(), pk: pk.to_string(), indexes: indexes.to_vec(), created_seq: 0 };
+        let def = TableDef {
+            id,
+            name: name.to_string(),
+            pk: pk.to_string(),
+            indexes: indexes.to_vec(),
+            columns: Vec::new(),
+            created_seq: 0,
+        };
         let doc = serde_json::to_value(&def).map_err(|e| Error::Query(e.to_string()))?;
         self.events.push(Event { op: Op::CreateTable, table: id, key: None, doc: Some(doc), patch: None });
         self.new_tables.push(def);
@@ -406,8 +513,20 @@ impl Batch {
     }
 
     fn insert(&mut self, v: &dyn View, table: &str, doc: Value) -> Result<()> {
+        self.writable(table)?;
         let def = self.def(v, table)?;
         let key = Self::key_of(&def, table, &doc)?;
+        let mut doc = doc;
+        // A declared column's default fills a field the document lacks.
+        if let Value::Object(m) = &mut doc {
+            for c in &def.columns {
+                if let Some(d) = &c.default
+                    && m.get(&c.name).is_none_or(Value::is_null)
+                {
+                    m.insert(c.name.clone(), d.clone());
+                }
+            }
+        }
         check_depth(table, &doc)?;
         if self.current(v, def.id, &key)?.is_some() {
             return Err(Error::Constraint(format!("duplicate primary key {key} in table {table:?}")));
@@ -418,6 +537,7 @@ impl Batch {
     }
 
     fn patch(&mut self, v: &dyn View, table: &str, key: &Pk, set: Map<String, Value>) -> Result<()> {
+        self.writable(table)?;
         let def = self.def(v, table)?;
         let Some(Value::Object(mut doc)) = self.current(v, def.id, key)? else {
             return Err(Error::Constraint(format!("PATCH {table}: no live row with key {key} (missing or deleted)")));
@@ -447,7 +567,20 @@ impl Batch {
         Ok(())
     }
 
+    fn alter(&mut self, v: &dyn View, table: &str, alter: Alter) -> Result<()> {
+        self.writable(table)?;
+        let mut def = self.def(v, table)?;
+        alter.apply_def(&mut def).map_err(Error::Constraint)?;
+        let doc = serde_json::to_value(&alter).map_err(|e| Error::Query(e.to_string()))?;
+        self.alters.push((self.events.len(), def.id, alter));
+        self.events.push(Event { op: Op::Alter, table: def.id, key: None, doc: Some(doc), patch: None });
+        self.altered.retain(|d| d.id != def.id);
+        self.altered.push(def);
+        Ok(())
+    }
+
     fn soft_delete(&mut self, v: &dyn View, table: &str, key: &Pk) -> Result<()> {
+        self.writable(table)?;
         let def = self.def(v, table)?;
         let Some(doc) = self.current(v, def.id, key)? else {
             return Err(Error::Constraint(format!("SOFT DELETE FROM {table}: no live row with key {key}")));
@@ -532,6 +665,40 @@ impl<'db> Txn<'db> {
         self.stage(TxnOp::SoftDelete { table: table.to_string(), key: key.clone() })
     }
 
+    /// Change a table's schema (`ALTER TABLE`, `CREATE INDEX`, `DROP INDEX`).
+    pub fn alter(&mut self, table: &str, alter: Alter) -> Result<()> {
+        self.stage(TxnOp::Alter { table: table.to_string(), alter })
+    }
+
+    /// Let this transaction write DriftDB's own tables (the migration runner).
+    pub(crate) fn allow_system_writes(&mut self) {
+        self.local.system = true;
+    }
+
+    /// A table's definition as this transaction sees it.
+    pub fn describe(&self, table: &str) -> Result<TableDef> {
+        let local = &self.local;
+        self.with_view(|v, _| local.def(v, table))
+    }
+
+    /// Rows this transaction writes, per table name (its own new tables included).
+    pub(crate) fn written_rows(&self) -> BTreeMap<String, u64> {
+        let st = self.db.read_state();
+        let mut out = BTreeMap::new();
+        for (t, _) in self.local.overlay.keys() {
+            let name = self
+                .local
+                .new_tables
+                .iter()
+                .find(|d| d.id == *t)
+                .map(|d| d.name.clone())
+                .or_else(|| st.defs.get(t).map(|d| d.name.clone()))
+                .unwrap_or_else(|| format!("#{t}"));
+            *out.entry(name).or_insert(0) += 1;
+        }
+        out
+    }
+
     /// A row's document as this transaction sees it (its own writes included).
     pub fn get(&mut self, table: &str, key: &Pk) -> Result<Option<Value>> {
         let local = &self.local;
@@ -572,38 +739,74 @@ impl<'db> Txn<'db> {
             return self.db.select(&at);
         }
         let local = &self.local;
-        let (id, new, rows) = self.with_view(|v, st| {
+        let (id, new, out) = self.with_view(|v, st| {
             let def = local.def(v, &sel.table)?;
             let new = local.is_new(def.id);
-            let mine = local.overlay.keys().any(|(t, _)| *t == def.id);
+            let mine = local.overlay.keys().any(|(t, _)| *t == def.id) || local.alters_table(def.id);
             let at_latest = self.iso == Isolation::ReadCommitted || st.latest_seq() == self.snapshot;
             if !new && !mine && at_latest {
-                return Ok((def.id, new, Err(self.db.select_current(st, def.id, sel)?)));
+                return Ok((def.id, new, self.db.select_current(st, def.id, sel)?));
             }
-            let mut rows: BTreeMap<Pk, Arc<Doc>> = if new {
-                BTreeMap::new()
-            } else if at_latest {
-                st.tables.get(&def.id).map(|t| t.rows.clone()).unwrap_or_default()
-            } else {
-                self.db.rows_at_snapshot(st, def.id, self.snapshot)?
-            };
-            for (t, k) in local.overlay.keys() {
-                if *t == def.id {
-                    match local.overlay_doc(&(*t, k.clone())).flatten() {
-                        Some(d) => rows.insert(k.clone(), Arc::new(Doc::from_value(d.clone()))),
-                        None => rows.remove(k),
-                    };
+            // The committed rows (read now or at the snapshot) merged in key
+            // order with this transaction's writes, every row read through
+            // its staged schema changes; streamed, not copied.
+            let snap;
+            let committed: Box<dyn Iterator<Item = (&Pk, Arc<Doc>)>> = match st.tables.get(&def.id) {
+                Some(_) if new => Box::new(std::iter::empty()),
+                Some(t) if at_latest => Box::new(t.rows.iter().map(move |(k, d)| (k, t.view(d, u64::MAX)))),
+                Some(_) => {
+                    snap = self.db.rows_at_snapshot(st, def.id, self.snapshot)?;
+                    Box::new(snap.iter().map(|(k, d)| (k, d.clone())))
                 }
-            }
-            Ok((def.id, new, Ok(rows)))
+                None => Box::new(std::iter::empty()),
+            };
+            let overlay: BTreeMap<Pk, Option<Value>> = local
+                .overlay
+                .keys()
+                .filter(|(t, _)| *t == def.id)
+                .map(|(t, k)| (k.clone(), local.overlay_view(&(*t, k.clone())).flatten()))
+                .collect();
+            let staged = local.alters_table(def.id);
+            let through_staged = |d: Arc<Doc>| {
+                if !staged {
+                    return d;
+                }
+                let mut v = Some(d.to_value());
+                local.apply_staged(def.id, None, &mut v);
+                Arc::new(Doc::from_value(v.unwrap_or(Value::Null)))
+            };
+            let mut c = committed.peekable();
+            let mut o = overlay.iter().peekable();
+            let merged = std::iter::from_fn(move || {
+                loop {
+                    let take_overlay = match (c.peek(), o.peek()) {
+                        (None, None) => return None,
+                        (Some(_), None) => false,
+                        (None, Some(_)) => true,
+                        (Some((kc, _)), Some((ko, _))) => {
+                            if *ko == *kc {
+                                c.next();
+                                true
+                            } else {
+                                *ko < *kc
+                            }
+                        }
+                    };
+                    if take_overlay {
+                        if let Some((_, Some(d))) = o.next() {
+                            return Some(Arc::new(Doc::from_value(d.clone())));
+                        }
+                    } else if let Some((_, d)) = c.next() {
+                        return Some(through_staged(d));
+                    }
+                }
+            });
+            Ok((def.id, new, crate::query::eval::run_select(sel, merged)?))
         })?;
         if !new {
             self.reads.preds.push((id, sel.filter.clone()));
         }
-        match rows {
-            Err(out) => Ok(out),
-            Ok(rows) => crate::query::eval::run_select(sel, rows.into_values()),
-        }
+        Ok(out)
     }
 
     /// Run a DriftQL `SELECT` inside the transaction and deserialize its rows.
@@ -674,6 +877,22 @@ pub(crate) fn conflict(st: &State, g: &GroupView<'_>, req: &Request) -> Option<S
         (last > req.snapshot).then_some(last)
     };
     let name = |id: u32| st.defs.get(&id).map_or_else(|| format!("#{id}"), |d| d.name.clone());
+    // A schema change to a table it wrote, changed the schema of or read.
+    let tables = req
+        .written()
+        .map(|(id, _)| id)
+        .chain(req.batch.alters.iter().map(|(_, id, _)| *id).filter(|id| !req.batch.is_new(*id)))
+        .chain(req.reads.keys.iter().map(|(id, _)| *id))
+        .chain(req.reads.preds.iter().map(|(id, _)| *id));
+    for id in tables {
+        if let Some(s) = g.schema_changed_after(id, req.snapshot) {
+            return Some(format!(
+                "the schema of table {:?} was changed at @seq:{s} by a transaction that committed after this one began (@seq:{})",
+                name(id),
+                req.snapshot
+            ));
+        }
+    }
     for (id, k) in req.written() {
         if let Some(s) = changed_key(id, k) {
             return Some(format!(

@@ -140,6 +140,41 @@ struct DbArgs {
     key: KeyOpts,
 }
 
+/// Which database, with which key, and which migrations folder.
+#[derive(Args, Debug)]
+struct MigrateArgs {
+    /// The data directory.
+    #[arg(short = 'd', long = "data-dir", value_name = "DIR")]
+    data: PathBuf,
+    #[command(flatten)]
+    key: KeyOpts,
+    /// The migrations folder (files NNNN_name.driftql).
+    #[arg(long = "dir", value_name = "MIGRATIONS")]
+    migrations: PathBuf,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// What `migrate` does.
+#[derive(Subcommand)]
+enum MigrateCmd {
+    /// List applied and pending migrations (and check the folder).
+    Status,
+    /// Apply the pending migrations in order, each as one transaction.
+    Up {
+        /// Stop after this version.
+        #[arg(long, value_name = "N")]
+        to: Option<u64>,
+        /// Run everything, checks included, and report what would change;
+        /// commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check checksums and order of the applied migrations; apply nothing.
+    Validate,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Write a new random 256-bit master key (mode 0600; never overwrites).
@@ -259,6 +294,13 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         batch: usize,
     },
+    /// Schema migrations from a folder of NNNN_name.driftql files.
+    Migrate {
+        #[command(flatten)]
+        args: MigrateArgs,
+        #[command(subcommand)]
+        action: MigrateCmd,
+    },
     /// Master and data keys: rotate, resume, status, audit log.
     Keys {
         #[command(subcommand)]
@@ -376,6 +418,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             print_outcome(&db.execute_stmt(&stmt)?, json);
             Ok(0)
         }
+        Command::Migrate { args, action } => migrate(args, action),
         Command::Drift { db: DbArgs { dir, key }, table, row, json } => {
             let db = open_db(&dir, &key, true)?;
             let k = parse_key(&row)?;
@@ -788,6 +831,60 @@ fn print_rows(rows: &[Value]) {
     println!("({} row{})", rows.len(), if rows.len() == 1 { "" } else { "s" });
 }
 
+fn migrate(a: MigrateArgs, action: MigrateCmd) -> Result<u8, Error> {
+    use driftdb::migrate;
+    let read_only = !matches!(action, MigrateCmd::Up { dry_run: false, .. });
+    let db = open_db(&a.data, &a.key, read_only)?;
+    match action {
+        MigrateCmd::Status | MigrateCmd::Validate => {
+            let st = migrate::status(&db, &a.migrations)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&st).unwrap_or_default());
+            } else {
+                for m in &st.applied {
+                    println!("applied  {:>4}  {}  (@seq:{}, {})", m.version, m.file, m.seq, m.checksum);
+                }
+                for (v, f) in &st.pending {
+                    println!("pending  {v:>4}  {f}");
+                }
+                if matches!(action, MigrateCmd::Validate) {
+                    println!(
+                        "ok: {} applied migration(s) match their files; {} pending",
+                        st.applied.len(),
+                        st.pending.len()
+                    );
+                }
+            }
+        }
+        MigrateCmd::Up { to, dry_run } => {
+            let reports = migrate::up(&db, &a.migrations, to, dry_run)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&reports).unwrap_or_default());
+            } else {
+                if reports.is_empty() {
+                    println!("nothing to apply");
+                }
+                for r in &reports {
+                    let changed: Vec<String> = r.rows_changed.iter().map(|(t, n)| format!("{t}: {n} rows")).collect();
+                    let what = match r.seq {
+                        Some(seq) => format!("applied at @seq:{seq}"),
+                        None => "would apply (dry run, nothing written)".to_string(),
+                    };
+                    println!(
+                        "{} {what}: {} schema change(s), {} check(s) held; {}",
+                        r.file,
+                        r.schema_changes,
+                        r.checks,
+                        if changed.is_empty() { "no rows changed".to_string() } else { changed.join(", ") }
+                    );
+                }
+            }
+        }
+    }
+    db.close()?;
+    Ok(0)
+}
+
 fn print_outcome(o: &Outcome, json: bool) {
     match o {
         Outcome::Committed(seq) => {
@@ -827,6 +924,11 @@ fn print_outcome(o: &Outcome, json: bool) {
                 println!("ok (pending commit)");
             }
         }
+        Outcome::Expected(v) => {
+            if !json {
+                println!("ok (expectation holds: {v})");
+            }
+        }
         Outcome::RolledBack => {
             if !json {
                 println!("rolled back");
@@ -849,7 +951,17 @@ fn print_outcome(o: &Outcome, json: bool) {
         Outcome::Tables(t) => {
             let rows: Vec<Value> = t
                 .iter()
-                .map(|d| serde_json::json!({"table": d.name, "pk": d.pk, "indexes": d.indexes.join(", "), "created_seq": d.created_seq}))
+                .map(|d| {
+                    let cols: Vec<String> = d
+                        .columns
+                        .iter()
+                        .map(|c| match &c.default {
+                            Some(v) => format!("{} DEFAULT {v}", quote_ident(&c.name)),
+                            None => quote_ident(&c.name),
+                        })
+                        .collect();
+                    serde_json::json!({"table": d.name, "pk": d.pk, "columns": cols.join(", "), "indexes": d.indexes.join(", "), "created_seq": d.created_seq})
+                })
                 .collect();
             if json {
                 for r in &rows {

@@ -75,10 +75,31 @@ pub enum Stmt {
         /// Row key.
         key: Pk,
     },
-    /// `DESCRIBE t`
+    /// `DESCRIBE t [AS OF point]`
     Describe {
         /// Table.
         table: String,
+        /// The point in history whose schema to show (none: now).
+        as_of: Option<AsOf>,
+    },
+    /// `ALTER TABLE t ADD COLUMN f [DEFAULT v]`, `ALTER TABLE t DROP COLUMN f`,
+    /// `ALTER TABLE t RENAME COLUMN a TO b`, `CREATE INDEX ON t (f)`,
+    /// `DROP INDEX ON t (f)`
+    Alter {
+        /// Table.
+        table: String,
+        /// The change.
+        alter: crate::table::schema::Alter,
+    },
+    /// `EXPECT (SELECT ...) op literal`: the query's one value must compare
+    /// as stated, or the statement fails.
+    Expect {
+        /// The query: one row of one value.
+        query: Select,
+        /// The comparison.
+        op: CmpOp,
+        /// What it is compared with.
+        value: Value,
     },
     /// `SNAPSHOT t`
     Snapshot {
@@ -225,15 +246,7 @@ impl fmt::Display for Expr {
             Expr::Not(a) => write!(f, "NOT {a}"),
             Expr::Cmp(p, op, v) => {
                 path(f, p)?;
-                let o = match op {
-                    CmpOp::Eq => "=",
-                    CmpOp::Ne => "!=",
-                    CmpOp::Lt => "<",
-                    CmpOp::Le => "<=",
-                    CmpOp::Gt => ">",
-                    CmpOp::Ge => ">=",
-                };
-                write!(f, " {o} {v}")
+                write!(f, " {} {v}", cmp_text(*op))
             }
             Expr::In(p, vs) => {
                 path(f, p)?;
@@ -251,6 +264,26 @@ impl fmt::Display for Expr {
                 f.write_str(if *neg { " IS NOT NULL" } else { " IS NULL" })
             }
         }
+    }
+}
+
+/// A comparison operator as DriftQL text.
+pub fn cmp_text(op: CmpOp) -> &'static str {
+    match op {
+        CmpOp::Eq => "=",
+        CmpOp::Ne => "!=",
+        CmpOp::Lt => "<",
+        CmpOp::Le => "<=",
+        CmpOp::Gt => ">",
+        CmpOp::Ge => ">=",
+    }
+}
+
+fn as_of_text(a: &AsOf) -> String {
+    match a {
+        AsOf::Seq(n) => format!("@seq:{n}"),
+        AsOf::Now => "@now".to_string(),
+        AsOf::Time(t, _) => Value::from(t.as_str()).to_string(),
     }
 }
 
@@ -307,9 +340,54 @@ impl fmt::Display for Stmt {
                 f.write_str(" KEY ")?;
                 key(f, k)
             }
-            Stmt::Describe { table } => {
+            Stmt::Describe { table, as_of } => {
                 f.write_str("DESCRIBE ")?;
-                ident(f, table)
+                ident(f, table)?;
+                match as_of {
+                    None => Ok(()),
+                    Some(a) => write!(f, " AS OF {}", as_of_text(a)),
+                }
+            }
+            Stmt::Alter { table, alter } => {
+                use crate::table::schema::Alter as A;
+                match alter {
+                    A::CreateIndex { column } | A::DropIndex { column } => {
+                        let verb = if matches!(alter, A::CreateIndex { .. }) { "CREATE" } else { "DROP" };
+                        write!(f, "{verb} INDEX ON ")?;
+                        ident(f, table)?;
+                        f.write_str(" (")?;
+                        ident(f, column)?;
+                        f.write_str(")")
+                    }
+                    _ => {
+                        f.write_str("ALTER TABLE ")?;
+                        ident(f, table)?;
+                        match alter {
+                            A::AddColumn { column, default } => {
+                                f.write_str(" ADD COLUMN ")?;
+                                ident(f, column)?;
+                                match default {
+                                    Some(d) => write!(f, " DEFAULT {d}"),
+                                    None => Ok(()),
+                                }
+                            }
+                            A::DropColumn { column } => {
+                                f.write_str(" DROP COLUMN ")?;
+                                ident(f, column)
+                            }
+                            A::RenameColumn { column, to } => {
+                                f.write_str(" RENAME COLUMN ")?;
+                                ident(f, column)?;
+                                f.write_str(" TO ")?;
+                                ident(f, to)
+                            }
+                            A::CreateIndex { .. } | A::DropIndex { .. } => Ok(()),
+                        }
+                    }
+                }
+            }
+            Stmt::Expect { query, op, value } => {
+                write!(f, "EXPECT ({}) {} {value}", Stmt::Select(query.clone()), cmp_text(*op))
             }
             Stmt::Snapshot { table } => {
                 f.write_str("SNAPSHOT ")?;

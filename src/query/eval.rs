@@ -176,6 +176,34 @@ pub fn matches(e: &Expr, doc: &Value) -> bool {
     }
 }
 
+/// Whether `actual op expected` holds, as `EXPECT` compares: with the
+/// `WHERE` rules, and `null` (or nothing) equal to `null` only.
+pub fn compare(actual: &Value, op: CmpOp, expected: &Value) -> bool {
+    if actual.is_null() || expected.is_null() {
+        let both = actual.is_null() && expected.is_null();
+        return match op {
+            CmpOp::Eq => both,
+            CmpOp::Ne => !both,
+            _ => false,
+        };
+    }
+    let doc = serde_json::json!({ "v": actual });
+    matches(&Expr::Cmp(vec!["v".to_string()], op, expected.clone()), &doc)
+}
+
+/// The one value of a query's result (one row of one column), for `EXPECT`.
+/// No row reads as `null`.
+pub fn single_value(rows: &[Value]) -> Result<Value> {
+    match rows {
+        [] => Ok(Value::Null),
+        [Value::Object(m)] if m.len() == 1 => Ok(m.values().next().cloned().unwrap_or(Value::Null)),
+        [other] => Err(Error::Query(format!(
+            "EXPECT needs a query that returns one value (one row of one column, such as COUNT(*)); it returned the row {other}"
+        ))),
+        _ => Err(Error::Query(format!("EXPECT needs a query that returns one value; it returned {} rows", rows.len()))),
+    }
+}
+
 /// Reject comparisons that can never be true (`= null`): say what to write instead.
 pub fn check_expr(e: &Expr) -> Result<()> {
     match e {
@@ -255,8 +283,9 @@ pub fn run_select(sel: &Select, docs: impl Iterator<Item = std::sync::Arc<crate:
         check_expr(f)?;
     }
     let has_agg = sel.items.iter().any(|i| matches!(i, Item::Agg(..)));
-    let rows: Vec<std::sync::Arc<crate::table::Doc>> =
-        docs.filter(|d| sel.filter.as_ref().is_none_or(|f| matches(f, d))).collect();
+    // A document not parsed yet is parsed for the filter and not kept (a
+    // scan leaves the rows it read as they were).
+    let mut rows = docs.filter(|d| sel.filter.as_ref().is_none_or(|f| d.peek(|v| matches(f, v))));
     let mut out: Vec<Value> = if has_agg || !sel.group_by.is_empty() {
         for it in &sel.items {
             if let Item::Field(p) = it
@@ -273,21 +302,24 @@ pub fn run_select(sel: &Select, docs: impl Iterator<Item = std::sync::Arc<crate:
         }
         let mut groups: Vec<(Vec<Option<Value>>, Vec<Acc>, u64)> = Vec::new();
         let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-        for d in &rows {
-            let key: Vec<Option<Value>> = sel.group_by.iter().map(|p| get_path(d, p).cloned()).collect();
-            let k: Vec<String> = key.iter().map(|v| v.as_ref().map(canonical).unwrap_or_default()).collect();
-            let k = k.join("\u{0}");
-            let gi = *index.entry(k).or_insert_with(|| {
-                groups.push((key.clone(), vec![Acc::new(); sel.items.len()], 0));
-                groups.len() - 1
-            });
-            let g = &mut groups[gi];
-            g.2 += 1;
-            for (acc, it) in g.1.iter_mut().zip(&sel.items) {
-                if let Item::Agg(_, Some(p)) = it {
-                    acc.add(get_path(d, p));
+        // Aggregates fold the rows as they come: none is kept.
+        for d in rows.by_ref() {
+            d.peek(|d| {
+                let key: Vec<Option<Value>> = sel.group_by.iter().map(|p| get_path(d, p).cloned()).collect();
+                let k: Vec<String> = key.iter().map(|v| v.as_ref().map(canonical).unwrap_or_default()).collect();
+                let k = k.join("\u{0}");
+                let gi = *index.entry(k).or_insert_with(|| {
+                    groups.push((key.clone(), vec![Acc::new(); sel.items.len()], 0));
+                    groups.len() - 1
+                });
+                let g = &mut groups[gi];
+                g.2 += 1;
+                for (acc, it) in g.1.iter_mut().zip(&sel.items) {
+                    if let Item::Agg(_, Some(p)) = it {
+                        acc.add(get_path(d, p));
+                    }
                 }
-            }
+            });
         }
         if groups.is_empty() && sel.group_by.is_empty() {
             groups.push((Vec::new(), vec![Acc::new(); sel.items.len()], 0));
@@ -320,7 +352,7 @@ pub fn run_select(sel: &Select, docs: impl Iterator<Item = std::sync::Arc<crate:
         sort(&mut grouped, &sel.order_by, true);
         grouped
     } else {
-        let mut v: Vec<Value> = rows.iter().map(|d| d.to_value()).collect();
+        let mut v: Vec<Value> = rows.map(|d| d.to_value()).collect();
         sort(&mut v, &sel.order_by, false);
         v
     };

@@ -451,7 +451,64 @@ impl Parser {
         }
     }
 
+    /// `ON t (f)` of `CREATE INDEX` / `DROP INDEX`.
+    fn index_target(&mut self) -> Result<(String, String)> {
+        self.kw("on")?;
+        let table = self.ident("table name")?;
+        self.sym("(")?;
+        let column = self.ident("indexed field")?;
+        self.sym(")")?;
+        Ok((table, column))
+    }
+
+    fn alter(&mut self) -> Result<Stmt> {
+        use crate::table::schema::Alter;
+        self.kw("table")?;
+        let table = self.ident("table name")?;
+        let alter = if self.eat_kw("add") {
+            self.eat_kw("column");
+            let column = self.ident("column name")?;
+            let default = if self.eat_kw("default") { Some(self.literal()?).filter(|v| !v.is_null()) } else { None };
+            Alter::AddColumn { column, default }
+        } else if self.eat_kw("drop") {
+            self.eat_kw("column");
+            Alter::DropColumn { column: self.ident("column name")? }
+        } else if self.eat_kw("rename") {
+            self.eat_kw("column");
+            let column = self.ident("column name")?;
+            self.kw("to")?;
+            Alter::RenameColumn { column, to: self.ident("new column name")? }
+        } else {
+            return Err(self.expected("ADD COLUMN, DROP COLUMN or RENAME COLUMN"));
+        };
+        Ok(Stmt::Alter { table, alter })
+    }
+
     fn statement(&mut self) -> Result<Stmt> {
+        use crate::table::schema::Alter;
+        if self.eat_kw("alter") {
+            return self.alter();
+        }
+        if self.is_kw("create")
+            && matches!(self.toks.get(self.pos + 1).map(|t| &t.tok), Some(Tok::Word(w)) if w.eq_ignore_ascii_case("index"))
+        {
+            self.pos += 2;
+            let (table, column) = self.index_target()?;
+            return Ok(Stmt::Alter { table, alter: Alter::CreateIndex { column } });
+        }
+        if self.eat_kw("drop") {
+            self.kw("index")?;
+            let (table, column) = self.index_target()?;
+            return Ok(Stmt::Alter { table, alter: Alter::DropIndex { column } });
+        }
+        if self.eat_kw("expect") {
+            self.sym("(")?;
+            let query = self.select()?;
+            self.sym(")")?;
+            let op = self.cmp_op()?;
+            let value = self.literal()?;
+            return Ok(Stmt::Expect { query, op, value });
+        }
         if self.eat_kw("create") {
             self.kw("table")?;
             let name = self.ident("table name")?;
@@ -529,7 +586,13 @@ impl Parser {
         }
         if self.eat_kw("describe") {
             let table = self.ident("table name")?;
-            return Ok(Stmt::Describe { table });
+            let as_of = if self.eat_kw("as") {
+                self.kw("of")?;
+                Some(self.as_of()?)
+            } else {
+                None
+            };
+            return Ok(Stmt::Describe { table, as_of });
         }
         if self.is_kw("select") {
             return self.select().map(Stmt::Select);
@@ -559,7 +622,7 @@ impl Parser {
             return Ok(Stmt::Rollback);
         }
         Err(self.expected(
-            "a statement (CREATE TABLE, INSERT, PATCH, SOFT DELETE, SELECT, SHOW, DESCRIBE, SNAPSHOT, COMPACT, BEGIN, COMMIT, ROLLBACK)",
+            "a statement (CREATE TABLE, INSERT, PATCH, SOFT DELETE, SELECT, SHOW, DESCRIBE, SNAPSHOT, COMPACT, BEGIN, COMMIT, ROLLBACK, ALTER TABLE, CREATE INDEX, DROP INDEX, EXPECT)",
         ))
     }
 
@@ -687,6 +750,20 @@ impl Parser {
         Ok(e)
     }
 
+    fn cmp_op(&mut self) -> Result<CmpOp> {
+        let op = match self.peek() {
+            Tok::Sym("=") => CmpOp::Eq,
+            Tok::Sym("!=") => CmpOp::Ne,
+            Tok::Sym("<") => CmpOp::Lt,
+            Tok::Sym("<=") => CmpOp::Le,
+            Tok::Sym(">") => CmpOp::Gt,
+            Tok::Sym(">=") => CmpOp::Ge,
+            _ => return Err(self.expected("a comparison (= != < <= > >=)")),
+        };
+        self.pos += 1;
+        Ok(op)
+    }
+
     fn not_expr(&mut self) -> Result<Expr> {
         self.node()?;
         if self.is_kw("not") || matches!(self.peek(), Tok::Sym("(")) {
@@ -722,16 +799,7 @@ impl Parser {
             self.sym(")")?;
             return Ok(Expr::In(p, vals));
         }
-        let op = match self.peek() {
-            Tok::Sym("=") => CmpOp::Eq,
-            Tok::Sym("!=") => CmpOp::Ne,
-            Tok::Sym("<") => CmpOp::Lt,
-            Tok::Sym("<=") => CmpOp::Le,
-            Tok::Sym(">") => CmpOp::Gt,
-            Tok::Sym(">=") => CmpOp::Ge,
-            _ => return Err(self.expected("a comparison (= != < <= > >=), IN or IS [NOT] NULL")),
-        };
-        self.pos += 1;
+        let op = self.cmp_op().map_err(|_| self.expected("a comparison (= != < <= > >=), IN or IS [NOT] NULL"))?;
         let v = self.literal()?;
         Ok(Expr::Cmp(p, op, v))
     }
@@ -798,6 +866,51 @@ mod tests {
         let e = parse("BEGIN ISOLATION LEVEL REPEATABLE READ").unwrap_err().to_string();
         assert!(e.contains("READ COMMITTED, SNAPSHOT or SERIALIZABLE"), "{e}");
         assert!(parse("BEGIN ISOLATION LEVEL READ UNCOMMITTED").is_err());
+    }
+
+    #[test]
+    fn schema_statements_and_expect_parse_and_print_back() {
+        use crate::table::schema::Alter;
+        let src = "ALTER TABLE users ADD COLUMN tier DEFAULT \"free\"\n\
+            alter table users add flags default {\"a\": [1]}\n\
+            ALTER TABLE users ADD COLUMN note DEFAULT null\n\
+            ALTER TABLE users DROP COLUMN ssn\n\
+            ALTER TABLE \"my users\" RENAME COLUMN name TO \"key\"\n\
+            CREATE INDEX ON users (tier)\n\
+            DROP INDEX ON users (tier)\n\
+            EXPECT (SELECT COUNT(*) FROM users WHERE tier IS NULL) = 0\n\
+            EXPECT (SELECT MAX(age) FROM users\n  AS OF @seq:3) <= 120.5\n\
+            DESCRIBE users AS OF @seq:4";
+        let s = parse(src).unwrap();
+        assert_eq!(s.len(), 10);
+        assert_eq!(
+            s[0],
+            Stmt::Alter {
+                table: "users".into(),
+                alter: Alter::AddColumn { column: "tier".into(), default: Some(Value::from("free")) }
+            }
+        );
+        // `DEFAULT null` is no default.
+        assert_eq!(
+            s[2],
+            Stmt::Alter { table: "users".into(), alter: Alter::AddColumn { column: "note".into(), default: None } }
+        );
+        assert!(matches!(&s[8], Stmt::Expect { op: CmpOp::Le, query, .. } if query.as_of == Some(AsOf::Seq(3))));
+        for st in &s {
+            crate::fuzzing::driftql(st.to_string().as_bytes());
+            assert_eq!(&parse_one(&st.to_string()).unwrap(), st);
+        }
+        for bad in [
+            "ALTER TABLE users",
+            "ALTER TABLE users RENAME COLUMN a b",
+            "CREATE INDEX users (a)",
+            "DROP INDEX ON users a",
+            "EXPECT SELECT COUNT(*) FROM users = 0",
+            "EXPECT (SELECT COUNT(*) FROM users) 0",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("line 1, column") && e.contains("expected"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -14,12 +14,17 @@ use std::sync::OnceLock;
 pub struct Doc {
     text: OnceLock<Box<str>>,
     value: OnceLock<Value>,
+    /// The sequence number its content is as of: the event that wrote it,
+    /// or the snapshot it was read from. Schema changes after it apply when
+    /// it is read (see [`crate::table::schema`]); `u64::MAX` marks a
+    /// document already read through every change.
+    seq: u64,
 }
 
 impl Doc {
     /// A document from a parsed value.
     pub fn from_value(v: Value) -> Doc {
-        Doc { text: OnceLock::new(), value: OnceLock::from(v) }
+        Doc { text: OnceLock::new(), value: OnceLock::from(v), seq: u64::MAX }
     }
 
     /// A document from JSON text, checked now.
@@ -31,7 +36,18 @@ impl Doc {
     /// A document from JSON text the caller checks with [`check`] before
     /// anything reads it (opening a database checks every current row).
     pub(crate) fn from_text_unchecked(t: &str) -> Doc {
-        Doc { text: OnceLock::from(Box::<str>::from(t)), value: OnceLock::new() }
+        Doc { text: OnceLock::from(Box::<str>::from(t)), value: OnceLock::new(), seq: u64::MAX }
+    }
+
+    /// The same document, as of sequence number `seq`.
+    pub(crate) fn at(mut self, seq: u64) -> Doc {
+        self.seq = seq;
+        self
+    }
+
+    /// The sequence number its content is as of (`u64::MAX`: current).
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 
     /// The parsed document.
@@ -50,6 +66,16 @@ impl Doc {
             (Some(v), _) => v.clone(),
             (None, Some(t)) => parse_checked(t),
             (None, None) => Value::Null,
+        }
+    }
+
+    /// Run `f` on the parsed document: the kept parse if there is one,
+    /// otherwise a parse that is dropped afterwards.
+    pub fn peek<R>(&self, f: impl FnOnce(&Value) -> R) -> R {
+        match (self.value.get(), self.text.get()) {
+            (Some(v), _) => f(v),
+            (None, Some(t)) => f(&parse_checked(t)),
+            (None, None) => f(&Value::Null),
         }
     }
 

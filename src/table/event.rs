@@ -67,6 +67,9 @@ pub enum Op {
     /// What compaction leaves of an event it folded: the table id and the
     /// sequence number's place, nothing else.
     Folded,
+    /// A table's schema changes; the document is the
+    /// [`crate::table::schema::Alter`].
+    Alter,
 }
 
 impl Op {
@@ -78,6 +81,7 @@ impl Op {
             Op::CreateTable => 10,
             Op::Compact => 11,
             Op::Folded => 12,
+            Op::Alter => 13,
         }
     }
     fn from_code(c: u8) -> Option<Op> {
@@ -88,6 +92,7 @@ impl Op {
             10 => Op::CreateTable,
             11 => Op::Compact,
             12 => Op::Folded,
+            13 => Op::Alter,
             _ => return None,
         })
     }
@@ -100,6 +105,7 @@ impl Op {
             Op::CreateTable => "CREATE_TABLE",
             Op::Compact => "COMPACT",
             Op::Folded => "FOLDED",
+            Op::Alter => "ALTER",
         }
     }
 }
@@ -143,6 +149,9 @@ pub struct TableDef {
     pub pk: String,
     /// Indexed fields.
     pub indexes: Vec<String>,
+    /// Declared columns (`ALTER TABLE ... ADD COLUMN`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<crate::table::schema::Column>,
     /// Sequence number of its creation.
     #[serde(skip)]
     pub created_seq: u64,
@@ -238,7 +247,7 @@ impl Commit {
         let raw = RawCommit::decode(buf)?;
         let mut events = Vec::with_capacity(raw.events.len());
         for (i, e) in raw.events.into_iter().enumerate() {
-            let (doc, patch) = if docs_for(i) || e.op == Op::CreateTable || e.op == Op::Compact {
+            let (doc, patch) = if docs_for(i) || matches!(e.op, Op::CreateTable | Op::Compact | Op::Alter) {
                 (parse_json(e.doc, e.doc_at, "document")?, parse_json(e.patch, e.patch_at, "patch")?)
             } else {
                 (None, None)
@@ -391,7 +400,8 @@ mod tests {
                 Just(Op::SoftDelete),
                 Just(Op::CreateTable),
                 Just(Op::Compact),
-                Just(Op::Folded)
+                Just(Op::Folded),
+                Just(Op::Alter)
             ],
             any::<u32>(),
             prop_oneof![

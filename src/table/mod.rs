@@ -3,6 +3,7 @@
 pub mod doc;
 pub mod event;
 pub mod index;
+pub mod schema;
 pub mod snapshot;
 pub mod time;
 
