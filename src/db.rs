@@ -411,16 +411,20 @@ impl State {
                 t.schema.push((seq, def.clone()));
                 t.alters.push((seq, alter.clone()));
                 match &alter {
-                    Alter::RenameColumn { column, to } => {
-                        if let Some(ix) = t.indexes.remove(column) {
-                            t.indexes.insert(to.clone(), ix);
-                        }
-                    }
                     Alter::DropColumn { column } | Alter::DropIndex { column } => {
                         t.indexes.remove(column);
                     }
-                    Alter::CreateIndex { column } | Alter::AddColumn { column, default: Some(_) } => {
-                        if matches!(alter, Alter::CreateIndex { .. }) || t.indexes.contains_key(column) {
+                    Alter::CreateIndex { column: c }
+                    | Alter::AddColumn { column: c, default: Some(_) }
+                    | Alter::RenameColumn { to: c, .. } => {
+                        let column = c;
+                        // A rename's index is built anew: rows that had the
+                        // new name already keep their own value.
+                        let renamed = match &alter {
+                            Alter::RenameColumn { column: from, .. } => t.indexes.remove(from).is_some(),
+                            _ => false,
+                        };
+                        if matches!(alter, Alter::CreateIndex { .. }) || renamed || t.indexes.contains_key(column) {
                             // While opening, indexes are built once the replay is over.
                             let pre = self
                                 .prebuilt
@@ -1432,8 +1436,11 @@ impl Db {
                 }
                 Alter::AddColumn { column, default: Some(_) } if cols.contains(column) => column,
                 Alter::RenameColumn { column, to } => {
+                    if !cols.contains(column) {
+                        continue;
+                    }
                     cols.iter_mut().filter(|c| *c == column).for_each(|c| *c = to.clone());
-                    continue;
+                    to
                 }
                 Alter::DropColumn { column } | Alter::DropIndex { column } => {
                     cols.retain(|c| c != column);

@@ -294,7 +294,11 @@ impl View for SnapshotView<'_> {
                 d.created_seq, self.seq
             )));
         }
-        Ok(d.clone())
+        // The definition as of the snapshot (a later schema change conflicts at commit).
+        let mut at = self.st.tables.get(&d.id).and_then(|t| t.def_at(self.seq)).unwrap_or(d).clone();
+        at.id = d.id;
+        at.created_seq = d.created_seq;
+        Ok(at)
     }
 
     fn current(&self, id: u32, key: &Pk) -> Result<Option<Value>> {
@@ -923,16 +927,22 @@ pub(crate) fn conflict(st: &State, g: &GroupView<'_>, req: &Request) -> Option<S
     };
     for (id, pred) in &req.reads.preds {
         let from = st.changes.partition_point(|c| c.seq <= req.snapshot);
-        let c: Option<&Change> = st
-            .changes
-            .range(from..)
-            .find(|c| c.table == *id && hit(pred, c.old.as_deref().map(Doc::value), c.new.as_deref().map(Doc::value)));
+        let c: Option<&Change> = st.changes.range(from..).find(|c| {
+            if c.table != *id {
+                return false;
+            }
+            // Documents as the transaction's reads saw them: through the schema changes.
+            let t = st.tables.get(&c.table);
+            let old = c.old.as_deref().zip(t).map(|(d, t)| t.view_value(d, c.seq));
+            let new = c.new.as_deref().zip(t).map(|(d, t)| t.view_value(d, c.seq));
+            hit(pred, old.as_ref(), new.as_ref())
+        });
         // Rows written earlier in the group: before it, they are as in `st`.
         let in_group = || {
             g.written.iter().filter(|(t, _)| t == id).any(|(t, k)| {
-                let old = st.tables.get(t).and_then(|x| x.rows.get(k)).map(|d| d.value());
+                let old = st.tables.get(t).and_then(|x| x.rows.get(k).map(|d| x.view_value(d, u64::MAX)));
                 let new = g.current(*t, k).ok().flatten();
-                hit(pred, old, new.as_ref())
+                hit(pred, old.as_ref(), new.as_ref())
             })
         };
         let s = c.map(|c| c.seq).or_else(|| in_group().then_some(g.next_seq));

@@ -158,6 +158,42 @@ fn rename_column_moves_the_field_and_its_index_in_current_reads() {
 }
 
 #[test]
+fn an_index_renamed_onto_a_field_some_rows_already_have_still_finds_them() {
+    let d = tempfile::tempdir().unwrap();
+    let mut db = create(d.path());
+    exec(&db, "CREATE TABLE t (pk=id, INDEX(a))");
+    exec(&db, r#"INSERT INTO t {"id": 1, "b": 5}"#);
+    exec(&db, r#"INSERT INTO t {"id": 2, "a": 5}"#);
+    exec(&db, r#"INSERT INTO t {"id": 3, "a": 6, "b": 9}"#);
+    exec(&db, "ALTER TABLE t RENAME COLUMN a TO b");
+    for _ in 0..2 {
+        assert_eq!(rows(&db, "SELECT id FROM t WHERE b = 5"), vec![json!({"id": 1}), json!({"id": 2})]);
+        assert_eq!(rows(&db, "SELECT id FROM t WHERE b = 6"), vec![json!({"id": 3})]);
+        check_reads_agree(&db, "t", "b IN (5, 6, 9)");
+        db = reopen(db, d.path());
+    }
+}
+
+#[test]
+fn a_default_too_deep_to_read_back_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let db = create(d.path());
+    users(&db);
+    let mut deep = json!(1);
+    for _ in 0..127 {
+        deep = json!([deep]);
+    }
+    let e = db
+        .write(|t| {
+            t.alter("users", driftdb::table::schema::Alter::AddColumn { column: "x".into(), default: Some(deep) })
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("nests too deeply"), "{e}");
+    let db = reopen(db, d.path());
+    assert!(describe(&db, "DESCRIBE users").columns.is_empty());
+}
+
+#[test]
 fn create_and_drop_index_change_the_schema_not_the_answers() {
     let d = tempfile::tempdir().unwrap();
     let mut db = create(d.path());

@@ -86,7 +86,8 @@ impl Alter {
                 if has_col(def, column) {
                     return Err(format!("table {t:?} already has a column {column:?}"));
                 }
-                if default.as_ref().is_some_and(|d| !crate::table::doc::within_depth(d)) {
+                // The default sits one level down in its event and in every row.
+                if default.as_ref().is_some_and(|d| !crate::table::doc::within_depth(&serde_json::json!({ "x": d }))) {
                     return Err(format!("the default of column {column:?} nests too deeply"));
                 }
                 def.columns.push(Column { name: column.clone(), default: default.clone() });
