@@ -476,14 +476,14 @@ impl State {
                     });
                 }
                 if self.maintain_indexes {
-                    let old_fields: Vec<Option<Value>> = match &old {
-                        Some(o) if t.stale(o, u64::MAX) => t.indexes.keys().map(|f| t.view_field(o, f)).collect(),
-                        Some(o) => t.indexes.keys().map(|f| o.field(f)).collect(),
-                        None => Vec::new(),
-                    };
-                    for (i, (f, ix)) in t.indexes.iter_mut().enumerate() {
-                        if let Some(o) = old_fields.get(i) {
-                            ix.remove_value(o.as_ref(), &key);
+                    // An old row written before a schema change is unindexed
+                    // as it read (parsed once, only then).
+                    let old_view = old.as_ref().filter(|o| t.stale(o, u64::MAX)).map(|o| t.view_value(o, u64::MAX));
+                    for (f, ix) in t.indexes.iter_mut() {
+                        match (&old_view, &old) {
+                            (Some(v), _) => ix.remove_value(v.get(f), &key),
+                            (None, Some(o)) => ix.remove_value(o.field(f).as_ref(), &key),
+                            (None, None) => {}
                         }
                         if let Some(n) = &new {
                             match &e.value {

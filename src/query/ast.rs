@@ -398,9 +398,7 @@ impl fmt::Display for Stmt {
                 ident(f, table)?;
                 match before {
                     None => Ok(()),
-                    Some(AsOf::Seq(n)) => write!(f, " BEFORE @seq:{n}"),
-                    Some(AsOf::Now) => f.write_str(" BEFORE @now"),
-                    Some(AsOf::Time(t, _)) => write!(f, " BEFORE {}", Value::from(t.as_str())),
+                    Some(a) => write!(f, " BEFORE {}", as_of_text(a)),
                 }
             }
             Stmt::Select(s) => {
@@ -427,11 +425,8 @@ impl fmt::Display for Stmt {
                 if let Some(e) = &s.filter {
                     write!(f, " WHERE {e}")?;
                 }
-                match &s.as_of {
-                    None => {}
-                    Some(AsOf::Seq(n)) => write!(f, " AS OF @seq:{n}")?,
-                    Some(AsOf::Now) => f.write_str(" AS OF @now")?,
-                    Some(AsOf::Time(t, _)) => write!(f, " AS OF {}", Value::from(t.as_str()))?,
+                if let Some(a) = &s.as_of {
+                    write!(f, " AS OF {}", as_of_text(a))?;
                 }
                 if !s.group_by.is_empty() {
                     f.write_str(" GROUP BY ")?;
