@@ -1560,22 +1560,25 @@ impl Db {
         let mut b = self.s.store.build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode())?;
         // Records of about RECORD_TARGET bytes, by the rows' real encoded size
         // (a single row larger than a record gets a record of its own).
-        let mut chunk: Vec<(&Pk, Vec<u8>)> = Vec::new();
-        let mut size = 0usize;
-        for (k, v) in rows {
-            let doc = v.text().as_bytes().to_vec();
-            let n = doc.len() + 32;
-            if !chunk.is_empty() && size + n > crate::table::snapshot::RECORD_TARGET {
-                b.append(&encode_rows(&chunk))?;
-                chunk.clear();
-                size = 0;
+        b.with_write_behind(|b| {
+            let mut chunk: Vec<(&Pk, Vec<u8>)> = Vec::new();
+            let mut size = 0usize;
+            for (k, v) in rows {
+                let doc = v.text().as_bytes().to_vec();
+                let n = doc.len() + 32;
+                if !chunk.is_empty() && size + n > crate::table::snapshot::RECORD_TARGET {
+                    b.append(&encode_rows(&chunk))?;
+                    chunk.clear();
+                    size = 0;
+                }
+                size += n;
+                chunk.push((k, doc));
             }
-            size += n;
-            chunk.push((k, doc));
-        }
-        if !chunk.is_empty() || rows.is_empty() {
-            b.append(&encode_rows(&chunk))?;
-        }
+            if !chunk.is_empty() || rows.is_empty() {
+                b.append(&encode_rows(&chunk))?;
+            }
+            Ok(())
+        })?;
         let pending = b.finish()?;
         let file_id = pending.file_id();
         self.s.store.commit(crate::storage::store::Edit { add: vec![pending], ..Default::default() })?;

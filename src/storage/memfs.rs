@@ -33,6 +33,9 @@ pub struct Faults {
     pub fail_writes: bool,
     /// Only `sync_dir` fails with EIO.
     pub fail_dir_sync: bool,
+    /// The next this many `sync_data` calls fail with EIO; later ones
+    /// succeed (as a write-back error is reported once).
+    pub sync_failures: u32,
     /// Mutating operations (writes, truncations, fsyncs, creations,
     /// renames, removals, directory syncs) that may still happen; every one
     /// after them fails with EIO and does nothing. With [`MemFs::crash`]
@@ -230,6 +233,14 @@ impl VfsFile for MemFile {
         let mut st = self.check()?;
         if st.faults.fail_sync {
             return Err(io::Error::other("injected fsync failure"));
+        }
+        if st.faults.sync_failures > 0 {
+            st.faults.sync_failures -= 1;
+            // The pages are lost; the next sync finds nothing to report.
+            drop(st);
+            let mut d = lockd(&self.node);
+            d.data = d.synced.clone();
+            return Err(io::Error::other("injected fsync failure (reported once)"));
         }
         take_op(&mut st)?;
         drop(st);

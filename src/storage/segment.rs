@@ -112,6 +112,11 @@ impl FileWriter {
         Ok(())
     }
 
+    /// The file, for syncs made from another thread while it is written.
+    pub(crate) fn file_handle(&self) -> Arc<dyn VfsFile> {
+        self.file.clone()
+    }
+
     /// For a sync done without holding the writer: the file handle and the
     /// offset the sync will cover, or `None` when nothing needs syncing.
     pub(crate) fn begin_sync(&self) -> Result<Option<(Arc<dyn VfsFile>, u64)>> {

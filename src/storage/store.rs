@@ -207,9 +207,48 @@ pub struct FileBuilder<'s> {
     entry: FileEntry,
     path: PathBuf,
     done: bool,
+    /// While [`FileBuilder::with_write_behind`] runs: wakes its sync thread.
+    behind: Option<std::sync::mpsc::SyncSender<()>>,
+    /// Bytes appended since the sync thread was last woken.
+    unsynced: u64,
 }
 
-impl FileBuilder<'_> {
+/// Bytes appended between early syncs of a file being built with
+/// [`FileBuilder::with_write_behind`].
+const WRITE_BEHIND_BYTES: u64 = 8 << 20;
+
+impl<'s> FileBuilder<'s> {
+    fn new(store: &'s Store, writer: FileWriter, entry: FileEntry, path: PathBuf) -> Self {
+        FileBuilder { store, writer, entry, path, done: false, behind: None, unsynced: 0 }
+    }
+
+    /// Run `fill` (which appends the file's records) while a second thread
+    /// syncs what has been appended so far every few MiB, so that the disk
+    /// writes while the caller reads and encrypts, and [`FileBuilder::finish`]'s
+    /// sync has little left to wait for. A failed early sync fails the build
+    /// (a later sync may not report the loss again). Without a second thread,
+    /// `fill` runs alone.
+    pub fn with_write_behind<T>(&mut self, fill: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let file = self.writer.file_handle();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::scope(|s| {
+            let syncer = std::thread::Builder::new().name("driftdb-write-behind".into()).spawn_scoped(s, move || {
+                while rx.recv().is_ok() {
+                    file.sync_data()?;
+                }
+                Ok::<(), std::io::Error>(())
+            });
+            let Ok(syncer) = syncer else { return fill(self) };
+            self.behind = Some(tx);
+            self.unsynced = 0;
+            let r = fill(self);
+            self.behind = None; // the sync thread ends
+            let synced = syncer.join().unwrap_or_else(|_| Err(std::io::Error::other("the sync thread panicked")));
+            let v = r?;
+            synced.map_err(|e| Error::io("syncing", &self.path, e))?;
+            Ok(v)
+        })
+    }
     /// Append one record.
     pub fn append(&mut self, payload: &[u8]) -> Result<RecordPos> {
         if payload.len() > MAX_PAYLOAD {
@@ -222,6 +261,14 @@ impl FileBuilder<'_> {
             return Err(Error::InvalidArgument("too many records for one file".into()));
         }
         let (index, offset) = self.writer.append(payload)?;
+        if let Some(tx) = &self.behind {
+            self.unsynced += payload.len() as u64;
+            if self.unsynced >= WRITE_BEHIND_BYTES {
+                self.unsynced = 0;
+                // Full: a sync is already due, and it will cover this too.
+                let _ = tx.try_send(());
+            }
+        }
         Ok(RecordPos { file_id: self.entry.file_id, index, offset })
     }
 
@@ -915,7 +962,7 @@ impl Store {
         let inner = &mut *guard;
         let ordinal = Self::next_ordinal(inner, stream);
         let (writer, entry, path) = self.new_file(inner, kind, stream, ordinal, meta)?;
-        Ok(FileBuilder { store: self, writer, entry, path, done: false })
+        Ok(FileBuilder::new(self, writer, entry, path))
     }
 
     /// Apply an [`Edit`] atomically: after a crash either all of it is in
@@ -1245,20 +1292,23 @@ impl Store {
             let inner = &mut *guard;
             let (writer, entry, path) =
                 self.new_file(inner, info.kind, info.stream, info.ordinal, info.meta.clone())?;
-            FileBuilder { store: self, writer, entry, path, done: false }
+            FileBuilder::new(self, writer, entry, path)
         };
         let mut changed = false;
-        let mut positions = Vec::new();
-        self.read_file(file_id, |_, rec| {
-            let pos = match transform(rec)? {
-                Some(new) => {
-                    changed = true;
-                    b.append(&new)?
-                }
-                None => b.append(rec)?,
-            };
-            positions.push(pos);
-            Ok(())
+        let positions = b.with_write_behind(|b| {
+            let mut positions = Vec::new();
+            self.read_file(file_id, |_, rec| {
+                let pos = match transform(rec)? {
+                    Some(new) => {
+                        changed = true;
+                        b.append(&new)?
+                    }
+                    None => b.append(rec)?,
+                };
+                positions.push(pos);
+                Ok(())
+            })?;
+            Ok(positions)
         })?;
         if !changed {
             return Ok(None); // the builder's file is removed on drop
@@ -1324,11 +1374,14 @@ impl Store {
                     let (writer, mut entry, path) =
                         self.new_file(inner, first.kind, s, first.ordinal, first.meta.clone())?;
                     entry.ordinal = first.ordinal;
-                    FileBuilder { store: self, writer, entry, path, done: false }
+                    FileBuilder::new(self, writer, entry, path)
                 };
-                for f in &run {
-                    self.read_file(f.file_id, |_, p| b.append(p).map(|_| ()))?;
-                }
+                b.with_write_behind(|b| {
+                    for f in &run {
+                        self.read_file(f.file_id, |_, p| b.append(p).map(|_| ()))?;
+                    }
+                    Ok(())
+                })?;
                 let into = b.writer.name.clone();
                 let pending = b.finish()?;
                 self.commit(Edit { add: vec![pending], remove: run.iter().map(|f| f.file_id).collect(), root: None })?;

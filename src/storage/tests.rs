@@ -589,6 +589,53 @@ fn interrupted_file_creation_leaves_an_orphan_that_is_removed() {
 }
 
 #[test]
+fn a_failed_early_sync_of_a_file_built_with_write_behind_fails_the_build() {
+    let fs = MemFs::new();
+    let s = create(&fs);
+    let before = fs.paths();
+    let mut b = s.build_file(FileKind::Snapshot, 9, vec![]).unwrap();
+    // The first early sync (after 8 MiB) loses the pages and reports it
+    // once; the final sync in `finish` would then succeed on a hole.
+    fs.set_faults(Faults { sync_failures: 1, ..Faults::default() });
+    let r = b.with_write_behind(|b| {
+        for _ in 0..10 {
+            b.append(&vec![7u8; 1 << 20])?;
+        }
+        Ok(())
+    });
+    let err = r.expect_err("the lost write must be reported");
+    assert!(err.to_string().contains("syncing"), "{err}");
+    drop(b);
+    // Nothing was committed, and the half-built file is gone.
+    assert!(s.stream_files(9).is_empty());
+    assert_eq!(fs.paths(), before);
+}
+
+#[test]
+fn a_file_built_with_write_behind_reads_back_whole() {
+    let fs = MemFs::new();
+    let s = create(&fs);
+    let mut b = s.build_file(FileKind::Snapshot, 9, vec![]).unwrap();
+    b.with_write_behind(|b| {
+        for i in 0..20u8 {
+            b.append(&vec![i; 1 << 20])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let p = b.finish().unwrap();
+    let id = p.file_id();
+    s.commit(crate::Edit { add: vec![p], remove: vec![], root: None }).unwrap();
+    let mut seen = Vec::new();
+    s.read_file(id, |_, rec| {
+        seen.push((rec.len(), rec[0]));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, (0..20u8).map(|i| (1 << 20, i)).collect::<Vec<_>>());
+}
+
+#[test]
 fn committed_files_and_root_survive_a_crash_atomically() {
     let fs = MemFs::new();
     let s = create(&fs);

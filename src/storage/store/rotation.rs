@@ -342,12 +342,15 @@ impl Store {
             let inner = &mut *guard;
             let (writer, entry, path) =
                 self.new_file(inner, info.kind, info.stream, info.ordinal, info.meta.clone())?;
-            FileBuilder { store: self, writer, entry, path, done: false }
+            FileBuilder::new(self, writer, entry, path)
         };
-        let mut positions = Vec::new();
-        self.read_file(file_id, |_, rec| {
-            positions.push(b.append(rec)?);
-            Ok(())
+        let positions = b.with_write_behind(|b| {
+            let mut positions = Vec::new();
+            self.read_file(file_id, |_, rec| {
+                positions.push(b.append(rec)?);
+                Ok(())
+            })?;
+            Ok(positions)
         })?;
         let pending = b.finish()?;
         let new_id = pending.file_id();
