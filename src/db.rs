@@ -195,10 +195,82 @@ fn unreachable_hists() -> ! {
     panic!("history list is not a vector")
 }
 
+/// A row key as the history map holds it: inline when short, so that
+/// building the map (a million entries at open) neither allocates per key
+/// nor follows a pointer to hash or compare one.
+#[derive(Clone, PartialEq, Eq)]
+enum HKey {
+    Int(i64),
+    Short(u8, [u8; HKEY_INLINE]),
+    Long(Box<str>),
+}
+
+const HKEY_INLINE: usize = 22;
+
+impl std::hash::Hash for HKey {
+    // One write per key, not one per part (equal keys have equal parts).
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        match self {
+            HKey::Int(i) => h.write_i64(*i),
+            HKey::Short(n, b) => {
+                let mut buf = [0u8; HKEY_INLINE + 1];
+                buf[0] = *n;
+                buf[1..].copy_from_slice(b);
+                h.write(&buf)
+            }
+            HKey::Long(s) => h.write(s.as_bytes()),
+        }
+    }
+}
+
+impl HKey {
+    fn of(k: &Pk) -> HKey {
+        match k {
+            Pk::Int(i) => HKey::Int(*i),
+            Pk::Str(s) if s.len() <= HKEY_INLINE => {
+                let mut b = [0u8; HKEY_INLINE];
+                b[..s.len()].copy_from_slice(s.as_bytes());
+                HKey::Short(s.len() as u8, b)
+            }
+            Pk::Str(s) => HKey::Long(s.as_str().into()),
+        }
+    }
+}
+
+/// Every row's history, by key.
+#[derive(Default)]
+pub(crate) struct RowHistory(FastMap<HKey, Hists>);
+
+impl RowHistory {
+    pub(crate) fn get(&self, k: &Pk) -> Option<&Hists> {
+        self.0.get(&HKey::of(k))
+    }
+
+    fn push(&mut self, k: &Pk, h: Hist) {
+        self.0.entry(HKey::of(k)).or_default().push(h);
+    }
+
+    fn entry(&mut self, k: &Pk) -> &mut Hists {
+        self.0.entry(HKey::of(k)).or_default()
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Hists> {
+        self.0.values_mut()
+    }
+
+    fn retain_nonempty(&mut self) {
+        self.0.retain(|_, v| !v.is_empty());
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.0.reserve(n);
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct TableData {
     pub(crate) rows: BTreeMap<Pk, Arc<Doc>>,
-    pub(crate) history: FastMap<Pk, Hists>,
+    pub(crate) history: RowHistory,
     /// Secondary indexes of the current rows, by field.
     indexes: BTreeMap<String, Index>,
     /// Snapshots: (sequence number, file id), oldest first.
@@ -494,7 +566,7 @@ impl State {
                     }
                 }
             }
-            t.history.entry(key).or_default().push(Hist { seq, op: e.op, commit: ci, idx: i as u32, folded: false });
+            t.history.push(&key, Hist { seq, op: e.op, commit: ci, idx: i as u32, folded: false });
         }
         self.next_seq = first_seq + n;
         self.last_time = self.last_time.max(time_micros);
@@ -511,12 +583,11 @@ impl State {
         }
         for k in live_at_h {
             t.history
-                .entry(k.clone())
-                .or_default()
+                .entry(k)
                 .to_vec_mut()
                 .insert(0, Hist { seq: h, op: Op::Insert, commit: ci, idx: 0, folded: true });
         }
-        t.history.retain(|_, v| !v.is_empty());
+        t.history.retain_nonempty();
         t.snapshots.retain(|(s, _)| *s >= h);
     }
 }
@@ -761,6 +832,8 @@ impl Db {
         for (id, seq, file) in latest {
             let rows = load_snapshot(&store, file, seq, false)?;
             let t = st.tables.entry(id).or_default();
+            // Every row of the snapshot has a history: room for them at once.
+            t.history.reserve(rows.len());
             t.rows = rows;
             st.rows_from.insert(id, seq);
         }
@@ -2447,5 +2520,27 @@ mod tests {
         t.rows.insert(Pk::Int(4242), Arc::new(Doc::from_text_unchecked(r#"{"id":4242,"s":"v"#)));
         let e = check_rows_and_index("table \"t\"", &mut t).unwrap_err().to_string();
         assert!(e.contains("table \"t\"") && e.contains("4242") && e.contains("not valid JSON"), "{e}");
+    }
+
+    #[test]
+    fn history_keys_of_every_length_around_the_inline_limit_stay_distinct() {
+        let mut keys: Vec<Pk> = (0..=HKEY_INLINE + 2).map(|n| Pk::Str("k".repeat(n))).collect();
+        // Same bytes up to the padding, and a key that is all padding.
+        keys.push(Pk::Str("k\0".into()));
+        keys.push(Pk::Str("\0".into()));
+        keys.extend([Pk::Int(0), Pk::Int(-1), Pk::Int(i64::MAX), Pk::Str("0".into())]);
+        let mut h = RowHistory::default();
+        for (i, k) in keys.iter().enumerate() {
+            for j in 0..=i {
+                h.push(k, Hist { seq: (i * 100 + j) as u64, op: Op::Patch, commit: 0, idx: 0, folded: false });
+            }
+        }
+        assert_eq!(h.0.len(), keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            let got: Vec<u64> = h.get(k).map(|v| v.iter().map(|e| e.seq).collect()).unwrap_or_default();
+            assert_eq!(got, (0..=i).map(|j| (i * 100 + j) as u64).collect::<Vec<_>>(), "{k:?}");
+        }
+        assert!(h.get(&Pk::Str("k".repeat(HKEY_INLINE + 3))).is_none());
+        assert!(h.get(&Pk::Int(1)).is_none());
     }
 }

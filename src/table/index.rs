@@ -38,6 +38,14 @@ pub fn ikey(v: &Value) -> Option<IKey> {
     }
 }
 
+/// [`ikey`] of a value given away (a string is moved, not copied).
+fn ikey_owned(v: Value) -> Option<IKey> {
+    match v {
+        Value::String(s) => Some(IKey::Str(s)),
+        v => ikey(&v),
+    }
+}
+
 /// One index.
 #[derive(Debug, Default, Clone)]
 pub struct Index {
@@ -54,20 +62,18 @@ impl Index {
     /// (rows whose field is missing or not indexable are left out): one
     /// sort and bulk builds, instead of an ordered insert per row.
     pub fn from_pairs(pairs: impl IntoIterator<Item = (Option<Value>, Pk)>) -> Index {
-        let mut entries: Vec<(IKey, Pk)> =
-            pairs.into_iter().filter_map(|(v, pk)| v.as_ref().and_then(ikey).map(|k| (k, pk))).collect();
-        // Stable: the keys under one value stay in key order.
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut groups = Vec::new();
-        let mut it = entries.into_iter().peekable();
-        while let Some((k, pk)) = it.next() {
-            let mut pks = vec![pk];
-            while let Some((_, next)) = it.next_if(|(k2, _)| *k2 == k) {
-                pks.push(next);
+        // Gathered per value (few distinct values, usually: no sort of
+        // every row), each value's keys then bulk-built into a set.
+        let mut groups: BTreeMap<IKey, Vec<Pk>> = BTreeMap::new();
+        for (k, pk) in pairs.into_iter().filter_map(|(v, pk)| v.and_then(ikey_owned).map(|k| (k, pk))) {
+            match groups.get_mut(&k) {
+                Some(pks) => pks.push(pk),
+                None => {
+                    groups.insert(k, vec![pk]);
+                }
             }
-            groups.push((k, pks.into_iter().collect::<BTreeSet<Pk>>()));
         }
-        Index { map: groups.into_iter().collect() }
+        Index { map: groups.into_iter().map(|(k, pks)| (k, pks.into_iter().collect::<BTreeSet<Pk>>())).collect() }
     }
 
     /// Record `pk` under the field value `v` (the field's value in its row).
