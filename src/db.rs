@@ -1386,17 +1386,13 @@ impl Db {
         if built.is_empty() {
             return;
         }
-        let mut positions = Vec::with_capacity(built.len());
-        let mut failure: Option<Error> = None;
-        for (_, bytes, _, _) in &built {
-            match self.s.store.append(WAL_STREAM, FileKind::Wal, bytes) {
-                Ok(p) => positions.push(p),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
+        // The group's records go to the WAL in one write.
+        let records: Vec<&[u8]> = built.iter().map(|(_, bytes, _, _)| bytes.as_slice()).collect();
+        let (positions, mut failure) = match self.s.store.append_many(WAL_STREAM, FileKind::Wal, &records) {
+            Ok(p) => (p, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        drop(records);
         if failure.is_none() && self.s.opts.durability == Durability::Immediate {
             let t = std::time::Instant::now();
             failure = self.s.store.sync_stream(WAL_STREAM).err();

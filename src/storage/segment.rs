@@ -94,6 +94,34 @@ impl FileWriter {
         Ok(r)
     }
 
+    /// Append records as the next frames, written together (one write).
+    /// Returns (frame index, offset) of each.
+    pub fn append_many(&mut self, payloads: &[&[u8]]) -> Result<Vec<(u64, u64)>> {
+        self.check()?;
+        self.buf.clear();
+        let mut out = Vec::with_capacity(payloads.len());
+        let (mut index, mut offset) = (self.next_index, self.offset);
+        for p in payloads {
+            let start = self.buf.len();
+            self.key
+                .encode_flags(index, 0, p, &mut self.buf)
+                .map_err(|_| Error::InvalidArgument(format!("record of {} bytes is too large for a frame", p.len())))?;
+            out.push((index, offset));
+            index += 1;
+            offset += (self.buf.len() - start) as u64;
+        }
+        if let Err(e) = self.file.write_all_at(&self.buf, self.offset) {
+            self.failed = true;
+            return Err(Error::io("writing to", Path::new(&self.name), e));
+        }
+        self.next_index = index;
+        self.offset = offset;
+        self.data_frames += payloads.len() as u64;
+        self.payload_bytes += payloads.iter().map(|p| p.len() as u64).sum::<u64>();
+        self.dirty |= !payloads.is_empty();
+        Ok(out)
+    }
+
     /// Make everything appended so far durable, then write a sync marker
     /// (itself made durable by the next sync): recovery treats damage before
     /// a sync marker as corruption, never as a torn tail.

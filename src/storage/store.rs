@@ -790,6 +790,45 @@ impl Store {
         self.append_locked(&mut guard, stream, kind, payload)
     }
 
+    /// Append several records to a stream, in order: written together when
+    /// they fit in its current file, else one by one (rolling files as
+    /// [`Store::append`] does).
+    pub fn append_many(&self, stream: u32, kind: FileKind, payloads: &[&[u8]]) -> Result<Vec<RecordPos>> {
+        if let Some(p) = payloads.iter().find(|p| p.len() > MAX_PAYLOAD) {
+            return Err(Error::InvalidArgument(format!(
+                "record of {} bytes exceeds the {MAX_PAYLOAD}-byte limit",
+                p.len()
+            )));
+        }
+        if kind == FileKind::Keyring {
+            return Err(Error::InvalidArgument("the keyring is not a stream".into()));
+        }
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
+        self.check_writable(inner)?;
+        let total: u64 = payloads.iter().map(|p| FileWriter::frame_len(p.len())).sum();
+        let fin = FileWriter::frame_len(crate::format::frame::FINAL_PAYLOAD_LEN);
+        let (segment_size, max_frames) = (self.opts.segment_size, self.opts.max_frames_per_file);
+        match inner.writers.get_mut(&stream) {
+            Some(w)
+                if w.header.kind == kind
+                    && payloads.len() > 1
+                    && w.offset + total + fin <= segment_size
+                    && w.indexes_used() + payloads.len() as u64 + 3 < max_frames =>
+            {
+                let file_id = w.header.file_id;
+                match w.append_many(payloads) {
+                    Ok(v) => Ok(v.into_iter().map(|(index, offset)| RecordPos { file_id, index, offset }).collect()),
+                    Err(e) => {
+                        Self::poison(inner, &e);
+                        Err(e)
+                    }
+                }
+            }
+            _ => payloads.iter().map(|p| self.append_locked(inner, stream, kind, p)).collect(),
+        }
+    }
+
     fn append_locked(&self, inner: &mut Inner, stream: u32, kind: FileKind, payload: &[u8]) -> Result<RecordPos> {
         self.check_writable(inner)?;
         let need_roll = match inner.writers.get(&stream) {

@@ -589,6 +589,52 @@ fn interrupted_file_creation_leaves_an_orphan_that_is_removed() {
 }
 
 #[test]
+fn records_appended_together_read_back_in_order_at_their_positions_across_file_rolls() {
+    let fs = MemFs::new();
+    let s = create(&fs);
+    s.append(1, FileKind::Wal, &record(0)).unwrap();
+    let mut all = vec![record(0)];
+    let mut positions = Vec::new();
+    // Batches that fit in the current file and batches that cross the
+    // 4 KiB file size (written one by one, rolling files).
+    for (b, n) in [3usize, 1, 40, 2, 200, 5].into_iter().enumerate() {
+        let recs: Vec<Vec<u8>> = (0..n).map(|i| record(1000 * (b + 1) + i)).collect();
+        let refs: Vec<&[u8]> = recs.iter().map(Vec::as_slice).collect();
+        positions.extend(s.append_many(1, FileKind::Wal, &refs).unwrap().into_iter().zip(recs.iter().cloned()));
+        all.extend(recs);
+    }
+    s.sync().unwrap();
+    assert!(
+        s.stream_files(1).len() > 2,
+        "{:?}",
+        s.stream_files(1).iter().map(|f| (&f.name, f.state)).collect::<Vec<_>>()
+    );
+    assert_eq!(read_all(&s, 1).unwrap(), all);
+    for (pos, rec) in &positions {
+        assert_eq!(&s.read_record(*pos).unwrap(), rec);
+    }
+    drop(s);
+    let s = open(&fs).unwrap();
+    assert_eq!(read_all(&s, 1).unwrap(), all);
+}
+
+#[test]
+fn a_failed_write_of_records_appended_together_refuses_further_writes() {
+    let fs = MemFs::new();
+    let s = create(&fs);
+    s.append(1, FileKind::Wal, &record(0)).unwrap();
+    s.sync().unwrap();
+    fs.set_faults(Faults { fail_writes: true, ..Faults::default() });
+    let (a, b) = (record(1), record(2));
+    assert!(s.append_many(1, FileKind::Wal, &[&a, &b]).is_err());
+    fs.set_faults(Faults::default());
+    assert!(matches!(s.append(1, FileKind::Wal, &a), Err(Error::Poisoned(_))));
+    drop(s);
+    let s = open(&fs).unwrap();
+    assert_eq!(read_all(&s, 1).unwrap(), vec![record(0)]);
+}
+
+#[test]
 fn a_failed_early_sync_of_a_file_built_with_write_behind_fails_the_build() {
     let fs = MemFs::new();
     let s = create(&fs);
