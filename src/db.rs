@@ -25,6 +25,7 @@ use crate::table::{Commit, Doc, Event, FastMap, FastSet, Op, Pk, RawCommit, Tabl
 use crate::txn::{Accepted, Batch, GroupView, Isolation, Request, Slot};
 use crate::{Argon2Params, Error, FileKind, KeySource, Result};
 use serde_json::{Map, Value};
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -225,14 +226,18 @@ impl std::hash::Hash for HKey {
 
 impl HKey {
     fn of(k: &Pk) -> HKey {
+        HKey::of_ref(k.as_key_ref())
+    }
+
+    fn of_ref(k: crate::table::KeyRef<'_>) -> HKey {
         match k {
-            Pk::Int(i) => HKey::Int(*i),
-            Pk::Str(s) if s.len() <= HKEY_INLINE => {
+            crate::table::KeyRef::Int(i) => HKey::Int(i),
+            crate::table::KeyRef::Str(s) if s.len() <= HKEY_INLINE => {
                 let mut b = [0u8; HKEY_INLINE];
                 b[..s.len()].copy_from_slice(s.as_bytes());
                 HKey::Short(s.len() as u8, b)
             }
-            Pk::Str(s) => HKey::Long(s.as_str().into()),
+            crate::table::KeyRef::Str(s) => HKey::Long(s.into()),
         }
     }
 }
@@ -248,6 +253,10 @@ impl RowHistory {
 
     fn push(&mut self, k: &Pk, h: Hist) {
         self.0.entry(HKey::of(k)).or_default().push(h);
+    }
+
+    fn push_key(&mut self, k: HKey, h: Hist) {
+        self.0.entry(k).or_default().push(h);
     }
 
     fn entry(&mut self, k: &Pk) -> &mut Hists {
@@ -290,7 +299,7 @@ pub(crate) struct TableData {
 impl TableData {
     /// Whether `d` reads differently at `at` (a schema change after it).
     fn stale(&self, d: &Doc, at: u64) -> bool {
-        !self.alters.is_empty() && d.seq() != u64::MAX && any_between(&self.alters, d.seq(), at)
+        stale_in(&self.alters, d, at)
     }
 
     /// A document as read at `at` (`u64::MAX`: now), as a new value.
@@ -330,6 +339,42 @@ impl TableData {
     /// An index on field `f` of the current rows, read now.
     fn build_index(&self, f: &str) -> Index {
         Index::from_pairs(self.rows.iter().map(|(k, d)| (self.view_field(d, f), k.clone())))
+    }
+}
+
+/// Whether `d` reads differently at `at` under the schema changes `alters`.
+fn stale_in(alters: &[(u64, Alter)], d: &Doc, at: u64) -> bool {
+    !alters.is_empty() && d.seq() != u64::MAX && any_between(alters, d.seq(), at)
+}
+
+/// Move row `key`'s entries in `indexes` from its old document to its new
+/// one (`value`: the new document parsed, when at hand). An old row written
+/// before a schema change is unindexed as it read (parsed once, only then).
+fn reindex(
+    indexes: &mut BTreeMap<String, Index>,
+    alters: &[(u64, Alter)],
+    key: &Pk,
+    old: Option<&Arc<Doc>>,
+    new: Option<&Arc<Doc>>,
+    value: Option<&Value>,
+) {
+    let old_view = old.filter(|o| stale_in(alters, o, u64::MAX)).map(|o| {
+        let mut v = o.to_value();
+        apply_between(alters, o.seq(), u64::MAX, &mut v);
+        v
+    });
+    for (f, ix) in indexes.iter_mut() {
+        match (&old_view, old) {
+            (Some(v), _) => ix.remove_value(v.get(f), key),
+            (None, Some(o)) => ix.remove_value(o.field(f).as_ref(), key),
+            (None, None) => {}
+        }
+        if let Some(n) = new {
+            match value {
+                Some(v) => ix.add_value(v.get(f), key),
+                None => ix.add_value(n.field(f).as_ref(), key),
+            }
+        }
     }
 }
 
@@ -425,7 +470,7 @@ impl State {
                     (Some(v), None) => Some(Arc::new(Doc::from_value(v.clone()).at(seq))),
                     (None, _) => None,
                 };
-                Applied { op: e.op, table: e.table, key: e.key.take(), doc, value }
+                Applied { op: e.op, table: e.table, key: e.key.take(), hkey: None, doc, value }
             })
             .collect();
         self.apply_events(c.first_seq, c.time_micros, events, pos, rec.len())
@@ -522,51 +567,69 @@ impl State {
                 }
                 continue;
             }
-            let (Some(t), Some(key)) = (self.tables.get_mut(&e.table), e.key) else {
-                return Err(Error::Query(format!("event at seq {seq} names an unknown table or no key")));
+            let Some(t) = self.tables.get_mut(&e.table) else {
+                return Err(Error::Query(format!("event at seq {seq} names an unknown table")));
             };
-            if self.rows_from.get(&e.table).is_none_or(|from| seq > *from) {
-                t.since_events += 1;
-                t.since_bytes += share;
-                let new = match e.op {
-                    Op::Insert | Op::Patch => {
-                        Some(e.doc.unwrap_or_else(|| Arc::new(Doc::from_value(Value::Null).at(seq))))
-                    }
-                    _ => None,
-                };
-                let old = match &new {
-                    Some(d) => t.rows.insert(key.clone(), d.clone()),
-                    None => t.rows.remove(&key),
-                };
-                if !self.active.is_empty() {
-                    self.changes.push_back(Change {
-                        seq,
-                        table: e.table,
-                        key: key.clone(),
-                        old: old.clone(),
-                        new: new.clone(),
-                    });
+            let hist = Hist { seq, op: e.op, commit: ci, idx: i as u32, folded: false };
+            if self.rows_from.get(&e.table).is_some_and(|from| seq <= *from) {
+                // Opening: the row's state is in the table's snapshot.
+                match (e.hkey, &e.key) {
+                    (Some(h), _) => t.history.push_key(h, hist),
+                    (None, Some(k)) => t.history.push(k, hist),
+                    (None, None) => return Err(Error::Query(format!("event at seq {seq} has no key"))),
                 }
-                if self.maintain_indexes {
-                    // An old row written before a schema change is unindexed
-                    // as it read (parsed once, only then).
-                    let old_view = old.as_ref().filter(|o| t.stale(o, u64::MAX)).map(|o| t.view_value(o, u64::MAX));
-                    for (f, ix) in t.indexes.iter_mut() {
-                        match (&old_view, &old) {
-                            (Some(v), _) => ix.remove_value(v.get(f), &key),
-                            (None, Some(o)) => ix.remove_value(o.field(f).as_ref(), &key),
-                            (None, None) => {}
-                        }
-                        if let Some(n) = &new {
-                            match &e.value {
-                                Some(v) => ix.add_value(v.get(f), &key),
-                                None => ix.add_value(n.field(f).as_ref(), &key),
-                            }
-                        }
+                continue;
+            }
+            let Some(key) = e.key else {
+                return Err(Error::Query(format!("event at seq {seq} has no key")));
+            };
+            t.since_events += 1;
+            t.since_bytes += share;
+            let new = match e.op {
+                Op::Insert | Op::Patch => Some(e.doc.unwrap_or_else(|| Arc::new(Doc::from_value(Value::Null).at(seq)))),
+                _ => None,
+            };
+            // One lookup; the key moves into the row map (or is dropped for a
+            // delete), its other uses borrow it.
+            let maintain = self.maintain_indexes.then_some(e.value.as_ref());
+            let keep = !self.active.is_empty();
+            let mut change = None;
+            let mut changed = |k: &Pk, old: Option<&Arc<Doc>>, new: Option<&Arc<Doc>>| {
+                if keep {
+                    change = Some(Change { seq, table: e.table, key: k.clone(), old: old.cloned(), new: new.cloned() });
+                }
+            };
+            match (t.rows.entry(key), new) {
+                (Entry::Vacant(v), new) => {
+                    if let Some(value) = maintain {
+                        reindex(&mut t.indexes, &t.alters, v.key(), None, new.as_ref(), value);
                     }
+                    changed(v.key(), None, new.as_ref());
+                    t.history.push(v.key(), hist);
+                    if let Some(d) = new {
+                        v.insert(d);
+                    }
+                }
+                (Entry::Occupied(mut o), Some(d)) => {
+                    let old = o.insert(d.clone());
+                    if let Some(value) = maintain {
+                        reindex(&mut t.indexes, &t.alters, o.key(), Some(&old), Some(&d), value);
+                    }
+                    changed(o.key(), Some(&old), Some(&d));
+                    t.history.push(o.key(), hist);
+                }
+                (Entry::Occupied(o), None) => {
+                    let (k, old) = o.remove_entry();
+                    if let Some(value) = maintain {
+                        reindex(&mut t.indexes, &t.alters, &k, Some(&old), None, value);
+                    }
+                    changed(&k, Some(&old), None);
+                    t.history.push(&k, hist);
                 }
             }
-            t.history.push(&key, Hist { seq, op: e.op, commit: ci, idx: i as u32, folded: false });
+            if let Some(c) = change {
+                self.changes.push_back(c);
+            }
         }
         self.next_seq = first_seq + n;
         self.last_time = self.last_time.max(time_micros);
@@ -597,6 +660,9 @@ struct Applied {
     op: Op,
     table: u32,
     key: Option<Pk>,
+    /// The key as the history map holds it, for an event replayed at open
+    /// whose row comes from a snapshot (no [`Pk`] is made for it).
+    hkey: Option<HKey>,
     doc: Option<Arc<Doc>>,
     /// The document parsed, when the caller has it (a commit being made).
     value: Option<Value>,
@@ -2333,7 +2399,13 @@ fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec: &[u8]) -> 
             }
             _ => None,
         };
-        events.push(Applied { op: e.op, table: e.table, key: e.key, doc, value: None });
+        // A row a snapshot covers only needs its history indexed: no key made.
+        let covered = st.rows_from.get(&e.table).is_some_and(|from| seq <= *from);
+        let (key, hkey) = match e.key {
+            Some(k) if covered => (None, Some(HKey::of_ref(k))),
+            k => (k.map(crate::table::KeyRef::to_pk), None),
+        };
+        events.push(Applied { op: e.op, table: e.table, key, hkey, doc, value: None });
     }
     let ci = st.commits.len() as u32;
     st.apply_events(c.first_seq, c.time_micros, events, pos, rec.len())

@@ -146,7 +146,7 @@ pub fn commit(data: &[u8]) {
         let raw = crate::table::RawCommit::decode(data).unwrap_or_else(|e| panic!("raw decode fails: {e:?}"));
         assert_eq!((raw.first_seq, raw.time_micros, raw.events.len()), (c.first_seq, c.time_micros, c.events.len()));
         for (r, e) in raw.events.iter().zip(&c.events) {
-            assert_eq!((r.op, r.table, &r.key), (e.op, e.table, &e.key));
+            assert_eq!((r.op, r.table, r.key.map(crate::table::KeyRef::to_pk)), (e.op, e.table, e.key.clone()));
             let doc = r.doc.map(|t| crate::table::Doc::from_text(t).map(|d| d.value().clone()));
             assert_eq!(doc.transpose().ok(), Some(e.doc.clone()), "raw document differs");
         }

@@ -41,6 +41,35 @@ impl Pk {
     }
 }
 
+/// A primary key as a record holds it (the text not copied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRef<'a> {
+    /// An integer key.
+    Int(i64),
+    /// A string key.
+    Str(&'a str),
+}
+
+impl KeyRef<'_> {
+    /// The key, owned.
+    pub fn to_pk(self) -> Pk {
+        match self {
+            KeyRef::Int(i) => Pk::Int(i),
+            KeyRef::Str(s) => Pk::Str(s.to_owned()),
+        }
+    }
+}
+
+impl Pk {
+    /// The key, borrowed.
+    pub fn as_key_ref(&self) -> KeyRef<'_> {
+        match self {
+            Pk::Int(i) => KeyRef::Int(*i),
+            Pk::Str(s) => KeyRef::Str(s),
+        }
+    }
+}
+
 impl std::fmt::Display for Pk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -252,7 +281,7 @@ impl Commit {
             } else {
                 (None, None)
             };
-            events.push(Event { op: e.op, table: e.table, key: e.key, doc, patch });
+            events.push(Event { op: e.op, table: e.table, key: e.key.map(KeyRef::to_pk), doc, patch });
         }
         Ok(Commit { first_seq: raw.first_seq, time_micros: raw.time_micros, events })
     }
@@ -277,7 +306,7 @@ pub struct RawEvent<'a> {
     /// The table id.
     pub table: u32,
     /// The row's key.
-    pub key: Option<Pk>,
+    pub key: Option<KeyRef<'a>>,
     /// The document's JSON text (UTF-8 checked, not parsed), if any.
     pub doc: Option<&'a str>,
     /// Where the document's blob starts in the record.
@@ -305,7 +334,7 @@ impl<'a> RawCommit<'a> {
             let op = Op::from_code(r.u8("op")?)
                 .ok_or_else(|| DecodeError { offset: at, reason: "unknown event op".into() })?;
             let table = r.u32("table")?;
-            let key = get_key(&mut r)?;
+            let key = get_key_ref(&mut r)?;
             let doc_at = r.pos();
             let doc = text_blob(&mut r, "document")?;
             let patch_at = r.pos();
@@ -354,14 +383,19 @@ pub(crate) fn put_key(w: &mut Writer, key: &Option<Pk>) {
 
 /// Decode an optional key.
 pub(crate) fn get_key(r: &mut Reader<'_>) -> Result<Option<Pk>, DecodeError> {
+    Ok(get_key_ref(r)?.map(KeyRef::to_pk))
+}
+
+/// Decode an optional key, borrowing its text.
+pub(crate) fn get_key_ref<'a>(r: &mut Reader<'a>) -> Result<Option<KeyRef<'a>>, DecodeError> {
     let kat = r.pos();
     Ok(match r.u8("key tag")? {
         0 => None,
-        1 => Some(Pk::Str(
-            String::from_utf8(r.blob(MAX_DOC, "key")?.to_vec())
+        1 => Some(KeyRef::Str(
+            std::str::from_utf8(r.blob(MAX_DOC, "key")?)
                 .map_err(|_| DecodeError { offset: kat, reason: "key is not UTF-8".into() })?,
         )),
-        2 => Some(Pk::Int(i64::from_le_bytes(r.array("key")?))),
+        2 => Some(KeyRef::Int(i64::from_le_bytes(r.array("key")?))),
         t => return Err(DecodeError { offset: kat, reason: format!("unknown key tag {t}") }),
     })
 }
