@@ -405,6 +405,9 @@ pub(crate) struct State {
     rows_from: FastMap<u32, u64>,
     /// Maintain indexes as events apply (off while opening; built after).
     maintain_indexes: bool,
+    /// While opening: keys the log deletes after their table's snapshot
+    /// (whose rows are merged in once the replay is over).
+    open_deleted: Option<FastMap<u32, FastSet<Pk>>>,
     /// Indexes built for a commit's schema changes before it applies
     /// (without the write lock): see [`Db::prebuild_indexes`].
     prebuilt: Vec<Prebuilt>,
@@ -601,6 +604,11 @@ impl State {
             };
             match (t.rows.entry(key), new) {
                 (Entry::Vacant(v), new) => {
+                    if new.is_none()
+                        && let Some(gone) = self.open_deleted.as_mut()
+                    {
+                        gone.entry(e.table).or_default().insert(v.key().clone());
+                    }
                     if let Some(value) = maintain {
                         reindex(&mut t.indexes, &t.alters, v.key(), None, new.as_ref(), value);
                     }
@@ -620,6 +628,9 @@ impl State {
                 }
                 (Entry::Occupied(o), None) => {
                     let (k, old) = o.remove_entry();
+                    if let Some(gone) = self.open_deleted.as_mut() {
+                        gone.entry(e.table).or_default().insert(k.clone());
+                    }
                     if let Some(value) = maintain {
                         reindex(&mut t.indexes, &t.alters, &k, Some(&old), None, value);
                     }
@@ -880,6 +891,7 @@ impl Db {
     pub fn open(dir: impl AsRef<Path>, key: &KeySource, opts: Options) -> Result<Db> {
         let store = Store::open(dir, key, opts.store.clone())?;
         let mut st = State { next_seq: 1, ..State::default() };
+        let mut metas = HashMap::new();
         for f in store.files() {
             if f.kind != FileKind::Snapshot || f.stream < SNAPSHOT_STREAM_BASE {
                 continue;
@@ -887,48 +899,95 @@ impl Db {
             let m = SnapMeta::decode(&f.meta)
                 .map_err(|e| Error::corrupted(&f.name, 0, format!("snapshot metadata: {}", e.reason)))?;
             st.tables.entry(m.table).or_default().snapshots.push((m.seq, f.file_id));
+            metas.insert(f.file_id, m);
         }
         let mut latest = Vec::new();
         for (id, t) in st.tables.iter_mut() {
             t.snapshots.sort_unstable();
             if let Some(&(seq, file)) = t.snapshots.last() {
-                latest.push((*id, seq, file));
+                let (rows, fields) = metas.remove(&file).map_or((0, Vec::new()), |m| (m.rows, m.indexes));
+                // Every row of the snapshot has a history: room for them at once.
+                t.history.reserve(rows.min(1 << 26) as usize);
+                latest.push((*id, seq, file, fields));
             }
         }
-        for (id, seq, file) in latest {
-            let rows = load_snapshot(&store, file, seq, false)?;
-            let t = st.tables.entry(id).or_default();
-            // Every row of the snapshot has a history: room for them at once.
-            t.history.reserve(rows.len());
-            t.rows = rows;
-            st.rows_from.insert(id, seq);
+        for (id, seq, _, _) in &latest {
+            st.rows_from.insert(*id, *seq);
         }
-        store.read_stream(EVENTS_STREAM, |pos, rec| replay_record(&mut st, FileKind::Segment, pos, rec).map(|_| ()))?;
-        // Then the commits the WAL holds beyond the segments (a WAL file
-        // already checkpointed may still be there if a crash came before
-        // its deletion: its commits are skipped).
+        // The latest snapshots load on a second thread while this one
+        // replays the log (and their rows are checked there, picking the
+        // fields the table indexed at the snapshot): the rows the log
+        // writes after a snapshot go to the table's row map, the keys it
+        // deletes are noted, and the snapshot's rows fill in the rest once
+        // both are done.
+        st.open_deleted = Some(FastMap::default());
         let mut writer = WriterState::default();
         let wal_files = store.stream_files(WAL_STREAM).len();
-        store.read_stream(WAL_STREAM, |pos, rec| {
-            let name = crate::format::file_name(pos.file_id, FileKind::Wal);
-            let c = Commit::decode_headers(rec)
-                .map_err(|e| Error::corrupted(&name, pos.offset, format!("commit record: {}", e.reason)))?;
-            let end = c.first_seq + c.events.len() as u64;
-            if end <= st.next_seq {
-                return Ok(());
-            }
-            if c.first_seq < st.next_seq {
-                return Err(Error::tampered(
-                    &name,
-                    pos.offset,
-                    format!("commit @seq:{} overlaps the segments' last commit", c.first_seq),
-                ));
-            }
-            let ci = replay_record(&mut st, FileKind::Wal, pos, rec)?;
-            writer.pending_bytes += rec.len() as u64;
-            writer.pending.push((ci, rec.to_vec()));
-            Ok(())
-        })?;
+        let load_all = || -> Result<Vec<Loaded>> {
+            latest
+                .iter()
+                .map(|(id, seq, file, fields)| {
+                    let rows = load_snapshot_rows(&store, *file, *seq, false)?;
+                    let f: Vec<&str> = fields.iter().map(String::as_str).collect();
+                    // A row that fails here is checked again, and reported,
+                    // if it is still current once the log is replayed.
+                    let picks = match f.is_empty() {
+                        true => Vec::new(),
+                        false => rows.iter().map(|(_, d)| crate::table::doc::check(d.text(), &f).ok()).collect(),
+                    };
+                    Ok(Loaded { table: *id, fields: fields.clone(), rows, picks })
+                })
+                .collect()
+        };
+        let (replayed, loaded) = std::thread::scope(|s| {
+            let loader = std::thread::Builder::new().name("driftdb-open".into()).spawn_scoped(s, load_all);
+            let replayed = (|| -> Result<()> {
+                store.read_stream(EVENTS_STREAM, |pos, rec| {
+                    replay_record(&mut st, FileKind::Segment, pos, rec).map(|_| ())
+                })?;
+                // Then the commits the WAL holds beyond the segments (a WAL file
+                // already checkpointed may still be there if a crash came before
+                // its deletion: its commits are skipped).
+                store.read_stream(WAL_STREAM, |pos, rec| {
+                    let name = crate::format::file_name(pos.file_id, FileKind::Wal);
+                    let c = Commit::decode_headers(rec)
+                        .map_err(|e| Error::corrupted(&name, pos.offset, format!("commit record: {}", e.reason)))?;
+                    let end = c.first_seq + c.events.len() as u64;
+                    if end <= st.next_seq {
+                        return Ok(());
+                    }
+                    if c.first_seq < st.next_seq {
+                        return Err(Error::tampered(
+                            &name,
+                            pos.offset,
+                            format!("commit @seq:{} overlaps the segments' last commit", c.first_seq),
+                        ));
+                    }
+                    let ci = replay_record(&mut st, FileKind::Wal, pos, rec)?;
+                    writer.pending_bytes += rec.len() as u64;
+                    writer.pending.push((ci, rec.to_vec()));
+                    Ok(())
+                })?;
+                Ok(())
+            })();
+            let loaded = match loader {
+                Ok(h) => {
+                    h.join().unwrap_or_else(|_| Err(Error::Poisoned("the snapshot loading thread panicked".into())))
+                }
+                Err(_) => load_all(),
+            };
+            (replayed, loaded)
+        });
+        replayed?;
+        let deleted = st.open_deleted.take().unwrap_or_default();
+        let mut picked: HashMap<u32, (Vec<String>, Vec<Option<Picked>>)> = HashMap::new();
+        for l in loaded? {
+            let t = st.tables.entry(l.table).or_default();
+            let written = std::mem::take(&mut t.rows);
+            let (rows, picks) = merge_rows(l.rows, l.picks, written, deleted.get(&l.table));
+            t.rows = rows;
+            picked.insert(l.table, (l.fields, picks));
+        }
         let latest = st.latest_seq();
         if let Some((id, from)) = st.rows_from.iter().find(|(_, f)| **f > latest) {
             return Err(Error::tampered(
@@ -956,7 +1015,8 @@ impl Db {
         }
         for (id, t) in st.tables.iter_mut() {
             let name = st.defs.get(id).map_or_else(|| format!("table {id}"), |d| format!("table {:?}", d.name));
-            check_rows_and_index(&name, t)?;
+            let (fields, picks) = picked.remove(id).unwrap_or_default();
+            check_rows_and_index(&name, t, &fields, picks)?;
         }
         st.rows_from.clear();
         st.maintain_indexes = true;
@@ -1691,7 +1751,14 @@ impl Db {
     fn write_snapshot(&self, id: u32, seq: u64, rows: &[(Pk, Arc<Doc>)]) -> Result<u64> {
         // A snapshot must never be ahead of the durable log (relaxed durability).
         self.s.store.sync_stream(WAL_STREAM)?;
-        let meta = SnapMeta { table: id, seq, rows: rows.len() as u64 };
+        // The fields the table indexed at `seq`, so that opening can index
+        // the rows as it loads them (not listed if unusually long).
+        let mut indexes =
+            self.read().tables.get(&id).and_then(|t| t.def_at(seq)).map(|d| d.indexes.clone()).unwrap_or_default();
+        if indexes.iter().map(|f| f.len() + 4).sum::<usize>() > crate::table::snapshot::MAX_META_FIELD_BYTES {
+            indexes.clear();
+        }
+        let meta = SnapMeta { table: id, seq, rows: rows.len() as u64, indexes };
         let mut b = self.s.store.build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode())?;
         // Records of about RECORD_TARGET bytes, by the rows' real encoded size
         // (a single row larger than a record gets a record of its own).
@@ -2413,53 +2480,77 @@ fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec: &[u8]) -> 
     Ok(ci)
 }
 
+/// A row's indexed fields, in the order of the field list they were picked for.
+type Picked = Vec<Option<Value>>;
+
 /// Check every current row of a table read at open (their documents are
 /// still the text of the log's records) and build the table's secondary
-/// indexes from them, in one pass, on up to four threads.
-fn check_rows_and_index(name: &str, t: &mut TableData) -> Result<()> {
-    type Picked = Vec<Option<Value>>;
+/// indexes from them, in one pass, on up to four threads. `pre` holds, by
+/// row in key order, the fields `pre_fields` already picked from rows whose
+/// text was checked (`None`, or a list shorter than the rows: not done).
+fn check_rows_and_index(name: &str, t: &mut TableData, pre_fields: &[String], pre: Vec<Option<Picked>>) -> Result<()> {
     let fields: Vec<String> = t.indexes.keys().cloned().collect();
     let f: Vec<&str> = fields.iter().map(String::as_str).collect();
-    let rows: Vec<(&Pk, &Arc<Doc>)> = t.rows.iter().collect();
+    // Where each field is in what was picked before (all of them, or unused).
+    let at: Option<Vec<usize>> = fields.iter().map(|x| pre_fields.iter().position(|p| p == x)).collect();
+    let mut pre = pre.into_iter();
+    let mut rows: Vec<(&Pk, &Arc<Doc>, Option<Picked>)> =
+        t.rows.iter().map(|(k, d)| (k, d, pre.next().flatten().filter(|_| at.is_some()))).collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
-    let pick = |part: &[(&Pk, &Arc<Doc>)]| -> Result<Vec<Picked>> {
-        part.iter()
-            .map(|(k, d)| {
-                let picked = crate::table::doc::check(d.text(), &f)
+    // Each part of the rows (in key order) is checked and grouped by field
+    // value on its own thread; the parts' groups, joined in order, stay in
+    // key order.
+    type Groups = Vec<BTreeMap<crate::table::index::IKey, Vec<Pk>>>;
+    let pick = |part: &mut [(&Pk, &Arc<Doc>, Option<Picked>)]| -> Result<Groups> {
+        let mut groups: Groups = f.iter().map(|_| BTreeMap::new()).collect();
+        for (k, d, done) in part.iter_mut() {
+            // A row written before a schema change is indexed as it reads now.
+            let vals: Picked = if t.stale(d, u64::MAX) {
+                crate::table::doc::check(d.text(), &[])
                     .map_err(|e| Error::tampered(name, 0, format!("the document of row {k} is not valid JSON: {e}")))?;
-                // A row written before a schema change is indexed as it reads now.
-                Ok(if t.stale(d, u64::MAX) {
-                    let v = t.view_value(d, u64::MAX);
-                    f.iter().map(|x| v.get(*x).cloned()).collect()
-                } else {
-                    picked
-                })
-            })
-            .collect()
+                let v = t.view_value(d, u64::MAX);
+                f.iter().map(|x| v.get(*x).cloned()).collect()
+            } else if let (Some(mut p), Some(at)) = (done.take(), at.as_ref()) {
+                at.iter().map(|i| p.get_mut(*i).and_then(Option::take)).collect()
+            } else {
+                crate::table::doc::check(d.text(), &f)
+                    .map_err(|e| Error::tampered(name, 0, format!("the document of row {k} is not valid JSON: {e}")))?
+            };
+            for (g, v) in groups.iter_mut().zip(vals) {
+                if let Some(ik) = v.and_then(crate::table::index::ikey_owned) {
+                    match g.get_mut(&ik) {
+                        Some(pks) => pks.push((*k).clone()),
+                        None => {
+                            g.insert(ik, vec![(*k).clone()]);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(groups)
     };
-    let picked: Vec<Result<Vec<Picked>>> = if threads == 1 || rows.len() < 4096 {
-        vec![pick(&rows)]
+    let parts: Vec<Result<Groups>> = if threads == 1 || rows.len() < 4096 {
+        vec![pick(&mut rows)]
     } else {
+        let n = rows.len().div_ceil(threads);
         std::thread::scope(|s| {
-            let hs: Vec<_> = rows.chunks(rows.len().div_ceil(threads)).map(|part| s.spawn(|| pick(part))).collect();
+            let hs: Vec<_> = rows.chunks_mut(n).map(|part| s.spawn(|| pick(part))).collect();
             hs.into_iter()
                 .map(|h| h.join().unwrap_or_else(|_| Err(Error::Query("index build thread panicked".into()))))
                 .collect()
         })
     };
-    let mut per_field: Vec<Vec<(Option<Value>, Pk)>> = fields.iter().map(|_| Vec::with_capacity(rows.len())).collect();
-    let mut keys = rows.iter();
-    for part in picked {
-        for vals in part? {
-            let Some((k, _)) = keys.next() else { break };
-            for (out, v) in per_field.iter_mut().zip(vals) {
-                out.push((v, (*k).clone()));
+    drop(rows);
+    let mut merged: Groups = fields.iter().map(|_| BTreeMap::new()).collect();
+    for part in parts {
+        for (into, g) in merged.iter_mut().zip(part?) {
+            for (ik, pks) in g {
+                into.entry(ik).or_insert_with(Vec::new).extend(pks);
             }
         }
     }
-    drop(rows);
-    for (f, pairs) in fields.into_iter().zip(per_field) {
-        t.indexes.insert(f, Index::from_pairs(pairs));
+    for (f, g) in fields.into_iter().zip(merged) {
+        t.indexes.insert(f, Index::from_groups(g));
     }
     Ok(())
 }
@@ -2496,6 +2587,12 @@ fn replay_plan(st: &State, id: u32, t: &TableData, seq: u64) -> ReplayPlan {
 /// Every row of a snapshot file. Unless `checked`, the documents are left
 /// unchecked for the caller to check (see [`Doc::from_text_unchecked`]).
 fn load_snapshot(store: &Store, file: u64, seq: u64, checked: bool) -> Result<Rows> {
+    // Snapshot rows are in key order: a bulk build, not an insert per row.
+    Ok(load_snapshot_rows(store, file, seq, checked)?.into_iter().collect())
+}
+
+/// A snapshot's rows, in key order.
+fn load_snapshot_rows(store: &Store, file: u64, seq: u64, checked: bool) -> Result<Vec<(Pk, Arc<Doc>)>> {
     let mut rows = Vec::new();
     let name = crate::format::file_name(file, FileKind::Snapshot);
     store.read_file(file, |pos, rec| {
@@ -2510,8 +2607,49 @@ fn load_snapshot(store: &Store, file: u64, seq: u64, checked: bool) -> Result<Ro
         }
         Ok(())
     })?;
-    // Snapshot rows are in key order: a bulk build, not an insert per row.
-    Ok(rows.into_iter().collect())
+    Ok(rows)
+}
+
+/// A table's latest snapshot as loaded at open: its rows in key order and,
+/// by row, the fields `fields` picked from the rows whose text checked.
+struct Loaded {
+    table: u32,
+    fields: Vec<String>,
+    rows: Vec<(Pk, Arc<Doc>)>,
+    picks: Vec<Option<Picked>>,
+}
+
+/// A table's rows at open: those the log wrote after its snapshot
+/// (`written`), and the snapshot's rows (`snap`, in key order) the log
+/// neither wrote nor deleted (`gone`) after it; with, by row of the result,
+/// the snapshot row's `picks` (none for the rows the log wrote).
+fn merge_rows(
+    snap: Vec<(Pk, Arc<Doc>)>,
+    picks: Vec<Option<Picked>>,
+    written: Rows,
+    gone: Option<&FastSet<Pk>>,
+) -> (Rows, Vec<Option<Picked>>) {
+    if written.is_empty() && gone.is_none_or(|g| g.is_empty()) {
+        return (snap.into_iter().collect(), picks);
+    }
+    let mut out = Vec::with_capacity(snap.len() + written.len());
+    let mut out_picks = Vec::with_capacity(if picks.is_empty() { 0 } else { out.capacity() });
+    let mut picks = picks.into_iter();
+    let mut w = written.into_iter().peekable();
+    for (k, d) in snap {
+        let p = picks.next().flatten();
+        while let Some(next) = w.next_if(|(wk, _)| *wk < k) {
+            out.push(next);
+            out_picks.push(None);
+        }
+        if w.peek().is_some_and(|(wk, _)| *wk == k) || gone.is_some_and(|g| g.contains(&k)) {
+            continue;
+        }
+        out.push((k, d));
+        out_picks.push(p);
+    }
+    out.extend(w);
+    (out.into_iter().collect(), out_picks)
 }
 
 /// The sequence number an `AS OF` names: the end of the last commit at or
@@ -2576,7 +2714,7 @@ mod tests {
             let text = format!(r#"{{"id":{i},"s":"v{}","n":{i}}}"#, i % 3);
             t.rows.insert(Pk::Int(i), Arc::new(Doc::from_text_unchecked(&text)));
         }
-        check_rows_and_index("table \"t\"", &mut t).unwrap();
+        check_rows_and_index("table \"t\"", &mut t, &[], Vec::new()).unwrap();
         let ix = &t.indexes["s"];
         assert_eq!(ix.len(), 3);
         let hits = ix.candidates(crate::query::ast::CmpOp::Eq, &Value::from("v1")).unwrap();
@@ -2586,7 +2724,7 @@ mod tests {
         // A row whose text is not JSON is an error naming the table and the
         // row, never a row that reads as null.
         t.rows.insert(Pk::Int(4242), Arc::new(Doc::from_text_unchecked(r#"{"id":4242,"s":"v"#)));
-        let e = check_rows_and_index("table \"t\"", &mut t).unwrap_err().to_string();
+        let e = check_rows_and_index("table \"t\"", &mut t, &[], Vec::new()).unwrap_err().to_string();
         assert!(e.contains("table \"t\"") && e.contains("4242") && e.contains("not valid JSON"), "{e}");
     }
 

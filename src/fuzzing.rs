@@ -576,7 +576,12 @@ mod tests {
         put("aead_roundtrip", "seed0", &seed);
         put("aead_roundtrip", "seed1", &[1u8; 47]);
         use crate::table::snapshot::{SnapMeta, encode_rows};
-        put("snapshot", "seed0", &SnapMeta { table: 1, seq: 9, rows: 2 }.encode());
+        put("snapshot", "seed0", &SnapMeta { table: 1, seq: 9, rows: 2, indexes: vec![] }.encode());
+        put(
+            "snapshot",
+            "seed-fields",
+            &SnapMeta { table: 1, seq: 9, rows: 2, indexes: vec!["status".into()] }.encode(),
+        );
         let (a, b) = (Pk::Int(1), Pk::Str("x".into()));
         put(
             "snapshot",

@@ -39,7 +39,7 @@ pub fn ikey(v: &Value) -> Option<IKey> {
 }
 
 /// [`ikey`] of a value given away (a string is moved, not copied).
-fn ikey_owned(v: Value) -> Option<IKey> {
+pub fn ikey_owned(v: Value) -> Option<IKey> {
     match v {
         Value::String(s) => Some(IKey::Str(s)),
         v => ikey(&v),
@@ -58,12 +58,11 @@ impl Index {
         self.add_value(doc.get(field), pk);
     }
 
-    /// Build an index from (field value, key) pairs given in key order
-    /// (rows whose field is missing or not indexable are left out): one
-    /// sort and bulk builds, instead of an ordered insert per row.
+    /// Build an index from (field value, key) pairs (rows whose field is
+    /// missing or not indexable are left out): the keys are gathered per
+    /// value, each value's keys then bulk-built into a set, instead of an
+    /// ordered insert per row.
     pub fn from_pairs(pairs: impl IntoIterator<Item = (Option<Value>, Pk)>) -> Index {
-        // Gathered per value (few distinct values, usually: no sort of
-        // every row), each value's keys then bulk-built into a set.
         let mut groups: BTreeMap<IKey, Vec<Pk>> = BTreeMap::new();
         for (k, pk) in pairs.into_iter().filter_map(|(v, pk)| v.and_then(ikey_owned).map(|k| (k, pk))) {
             match groups.get_mut(&k) {
@@ -73,6 +72,11 @@ impl Index {
                 }
             }
         }
+        Index::from_groups(groups)
+    }
+
+    /// Build an index from keys already grouped by value, each group in key order.
+    pub fn from_groups(groups: BTreeMap<IKey, Vec<Pk>>) -> Index {
         Index { map: groups.into_iter().map(|(k, pks)| (k, pks.into_iter().collect::<BTreeSet<Pk>>())).collect() }
     }
 

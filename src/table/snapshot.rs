@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! file metadata (in the manifest): u8 version(1) | u32 table | u64 seq | u64 rows
+//!   or, with the table's indexed fields: u8 version(2) | u32 table | u64 seq
+//!   | u64 rows | u32 n (≥ 1) | n × blob field name
 //! record: u32 n | n × (key | blob document)        (rows in key order)
 //! ```
 
@@ -17,8 +19,12 @@ pub const SNAPSHOT_STREAM_BASE: u32 = 0x4000_0000;
 /// Target size of one snapshot record.
 pub const RECORD_TARGET: usize = 256 * 1024;
 
+/// Most bytes of field names a snapshot's metadata lists (beyond, none
+/// are listed: the list only lets opening index the rows early).
+pub const MAX_META_FIELD_BYTES: usize = 4096;
+
 /// What the manifest says of a snapshot file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapMeta {
     /// Table id.
     pub table: u32,
@@ -26,16 +32,24 @@ pub struct SnapMeta {
     pub seq: u64,
     /// Rows it holds.
     pub rows: u64,
+    /// The table's indexed fields at `seq` (empty: not listed).
+    pub indexes: Vec<String>,
 }
 
 impl SnapMeta {
-    /// Encode as file metadata.
+    /// Encode as file metadata (version 1 when no field is listed).
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
-        w.u8(1);
+        w.u8(if self.indexes.is_empty() { 1 } else { 2 });
         w.u32(self.table);
         w.u64(self.seq);
         w.u64(self.rows);
+        if !self.indexes.is_empty() {
+            w.u32(self.indexes.len() as u32);
+            for f in &self.indexes {
+                w.blob(f.as_bytes());
+            }
+        }
         w.buf
     }
 
@@ -43,10 +57,23 @@ impl SnapMeta {
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(b);
         let v = r.u8("snapshot version")?;
-        if v != 1 {
+        if v != 1 && v != 2 {
             return Err(DecodeError { offset: 0, reason: format!("unknown snapshot version {v}") });
         }
-        let m = SnapMeta { table: r.u32("table")?, seq: r.u64("seq")?, rows: r.u64("rows")? };
+        let mut m = SnapMeta { table: r.u32("table")?, seq: r.u64("seq")?, rows: r.u64("rows")?, indexes: Vec::new() };
+        if v == 2 {
+            let at = r.pos();
+            let n = r.count(MAX_META_FIELD_BYTES, 4, "indexed fields")?;
+            if n == 0 {
+                return Err(DecodeError { offset: at, reason: "version 2 lists no indexed field".into() });
+            }
+            for _ in 0..n {
+                let fat = r.pos();
+                let f = std::str::from_utf8(r.blob(MAX_META_FIELD_BYTES, "indexed field")?)
+                    .map_err(|_| DecodeError { offset: fat, reason: "indexed field is not UTF-8".into() })?;
+                m.indexes.push(f.to_owned());
+            }
+        }
         r.finish("snapshot metadata")?;
         Ok(m)
     }
@@ -106,8 +133,21 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let m = SnapMeta { table: 3, seq: 99, rows: 2 };
+        let m = SnapMeta { table: 3, seq: 99, rows: 2, indexes: vec![] };
+        assert_eq!(m.encode().len(), 21);
         assert_eq!(SnapMeta::decode(&m.encode()).unwrap(), m);
+        let m2 = SnapMeta { indexes: vec!["status".into(), "".into()], ..m };
+        assert_eq!(m2.encode()[0], 2);
+        assert_eq!(SnapMeta::decode(&m2.encode()).unwrap(), m2);
+        // Version 2 with no field is not canonical; a name must be UTF-8.
+        let mut empty = m2.encode()[..21].to_vec();
+        empty[0] = 2;
+        empty.extend_from_slice(&0u32.to_le_bytes());
+        assert!(SnapMeta::decode(&empty).is_err());
+        let mut bad = m2.encode();
+        let at = bad.len() - 4 - 6 - 4; // the first name's first byte... of "status"
+        bad[at + 4] = 0xff;
+        assert!(SnapMeta::decode(&bad).is_err());
         let (a, b) = (Pk::Int(1), Pk::Str("x".into()));
         let (da, db) = (json!({"id": 1}), json!({"id": "x", "n": [1, 2]}));
         let rec = encode_rows(&[(&a, serde_json::to_vec(&da).unwrap()), (&b, serde_json::to_vec(&db).unwrap())]);
