@@ -605,6 +605,7 @@ impl State {
             match (t.rows.entry(key), new) {
                 (Entry::Vacant(v), new) => {
                     if new.is_none()
+                        && self.rows_from.contains_key(&e.table)
                         && let Some(gone) = self.open_deleted.as_mut()
                     {
                         gone.entry(e.table).or_default().insert(v.key().clone());
@@ -628,7 +629,9 @@ impl State {
                 }
                 (Entry::Occupied(o), None) => {
                     let (k, old) = o.remove_entry();
-                    if let Some(gone) = self.open_deleted.as_mut() {
+                    if self.rows_from.contains_key(&e.table)
+                        && let Some(gone) = self.open_deleted.as_mut()
+                    {
                         gone.entry(e.table).or_default().insert(k.clone());
                     }
                     if let Some(value) = maintain {
@@ -1459,6 +1462,7 @@ impl Db {
             let st = self.read();
             let mut g = GroupView::new(&st);
             for req in reqs {
+                g.index_written();
                 if let Some(why) = crate::txn::conflict(&st, &g, &req) {
                     set(&req.slot, Err(Error::Conflict(why)));
                     continue;
@@ -1755,7 +1759,7 @@ impl Db {
         // the rows as it loads them (not listed if unusually long).
         let mut indexes =
             self.read().tables.get(&id).and_then(|t| t.def_at(seq)).map(|d| d.indexes.clone()).unwrap_or_default();
-        if indexes.iter().map(|f| f.len() + 4).sum::<usize>() > crate::table::snapshot::MAX_META_FIELD_BYTES {
+        if !crate::table::snapshot::fields_fit(&indexes) {
             indexes.clear();
         }
         let meta = SnapMeta { table: id, seq, rows: rows.len() as u64, indexes };
@@ -2603,6 +2607,10 @@ fn load_snapshot_rows(store: &Store, file: u64, seq: u64, checked: bool) -> Resu
                 Doc::from_text_unchecked(v)
             };
             let d = d.at(seq);
+            // Opening merges the log's later writes in by key order.
+            if rows.last().is_some_and(|(last, _): &(Pk, Arc<Doc>)| *last >= k) {
+                return Err(Error::corrupted(&name, pos.offset, format!("row {k} is out of key order")));
+            }
             rows.push((k, Arc::new(d)));
         }
         Ok(())

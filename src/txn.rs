@@ -147,7 +147,10 @@ pub(crate) struct GroupView<'a> {
     pub st: &'a State,
     /// Accepted commits, in order.
     pub accepted: Vec<Accepted>,
+    /// Rows the accepted commits write (of the first `indexed` of them:
+    /// see [`GroupView::index_written`]).
     pub written: FastSet<(u32, Pk)>,
+    indexed: usize,
     pub new_tables: Vec<TableDef>,
     /// Tables whose schema the accepted commits change, and their definitions after.
     pub altered: Vec<TableDef>,
@@ -173,6 +176,7 @@ impl<'a> GroupView<'a> {
             st,
             accepted: Vec::new(),
             written: FastSet::default(),
+            indexed: 0,
             new_tables: Vec::new(),
             altered: Vec::new(),
             next_table_id: st.next_table_id.max(1),
@@ -183,11 +187,6 @@ impl<'a> GroupView<'a> {
 
     /// Take in a commit built against this view (or found equivalent to one).
     pub fn accept(&mut self, a: Accepted) {
-        for (id, k) in a.batch.overlay.keys() {
-            if !a.batch.is_new(*id) {
-                self.written.insert((*id, k.clone()));
-            }
-        }
         for d in &a.batch.new_tables {
             self.next_table_id = self.next_table_id.max(d.id + 1);
             self.new_tables.push(d.clone());
@@ -201,13 +200,33 @@ impl<'a> GroupView<'a> {
         self.accepted.push(a);
     }
 
+    /// Bring [`GroupView::written`] up to date with every accepted commit:
+    /// due before the next request is checked against the group (a group of
+    /// one commit never needs it).
+    pub fn index_written(&mut self) {
+        for a in &self.accepted[self.indexed..] {
+            for (id, k) in a.batch.overlay.keys() {
+                if !a.batch.is_new(*id) {
+                    self.written.insert((*id, k.clone()));
+                }
+            }
+        }
+        self.indexed = self.accepted.len();
+    }
+
+    /// Whether `k` of table `id` is written by a commit accepted earlier.
+    pub fn wrote(&self, id: u32, k: &Pk) -> bool {
+        debug_assert_eq!(self.indexed, self.accepted.len());
+        !self.written.is_empty() && self.written.contains(&(id, k.clone()))
+    }
+
     /// Whether `b`, built by a transaction against its own view as of
     /// `snapshot` or later, is exactly what re-applying it here would build:
     /// no row it wrote changed since `snapshot`, and the tables it creates
     /// get the same ids and clash with none.
     pub fn still_valid(&self, b: &Batch, snapshot: u64) -> bool {
         let rows_unchanged = b.overlay.keys().filter(|(id, _)| !b.is_new(*id)).all(|(id, k)| {
-            !self.written.contains(&(*id, k.clone()))
+            !self.wrote(*id, k)
                 && self
                     .st
                     .tables
@@ -874,7 +893,7 @@ pub(crate) fn conflict(st: &State, g: &GroupView<'_>, req: &Request) -> Option<S
         return None;
     }
     let changed_key = |id: u32, k: &Pk| -> Option<u64> {
-        if g.written.contains(&(id, k.clone())) {
+        if g.wrote(id, k) {
             return Some(g.next_seq);
         }
         let last = st.tables.get(&id)?.history.get(k)?.last()?.seq;

@@ -241,10 +241,15 @@ impl<'s> FileBuilder<'s> {
             let Ok(syncer) = syncer else { return fill(self) };
             self.behind = Some(tx);
             self.unsynced = 0;
-            let r = fill(self);
+            // Even if `fill` panics, the sync thread must be told to end
+            // before the scope joins it.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fill(self)));
             self.behind = None; // the sync thread ends
             let synced = syncer.join().unwrap_or_else(|_| Err(std::io::Error::other("the sync thread panicked")));
-            let v = r?;
+            let v = match r {
+                Ok(r) => r?,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
             synced.map_err(|e| Error::io("syncing", &self.path, e))?;
             Ok(v)
         })
@@ -265,8 +270,18 @@ impl<'s> FileBuilder<'s> {
             self.unsynced += payload.len() as u64;
             if self.unsynced >= WRITE_BEHIND_BYTES {
                 self.unsynced = 0;
-                // Full: a sync is already due, and it will cover this too.
-                let _ = tx.try_send(());
+                match tx.try_send(()) {
+                    // Full: a sync is already due, and it will cover this too.
+                    Ok(()) | Err(std::sync::mpsc::TrySendError::Full(())) => {}
+                    // The sync thread has stopped: an early sync failed.
+                    Err(std::sync::mpsc::TrySendError::Disconnected(())) => {
+                        return Err(Error::io(
+                            "syncing",
+                            &self.path,
+                            std::io::Error::other("an early sync of this file failed"),
+                        ));
+                    }
+                }
             }
         }
         Ok(RecordPos { file_id: self.entry.file_id, index, offset })

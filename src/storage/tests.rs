@@ -658,6 +658,52 @@ fn a_failed_early_sync_of_a_file_built_with_write_behind_fails_the_build() {
 }
 
 #[test]
+fn after_an_early_sync_fails_the_next_append_reports_it() {
+    let fs = MemFs::new();
+    let s = create(&fs);
+    let mut b = s.build_file(FileKind::Snapshot, 9, vec![]).unwrap();
+    fs.set_faults(Faults { sync_failures: 1, ..Faults::default() });
+    let mut failed_at = None;
+    let r = b.with_write_behind(|b| {
+        for i in 0..40 {
+            if let Err(e) = b.append(&vec![7u8; 1 << 20]) {
+                failed_at = Some(i);
+                return Err(e);
+            }
+            if i == 9 {
+                // Let the early sync (due after 8 MiB) run and fail.
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+        Ok(())
+    });
+    assert!(r.is_err());
+    let at = failed_at.expect("an append reports the failed sync");
+    assert!((10..=17).contains(&at), "reported at append {at}");
+}
+
+#[test]
+fn a_panic_while_a_file_is_built_with_write_behind_does_not_hang() {
+    let fs = MemFs::new();
+    let s = Arc::new(create(&fs));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s2 = s.clone();
+    std::thread::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut b = s2.build_file(FileKind::Snapshot, 9, vec![]).unwrap();
+            let _ = b.with_write_behind(|b| -> crate::Result<()> {
+                b.append(&vec![1u8; 9 << 20])?;
+                panic!("a bug while filling the file");
+            });
+        }));
+        let _ = tx.send(r.is_err());
+    });
+    let panicked = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the build hung after a panic");
+    assert!(panicked, "the panic reaches the caller");
+    assert!(s.stream_files(9).is_empty());
+}
+
+#[test]
 fn a_file_built_with_write_behind_reads_back_whole() {
     let fs = MemFs::new();
     let s = create(&fs);

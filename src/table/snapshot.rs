@@ -19,9 +19,15 @@ pub const SNAPSHOT_STREAM_BASE: u32 = 0x4000_0000;
 /// Target size of one snapshot record.
 pub const RECORD_TARGET: usize = 256 * 1024;
 
-/// Most bytes of field names a snapshot's metadata lists (beyond, none
-/// are listed: the list only lets opening index the rows early).
+/// Most bytes the field names a snapshot's metadata lists may take, each
+/// with its u32 length (beyond, none are listed: the list only lets opening
+/// index the rows early).
 pub const MAX_META_FIELD_BYTES: usize = 4096;
+
+/// Whether `fields` fit in a snapshot's metadata.
+pub fn fields_fit(fields: &[String]) -> bool {
+    fields.iter().map(|f| f.len() + 4).sum::<usize>() <= MAX_META_FIELD_BYTES
+}
 
 /// What the manifest says of a snapshot file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +78,9 @@ impl SnapMeta {
                 let f = std::str::from_utf8(r.blob(MAX_META_FIELD_BYTES, "indexed field")?)
                     .map_err(|_| DecodeError { offset: fat, reason: "indexed field is not UTF-8".into() })?;
                 m.indexes.push(f.to_owned());
+            }
+            if !fields_fit(&m.indexes) {
+                return Err(DecodeError { offset: at, reason: "indexed fields exceed 4096 bytes".into() });
             }
         }
         r.finish("snapshot metadata")?;
