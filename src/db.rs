@@ -895,6 +895,14 @@ impl Db {
         let store = Store::open(dir, key, opts.store.clone())?;
         let mut st = State { next_seq: 1, ..State::default() };
         let mut metas = HashMap::new();
+        // Bytes of the log, and of each snapshot file: to size the history map.
+        let size = |f: &crate::storage::store::FileInfo| match f.state {
+            crate::format::keyring::FileState::Sealed { len, .. } => len,
+            crate::format::keyring::FileState::Active => 0,
+        };
+        let log_bytes: u64 =
+            store.files().iter().filter(|f| f.stream == EVENTS_STREAM || f.stream == WAL_STREAM).map(size).sum();
+        let mut snap_bytes = HashMap::new();
         for f in store.files() {
             if f.kind != FileKind::Snapshot || f.stream < SNAPSHOT_STREAM_BASE {
                 continue;
@@ -902,6 +910,7 @@ impl Db {
             let m = SnapMeta::decode(&f.meta)
                 .map_err(|e| Error::corrupted(&f.name, 0, format!("snapshot metadata: {}", e.reason)))?;
             st.tables.entry(m.table).or_default().snapshots.push((m.seq, f.file_id));
+            snap_bytes.insert(f.file_id, size(&f));
             metas.insert(f.file_id, m);
         }
         let mut latest = Vec::new();
@@ -909,8 +918,12 @@ impl Db {
             t.snapshots.sort_unstable();
             if let Some(&(seq, file)) = t.snapshots.last() {
                 let (rows, fields) = metas.remove(&file).map_or((0, Vec::new()), |m| (m.rows, m.indexes));
-                // Every row of the snapshot has a history: room for them at once.
-                t.history.reserve(rows.min(1 << 26) as usize);
+                // Every row of the snapshot has a history, and so may each
+                // event of the log (a snapshot row's size as a guess of an
+                // event's): room for them at once, not regrown on the way.
+                let per_row = snap_bytes.get(&file).copied().unwrap_or(0) / rows.max(1);
+                let events = if per_row >= 32 { log_bytes / per_row } else { 0 };
+                t.history.reserve(rows.max(events).min(1 << 26) as usize);
                 latest.push((*id, seq, file, fields));
             }
         }
