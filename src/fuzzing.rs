@@ -371,6 +371,15 @@ pub fn model(data: &[u8]) {
             let now: Vec<Value> =
                 db.scan(name, None).map(|v| v.iter().map(|d| (**d).clone()).collect()).unwrap_or_default();
             assert_eq!(now, cur[t].values().cloned().collect::<Vec<_>>(), "current state of {name}");
+            // The index on `v` answers as the model does (kept as rows
+            // change, and rebuilt at open).
+            if let Ok(crate::query::ast::Stmt::Select(sel)) =
+                crate::query::parse_one(&format!("SELECT * FROM {name} WHERE v = {z}"))
+            {
+                let got = db.select(&sel).unwrap_or_else(|e| panic!("indexed select on {name}: {e}"));
+                let want: Vec<Value> = cur[t].values().filter(|d| d.get("v") == Some(&json!(z))).cloned().collect();
+                assert_eq!(got, want, "{name} WHERE v = {z}");
+            }
             let i = states.partition_point(|(s, _)| *s <= past);
             let (end, want) = &states[i - 1];
             match db.scan(name, Some(&AsOf::Seq(past))) {
