@@ -788,27 +788,8 @@ impl Store {
         inner.body.files.iter().filter(|f| f.stream == stream).map(|f| f.ordinal + 1).max().unwrap_or(0)
     }
 
-    /// Append a record to `stream` (files of `kind`). Rolls to a new file
-    /// (with a new data key) when the current one is full; the first append
-    /// of a session always starts a new file. Not durable until [`Store::sync`].
-    pub fn append(&self, stream: u32, kind: FileKind, payload: &[u8]) -> Result<RecordPos> {
-        if payload.len() > MAX_PAYLOAD {
-            return Err(Error::InvalidArgument(format!(
-                "record of {} bytes exceeds the {MAX_PAYLOAD}-byte limit",
-                payload.len()
-            )));
-        }
-        if kind == FileKind::Keyring {
-            return Err(Error::InvalidArgument("the keyring is not a stream".into()));
-        }
-        let mut guard = self.lock_inner();
-        self.append_locked(&mut guard, stream, kind, payload)
-    }
-
-    /// Append several records to a stream, in order: written together when
-    /// they fit in its current file, else one by one (rolling files as
-    /// [`Store::append`] does).
-    pub fn append_many(&self, stream: u32, kind: FileKind, payloads: &[&[u8]]) -> Result<Vec<RecordPos>> {
+    /// Records that may be appended to a stream of `kind` files.
+    fn check_records(kind: FileKind, payloads: &[&[u8]]) -> Result<()> {
         if let Some(p) = payloads.iter().find(|p| p.len() > MAX_PAYLOAD) {
             return Err(Error::InvalidArgument(format!(
                 "record of {} bytes exceeds the {MAX_PAYLOAD}-byte limit",
@@ -818,6 +799,23 @@ impl Store {
         if kind == FileKind::Keyring {
             return Err(Error::InvalidArgument("the keyring is not a stream".into()));
         }
+        Ok(())
+    }
+
+    /// Append a record to `stream` (files of `kind`). Rolls to a new file
+    /// (with a new data key) when the current one is full; the first append
+    /// of a session always starts a new file. Not durable until [`Store::sync`].
+    pub fn append(&self, stream: u32, kind: FileKind, payload: &[u8]) -> Result<RecordPos> {
+        Self::check_records(kind, &[payload])?;
+        let mut guard = self.lock_inner();
+        self.append_locked(&mut guard, stream, kind, payload)
+    }
+
+    /// Append several records to a stream, in order: written together when
+    /// they fit in its current file, else one by one (rolling files as
+    /// [`Store::append`] does).
+    pub fn append_many(&self, stream: u32, kind: FileKind, payloads: &[&[u8]]) -> Result<Vec<RecordPos>> {
+        Self::check_records(kind, payloads)?;
         let mut guard = self.lock_inner();
         let inner = &mut *guard;
         self.check_writable(inner)?;
