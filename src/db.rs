@@ -251,10 +251,6 @@ impl RowHistory {
         self.0.get(&HKey::of(k))
     }
 
-    fn push(&mut self, k: &Pk, h: Hist) {
-        self.0.entry(HKey::of(k)).or_default().push(h);
-    }
-
     fn push_key(&mut self, k: HKey, h: Hist) {
         self.0.entry(k).or_default().push(h);
     }
@@ -342,6 +338,15 @@ impl TableData {
     }
 }
 
+/// Record a history entry: in the table's map, or, while opening, in the
+/// batch for the thread that builds the maps.
+fn push_history(open: &mut Option<Vec<(u32, HKey, Hist)>>, history: &mut RowHistory, table: u32, k: HKey, h: Hist) {
+    match open {
+        Some(batch) => batch.push((table, k, h)),
+        None => history.push_key(k, h),
+    }
+}
+
 /// Whether `d` reads differently at `at` under the schema changes `alters`.
 fn stale_in(alters: &[(u64, Alter)], d: &Doc, at: u64) -> bool {
     !alters.is_empty() && d.seq() != u64::MAX && any_between(alters, d.seq(), at)
@@ -408,6 +413,9 @@ pub(crate) struct State {
     /// While opening: keys the log deletes after their table's snapshot
     /// (whose rows are merged in once the replay is over).
     open_deleted: Option<FastMap<u32, FastSet<Pk>>>,
+    /// While opening: history entries not yet handed to the thread that
+    /// builds the history maps (see [`Db::open`]).
+    open_history: Option<Vec<(u32, HKey, Hist)>>,
     /// Indexes built for a commit's schema changes before it applies
     /// (without the write lock): see [`Db::prebuild_indexes`].
     prebuilt: Vec<Prebuilt>,
@@ -577,8 +585,8 @@ impl State {
             if self.rows_from.get(&e.table).is_some_and(|from| seq <= *from) {
                 // Opening: the row's state is in the table's snapshot.
                 match (e.hkey, &e.key) {
-                    (Some(h), _) => t.history.push_key(h, hist),
-                    (None, Some(k)) => t.history.push(k, hist),
+                    (Some(h), _) => push_history(&mut self.open_history, &mut t.history, e.table, h, hist),
+                    (None, Some(k)) => push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(k), hist),
                     (None, None) => return Err(Error::Query(format!("event at seq {seq} has no key"))),
                 }
                 continue;
@@ -614,7 +622,7 @@ impl State {
                         reindex(&mut t.indexes, &t.alters, v.key(), None, new.as_ref(), value);
                     }
                     changed(v.key(), None, new.as_ref());
-                    t.history.push(v.key(), hist);
+                    push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(v.key()), hist);
                     if let Some(d) = new {
                         v.insert(d);
                     }
@@ -625,7 +633,7 @@ impl State {
                         reindex(&mut t.indexes, &t.alters, o.key(), Some(&old), Some(&d), value);
                     }
                     changed(o.key(), Some(&old), Some(&d));
-                    t.history.push(o.key(), hist);
+                    push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(o.key()), hist);
                 }
                 (Entry::Occupied(o), None) => {
                     let (k, old) = o.remove_entry();
@@ -638,7 +646,7 @@ impl State {
                         reindex(&mut t.indexes, &t.alters, &k, Some(&old), None, value);
                     }
                     changed(&k, Some(&old), None);
-                    t.history.push(&k, hist);
+                    push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(&k), hist);
                 }
             }
             if let Some(c) = change {
@@ -914,6 +922,7 @@ impl Db {
             metas.insert(f.file_id, m);
         }
         let mut latest = Vec::new();
+        let mut room: HashMap<u32, usize> = HashMap::new();
         for (id, t) in st.tables.iter_mut() {
             t.snapshots.sort_unstable();
             if let Some(&(seq, file)) = t.snapshots.last() {
@@ -923,7 +932,7 @@ impl Db {
                 // event's): room for them at once, not regrown on the way.
                 let per_row = snap_bytes.get(&file).copied().unwrap_or(0) / rows.max(1);
                 let events = if per_row >= 32 { log_bytes / per_row } else { 0 };
-                t.history.reserve(rows.max(events).min(1 << 26) as usize);
+                room.insert(*id, rows.max(events).min(1 << 26) as usize);
                 latest.push((*id, seq, file, fields));
             }
         }
@@ -955,11 +964,44 @@ impl Db {
                 })
                 .collect()
         };
-        let (replayed, loaded) = std::thread::scope(|s| {
+        // The history maps are built on a third thread, from batches of
+        // entries the replay hands it in order.
+        type HistBatch = Vec<(u32, HKey, Hist)>;
+        const HIST_BATCH: usize = 16 * 1024;
+        let build_history = |rx: std::sync::mpsc::Receiver<HistBatch>| {
+            let mut maps: FastMap<u32, RowHistory> = FastMap::default();
+            for (id, n) in &room {
+                maps.entry(*id).or_default().reserve(*n);
+            }
+            for batch in rx {
+                for (id, k, h) in batch {
+                    maps.entry(id).or_default().push_key(k, h);
+                }
+            }
+            maps
+        };
+        let (replayed, loaded, histories) = std::thread::scope(|s| {
             let loader = std::thread::Builder::new().name("driftdb-open".into()).spawn_scoped(s, load_all);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<HistBatch>(4);
+            let historian =
+                std::thread::Builder::new().name("driftdb-open-history".into()).spawn_scoped(s, || build_history(rx));
+            let mut tx = historian.is_ok().then_some(tx);
+            if tx.is_some() {
+                st.open_history = Some(Vec::with_capacity(HIST_BATCH));
+            }
+            let hand_over = |st: &mut State, all: bool| {
+                if let (Some(tx), Some(b)) = (&tx, st.open_history.as_mut())
+                    && (all || b.len() >= HIST_BATCH)
+                {
+                    // A closed channel means the thread is gone: its join reports it.
+                    let _ = tx.send(std::mem::replace(b, Vec::with_capacity(HIST_BATCH)));
+                }
+            };
             let replayed = (|| -> Result<()> {
                 store.read_stream(EVENTS_STREAM, |pos, rec| {
-                    replay_record(&mut st, FileKind::Segment, pos, rec).map(|_| ())
+                    replay_record(&mut st, FileKind::Segment, pos, rec)?;
+                    hand_over(&mut st, false);
+                    Ok(())
                 })?;
                 // Then the commits the WAL holds beyond the segments (a WAL file
                 // already checkpointed may still be there if a crash came before
@@ -980,20 +1022,32 @@ impl Db {
                         ));
                     }
                     let ci = replay_record(&mut st, FileKind::Wal, pos, rec)?;
+                    hand_over(&mut st, false);
                     writer.pending_bytes += rec.len() as u64;
                     writer.pending.push((ci, rec.to_vec()));
                     Ok(())
                 })?;
                 Ok(())
             })();
+            hand_over(&mut st, true);
+            drop(tx.take()); // the history thread ends
+            let histories = match historian {
+                Ok(h) => h.join().map_err(|_| Error::Poisoned("the history thread panicked".into())),
+                Err(_) => Ok(FastMap::default()),
+            };
             let loaded = match loader {
                 Ok(h) => {
                     h.join().unwrap_or_else(|_| Err(Error::Poisoned("the snapshot loading thread panicked".into())))
                 }
                 Err(_) => load_all(),
             };
-            (replayed, loaded)
+            (replayed, loaded, histories)
         });
+        if st.open_history.take().is_some() {
+            for (id, h) in histories? {
+                st.tables.entry(id).or_default().history = h;
+            }
+        }
         replayed?;
         let deleted = st.open_deleted.take().unwrap_or_default();
         let mut picked: HashMap<u32, (Vec<String>, Vec<Option<Picked>>)> = HashMap::new();
@@ -2759,7 +2813,10 @@ mod tests {
         let mut h = RowHistory::default();
         for (i, k) in keys.iter().enumerate() {
             for j in 0..=i {
-                h.push(k, Hist { seq: (i * 100 + j) as u64, op: Op::Patch, commit: 0, idx: 0, folded: false });
+                h.push_key(
+                    HKey::of(k),
+                    Hist { seq: (i * 100 + j) as u64, op: Op::Patch, commit: 0, idx: 0, folded: false },
+                );
             }
         }
         assert_eq!(h.0.len(), keys.len());
