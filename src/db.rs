@@ -300,11 +300,7 @@ impl TableData {
 
     /// A document as read at `at` (`u64::MAX`: now), as a new value.
     pub(crate) fn view_value(&self, d: &Doc, at: u64) -> Value {
-        let mut v = d.to_value();
-        if self.stale(d, at) {
-            apply_between(&self.alters, d.seq(), at, &mut v);
-        }
-        v
+        view_value_in(&self.alters, d, at)
     }
 
     /// A document as read at `at`: itself, or a new one if a schema change
@@ -352,6 +348,15 @@ fn stale_in(alters: &[(u64, Alter)], d: &Doc, at: u64) -> bool {
     !alters.is_empty() && d.seq() != u64::MAX && any_between(alters, d.seq(), at)
 }
 
+/// A document as read at `at` under the schema changes `alters`, as a new value.
+fn view_value_in(alters: &[(u64, Alter)], d: &Doc, at: u64) -> Value {
+    let mut v = d.to_value();
+    if stale_in(alters, d, at) {
+        apply_between(alters, d.seq(), at, &mut v);
+    }
+    v
+}
+
 /// Move row `key`'s entries in `indexes` from its old document to its new
 /// one (`value`: the new document parsed, when at hand). An old row written
 /// before a schema change is unindexed as it read (parsed once, only then).
@@ -363,11 +368,7 @@ fn reindex(
     new: Option<&Arc<Doc>>,
     value: Option<&Value>,
 ) {
-    let old_view = old.filter(|o| stale_in(alters, o, u64::MAX)).map(|o| {
-        let mut v = o.to_value();
-        apply_between(alters, o.seq(), u64::MAX, &mut v);
-        v
-    });
+    let old_view = old.filter(|o| stale_in(alters, o, u64::MAX)).map(|o| view_value_in(alters, o, u64::MAX));
     for (f, ix) in indexes.iter_mut() {
         match (&old_view, old) {
             (Some(v), _) => ix.remove_value(v.get(f), key),
@@ -895,42 +896,43 @@ impl Db {
     }
 
     /// Open a database: the key is checked first; then every table's latest
-    /// snapshot is loaded and the log replayed. Rows are kept as the JSON
-    /// text their records hold: each current row is checked once (on up to
-    /// four threads, building the secondary indexes in the same pass), and
-    /// parsed when first read.
+    /// snapshot is loaded (on a second thread, which also checks its rows)
+    /// while the log is replayed (the row histories built on a third), and
+    /// the two are merged. Rows are kept as the JSON text their records
+    /// hold: each current row is checked once (on up to four threads,
+    /// building the secondary indexes in the same pass), and parsed when
+    /// first read.
     pub fn open(dir: impl AsRef<Path>, key: &KeySource, opts: Options) -> Result<Db> {
         let store = Store::open(dir, key, opts.store.clone())?;
         let mut st = State { next_seq: 1, ..State::default() };
         let mut metas = HashMap::new();
         // Bytes of the log, and of each snapshot file: to size the history map.
-        let size = |f: &crate::storage::store::FileInfo| match f.state {
-            crate::format::keyring::FileState::Sealed { len, .. } => len,
-            crate::format::keyring::FileState::Active => 0,
-        };
-        let log_bytes: u64 =
-            store.files().iter().filter(|f| f.stream == EVENTS_STREAM || f.stream == WAL_STREAM).map(size).sum();
-        let mut snap_bytes = HashMap::new();
-        for f in store.files() {
+        let files = store.files();
+        let log_bytes: u64 = files
+            .iter()
+            .filter(|f| f.stream == EVENTS_STREAM || f.stream == WAL_STREAM)
+            .map(|f| f.state.sealed_len())
+            .sum();
+        for f in files {
             if f.kind != FileKind::Snapshot || f.stream < SNAPSHOT_STREAM_BASE {
                 continue;
             }
             let m = SnapMeta::decode(&f.meta)
                 .map_err(|e| Error::corrupted(&f.name, 0, format!("snapshot metadata: {}", e.reason)))?;
             st.tables.entry(m.table).or_default().snapshots.push((m.seq, f.file_id));
-            snap_bytes.insert(f.file_id, size(&f));
-            metas.insert(f.file_id, m);
+            metas.insert(f.file_id, (m, f.state.sealed_len()));
         }
         let mut latest = Vec::new();
         let mut room: HashMap<u32, usize> = HashMap::new();
         for (id, t) in st.tables.iter_mut() {
             t.snapshots.sort_unstable();
             if let Some(&(seq, file)) = t.snapshots.last() {
-                let (rows, fields) = metas.remove(&file).map_or((0, Vec::new()), |m| (m.rows, m.indexes));
+                let (rows, fields, bytes) =
+                    metas.remove(&file).map_or((0, Vec::new(), 0), |(m, bytes)| (m.rows, m.indexes, bytes));
                 // Every row of the snapshot has a history, and so may each
                 // event of the log (a snapshot row's size as a guess of an
                 // event's): room for them at once, not regrown on the way.
-                let per_row = snap_bytes.get(&file).copied().unwrap_or(0) / rows.max(1);
+                let per_row = bytes / rows.max(1);
                 let events = if per_row >= 32 { log_bytes / per_row } else { 0 };
                 room.insert(*id, rows.max(events).min(1 << 26) as usize);
                 latest.push((*id, seq, file, fields));
@@ -1243,13 +1245,7 @@ impl Db {
             None => RotationProgress { state: "idle", files_done: 0, files_total: 0, bytes_done: 0, bytes_total: 0 },
             Some(r) => {
                 let pending = store.rotation_pending();
-                let left_bytes: u64 = pending
-                    .iter()
-                    .map(|f| match f.state {
-                        crate::format::keyring::FileState::Sealed { len, .. } => len,
-                        crate::format::keyring::FileState::Active => 0,
-                    })
-                    .sum();
+                let left_bytes: u64 = pending.iter().map(|f| f.state.sealed_len()).sum();
                 let state = if r.finished_unix != 0 {
                     "complete"
                 } else if self.s.rotating.load(std::sync::atomic::Ordering::SeqCst) {
@@ -1344,10 +1340,7 @@ impl Db {
                 }
                 continue;
             };
-            bytes += match f.state {
-                crate::format::keyring::FileState::Sealed { len, .. } => len,
-                crate::format::keyring::FileState::Active => 0,
-            };
+            bytes += f.state.sealed_len();
             self.reencrypt_one(&f)?;
             progress(&self.rotation_status());
             if let Some(rate) = throttle.filter(|r| *r > 0) {

@@ -175,33 +175,53 @@ fn non_repeatable_reads_and_phantoms_are_prevented_under_snapshot_and_possible_u
     }
 }
 
+/// Two doctors on call, written with the field `field` (renamed to
+/// `on_call` afterwards if it is another name).
+fn doctors(fs: &MemFs, field: &str) -> Db {
+    let db = Db::create("/db", &key(), opts(fs)).unwrap();
+    db.create_table("doctors", "name", &[]).unwrap();
+    db.insert("doctors", json!({"name": "alice", field: true})).unwrap();
+    db.insert("doctors", json!({"name": "bob", field: true})).unwrap();
+    if field != "on_call" {
+        let stmt = driftdb::query::parse_one(&format!("ALTER TABLE doctors RENAME COLUMN {field} TO on_call")).unwrap();
+        db.execute_stmt(&stmt).unwrap();
+    }
+    db
+}
+
+const ON_CALL: &str = "SELECT COUNT(*) FROM doctors WHERE on_call = true";
+
+/// Each of two transactions checks that the other doctor is still on call,
+/// then takes its own off: the second commit's outcome, and how many are
+/// left on call.
+fn both_go_off_call(db: &Db, iso: Isolation) -> (Result<u64, Error>, Value) {
+    let mut t1 = db.begin(iso);
+    let mut t2 = db.begin(iso);
+    let n1: Vec<Value> = t1.query(ON_CALL).unwrap();
+    let n2: Vec<Value> = t2.query(ON_CALL).unwrap();
+    assert_eq!((n1[0]["COUNT(*)"].as_i64(), n2[0]["COUNT(*)"].as_i64()), (Some(2), Some(2)));
+    t1.patch("doctors", &Pk::Str("alice".into()), set(json!({"on_call": false}))).unwrap();
+    t2.patch("doctors", &Pk::Str("bob".into()), set(json!({"on_call": false}))).unwrap();
+    t1.commit().unwrap();
+    let r2 = t2.commit();
+    let left: Vec<Value> = db.query(ON_CALL).unwrap();
+    (r2, left[0]["COUNT(*)"].clone())
+}
+
 /// Write skew: two doctors on call; each transaction checks that the other
 /// is still on call, then takes itself off. Together they leave nobody.
 #[test]
 fn write_skew_is_prevented_under_serializable_and_possible_under_snapshot() {
     for iso in [Isolation::Snapshot, Isolation::Serializable] {
         let fs = MemFs::new();
-        let db = Db::create("/db", &key(), opts(&fs)).unwrap();
-        db.create_table("doctors", "name", &[]).unwrap();
-        db.insert("doctors", json!({"name": "alice", "on_call": true})).unwrap();
-        db.insert("doctors", json!({"name": "bob", "on_call": true})).unwrap();
-        let q = "SELECT COUNT(*) FROM doctors WHERE on_call = true";
-        let mut t1 = db.begin(iso);
-        let mut t2 = db.begin(iso);
-        let n1: Vec<Value> = t1.query(q).unwrap();
-        let n2: Vec<Value> = t2.query(q).unwrap();
-        assert_eq!((n1[0]["COUNT(*)"].as_i64(), n2[0]["COUNT(*)"].as_i64()), (Some(2), Some(2)));
-        t1.patch("doctors", &Pk::Str("alice".into()), set(json!({"on_call": false}))).unwrap();
-        t2.patch("doctors", &Pk::Str("bob".into()), set(json!({"on_call": false}))).unwrap();
-        t1.commit().unwrap();
-        let r2 = t2.commit();
-        let left: Vec<Value> = db.query(q).unwrap();
+        let db = doctors(&fs, "on_call");
+        let (r2, left) = both_go_off_call(&db, iso);
         if iso == Isolation::Snapshot {
             r2.unwrap();
-            assert_eq!(left[0]["COUNT(*)"], 0, "snapshot isolation allows write skew: nobody is on call");
+            assert_eq!(left, 0, "snapshot isolation allows write skew: nobody is on call");
         } else {
             assert!(is_conflict(r2), "serializable refuses the second doctor");
-            assert_eq!(left[0]["COUNT(*)"], 1);
+            assert_eq!(left, 1);
         }
     }
 }
@@ -212,24 +232,10 @@ fn write_skew_is_prevented_under_serializable_and_possible_under_snapshot() {
 #[test]
 fn write_skew_through_a_renamed_field_is_prevented_under_serializable() {
     let fs = MemFs::new();
-    let db = Db::create("/db", &key(), opts(&fs)).unwrap();
-    db.create_table("doctors", "name", &[]).unwrap();
-    db.insert("doctors", json!({"name": "alice", "oncall": true})).unwrap();
-    db.insert("doctors", json!({"name": "bob", "oncall": true})).unwrap();
-    let stmt = driftdb::query::parse_one("ALTER TABLE doctors RENAME COLUMN oncall TO on_call").unwrap();
-    db.execute_stmt(&stmt).unwrap();
-    let q = "SELECT COUNT(*) FROM doctors WHERE on_call = true";
-    let mut t1 = db.begin(Isolation::Serializable);
-    let mut t2 = db.begin(Isolation::Serializable);
-    let n1: Vec<Value> = t1.query(q).unwrap();
-    let n2: Vec<Value> = t2.query(q).unwrap();
-    assert_eq!((n1[0]["COUNT(*)"].as_i64(), n2[0]["COUNT(*)"].as_i64()), (Some(2), Some(2)));
-    t1.patch("doctors", &Pk::Str("alice".into()), set(json!({"on_call": false}))).unwrap();
-    t2.patch("doctors", &Pk::Str("bob".into()), set(json!({"on_call": false}))).unwrap();
-    t1.commit().unwrap();
-    assert!(is_conflict(t2.commit()), "serializable refuses the second doctor");
-    let left: Vec<Value> = db.query(q).unwrap();
-    assert_eq!(left[0]["COUNT(*)"], 1);
+    let db = doctors(&fs, "oncall");
+    let (r2, left) = both_go_off_call(&db, Isolation::Serializable);
+    assert!(is_conflict(r2), "serializable refuses the second doctor");
+    assert_eq!(left, 1);
 }
 
 /// Predicate phantom: a transaction counts the open accounts and records the

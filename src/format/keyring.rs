@@ -184,6 +184,16 @@ pub enum FileState {
     },
 }
 
+impl FileState {
+    /// The length of a sealed file (0 while it is being written).
+    pub fn sealed_len(&self) -> u64 {
+        match self {
+            FileState::Sealed { len, .. } => *len,
+            FileState::Active => 0,
+        }
+    }
+}
+
 /// One live file in the manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileEntry {

@@ -68,21 +68,34 @@ impl FileWriter {
         Ok(())
     }
 
-    fn write_frame(&mut self, flags: u8, payload: &[u8]) -> Result<(u64, u64)> {
+    /// Encode `payloads` as the next frames (each with `flags`) and write
+    /// them in one write; `at` gets each frame's (index, offset).
+    fn write_frames(&mut self, flags: u8, payloads: &[&[u8]], mut at: impl FnMut(u64, u64)) -> Result<()> {
         self.check()?;
         self.buf.clear();
-        self.key.encode_flags(self.next_index, flags, payload, &mut self.buf).map_err(|_| {
-            Error::InvalidArgument(format!("record of {} bytes is too large for a frame", payload.len()))
-        })?;
-        let at = self.offset;
-        if let Err(e) = self.file.write_all_at(&self.buf, at) {
+        let (mut index, mut offset) = (self.next_index, self.offset);
+        for p in payloads {
+            let start = self.buf.len();
+            self.key
+                .encode_flags(index, flags, p, &mut self.buf)
+                .map_err(|_| Error::InvalidArgument(format!("record of {} bytes is too large for a frame", p.len())))?;
+            at(index, offset);
+            index += 1;
+            offset += (self.buf.len() - start) as u64;
+        }
+        if let Err(e) = self.file.write_all_at(&self.buf, self.offset) {
             self.failed = true;
             return Err(Error::io("writing to", Path::new(&self.name), e));
         }
-        let idx = self.next_index;
-        self.next_index += 1;
-        self.offset += self.buf.len() as u64;
-        Ok((idx, at))
+        self.next_index = index;
+        self.offset = offset;
+        Ok(())
+    }
+
+    fn write_frame(&mut self, flags: u8, payload: &[u8]) -> Result<(u64, u64)> {
+        let mut pos = (0, 0);
+        self.write_frames(flags, &[payload], |i, o| pos = (i, o))?;
+        Ok(pos)
     }
 
     /// Append one record as the next frame. Returns (frame index, offset).
@@ -97,25 +110,8 @@ impl FileWriter {
     /// Append records as the next frames, written together (one write).
     /// Returns (frame index, offset) of each.
     pub fn append_many(&mut self, payloads: &[&[u8]]) -> Result<Vec<(u64, u64)>> {
-        self.check()?;
-        self.buf.clear();
         let mut out = Vec::with_capacity(payloads.len());
-        let (mut index, mut offset) = (self.next_index, self.offset);
-        for p in payloads {
-            let start = self.buf.len();
-            self.key
-                .encode_flags(index, 0, p, &mut self.buf)
-                .map_err(|_| Error::InvalidArgument(format!("record of {} bytes is too large for a frame", p.len())))?;
-            out.push((index, offset));
-            index += 1;
-            offset += (self.buf.len() - start) as u64;
-        }
-        if let Err(e) = self.file.write_all_at(&self.buf, self.offset) {
-            self.failed = true;
-            return Err(Error::io("writing to", Path::new(&self.name), e));
-        }
-        self.next_index = index;
-        self.offset = offset;
+        self.write_frames(0, payloads, |i, o| out.push((i, o)))?;
         self.data_frames += payloads.len() as u64;
         self.payload_bytes += payloads.iter().map(|p| p.len() as u64).sum::<u64>();
         self.dirty |= !payloads.is_empty();

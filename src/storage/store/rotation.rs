@@ -28,13 +28,6 @@ fn now_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
-fn file_len(e: &FileEntry) -> u64 {
-    match e.state {
-        FileState::Sealed { len, .. } => len,
-        FileState::Active => 0,
-    }
-}
-
 impl Store {
     /// Read and check the whole audit log: every entry in order, chained from
     /// the first, and the chain passes through the head the keyring records.
@@ -154,7 +147,7 @@ impl Store {
             let v = Self::origin(masters, f.file_id);
             if let Some(s) = out.iter_mut().find(|s| s.version == v) {
                 s.files += 1;
-                s.bytes += file_len(f);
+                s.bytes += f.state.sealed_len();
             }
         }
         for s in &mut out {
@@ -246,7 +239,7 @@ impl Store {
             new_master = Some((m, version, src));
         }
         let (files_total, bytes_total) =
-            (inner.body.files.len() as u64, inner.body.files.iter().map(file_len).sum::<u64>());
+            (inner.body.files.len() as u64, inner.body.files.iter().map(|f| f.state.sealed_len()).sum::<u64>());
         if let Some((_, version, src)) = &new_master {
             self.audit_locked(
                 inner,
@@ -304,7 +297,7 @@ impl Store {
                 started_unix: now_unix(),
                 // Every file now listed, the audit file just started included.
                 files_total: body.files.len() as u64,
-                bytes_total: body.files.iter().map(file_len).sum::<u64>(),
+                bytes_total: body.files.iter().map(|f| f.state.sealed_len()).sum::<u64>(),
                 data_keys_only: new_master.is_none(),
                 finished_unix: 0,
             });
@@ -354,10 +347,7 @@ impl Store {
         })?;
         let pending = b.finish()?;
         let new_id = pending.file_id();
-        let len = match info.state {
-            FileState::Sealed { len, .. } => len,
-            FileState::Active => 0,
-        };
+        let len = info.state.sealed_len();
         let mut guard = self.lock_inner();
         let remaining = guard
             .body
