@@ -2820,4 +2820,35 @@ mod tests {
         assert!(h.get(&Pk::Str("k".repeat(HKEY_INLINE + 3))).is_none());
         assert!(h.get(&Pk::Int(1)).is_none());
     }
+
+    #[test]
+    fn a_snapshot_whose_rows_are_out_of_key_order_is_refused_at_open() {
+        use crate::storage::memfs::MemFs;
+        let fs = MemFs::new();
+        let opts = || Options {
+            store: crate::StoreOptions { vfs: Arc::new(fs.clone()), ..Default::default() },
+            ..Options::default()
+        };
+        let key = KeySource::Raw(crate::crypto::keys::SecretKey::from_bytes([3; 32]));
+        let db = Db::create("/db", &key, opts()).unwrap();
+        db.create_table("t", "id", &["s"]).unwrap();
+        for i in 0..3i64 {
+            db.insert("t", serde_json::json!({"id": i, "s": "x"})).unwrap();
+        }
+        // A snapshot (authentic: written with the key) whose rows are not in
+        // key order, as only a faulty writer could make it.
+        let id = db.read().table("t").unwrap().id;
+        let seq = db.latest_seq();
+        let meta = SnapMeta { table: id, seq, rows: 2, indexes: vec!["s".into()] };
+        let mut b = db.store().build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode()).unwrap();
+        let (k2, k1) = (Pk::Int(2), Pk::Int(1));
+        b.append(&encode_rows(&[(&k2, br#"{"id":2,"s":"x"}"#.to_vec()), (&k1, br#"{"id":1,"s":"x"}"#.to_vec())]))
+            .unwrap();
+        let pending = b.finish().unwrap();
+        let name = crate::format::file_name(pending.file_id(), FileKind::Snapshot);
+        db.store().commit(crate::Edit { add: vec![pending], ..Default::default() }).unwrap();
+        db.close().unwrap();
+        let e = Db::open("/db", &key, opts()).err().expect("open must refuse the snapshot").to_string();
+        assert!(e.contains("out of key order") && e.contains(&name), "{e}");
+    }
 }
