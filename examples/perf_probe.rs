@@ -5,7 +5,7 @@
 //! cargo run --release --example perf_probe -- ingest DIR [DOCS]   # new database of DOCS documents (1000000)
 //! cargo run --release --example perf_probe -- open DIR            # open it three times
 //! cargo run --release --example perf_probe -- get DIR [DOCS]      # 400,000 point gets of random keys
-//! cargo run --release --example perf_probe -- commits DIR         # single-document commits, 1 then 8 writers, 3 s each
+//! cargo run --release --example perf_probe -- commits DIR         # single-document commits, 1 then 8 writers, 3 s each (WRITERS=n: n only)
 //! cargo run --release --example perf_probe -- commits-relaxed DIR # the same without an fsync per commit
 //! cargo run --release --example perf_probe -- rotate DIR          # full re-encryption next to the disk's write speed
 //! ```
@@ -109,7 +109,11 @@ fn main() -> Res<()> {
             let db = Db::open(&dir, &key(key_byte(&dir)), o)?;
             // Keys past any earlier run's.
             let next = AtomicU64::new(db.latest_seq() + 1_000_000_000);
-            for writers in [1usize, 8] {
+            let ws: Vec<usize> = match std::env::var("WRITERS") {
+                Ok(w) => vec![w.parse().map_err(|_| format!("WRITERS={w:?} is not a number"))?],
+                Err(_) => vec![1, 8],
+            };
+            for writers in ws {
                 let stop = Instant::now() + Duration::from_secs(3);
                 let done = AtomicU64::new(0);
                 let t = Instant::now();

@@ -22,7 +22,7 @@ use crate::table::schema::{Alter, any_between, apply_between};
 use crate::table::snapshot::{SNAPSHOT_STREAM_BASE, SnapMeta, decode_rows_raw, encode_rows};
 use crate::table::time::{format_rfc3339, now_micros};
 use crate::table::{Commit, Doc, Event, FastMap, FastSet, Op, Pk, RawCommit, TableDef};
-use crate::txn::{Accepted, Batch, GroupView, Isolation, Request, Slot};
+use crate::txn::{Accepted, Batch, GroupView, Isolation, Request, Slot, SlotCell};
 use crate::{Argon2Params, Error, FileKind, KeySource, Result};
 use serde_json::{Map, Value};
 use std::collections::btree_map::Entry;
@@ -711,11 +711,6 @@ pub(crate) struct Shared {
     arrived: std::sync::Condvar,
     /// What the next leader expects to gather (see [`Db::gather`]).
     gather: Mutex<Gather>,
-    /// Bumped (and waiters woken) each time the writer lock is released:
-    /// committers wait here, not on the writer lock, so that one whose
-    /// commit a leader already finished returns at once instead of queueing
-    /// behind the next leader's fsync.
-    released: (Mutex<u64>, std::sync::Condvar),
     cache: Mutex<CommitCache>,
     /// Rows at each table's compaction horizon, loaded on first use.
     baselines: Mutex<HashMap<u32, (u64, Arc<Rows>)>>,
@@ -795,10 +790,13 @@ struct WriterState {
     pending_bytes: u64,
 }
 
-/// The writer lock, held; releasing it wakes the waiting committers.
+/// The writer lock, held; releasing it wakes a queued committer to lead
+/// the next group. Committers wait parked, not on the writer lock, so that
+/// one whose commit a leader already finished returns at once instead of
+/// queueing behind the next leader's fsync.
 struct WriterGuard<'a> {
     guard: Option<std::sync::MutexGuard<'a, WriterState>>,
-    released: &'a (Mutex<u64>, std::sync::Condvar),
+    queue: &'a Mutex<Vec<(std::thread::ThreadId, Request)>>,
 }
 
 impl std::ops::Deref for WriterGuard<'_> {
@@ -830,9 +828,11 @@ fn unreachable_writer() -> ! {
 impl Drop for WriterGuard<'_> {
     fn drop(&mut self) {
         drop(self.guard.take());
-        let mut n = self.released.0.lock().unwrap_or_else(|p| p.into_inner());
-        *n = n.wrapping_add(1);
-        self.released.1.notify_all();
+        // A committer that queued while the lock was held found it taken
+        // and parked (see [`Db::submit`]): wake one to lead.
+        if let Some((_, r)) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).first() {
+            r.slot.wake();
+        }
     }
 }
 
@@ -845,8 +845,9 @@ struct Gather {
     /// Moving average of the WAL fsync, in microseconds (0: none yet, or
     /// not synced per commit); below 50 µs, leaders do not wait.
     sync_micros: u64,
-    /// A leader is waiting for arrivals (committers then signal `arrived`).
-    waiting: bool,
+    /// The committers a waiting leader still expects: the last of them to
+    /// arrive signals `arrived` (one wake-up per group, not one per arrival).
+    awaited: Vec<std::thread::ThreadId>,
     /// Groups to take without waiting: set when a wait gathered nobody
     /// (committers that commit now and then, not in a loop).
     cooldown: u32,
@@ -1138,7 +1139,6 @@ impl Db {
                 queue: Mutex::new(Vec::new()),
                 arrived: std::sync::Condvar::new(),
                 gather: Mutex::new(Gather::default()),
-                released: (Mutex::new(0), std::sync::Condvar::new()),
                 cache: Mutex::new(CommitCache::default()),
                 baselines: Mutex::new(HashMap::new()),
                 opts,
@@ -1175,7 +1175,7 @@ impl Db {
     }
 
     fn lock_writer(&self) -> WriterGuard<'_> {
-        WriterGuard { guard: Some(self.s.writer.lock().unwrap_or_else(|p| p.into_inner())), released: &self.s.released }
+        WriterGuard { guard: Some(self.s.writer.lock().unwrap_or_else(|p| p.into_inner())), queue: &self.s.queue }
     }
 
     fn try_lock_writer(&self) -> Option<WriterGuard<'_>> {
@@ -1184,7 +1184,7 @@ impl Db {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        Some(WriterGuard { guard: Some(guard), released: &self.s.released })
+        Some(WriterGuard { guard: Some(guard), queue: &self.s.queue })
     }
 
     /// The latest committed sequence number (0 for an empty database).
@@ -1428,22 +1428,28 @@ impl Db {
     /// and wait for its outcome.
     pub(crate) fn submit(&self, req: Request) -> Result<u64> {
         let slot = req.slot.clone();
-        let take = || slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        self.s.queue.lock().unwrap_or_else(|p| p.into_inner()).push((std::thread::current().id(), req));
-        if self.s.gather.lock().unwrap_or_else(|p| p.into_inner()).waiting {
-            self.s.arrived.notify_all();
+        let take = || slot.take();
+        let me = std::thread::current().id();
+        self.s.queue.lock().unwrap_or_else(|p| p.into_inner()).push((me, req));
+        {
+            let mut g = self.s.gather.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = g.awaited.iter().position(|t| *t == me) {
+                g.awaited.swap_remove(i);
+                if g.awaited.is_empty() {
+                    self.s.arrived.notify_all();
+                }
+            }
         }
+        // No wake-up is missed: a leader stores the outcome before it wakes
+        // the waiter (a wake before `park` makes `park` return at once), and
+        // whoever releases the writer lock after this thread found it taken
+        // finds this request queued and wakes it to lead.
         loop {
-            let epoch = self.s.released.0.lock().unwrap_or_else(|p| p.into_inner());
-            // A leader answers before it releases the writer lock, and
-            // bumps the counter only after: checked under the counter's
-            // lock, no answer and no release can be missed.
             if let Some(r) = take() {
                 return r;
             }
             match self.try_lock_writer() {
                 Some(mut w) => {
-                    drop(epoch);
                     // Answered between the check above and taking the lock:
                     // do not lead (and wait) for nothing.
                     if let Some(r) = take() {
@@ -1456,10 +1462,7 @@ impl Db {
                         return r;
                     }
                 }
-                None => {
-                    let seen = *epoch;
-                    let _epoch = self.s.released.1.wait_while(epoch, |e| *e == seen).unwrap_or_else(|p| p.into_inner());
-                }
+                None => std::thread::park(),
             }
         }
     }
@@ -1490,7 +1493,9 @@ impl Db {
         let before = missing(&q);
         if !limit.is_zero() && before > 0 {
             let deadline = std::time::Instant::now() + limit;
-            self.s.gather.lock().unwrap_or_else(|p| p.into_inner()).waiting = true;
+            // Set under the queue lock: a committer queued later finds itself here.
+            self.s.gather.lock().unwrap_or_else(|p| p.into_inner()).awaited =
+                expected.iter().filter(|t| !q.iter().any(|(u, _)| u == *t)).copied().collect();
             while missing(&q) > 0 {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 if left.is_zero() {
@@ -1499,7 +1504,7 @@ impl Db {
                 q = self.s.arrived.wait_timeout(q, left).unwrap_or_else(|p| p.into_inner()).0;
             }
             idle = missing(&q) == before;
-            self.s.gather.lock().unwrap_or_else(|p| p.into_inner()).waiting = false;
+            self.s.gather.lock().unwrap_or_else(|p| p.into_inner()).awaited.clear();
         }
         let taken = std::mem::take(&mut *q);
         drop(q);
@@ -1516,7 +1521,8 @@ impl Db {
     /// WAL, sync once, apply them, and answer each request.
     fn run_group(&self, w: &mut WriterState, reqs: Vec<Request>) {
         let set = |slot: &Slot, r: Result<u64>| {
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            slot.set(r);
+            slot.wake();
         };
         let accepted = {
             let st = self.read();
@@ -1604,6 +1610,7 @@ impl Db {
             return;
         }
         let mut due: Vec<u32> = Vec::new();
+        let mut answered: Vec<Slot> = Vec::with_capacity(built.len());
         {
             let mut guard = Some(self.write_state());
             for ((mut commit, bytes, spans, slot), pos) in built.into_iter().zip(positions) {
@@ -1619,12 +1626,13 @@ impl Db {
                 }
                 let Some(st) = guard.as_mut() else { break };
                 let ci = st.commits.len() as u32;
-                match st.apply(&mut commit, &bytes, &spans, pos) {
-                    Ok(()) => set(&slot, Ok(st.latest_seq())),
-                    Err(e) => {
-                        set(&slot, Err(e));
-                        continue;
-                    }
+                // Woken once the state is released (they would wait for it).
+                let r = st.apply(&mut commit, &bytes, &spans, pos);
+                let failed = r.is_err();
+                slot.set(r.map(|()| st.latest_seq()));
+                answered.push(slot);
+                if failed {
+                    continue;
                 }
                 st.prebuilt.clear();
                 w.pending_bytes += bytes.len() as u64;
@@ -1645,10 +1653,8 @@ impl Db {
             }
         }
         // Wake the committers answered above before the housekeeping below.
-        {
-            let mut n = self.s.released.0.lock().unwrap_or_else(|p| p.into_inner());
-            *n = n.wrapping_add(1);
-            self.s.released.1.notify_all();
+        for slot in answered {
+            slot.wake();
         }
         if w.pending_bytes >= self.s.opts.checkpoint_bytes {
             // The commits are durable in the WAL: a failed checkpoint only
@@ -1775,7 +1781,7 @@ impl Db {
 
     /// Commit engine-built events (compaction markers) as one commit, writer lock held.
     fn commit_locked(&self, w: &mut WriterState, events: Vec<Event>) -> Result<u64> {
-        let slot: Slot = Arc::default();
+        let slot: Slot = SlotCell::new();
         let batch = Batch { events, ..Batch::default() };
         let req = Request {
             batch,
@@ -1785,7 +1791,7 @@ impl Db {
             slot: slot.clone(),
         };
         self.run_group(w, vec![req]);
-        let r = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let r = slot.take();
         r.unwrap_or_else(|| Err(Error::Poisoned("the commit was lost".into())))
     }
 

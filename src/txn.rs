@@ -105,8 +105,38 @@ pub(crate) struct ReadSet {
     pub preds: Vec<(u32, Option<Expr>)>,
 }
 
-/// Where the group-commit leader puts a request's outcome.
-pub(crate) type Slot = Arc<std::sync::Mutex<Option<Result<u64>>>>;
+/// Where the group-commit leader puts a request's outcome, and the thread
+/// waiting for it (woken on its own, so that answering a group does not
+/// wake every waiting committer through one lock).
+pub(crate) type Slot = Arc<SlotCell>;
+
+/// See [`Slot`].
+pub(crate) struct SlotCell {
+    result: std::sync::Mutex<Option<Result<u64>>>,
+    thread: std::thread::Thread,
+}
+
+impl SlotCell {
+    /// A slot the current thread will wait on.
+    pub fn new() -> Slot {
+        Arc::new(SlotCell { result: std::sync::Mutex::new(None), thread: std::thread::current() })
+    }
+
+    /// Store the outcome (the waiter is woken by [`SlotCell::wake`]).
+    pub fn set(&self, r: Result<u64>) {
+        *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+
+    /// Take the outcome, if there is one yet.
+    pub fn take(&self) -> Option<Result<u64>> {
+        self.result.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Wake the waiting thread (to take its outcome, or to lead the next group).
+    pub fn wake(&self) {
+        self.thread.unpark();
+    }
+}
 
 /// A commit request handed to the group-commit leader.
 pub(crate) struct Request {
@@ -860,7 +890,7 @@ impl<'db> Txn<'db> {
             iso: self.iso,
             snapshot: self.snapshot,
             reads: std::mem::take(&mut self.reads),
-            slot: Arc::default(),
+            slot: SlotCell::new(),
         };
         let r = self.db.submit(req);
         self.end();
