@@ -2,7 +2,8 @@
 //! (the comparison harness in `compare/` measures against the peers).
 //!
 //! ```text
-//! cargo run --release --example perf_probe -- ingest DIR [DOCS]   # new database of DOCS documents (1000000)
+//! cargo run --release --example perf_probe -- ingest DIR [DOCS]   # new database of DOCS documents (1000000), given as JSON text
+//! cargo run --release --example perf_probe -- ingest-value DIR [DOCS] # the same, each document parsed by the caller first
 //! cargo run --release --example perf_probe -- open DIR            # open it three times
 //! cargo run --release --example perf_probe -- get DIR [DOCS]      # 400,000 point gets of random keys
 //! cargo run --release --example perf_probe -- commits DIR         # single-document commits, 1 then 8 writers, 3 s each (WRITERS=n: n only)
@@ -42,20 +43,17 @@ fn key(n: u8) -> KeySource {
     KeySource::Raw(SecretKey::from_bytes([n; 32]))
 }
 
-fn parse(text: &str) -> Res<serde_json::Value> {
-    Ok(serde_json::from_str(text)?)
-}
-
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(what), Some(dir)) = (args.get(1), args.get(2)) else {
-        return Err("usage: perf_probe (ingest|open|get|commits|commits-relaxed|rotate) DIR [DOCS]".into());
+        return Err("usage: perf_probe (ingest|ingest-value|open|get|commits|commits-relaxed|rotate) DIR [DOCS]".into());
     };
     let dir = PathBuf::from(dir);
     let docs: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     let opts = Options { resume_rotation: false, ..Options::default() };
     match what.as_str() {
-        "ingest" => {
+        "ingest" | "ingest-value" => {
+            let parsed = what == "ingest-value";
             let _ = std::fs::remove_dir_all(&dir);
             let _ = std::fs::remove_file(key_file(&dir));
             let db = Db::create(&dir, &key(7), opts)?;
@@ -66,8 +64,13 @@ fn main() -> Res<()> {
                 let end = (i + 1000).min(docs);
                 db.write(|w| {
                     for j in i..end {
-                        let v = serde_json::from_str(&doc_text(j)).map_err(|e| driftdb::Error::Query(e.to_string()))?;
-                        w.insert("users", v)?;
+                        if parsed {
+                            let v =
+                                serde_json::from_str(&doc_text(j)).map_err(|e| driftdb::Error::Query(e.to_string()))?;
+                            w.insert("users", v)?;
+                        } else {
+                            w.insert_json("users", doc_text(j))?;
+                        }
                     }
                     Ok(())
                 })?;
@@ -123,7 +126,7 @@ fn main() -> Res<()> {
                             s.spawn(|| -> Res<()> {
                                 while Instant::now() < stop {
                                     let i = next.fetch_add(1, Ordering::Relaxed);
-                                    db.insert("users", parse(&doc_text(i))?)?;
+                                    db.insert_json("users", doc_text(i))?;
                                     done.fetch_add(1, Ordering::Relaxed);
                                 }
                                 Ok(())

@@ -457,35 +457,30 @@ impl State {
         }
     }
 
-    /// Apply a commit just written at `pos` as the record `rec`, whose
-    /// documents' text is at `spans`. Rows keep that text, not the parsed
-    /// documents (those are used to maintain the indexes, then dropped).
-    /// Documents and keys are moved out of `c`.
-    fn apply(
-        &mut self,
-        c: &mut Commit,
-        rec: &[u8],
-        spans: &[Option<std::ops::Range<usize>>],
-        pos: RecordPos,
-    ) -> Result<()> {
+    /// Apply a commit just written at `pos` as a record of `rec_len` bytes.
+    /// Rows keep the documents' text as staged (no parsed tree); documents
+    /// and keys are moved out of `c`.
+    fn apply(&mut self, c: &mut Commit, rec_len: usize, pos: RecordPos) -> Result<()> {
+        let first = c.first_seq;
         let events = c
             .events
             .iter_mut()
             .enumerate()
             .map(|(i, e)| {
-                let value = e.doc.take();
-                let text =
-                    spans.get(i).cloned().flatten().and_then(|r| rec.get(r)).and_then(|b| std::str::from_utf8(b).ok());
-                let seq = c.first_seq + i as u64;
-                let doc = match (&value, text) {
-                    (Some(_), Some(t)) => Some(Arc::new(Doc::from_text_unchecked(t).at(seq))),
-                    (Some(v), None) => Some(Arc::new(Doc::from_value(v.clone()).at(seq))),
-                    (None, _) => None,
-                };
-                Applied { op: e.op, table: e.table, key: e.key.take(), hkey: None, doc, value }
+                let seq = first + i as u64;
+                // The staged document itself goes into the row map: only
+                // its sequence number is set (a copy if it is shared).
+                let doc = e.doc.take().map(|mut d| match Arc::get_mut(&mut d) {
+                    Some(m) => {
+                        m.set_seq(seq);
+                        d
+                    }
+                    None => Arc::new(Doc::from_text_unchecked(d.text()).at(seq)),
+                });
+                Applied { op: e.op, table: e.table, key: e.key.take(), hkey: None, doc, value: None }
             })
             .collect();
-        self.apply_events(c.first_seq, c.time_micros, events, pos, rec.len())
+        self.apply_events(c.first_seq, c.time_micros, events, pos, rec_len)
     }
 
     /// Apply the events of one commit found at `pos` (`rec_len` bytes on disk).
@@ -1554,7 +1549,7 @@ impl Db {
                 }
                 let time = now_micros().max(g.last_time);
                 let commit = Commit { first_seq: g.next_seq, time_micros: time, events: std::mem::take(&mut b.events) };
-                let (bytes, spans) = commit.encode_with_doc_spans();
+                let bytes = commit.encode();
                 b.events = commit.events;
                 if bytes.len() > crate::format::frame::MAX_PAYLOAD {
                     set(
@@ -1567,23 +1562,23 @@ impl Db {
                     );
                     continue;
                 }
-                g.accept(Accepted { batch: b, slot, first_seq: g.next_seq, time, bytes, spans });
+                g.accept(Accepted { batch: b, slot, first_seq: g.next_seq, time, bytes });
             }
             g.accepted
         };
-        type Built = (Commit, Vec<u8>, Vec<Option<std::ops::Range<usize>>>, Slot);
+        type Built = (Commit, Vec<u8>, Slot);
         let built: Vec<Built> = accepted
             .into_iter()
             .map(|a| {
                 let c = Commit { first_seq: a.first_seq, time_micros: a.time, events: a.batch.events };
-                (c, a.bytes, a.spans, a.slot)
+                (c, a.bytes, a.slot)
             })
             .collect();
         if built.is_empty() {
             return;
         }
         // The group's records go to the WAL in one write.
-        let records: Vec<&[u8]> = built.iter().map(|(_, bytes, _, _)| bytes.as_slice()).collect();
+        let records: Vec<&[u8]> = built.iter().map(|(_, bytes, _)| bytes.as_slice()).collect();
         let (positions, mut failure) = match self.s.store.append_many(WAL_STREAM, FileKind::Wal, &records) {
             Ok(p) => (p, None),
             Err(e) => (Vec::new(), Some(e)),
@@ -1603,7 +1598,7 @@ impl Db {
             self.s.store.poison_with(&e);
             let msg = e.to_string();
             let mut first = Some(e);
-            for (_, _, _, slot) in built {
+            for (_, _, slot) in built {
                 let err = first.take().unwrap_or_else(|| Error::Poisoned(msg.clone()));
                 set(&slot, Err(err));
             }
@@ -1613,7 +1608,7 @@ impl Db {
         let mut answered: Vec<Slot> = Vec::with_capacity(built.len());
         {
             let mut guard = Some(self.write_state());
-            for ((mut commit, bytes, spans, slot), pos) in built.into_iter().zip(positions) {
+            for ((mut commit, bytes, slot), pos) in built.into_iter().zip(positions) {
                 // A schema change that builds an index builds it first,
                 // under the read lock only: readers go on meanwhile.
                 if commit.events.iter().any(|e| e.op == Op::Alter) {
@@ -1627,7 +1622,7 @@ impl Db {
                 let Some(st) = guard.as_mut() else { break };
                 let ci = st.commits.len() as u32;
                 // Woken once the state is released (they would wait for it).
-                let r = st.apply(&mut commit, &bytes, &spans, pos);
+                let r = st.apply(&mut commit, bytes.len(), pos);
                 let failed = r.is_err();
                 slot.set(r.map(|()| st.latest_seq()));
                 answered.push(slot);
@@ -1691,7 +1686,9 @@ impl Db {
             if e.op != Op::Alter {
                 continue;
             }
-            let Some(Ok(alter)) = e.doc.clone().map(serde_json::from_value::<Alter>) else { continue };
+            let Some(Ok(alter)) = e.doc.as_ref().map(|d| serde_json::from_value::<Alter>(d.to_value())) else {
+                continue;
+            };
             let Some(t) = st.tables.get(&e.table) else { continue };
             let cols = indexed.entry(e.table).or_insert_with(|| t.indexes.keys().cloned().collect());
             let column = match &alter {
@@ -1722,7 +1719,9 @@ impl Db {
                 .iter()
                 .enumerate()
                 .filter(|(_, x)| x.table == e.table && x.op == Op::Alter)
-                .filter_map(|(j, x)| Some((commit.first_seq + j as u64, serde_json::from_value(x.doc.clone()?).ok()?)))
+                .filter_map(|(j, x)| {
+                    Some((commit.first_seq + j as u64, serde_json::from_value(x.doc.as_ref()?.to_value()).ok()?))
+                })
                 .chain(std::iter::once((commit.first_seq + i as u64, alter.clone())))
                 .collect();
             let index = Index::from_pairs(t.rows.iter().filter(|(k, _)| !skip.contains(k)).map(|(k, d)| {
@@ -1922,7 +1921,7 @@ impl Db {
                     op: Op::Compact,
                     table: id,
                     key: None,
-                    doc: Some(serde_json::json!({ "horizon": h })),
+                    doc: Some(Arc::new(Doc::from_value(serde_json::json!({ "horizon": h })))),
                     patch: None,
                 }],
             )?;
@@ -2025,6 +2024,12 @@ impl Db {
         self.write(|w| w.insert(table, doc))
     }
 
+    /// `INSERT` of a document given as JSON text (see [`Txn::insert_json`]):
+    /// returns the event's sequence number.
+    pub fn insert_json(&self, table: &str, json: impl Into<String>) -> Result<u64> {
+        self.write(|w| w.insert_json(table, json))
+    }
+
     /// `PATCH`: top-level merge; a `null` value removes the field.
     pub fn patch(&self, table: &str, key: &Pk, set: Map<String, Value>) -> Result<u64> {
         self.write(|w| w.patch(table, key, set))
@@ -2075,7 +2080,7 @@ impl Db {
         if e.folded {
             return Ok(self.baseline(st, id)?.get(key).map(|d| t.view_value(d, seq)));
         }
-        let mut doc = self.event(st, e)?.doc;
+        let mut doc = self.event(st, e)?.doc.map(|d| d.to_value());
         if let Some(v) = &mut doc {
             apply_between(&t.alters, e.seq, seq, v);
         }
@@ -2159,7 +2164,7 @@ impl Db {
             let (op, doc) = if e.folded {
                 ("COMPACTED", self.baseline(&st, def.id)?.get(key).map(|d| d.to_value()).unwrap_or(Value::Null))
             } else {
-                (e.op.name(), self.event(&st, *e)?.doc.unwrap_or(Value::Null))
+                (e.op.name(), self.event(&st, *e)?.doc.map_or(Value::Null, |d| d.to_value()))
             };
             let time = st.commits.get(e.commit as usize).map(|c| c.time).unwrap_or(0);
             out.push(HistoryEntry { seq: e.seq, time: format_rfc3339(time), op, doc });
@@ -2241,7 +2246,7 @@ impl Db {
                 let Some(k) = &e.key else { continue };
                 match e.op {
                     Op::Insert | Op::Patch => {
-                        let d = Doc::from_value(e.doc.clone().unwrap_or(Value::Null)).at(seq);
+                        let d = Doc::from_value(e.doc.as_ref().map_or(Value::Null, |d| d.to_value())).at(seq);
                         rows.insert(k.clone(), Arc::new(d));
                     }
                     Op::SoftDelete => {

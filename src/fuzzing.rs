@@ -148,7 +148,7 @@ pub fn commit(data: &[u8]) {
         for (r, e) in raw.events.iter().zip(&c.events) {
             assert_eq!((r.op, r.table, r.key.map(crate::table::KeyRef::to_pk)), (e.op, e.table, e.key.clone()));
             let doc = r.doc.map(|t| crate::table::Doc::from_text(t).map(|d| d.value().clone()));
-            assert_eq!(doc.transpose().ok(), Some(e.doc.clone()), "raw document differs");
+            assert_eq!(doc.transpose().ok(), Some(e.doc.as_ref().map(|d| d.to_value())), "raw document differs");
         }
     } else {
         let _ = Commit::decode_headers(data);
@@ -563,28 +563,32 @@ mod tests {
                     op: Op::CreateTable,
                     table: 1,
                     key: None,
-                    doc: Some(serde_json::json!({"name": "t", "pk": "id", "indexes": ["a"]})),
+                    doc: Some(std::sync::Arc::new(crate::table::Doc::from_value(
+                        serde_json::json!({"name": "t", "pk": "id", "indexes": ["a"]}),
+                    ))),
                     patch: None,
                 },
                 Event {
                     op: Op::Insert,
                     table: 1,
                     key: Some(Pk::Int(1)),
-                    doc: Some(serde_json::json!({"id": 1, "a": "x"})),
+                    doc: Some(std::sync::Arc::new(crate::table::Doc::from_value(
+                        serde_json::json!({"id": 1, "a": "x"}),
+                    ))),
                     patch: None,
                 },
                 Event {
                     op: Op::Patch,
                     table: 1,
                     key: Some(Pk::Str("k".into())),
-                    doc: Some(serde_json::json!({"id": "k"})),
+                    doc: Some(std::sync::Arc::new(crate::table::Doc::from_value(serde_json::json!({"id": "k"})))),
                     patch: Some(serde_json::json!({"a": null})),
                 },
                 Event {
                     op: Op::SoftDelete,
                     table: 1,
                     key: Some(Pk::Int(1)),
-                    doc: Some(serde_json::json!({"id": 1})),
+                    doc: Some(std::sync::Arc::new(crate::table::Doc::from_value(serde_json::json!({"id": 1})))),
                     patch: None,
                 },
                 Event { op: Op::Folded, table: 1, key: None, doc: None, patch: None },

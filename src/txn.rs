@@ -80,6 +80,11 @@ pub(crate) enum TxnOp {
         table: String,
         doc: Value,
     },
+    /// An insert of a document given as JSON text (kept as given).
+    InsertText {
+        table: String,
+        text: String,
+    },
     Patch {
         table: String,
         key: Pk,
@@ -196,8 +201,6 @@ pub(crate) struct Accepted {
     pub first_seq: u64,
     pub time: i64,
     pub bytes: Vec<u8>,
-    /// Where each event's document text is in `bytes`.
-    pub spans: Vec<Option<std::ops::Range<usize>>>,
 }
 
 impl<'a> GroupView<'a> {
@@ -301,6 +304,9 @@ impl View for GroupView<'_> {
     }
 
     fn current(&self, id: u32, key: &Pk) -> Result<Option<Value>> {
+        if self.accepted.is_empty() {
+            return Ok(self.st.tables.get(&id).and_then(|t| t.rows.get(key).map(|d| t.view_value(d, u64::MAX))));
+        }
         let k = (id, key.clone());
         // Schema changes of commits after the one found, newest first.
         let mut later: Vec<&Alter> = Vec::new();
@@ -407,11 +413,12 @@ impl Batch {
 
     /// The row as this batch left it: `Some(None)` if it deleted it, `None`
     /// if the batch did not write it.
-    pub fn overlay_doc(&self, k: &(u32, Pk)) -> Option<Option<&Value>> {
+    pub fn overlay_doc(&self, k: &(u32, Pk)) -> Option<Option<Value>> {
         let i = *self.overlay.get(k)?;
         let e = self.events.get(i)?;
         Some(match e.op {
-            Op::Insert | Op::Patch => e.doc.as_ref(),
+            // Parsed for this read only: the document staged stays text.
+            Op::Insert | Op::Patch => e.doc.as_ref().map(|d| d.to_value()),
             _ => None,
         })
     }
@@ -420,7 +427,7 @@ impl Batch {
     /// changes: `Some(None)` if it deleted it, `None` if it did not write it.
     pub fn overlay_view(&self, k: &(u32, Pk)) -> Option<Option<Value>> {
         let i = *self.overlay.get(k)?;
-        let mut doc = self.overlay_doc(k)?.cloned();
+        let mut doc = self.overlay_doc(k)?;
         self.apply_staged(k.0, Some(i), &mut doc);
         Some(doc)
     }
@@ -467,6 +474,7 @@ impl Batch {
         match op {
             TxnOp::CreateTable { name, pk, indexes } => self.create_table(v, &name, &pk, &indexes),
             TxnOp::Insert { table, doc } => self.insert(v, &table, doc),
+            TxnOp::InsertText { table, text } => self.insert_text(v, &table, text),
             TxnOp::Patch { table, key, set } => self.patch(v, &table, &key, set),
             TxnOp::SoftDelete { table, key } => self.soft_delete(v, &table, &key),
             TxnOp::Alter { table, alter } => self.alter(v, &table, alter),
@@ -500,7 +508,10 @@ impl Batch {
                         .ok_or_else(|| Error::NotFound(format!("new table {}", e.table)))?;
                     TxnOp::CreateTable { name: d.name.clone(), pk: d.pk.clone(), indexes: d.indexes.clone() }
                 }
-                Op::Insert => TxnOp::Insert { table: name(e.table)?, doc: e.doc.clone().unwrap_or(Value::Null) },
+                Op::Insert => match &e.doc {
+                    Some(d) => TxnOp::InsertText { table: name(e.table)?, text: d.text().to_owned() },
+                    None => TxnOp::Insert { table: name(e.table)?, doc: Value::Null },
+                },
                 Op::Patch => TxnOp::Patch {
                     table: name(e.table)?,
                     key: key()?,
@@ -512,7 +523,7 @@ impl Batch {
                 Op::SoftDelete => TxnOp::SoftDelete { table: name(e.table)?, key: key()? },
                 Op::Alter => TxnOp::Alter {
                     table: name(e.table)?,
-                    alter: serde_json::from_value(e.doc.clone().unwrap_or(Value::Null))
+                    alter: serde_json::from_value(e.doc.as_ref().map_or(Value::Null, |d| d.to_value()))
                         .map_err(|err| Error::Query(format!("schema change: {err}")))?,
                 },
                 _ => TxnOp::Raw(e.clone()),
@@ -542,7 +553,13 @@ impl Batch {
             created_seq: 0,
         };
         let doc = serde_json::to_value(&def).map_err(|e| Error::Query(e.to_string()))?;
-        self.events.push(Event { op: Op::CreateTable, table: id, key: None, doc: Some(doc), patch: None });
+        self.events.push(Event {
+            op: Op::CreateTable,
+            table: id,
+            key: None,
+            doc: Some(Arc::new(Doc::from_value(doc))),
+            patch: None,
+        });
         self.new_tables.push(def);
         Ok(())
     }
@@ -552,7 +569,12 @@ impl Batch {
         let Value::Object(m) = doc else {
             return Err(Error::Query(format!("INSERT INTO {table}: the document must be a JSON object")));
         };
-        match m.get(&def.pk) {
+        Self::key_from(def, table, m.get(&def.pk))
+    }
+
+    /// The primary key from the value of the key field `v`.
+    fn key_from(def: &TableDef, table: &str, v: Option<&Value>) -> Result<Pk> {
+        match v {
             None | Some(Value::Null) => {
                 Err(Error::Query(format!("INSERT INTO {table}: the document has no primary key field {:?}", def.pk)))
             }
@@ -581,11 +603,40 @@ impl Batch {
             }
         }
         check_depth(table, &doc)?;
-        if self.current(v, def.id, &key)?.is_some() {
+        self.push_insert(v, table, def.id, key, row_doc(&doc)?)
+    }
+
+    /// Insert a document given as JSON text: checked and its key picked in
+    /// one pass, then kept as given (no parsed tree is built). A table with
+    /// column defaults takes the parsed path, which fills them in.
+    fn insert_text(&mut self, v: &dyn View, table: &str, text: String) -> Result<()> {
+        self.writable(table)?;
+        let def = self.def(v, table)?;
+        let bad = |e: serde_json::Error| {
+            // The parser's nesting limit is the parsed path's (`check_depth`).
+            if e.to_string().starts_with("recursion limit exceeded") {
+                return depth_error(table);
+            }
+            Error::Query(format!("INSERT INTO {table}: the document is not valid JSON: {e}"))
+        };
+        if def.columns.iter().any(|c| c.default.is_some()) {
+            let doc: Value = serde_json::from_str(&text).map_err(bad)?;
+            return self.insert(v, table, doc);
+        }
+        let picked = crate::table::doc::check(&text, &[def.pk.as_str()]).map_err(bad)?;
+        if !text.trim_start().starts_with('{') {
+            return Err(Error::Query(format!("INSERT INTO {table}: the document must be a JSON object")));
+        }
+        let key = Self::key_from(&def, table, picked.first().and_then(Option::as_ref))?;
+        self.push_insert(v, table, def.id, key, Arc::new(Doc::from_string_unchecked(text)))
+    }
+
+    fn push_insert(&mut self, v: &dyn View, table: &str, id: u32, key: Pk, doc: Arc<Doc>) -> Result<()> {
+        if self.current(v, id, &key)?.is_some() {
             return Err(Error::Constraint(format!("duplicate primary key {key} in table {table:?}")));
         }
-        self.overlay.insert((def.id, key.clone()), self.events.len());
-        self.events.push(Event { op: Op::Insert, table: def.id, key: Some(key), doc: Some(doc), patch: None });
+        self.overlay.insert((id, key.clone()), self.events.len());
+        self.events.push(Event { op: Op::Insert, table: id, key: Some(key), doc: Some(doc), patch: None });
         Ok(())
     }
 
@@ -614,7 +665,7 @@ impl Batch {
             op: Op::Patch,
             table: def.id,
             key: Some(key.clone()),
-            doc: Some(doc),
+            doc: Some(row_doc(&doc)?),
             patch: Some(Value::Object(set)),
         });
         Ok(())
@@ -626,7 +677,13 @@ impl Batch {
         alter.apply_def(&mut def).map_err(Error::Constraint)?;
         let doc = serde_json::to_value(&alter).map_err(|e| Error::Query(e.to_string()))?;
         self.alters.push((self.events.len(), def.id, alter));
-        self.events.push(Event { op: Op::Alter, table: def.id, key: None, doc: Some(doc), patch: None });
+        self.events.push(Event {
+            op: Op::Alter,
+            table: def.id,
+            key: None,
+            doc: Some(Arc::new(Doc::from_value(doc))),
+            patch: None,
+        });
         self.altered.retain(|d| d.id != def.id);
         self.altered.push(def);
         Ok(())
@@ -643,7 +700,7 @@ impl Batch {
             op: Op::SoftDelete,
             table: def.id,
             key: Some(key.clone()),
-            doc: Some(doc),
+            doc: Some(row_doc(&doc)?),
             patch: None,
         });
         Ok(())
@@ -706,6 +763,15 @@ impl<'db> Txn<'db> {
     /// Insert a document; its primary key must not be live.
     pub fn insert(&mut self, table: &str, doc: Value) -> Result<()> {
         self.stage(TxnOp::Insert { table: table.to_string(), doc })
+    }
+
+    /// Insert a document given as JSON text (an object); its primary key
+    /// must not be live. The text is checked and stored as given, without
+    /// building a parsed document: the fast path for data that arrives as
+    /// JSON. Reads return it parsed, exactly as [`Txn::insert`] of the
+    /// parsed value would (a field given twice keeps its last value).
+    pub fn insert_json(&mut self, table: &str, json: impl Into<String>) -> Result<()> {
+        self.stage(TxnOp::InsertText { table: table.to_string(), text: json.into() })
     }
 
     /// Merge `set` into a live row; `null` removes a field.
@@ -1007,13 +1073,20 @@ pub(crate) fn conflict(st: &State, g: &GroupView<'_>, req: &Request) -> Option<S
 }
 
 /// A document must read back: no deeper than [`crate::table::doc::MAX_DEPTH`].
+/// A row's document as the log and the row map keep it: its JSON text
+/// (serialized here, in the committing thread, not by the group's leader).
+fn row_doc(doc: &Value) -> Result<Arc<Doc>> {
+    let text = serde_json::to_string(doc).map_err(|e| Error::Query(e.to_string()))?;
+    Ok(Arc::new(Doc::from_string_unchecked(text)))
+}
+
 fn check_depth(table: &str, doc: &Value) -> Result<()> {
-    if crate::table::doc::within_depth(doc) {
-        Ok(())
-    } else {
-        Err(Error::Constraint(format!(
-            "a document of table {table:?} nests arrays and objects deeper than {} levels",
-            crate::table::doc::MAX_DEPTH
-        )))
-    }
+    if crate::table::doc::within_depth(doc) { Ok(()) } else { Err(depth_error(table)) }
+}
+
+fn depth_error(table: &str) -> Error {
+    Error::Constraint(format!(
+        "a document of table {table:?} nests arrays and objects deeper than {} levels",
+        crate::table::doc::MAX_DEPTH
+    ))
 }

@@ -144,10 +144,6 @@ fn drift_opts() -> Options {
     Options { resume_rotation: false, ..Options::default() }
 }
 
-fn parse(text: &str) -> Res<serde_json::Value> {
-    Ok(serde_json::from_str(text)?)
-}
-
 /// Batch ingest, 1,000 documents per durable commit: documents per second.
 fn ingest_drift(db: &Db, docs: u64) -> Res<f64> {
     let t = Instant::now();
@@ -156,8 +152,7 @@ fn ingest_drift(db: &Db, docs: u64) -> Res<f64> {
         let end = (i + 1000).min(docs);
         db.write(|w| {
             for j in i..end {
-                let v = serde_json::from_str(&doc_text(j)).map_err(|e| driftdb::Error::Query(e.to_string()))?;
-                w.insert("users", v)?;
+                w.insert_json("users", doc_text(j))?;
             }
             Ok(())
         })?;
@@ -241,7 +236,7 @@ fn commits_per_sec<W: Send>(writers: Vec<W>, secs: f64, step: impl Fn(&mut W) ->
 fn commits_drift(db: &Db, writers: usize, secs: f64, next: &AtomicU64) -> Res<f64> {
     commits_per_sec(vec![(); writers], secs, |_| {
         let i = next.fetch_add(1, Ordering::Relaxed);
-        db.insert("users", parse(&doc_text(i))?)?;
+        db.insert_json("users", doc_text(i))?;
         Ok(())
     })
 }

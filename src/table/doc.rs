@@ -39,10 +39,21 @@ impl Doc {
         Doc { text: OnceLock::from(Box::<str>::from(t)), value: OnceLock::new(), seq: u64::MAX }
     }
 
+    /// A document from JSON text given away, checked by the caller (or
+    /// serialized from a value within the nesting limit).
+    pub(crate) fn from_string_unchecked(t: String) -> Doc {
+        Doc { text: OnceLock::from(t.into_boxed_str()), value: OnceLock::new(), seq: u64::MAX }
+    }
+
     /// The same document, as of sequence number `seq`.
     pub(crate) fn at(mut self, seq: u64) -> Doc {
         self.seq = seq;
         self
+    }
+
+    /// Mark the document as of sequence number `seq`.
+    pub(crate) fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
     }
 
     /// The sequence number its content is as of (`u64::MAX`: current).

@@ -11,7 +11,9 @@
 //! ```
 
 use crate::format::codec::{DecodeError, Reader, Writer};
+use crate::table::Doc;
 use serde_json::Value;
+use std::sync::Arc;
 
 /// A primary key: an integer or a string, compared exactly (`1` is not `"1"`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -149,8 +151,10 @@ pub struct Event {
     /// The row's key (none for table events).
     pub key: Option<Pk>,
     /// Insert/patch: the document after the event; soft delete: the document
-    /// before it; create table: the table definition.
-    pub doc: Option<Value>,
+    /// before it; create table: the table definition. A document being
+    /// committed is held as its JSON text (what the log stores and the row
+    /// map keeps); a decoded one as its parsed value.
+    pub doc: Option<Arc<Doc>>,
     /// Patch: the patch as given.
     pub patch: Option<Value>,
 }
@@ -188,12 +192,20 @@ pub struct TableDef {
 
 const MAX_DOC: usize = crate::format::frame::MAX_PAYLOAD;
 
-/// Append a JSON blob, serialized in place; returns where its text is.
-fn put_json(w: &mut Writer, v: &Option<Value>) -> Option<std::ops::Range<usize>> {
+/// Append a document's JSON text as a blob.
+fn put_doc(w: &mut Writer, d: &Option<Arc<Doc>>) {
+    match d {
+        None => w.u32(0),
+        Some(d) => w.blob(d.text().as_bytes()),
+    }
+}
+
+/// Append a JSON blob, serialized in place.
+fn put_json(w: &mut Writer, v: &Option<Value>) {
     let v = match v {
         None => {
             w.u32(0);
-            return None;
+            return;
         }
         Some(v) => v,
     };
@@ -206,7 +218,6 @@ fn put_json(w: &mut Writer, v: &Option<Value>) -> Option<std::ops::Range<usize>>
     }
     let len = w.buf.len() - start;
     w.buf[at..start].copy_from_slice(&(len as u32).to_le_bytes());
-    Some(start..w.buf.len())
 }
 
 fn get_json(r: &mut Reader<'_>, what: &str) -> Result<Option<Value>, DecodeError> {
@@ -221,26 +232,20 @@ fn get_json(r: &mut Reader<'_>, what: &str) -> Result<Option<Value>, DecodeError
 impl Commit {
     /// Encode as a log record.
     pub fn encode(&self) -> Vec<u8> {
-        self.encode_with_doc_spans().0
-    }
-
-    /// Encode as a log record, and say where each event's document text is
-    /// in it (what the engine keeps of a row is that text).
-    pub fn encode_with_doc_spans(&self) -> (Vec<u8>, Vec<Option<std::ops::Range<usize>>>) {
-        let mut w = Writer::default();
+        let docs: usize = self.events.iter().filter_map(|e| e.doc.as_ref()).map(|d| d.text().len()).sum();
+        let mut w = Writer { buf: Vec::with_capacity(21 + self.events.len() * 32 + docs) };
         w.u8(1);
         w.u64(self.first_seq);
         w.bytes(&self.time_micros.to_le_bytes());
         w.u32(self.events.len() as u32);
-        let mut spans = Vec::with_capacity(self.events.len());
         for e in &self.events {
             w.u8(e.op.code());
             w.u32(e.table);
             put_key(&mut w, &e.key);
-            spans.push(put_json(&mut w, &e.doc));
+            put_doc(&mut w, &e.doc);
             put_json(&mut w, &e.patch);
         }
-        (w.buf, spans)
+        w.buf
     }
 
     /// Decode a log record.
@@ -277,7 +282,10 @@ impl Commit {
         let mut events = Vec::with_capacity(raw.events.len());
         for (i, e) in raw.events.into_iter().enumerate() {
             let (doc, patch) = if docs_for(i) || matches!(e.op, Op::CreateTable | Op::Compact | Op::Alter) {
-                (parse_json(e.doc, e.doc_at, "document")?, parse_json(e.patch, e.patch_at, "patch")?)
+                (
+                    parse_json(e.doc, e.doc_at, "document")?.map(|v| Arc::new(Doc::from_value(v))),
+                    parse_json(e.patch, e.patch_at, "patch")?,
+                )
             } else {
                 (None, None)
             };
@@ -446,7 +454,13 @@ mod tests {
             proptest::option::of(arb_json()),
             proptest::option::of(arb_json()),
         )
-            .prop_map(|(op, table, key, doc, patch)| Event { op, table, key, doc, patch })
+            .prop_map(|(op, table, key, doc, patch)| Event {
+                op,
+                table,
+                key,
+                doc: doc.map(|v| Arc::new(Doc::from_value(v))),
+                patch,
+            })
     }
 
     proptest! {
@@ -461,14 +475,10 @@ mod tests {
                 let (f, n, one) = Commit::decode_one(&b, i).unwrap();
                 prop_assert_eq!((f, n, &one), (c.first_seq, c.events.len(), e));
             }
-            // The document spans name each document's text, which the raw decode finds too.
-            let (b2, spans) = c.encode_with_doc_spans();
-            prop_assert_eq!(&b2, &b);
+            // The raw decode finds each document's text.
             let raw = RawCommit::decode(&b).unwrap();
-            for ((span, e), r) in spans.iter().zip(&c.events).zip(&raw.events) {
-                let text = span.clone().map(|s| std::str::from_utf8(&b[s]).unwrap());
-                prop_assert_eq!(text, r.doc);
-                prop_assert_eq!(text.map(|t| serde_json::from_str::<Value>(t).unwrap()), e.doc.clone());
+            for (e, r) in c.events.iter().zip(&raw.events) {
+                prop_assert_eq!(e.doc.as_ref().map(|d| d.text()), r.doc);
             }
             let h = Commit::decode_headers(&c.encode()).unwrap();
             prop_assert_eq!(h.events.len(), c.events.len());
