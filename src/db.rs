@@ -831,6 +831,25 @@ impl Drop for WriterGuard<'_> {
     }
 }
 
+/// If a group's leader unwinds (see [`Db::run_group`]): the store refuses
+/// writes from then on (what was applied is unknown; reopening recovers
+/// from the disk), and every committer of the group gets its outcome or
+/// that error, and is woken.
+struct WakeOnUnwind<'a>(&'a Store, Vec<Slot>);
+
+impl Drop for WakeOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let e = Error::Poisoned("a group-commit leader panicked; reopen the database".into());
+            self.0.poison_with(&e);
+            for s in &self.1 {
+                s.set_if_empty(Err(Error::Poisoned(e.to_string())));
+                s.wake();
+            }
+        }
+    }
+}
+
 /// What a group-commit leader knows of the committers before it takes the
 /// queue: who was in the last group, and how long the last fsyncs took.
 #[derive(Default)]
@@ -1515,6 +1534,9 @@ impl Db {
     /// every queued commit against the latest state, append them all to the
     /// WAL, sync once, apply them, and answer each request.
     fn run_group(&self, w: &mut WriterState, reqs: Vec<Request>) {
+        // Should anything below panic, no committer of the group stays
+        // parked: each gets its outcome, or an error, and is woken.
+        let _unwind = WakeOnUnwind(&self.s.store, reqs.iter().map(|r| r.slot.clone()).collect());
         let set = |slot: &Slot, r: Result<u64>| {
             slot.set(r);
             slot.wake();

@@ -132,6 +132,11 @@ impl SlotCell {
         *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
     }
 
+    /// Store the outcome unless there is one already.
+    pub fn set_if_empty(&self, r: Result<u64>) {
+        self.result.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(r);
+    }
+
     /// Take the outcome, if there is one yet.
     pub fn take(&self) -> Option<Result<u64>> {
         self.result.lock().unwrap_or_else(|p| p.into_inner()).take()
@@ -769,7 +774,9 @@ impl<'db> Txn<'db> {
     /// must not be live. The text is checked and stored as given, without
     /// building a parsed document: the fast path for data that arrives as
     /// JSON. Reads return it parsed, exactly as [`Txn::insert`] of the
-    /// parsed value would (a field given twice keeps its last value).
+    /// parsed value would (a field given twice keeps its last value). The
+    /// text is kept as given, whitespace included, in memory and on disk:
+    /// compact text is the cheaper to store.
     pub fn insert_json(&mut self, table: &str, json: impl Into<String>) -> Result<()> {
         self.stage(TxnOp::InsertText { table: table.to_string(), text: json.into() })
     }
