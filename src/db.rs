@@ -358,28 +358,37 @@ fn view_value_in(alters: &[(u64, Alter)], d: &Doc, at: u64) -> Value {
 }
 
 /// Move row `key`'s entries in `indexes` from its old document to its new
-/// one (`value`: the new document parsed, when at hand). An old row written
-/// before a schema change is unindexed as it read (parsed once, only then).
+/// one. Each document's indexed fields are picked in one pass over its
+/// text; an old row written before a schema change is unindexed as it
+/// read (parsed once, only then).
 fn reindex(
     indexes: &mut BTreeMap<String, Index>,
     alters: &[(u64, Alter)],
     key: &Pk,
     old: Option<&Arc<Doc>>,
     new: Option<&Arc<Doc>>,
-    value: Option<&Value>,
 ) {
-    let old_view = old.filter(|o| stale_in(alters, o, u64::MAX)).map(|o| view_value_in(alters, o, u64::MAX));
-    for (f, ix) in indexes.iter_mut() {
-        match (&old_view, old) {
-            (Some(v), _) => ix.remove_value(v.get(f), key),
-            (None, Some(o)) => ix.remove_value(o.field(f).as_ref(), key),
-            (None, None) => {}
-        }
-        if let Some(n) = new {
-            match value {
-                Some(v) => ix.add_value(v.get(f), key),
-                None => ix.add_value(n.field(f).as_ref(), key),
+    if indexes.is_empty() {
+        return;
+    }
+    let (old_vals, new_vals) = {
+        let names: Vec<&str> = indexes.keys().map(String::as_str).collect();
+        let old_vals = match old {
+            Some(o) if stale_in(alters, o, u64::MAX) => {
+                let v = view_value_in(alters, o, u64::MAX);
+                names.iter().map(|f| v.get(*f).cloned()).collect()
             }
+            Some(o) => o.fields(&names),
+            None => Vec::new(),
+        };
+        (old_vals, new.map(|n| n.fields(&names)).unwrap_or_default())
+    };
+    for (i, ix) in indexes.values_mut().enumerate() {
+        if old.is_some() {
+            ix.remove_value(old_vals.get(i).and_then(Option::as_ref), key);
+        }
+        if new.is_some() {
+            ix.add_value(new_vals.get(i).and_then(Option::as_ref), key);
         }
     }
 }
@@ -477,7 +486,7 @@ impl State {
                     }
                     None => Arc::new(Doc::from_text_unchecked(d.text()).at(seq)),
                 });
-                Applied { op: e.op, table: e.table, key: e.key.take(), hkey: None, doc, value: None }
+                Applied { op: e.op, table: e.table, key: e.key.take(), hkey: None, doc }
             })
             .collect();
         self.apply_events(c.first_seq, c.time_micros, events, pos, rec_len)
@@ -499,7 +508,7 @@ impl State {
         for (i, e) in events.into_iter().enumerate() {
             let seq = first_seq + i as u64;
             if e.op == Op::CreateTable {
-                let v = e.value.or_else(|| e.doc.as_ref().map(|d| d.value().clone())).unwrap_or(Value::Null);
+                let v = e.doc.as_ref().map_or(Value::Null, |d| d.to_value());
                 let mut def: TableDef = serde_json::from_value(v)
                     .map_err(|err| Error::Query(format!("bad table definition at seq {seq}: {err}")))?;
                 def.id = e.table;
@@ -525,7 +534,7 @@ impl State {
                 continue;
             }
             if e.op == Op::Alter {
-                let v = e.value.or_else(|| e.doc.as_ref().map(|d| d.value().clone())).unwrap_or(Value::Null);
+                let v = e.doc.as_ref().map_or(Value::Null, |d| d.to_value());
                 let alter: Alter = serde_json::from_value(v)
                     .map_err(|err| Error::Query(format!("bad schema change at seq {seq}: {err}")))?;
                 let (Some(def), Some(t)) = (self.defs.get_mut(&e.table), self.tables.get_mut(&e.table)) else {
@@ -598,7 +607,7 @@ impl State {
             };
             // One lookup; the key moves into the row map (or is dropped for a
             // delete), its other uses borrow it.
-            let maintain = self.maintain_indexes.then_some(e.value.as_ref());
+            let maintain = self.maintain_indexes;
             let keep = !self.active.is_empty();
             let mut change = None;
             let mut changed = |k: &Pk, old: Option<&Arc<Doc>>, new: Option<&Arc<Doc>>| {
@@ -614,8 +623,8 @@ impl State {
                     {
                         gone.entry(e.table).or_default().insert(v.key().clone());
                     }
-                    if let Some(value) = maintain {
-                        reindex(&mut t.indexes, &t.alters, v.key(), None, new.as_ref(), value);
+                    if maintain {
+                        reindex(&mut t.indexes, &t.alters, v.key(), None, new.as_ref());
                     }
                     changed(v.key(), None, new.as_ref());
                     push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(v.key()), hist);
@@ -625,8 +634,8 @@ impl State {
                 }
                 (Entry::Occupied(mut o), Some(d)) => {
                     let old = o.insert(d.clone());
-                    if let Some(value) = maintain {
-                        reindex(&mut t.indexes, &t.alters, o.key(), Some(&old), Some(&d), value);
+                    if maintain {
+                        reindex(&mut t.indexes, &t.alters, o.key(), Some(&old), Some(&d));
                     }
                     changed(o.key(), Some(&old), Some(&d));
                     push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(o.key()), hist);
@@ -638,8 +647,8 @@ impl State {
                     {
                         gone.entry(e.table).or_default().insert(k.clone());
                     }
-                    if let Some(value) = maintain {
-                        reindex(&mut t.indexes, &t.alters, &k, Some(&old), None, value);
+                    if maintain {
+                        reindex(&mut t.indexes, &t.alters, &k, Some(&old), None);
                     }
                     changed(&k, Some(&old), None);
                     push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(&k), hist);
@@ -682,8 +691,6 @@ struct Applied {
     /// whose row comes from a snapshot (no [`Pk`] is made for it).
     hkey: Option<HKey>,
     doc: Option<Arc<Doc>>,
-    /// The document parsed, when the caller has it (a commit being made).
-    value: Option<Value>,
 }
 
 /// An embedded DriftDB database.
@@ -2569,7 +2576,7 @@ fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec: &[u8]) -> 
             Some(k) if covered => (None, Some(HKey::of_ref(k))),
             k => (k.map(crate::table::KeyRef::to_pk), None),
         };
-        events.push(Applied { op: e.op, table: e.table, key, hkey, doc, value: None });
+        events.push(Applied { op: e.op, table: e.table, key, hkey, doc });
     }
     let ci = st.commits.len() as u32;
     st.apply_events(c.first_seq, c.time_micros, events, pos, rec.len())

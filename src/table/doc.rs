@@ -106,6 +106,18 @@ impl Doc {
     }
 }
 
+impl Doc {
+    /// Several top-level fields (as [`Doc::field`] reads each), in one pass
+    /// over the text when the document has not been parsed.
+    pub fn fields(&self, names: &[&str]) -> Vec<Option<Value>> {
+        match (self.value.get(), self.text.get()) {
+            (Some(v), _) => names.iter().map(|n| v.get(*n).cloned()).collect(),
+            (None, Some(t)) => check(t, names).unwrap_or_else(|_| vec![None; names.len()]),
+            (None, None) => vec![None; names.len()],
+        }
+    }
+}
+
 impl std::ops::Deref for Doc {
     type Target = Value;
     fn deref(&self) -> &Value {
