@@ -847,10 +847,10 @@ struct WakeOnUnwind<'a>(&'a Store, Vec<Slot>);
 impl Drop for WakeOnUnwind<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let e = Error::Poisoned("a group-commit leader panicked; reopen the database".into());
-            self.0.poison_with(&e);
+            let why = "a group-commit leader panicked; reopen the database";
+            self.0.poison_with(&Error::Poisoned(why.into()));
             for s in &self.1 {
-                s.set_if_empty(Err(Error::Poisoned(e.to_string())));
+                s.set_if_empty(Err(Error::Poisoned(why.into())));
                 s.wake();
             }
         }
@@ -1507,16 +1507,17 @@ impl Db {
             (std::mem::take(&mut g.last), Duration::from_micros(limit))
         };
         let mut q = self.s.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let missing = |q: &Vec<(std::thread::ThreadId, Request)>| {
-            expected.iter().filter(|t| !q.iter().any(|(u, _)| u == *t)).count()
+        // The expected committers not queued yet.
+        let absent = |q: &Vec<(std::thread::ThreadId, Request)>| -> Vec<std::thread::ThreadId> {
+            expected.iter().filter(|t| !q.iter().any(|(u, _)| u == *t)).copied().collect()
         };
+        let missing = |q: &Vec<(std::thread::ThreadId, Request)>| absent(q).len();
         let mut idle = false;
         let before = missing(&q);
         if !limit.is_zero() && before > 0 {
             let deadline = std::time::Instant::now() + limit;
             // Set under the queue lock: a committer queued later finds itself here.
-            self.s.gather.lock().unwrap_or_else(|p| p.into_inner()).awaited =
-                expected.iter().filter(|t| !q.iter().any(|(u, _)| u == *t)).copied().collect();
+            self.s.gather.lock().unwrap_or_else(|p| p.into_inner()).awaited = absent(&q);
             while missing(&q) > 0 {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 if left.is_zero() {

@@ -309,8 +309,9 @@ impl View for GroupView<'_> {
     }
 
     fn current(&self, id: u32, key: &Pk) -> Result<Option<Value>> {
+        let committed = || self.st.tables.get(&id).and_then(|t| t.rows.get(key).map(|d| t.view_value(d, u64::MAX)));
         if self.accepted.is_empty() {
-            return Ok(self.st.tables.get(&id).and_then(|t| t.rows.get(key).map(|d| t.view_value(d, u64::MAX))));
+            return Ok(committed());
         }
         let k = (id, key.clone());
         // Schema changes of commits after the one found, newest first.
@@ -329,8 +330,7 @@ impl View for GroupView<'_> {
             }
             later.extend(a.batch.alters.iter().rev().filter(|(_, t, _)| *t == id).map(|(_, _, x)| x));
         }
-        let doc = self.st.tables.get(&id).and_then(|t| t.rows.get(key).map(|d| t.view_value(d, u64::MAX)));
-        Ok(finish(doc, &later))
+        Ok(finish(committed(), &later))
     }
 
     fn next_table_id(&self) -> u32 {
