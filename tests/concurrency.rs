@@ -20,6 +20,9 @@ struct Gate {
     wal_syncs: AtomicUsize,
     /// Every WAL fsync takes this long (microseconds), like a real disk's.
     delay_us: std::sync::atomic::AtomicU64,
+    /// The WAL fsync with this number (counting from 1; 0: none) panics
+    /// once past the gate.
+    panic_at: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -49,7 +52,7 @@ impl VfsFile for StallFile {
     }
     fn sync_data(&self) -> io::Result<()> {
         if self.wal {
-            self.gate.wal_syncs.fetch_add(1, Ordering::SeqCst);
+            let n = self.gate.wal_syncs.fetch_add(1, Ordering::SeqCst) + 1;
             let mut held = self.gate.held.lock().unwrap();
             self.gate.waiting.fetch_add(1, Ordering::SeqCst);
             while *held {
@@ -57,6 +60,9 @@ impl VfsFile for StallFile {
             }
             self.gate.waiting.fetch_sub(1, Ordering::SeqCst);
             drop(held);
+            if self.gate.panic_at.load(Ordering::SeqCst) == n {
+                panic!("injected panic in WAL fsync {n}");
+            }
             std::thread::sleep(Duration::from_micros(self.gate.delay_us.load(Ordering::SeqCst)));
         }
         self.inner.sync_data()
@@ -235,4 +241,53 @@ fn committers_in_a_loop_keep_sharing_fsyncs() {
             assert!(db.get("t", &Pk::Int((10_000 + t * 1000 + i) as i64)).unwrap().is_some());
         }
     }
+}
+
+/// A group-commit leader that panics (here, in its WAL fsync) leaves no
+/// committer of its group waiting: each gets an error; and the database
+/// refuses writes from then on, as what the group applied is unknown.
+#[test]
+fn a_panicking_group_leader_leaves_no_committer_waiting_and_refuses_later_writes() {
+    let (gate, db) = setup();
+    let db = Arc::new(db);
+    hold(&gate, true);
+    let release = Release(&gate);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawn = |id: i64| {
+        let (db, tx) = (db.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                db.insert_json("t", format!(r#"{{"id":{id}}}"#))
+            }));
+            let _ = tx.send((id, r.map(|r| r.map_err(|e| e.to_string()))));
+        })
+    };
+    // The first commit waits in its fsync; eight more queue behind it and
+    // form the next group, whose fsync panics.
+    spawn(5000);
+    wait_for("the first commit's fsync", || gate.waiting.load(Ordering::SeqCst) == 1);
+    gate.panic_at.store(gate.wal_syncs.load(Ordering::SeqCst) + 1, Ordering::SeqCst);
+    for i in 1..=8 {
+        spawn(5000 + i);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    drop(release);
+    let mut outcomes = Vec::new();
+    for _ in 0..9 {
+        let got = rx.recv_timeout(Duration::from_secs(30));
+        outcomes.push(got.expect("a committer still waits 30 s after its group's leader panicked"));
+    }
+    outcomes.sort_by_key(|(id, _)| *id);
+    assert!(matches!(outcomes[0].1, Ok(Ok(_))), "the first commit went through");
+    let panicked = outcomes.iter().filter(|(_, r)| r.is_err()).count();
+    assert_eq!(panicked, 1, "only the leader's own call panics");
+    for (id, r) in &outcomes[1..] {
+        if let Ok(r) = r {
+            let e = r.as_ref().expect_err("no commit of the panicked group succeeds");
+            assert!(e.contains("panicked"), "{id}: {e}");
+        }
+    }
+    let e = db.insert_json("t", r#"{"id":6000}"#).unwrap_err().to_string();
+    assert!(e.contains("group-commit leader panicked"), "{e}");
+    assert!(db.get("t", &Pk::Int(5000)).unwrap().is_some());
 }
