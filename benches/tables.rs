@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
     let mut rng = Rng(0x1234_5678);
     g.bench_function("point_get", |b| {
         b.iter(|| {
-            let k = Pk::Str(format!("user-{:08}", rng.next() % n));
+            let k = Pk::Str(format!("user-{:08}", rng.next() % n).into());
             black_box(db.get("users", &k).unwrap());
         })
     });
@@ -83,7 +83,7 @@ fn bench(c: &mut Criterion) {
             // from the end of that commit on.
             let visible = (i / 1000 + 1) * 1000 + 1;
             let seq = visible + rng.next() % (latest - visible + 1);
-            let v = db.get_as_of("users", &Pk::Str(format!("user-{i:08}")), seq).unwrap();
+            let v = db.get_as_of("users", &Pk::Str(format!("user-{i:08}").into()), seq).unwrap();
             assert!(v.is_some());
             black_box(v);
         })

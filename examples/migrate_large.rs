@@ -43,7 +43,7 @@ fn reader(db: Arc<Db>, rows: u64, stop: Arc<AtomicBool>) -> Vec<u64> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let k = Pk::Str(format!("user-{:08}", x % rows));
+        let k = Pk::Str(format!("user-{:08}", x % rows).into());
         let t = Instant::now();
         let got = db.get("users", &k);
         lat.push(t.elapsed().as_nanos() as u64);

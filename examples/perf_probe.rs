@@ -97,7 +97,7 @@ fn main() -> Res<()> {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let k = Pk::Str(format!("user-{:08}", x % docs));
+                let k = Pk::Str(format!("user-{:08}", x % docs).into());
                 if db.get("users", &k)?.is_none() {
                     return Err(format!("row {k} is missing").into());
                 }

@@ -55,7 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 100..110 {
         db.patch(
             "users",
-            &Pk::Str(format!("user-{i:08}")),
+            &Pk::Str(format!("user-{i:08}").into()),
             json!({"status": "closed"}).as_object().cloned().unwrap_or_default(),
         )?;
     }

@@ -2839,7 +2839,7 @@ mod tests {
 
     #[test]
     fn history_keys_of_every_length_around_the_inline_limit_stay_distinct() {
-        let mut keys: Vec<Pk> = (0..=HKEY_INLINE + 2).map(|n| Pk::Str("k".repeat(n))).collect();
+        let mut keys: Vec<Pk> = (0..=HKEY_INLINE + 2).map(|n| Pk::Str("k".repeat(n).into())).collect();
         // Same bytes up to the padding, and a key that is all padding.
         keys.push(Pk::Str("k\0".into()));
         keys.push(Pk::Str("\0".into()));
@@ -2858,7 +2858,7 @@ mod tests {
             let got: Vec<u64> = h.get(k).map(|v| v.iter().map(|e| e.seq).collect()).unwrap_or_default();
             assert_eq!(got, (0..=i).map(|j| (i * 100 + j) as u64).collect::<Vec<_>>(), "{k:?}");
         }
-        assert!(h.get(&Pk::Str("k".repeat(HKEY_INLINE + 3))).is_none());
+        assert!(h.get(&Pk::Str("k".repeat(HKEY_INLINE + 3).into())).is_none());
         assert!(h.get(&Pk::Int(1)).is_none());
     }
 

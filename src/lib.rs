@@ -33,7 +33,7 @@ pub use error::{Error, Result};
 pub use format::FileKind;
 pub use storage::store::{CreateOptions, Edit, FileInfo, RecordPos, RecoveryEvent, Store, StoreOptions};
 pub use storage::verify::{VerifyReport, verify_without_key};
-pub use table::{Pk, TableDef};
+pub use table::{KeyStr, Pk, TableDef};
 pub use txn::{Isolation, Txn};
 
 #[cfg(doctest)]

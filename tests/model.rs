@@ -37,7 +37,7 @@ fn op() -> impl Strategy<Value = Op> {
 const TABLES: [&str; 2] = ["alpha", "beta"];
 
 fn key(t: usize, k: i64) -> Pk {
-    if t == 0 { Pk::Int(k) } else { Pk::Str(format!("k{k}")) }
+    if t == 0 { Pk::Int(k) } else { Pk::Str(format!("k{k}").into()) }
 }
 
 fn doc(t: usize, k: i64, v: i64) -> Value {

@@ -43,16 +43,16 @@ fn a_transaction_reads_its_own_writes_in_gets_queries_and_aggregates() {
         let c = format!("c-{iso:?}");
         t.insert("acct", json!({"id": c, "balance": 5, "status": "open"})).unwrap();
         t.patch("acct", &Pk::Str("a".into()), set(json!({"status": "frozen"}))).unwrap();
-        assert_eq!(t.get("acct", &Pk::Str(c.clone())).unwrap().unwrap()["balance"], 5);
+        assert_eq!(t.get("acct", &Pk::Str(c.clone().into())).unwrap().unwrap()["balance"], 5);
         let open: Vec<Value> = t.query("SELECT id FROM acct WHERE status = \"open\" ORDER BY id").unwrap();
         assert_eq!(open, vec![json!({"id": "b"}), json!({"id": c})], "{iso:?}");
         let sum: Vec<Value> = t.query("SELECT COUNT(*), SUM(balance) FROM acct").unwrap();
         assert_eq!(sum[0]["COUNT(*)"], 3, "{iso:?}: {sum:?}");
         // Nobody else sees any of it before the commit.
-        assert!(db.get("acct", &Pk::Str(c.clone())).unwrap().is_none());
+        assert!(db.get("acct", &Pk::Str(c.clone().into())).unwrap().is_none());
         assert_eq!(db.get("acct", &Pk::Str("a".into())).unwrap().unwrap()["status"], "open");
         t.rollback();
-        assert!(db.get("acct", &Pk::Str(c)).unwrap().is_none());
+        assert!(db.get("acct", &Pk::Str(c.into())).unwrap().is_none());
     }
 }
 

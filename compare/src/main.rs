@@ -185,7 +185,7 @@ fn gets_drift(db: &Db, docs: u64, n: u64, seed: u64) -> Res<f64> {
     let mut rng = Rng(seed);
     let t = Instant::now();
     for _ in 0..n {
-        let k = Pk::Str(key_of(rng.next() % docs));
+        let k = Pk::Str(key_of(rng.next() % docs).into());
         if db.get("users", &k)?.is_none() {
             return Err(format!("DriftDB lost {k:?}").into());
         }
@@ -259,7 +259,7 @@ fn as_of_drift(db: &Db, n: usize, seed: u64, key: impl Fn(u64) -> (u64, u64)) ->
     for _ in 0..n {
         let (i, visible) = key(rng.next());
         let seq = visible + rng.next() % (latest - visible + 1);
-        let k = Pk::Str(key_of(i));
+        let k = Pk::Str(key_of(i).into());
         let t = Instant::now();
         let v = db.get_as_of("users", &k, seq)?;
         lat.push(t.elapsed());
@@ -295,7 +295,7 @@ fn reader(db: &Db, docs: u64, d: Duration, seed: u64) -> Res<Vec<Duration>> {
     let mut lat = Vec::new();
     let t0 = Instant::now();
     while t0.elapsed() < d {
-        let k = Pk::Str(key_of(rng.next() % docs));
+        let k = Pk::Str(key_of(rng.next() % docs).into());
         let seq = 2 + rng.next() % (latest - 1);
         let t = Instant::now();
         std::hint::black_box(db.get_as_of("users", &k, seq)?);
@@ -384,7 +384,7 @@ fn run(a: &Args, root: &Path, run: usize, f: &mut Figures) -> Res<()> {
             for k in (j..(j + 10_000).min(a.docs)).step_by(10) {
                 let mut set = serde_json::Map::new();
                 set.insert("status".into(), "closed".into());
-                w.patch("users", &Pk::Str(key_of(k)), set)?;
+                w.patch("users", &Pk::Str(key_of(k).into()), set)?;
             }
             Ok(())
         })?;

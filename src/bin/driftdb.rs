@@ -689,7 +689,7 @@ fn parse_key(s: &str) -> Result<driftdb::Pk, Error> {
     {
         return Ok(k);
     }
-    Ok(driftdb::Pk::Str(s.to_string()))
+    Ok(driftdb::Pk::Str(s.into()))
 }
 
 /// A progress bar on standard error (only on a terminal).

@@ -21,14 +21,95 @@ pub enum Pk {
     /// An integer key.
     Int(i64),
     /// A string key.
-    Str(String),
+    Str(KeyStr),
+}
+
+/// The text of a string key: kept inline up to 23 bytes and shared
+/// (not copied) beyond, so that a key is cloned without allocating, and
+/// the row map and the indexes compare keys without following a pointer.
+/// Build it with `.into()` from a `&str` or a `String`; it reads as a `&str`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct KeyStr(smol_str::SmolStr);
+
+impl KeyStr {
+    /// The key's text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl std::ops::Deref for KeyStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for KeyStr {
+    fn borrow(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl AsRef<str> for KeyStr {
+    fn as_ref(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl From<&str> for KeyStr {
+    fn from(s: &str) -> KeyStr {
+        KeyStr(smol_str::SmolStr::new(s))
+    }
+}
+
+impl From<String> for KeyStr {
+    fn from(s: String) -> KeyStr {
+        KeyStr(smol_str::SmolStr::from(s))
+    }
+}
+
+impl From<&String> for KeyStr {
+    fn from(s: &String) -> KeyStr {
+        KeyStr(smol_str::SmolStr::new(s))
+    }
+}
+
+impl From<KeyStr> for String {
+    fn from(k: KeyStr) -> String {
+        k.0.into()
+    }
+}
+
+impl PartialEq<str> for KeyStr {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for KeyStr {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl std::fmt::Debug for KeyStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for KeyStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self.as_str(), f)
+    }
 }
 
 impl Pk {
     /// The key of a JSON value: an integer or a string; anything else is not a key.
     pub fn from_json(v: &Value) -> Option<Pk> {
         match v {
-            Value::String(s) => Some(Pk::Str(s.clone())),
+            Value::String(s) => Some(Pk::Str(s.as_str().into())),
             Value::Number(n) => n.as_i64().map(Pk::Int),
             _ => None,
         }
@@ -38,7 +119,7 @@ impl Pk {
     pub fn to_json(&self) -> Value {
         match self {
             Pk::Int(i) => Value::from(*i),
-            Pk::Str(s) => Value::from(s.clone()),
+            Pk::Str(s) => Value::from(s.as_str()),
         }
     }
 }
@@ -57,7 +138,7 @@ impl KeyRef<'_> {
     pub fn to_pk(self) -> Pk {
         match self {
             KeyRef::Int(i) => Pk::Int(i),
-            KeyRef::Str(s) => Pk::Str(s.to_owned()),
+            KeyRef::Str(s) => Pk::Str(s.into()),
         }
     }
 }
@@ -449,7 +530,7 @@ mod tests {
             prop_oneof![
                 Just(None),
                 any::<i64>().prop_map(|i| Some(Pk::Int(i))),
-                "[a-z]{0,6}".prop_map(|s| Some(Pk::Str(s)))
+                "[a-z]{0,6}".prop_map(|s| Some(Pk::Str(s.into())))
             ],
             proptest::option::of(arb_json()),
             proptest::option::of(arb_json()),

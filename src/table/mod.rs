@@ -8,7 +8,7 @@ pub mod snapshot;
 pub mod time;
 
 pub use doc::Doc;
-pub use event::{Commit, Event, KeyRef, Op, Pk, RawCommit, RawEvent, TableDef};
+pub use event::{Commit, Event, KeyRef, KeyStr, Op, Pk, RawCommit, RawEvent, TableDef};
 
 /// Hash maps keyed by row keys and table ids: foldhash, seeded per process
 /// (SipHash cost about a tenth of a write's instructions).
