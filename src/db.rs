@@ -2931,8 +2931,9 @@ mod tests {
         let mut one = RowHistory::default();
         let mut by_shard = RowHistory::default();
         let mut parts: Vec<Vec<(HKey, Hist)>> = vec![Vec::new(); HIST_SHARDS];
-        let key =
-            |i: u64| if i % 3 == 0 { Pk::Int(i as i64 % 700) } else { Pk::Str(format!("user-{:05}", i % 900).into()) };
+        let key = |i: u64| {
+            if i.is_multiple_of(3) { Pk::Int(i as i64 % 700) } else { Pk::Str(format!("user-{:05}", i % 900).into()) }
+        };
         for i in 0..5000u64 {
             let h = Hist { seq: i + 1, op: Op::Patch, commit: i as u32, idx: 0, folded: false };
             one.push_key(HKey::of(&key(i)), h);
