@@ -1026,9 +1026,28 @@ impl Db {
                     let f: Vec<&str> = fields.iter().map(String::as_str).collect();
                     // A row that fails here is checked again, and reported,
                     // if it is still current once the log is replayed.
-                    let picks = match f.is_empty() {
-                        true => Vec::new(),
-                        false => rows.iter().map(|(_, d)| crate::table::doc::check(d.text(), &f).ok()).collect(),
+                    let pick = |part: &[(Pk, Arc<Doc>)]| -> Vec<Option<Picked>> {
+                        part.iter().map(|(_, d)| crate::table::doc::check(d.text(), &f).ok()).collect()
+                    };
+                    // In two halves, the second on a thread of its own: this
+                    // thread is the longest of the open, and the replay's
+                    // thread finishes first and leaves a core free.
+                    let picks = match (f.is_empty(), rows.len() >= 4096) {
+                        (true, _) => Vec::new(),
+                        (false, false) => pick(&rows),
+                        (false, true) => {
+                            let (a, b) = rows.split_at(rows.len() / 2);
+                            std::thread::scope(|s| {
+                                let second = s.spawn(|| pick(b));
+                                let mut picks = pick(a);
+                                match second.join() {
+                                    Ok(p) => picks.extend(p),
+                                    // Not picked: checked again once the log is replayed.
+                                    Err(_) => picks.resize(rows.len(), None),
+                                }
+                                picks
+                            })
+                        }
                     };
                     Ok(Loaded { table: *id, fields: fields.clone(), rows, picks })
                 })
@@ -1038,7 +1057,7 @@ impl Db {
         // entries the replay hands it in order.
         type HistBatch = Vec<(u32, HKey, Hist)>;
         const HIST_BATCH: usize = 16 * 1024;
-        let build_history = |rx: std::sync::mpsc::Receiver<HistBatch>| {
+        let build_history = move |rx: std::sync::mpsc::Receiver<HistBatch>| {
             // Entries are grouped by table and shard as they come (appends
             // only), and each shard is built once the log is read.
             type Parts = (RowHistory, Vec<Vec<(HKey, Hist)>>);
@@ -1065,11 +1084,13 @@ impl Db {
             }
             maps
         };
-        let (replayed, loaded, histories) = std::thread::scope(|s| {
+        // The history thread goes on building the maps while this thread
+        // merges the rows and checks them (it is joined last).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<HistBatch>(4);
+        let historian =
+            std::thread::Builder::new().name("driftdb-open-history".into()).spawn(move || build_history(rx));
+        let (replayed, loaded) = std::thread::scope(|s| {
             let loader = std::thread::Builder::new().name("driftdb-open".into()).spawn_scoped(s, load_all);
-            let (tx, rx) = std::sync::mpsc::sync_channel::<HistBatch>(4);
-            let historian =
-                std::thread::Builder::new().name("driftdb-open-history".into()).spawn_scoped(s, || build_history(rx));
             let mut tx = historian.is_ok().then_some(tx);
             if tx.is_some() {
                 st.open_history = Some(Vec::with_capacity(HIST_BATCH));
@@ -1116,23 +1137,15 @@ impl Db {
             })();
             hand_over(&mut st, true);
             drop(tx.take()); // the history thread ends
-            let histories = match historian {
-                Ok(h) => h.join().map_err(|_| Error::Poisoned("the history thread panicked".into())),
-                Err(_) => Ok(FastMap::default()),
-            };
             let loaded = match loader {
                 Ok(h) => {
                     h.join().unwrap_or_else(|_| Err(Error::Poisoned("the snapshot loading thread panicked".into())))
                 }
                 Err(_) => load_all(),
             };
-            (replayed, loaded, histories)
+            (replayed, loaded)
         });
-        if st.open_history.take().is_some() {
-            for (id, h) in histories? {
-                st.tables.entry(id).or_default().history = h;
-            }
-        }
+        let with_history = st.open_history.take().is_some();
         replayed?;
         let deleted = st.open_deleted.take().unwrap_or_default();
         let mut picked: HashMap<u32, (Vec<String>, Vec<Option<Picked>>)> = HashMap::new();
@@ -1151,6 +1164,20 @@ impl Db {
                 format!("a snapshot of table {id} is at @seq:{from}, past the end of the event log (@seq:{latest})"),
             ));
         }
+        for (id, t) in st.tables.iter_mut() {
+            let name = st.defs.get(id).map_or_else(|| format!("table {id}"), |d| format!("table {:?}", d.name));
+            let (fields, picks) = picked.remove(id).unwrap_or_default();
+            check_rows_and_index(&name, t, &fields, picks)?;
+        }
+        let histories = match historian {
+            Ok(h) => h.join().map_err(|_| Error::Poisoned("the history thread panicked".into()))?,
+            Err(_) => FastMap::default(),
+        };
+        if with_history {
+            for (id, h) in histories {
+                st.tables.entry(id).or_default().history = h;
+            }
+        }
         let horizons: Vec<(u32, u64, Option<u64>)> = st
             .tables
             .iter()
@@ -1167,11 +1194,6 @@ impl Db {
             })?;
             let rows = load_snapshot(&store, snap, h, true)?;
             st.fold_history(id, h, rows.keys());
-        }
-        for (id, t) in st.tables.iter_mut() {
-            let name = st.defs.get(id).map_or_else(|| format!("table {id}"), |d| format!("table {:?}", d.name));
-            let (fields, picks) = picked.remove(id).unwrap_or_default();
-            check_rows_and_index(&name, t, &fields, picks)?;
         }
         st.rows_from.clear();
         st.maintain_indexes = true;
