@@ -61,7 +61,9 @@ pub struct Options {
     pub argon2: Argon2Params,
     /// Snapshot a table automatically after this many of its events (or
     /// as many events as it had rows at its last snapshot, if more: snapshot
-    /// cost stays linear in the events).
+    /// cost stays linear in the events). Automatic snapshots are written on
+    /// a background thread while commits go on ([`Db::wait_for_snapshots`]
+    /// waits for them); [`Db::snapshot`] writes one at once.
     pub snapshot_every_events: u64,
     /// ... or after this many bytes of its events (once at least half its
     /// row count in events has accumulated).
@@ -501,6 +503,17 @@ impl State {
     }
 
     /// Forget the changes no open transaction can need.
+    /// Whether table `id` is due for an automatic snapshot: after
+    /// `snapshot_every_events` of its events (or `snapshot_every_bytes` of
+    /// them), but not before as many events as it had rows at its last
+    /// snapshot, so that the cost of snapshots stays linear in the events.
+    fn snapshot_due(&self, id: u32, opts: &Options) -> bool {
+        let Some(t) = self.tables.get(&id) else { return false };
+        let rows = t.rows.len() as u64;
+        t.since_events >= opts.snapshot_every_events.max(rows.saturating_sub(t.since_events))
+            || (t.since_bytes >= opts.snapshot_every_bytes && t.since_events >= rows / 2)
+    }
+
     fn prune_changes(&mut self) {
         match self.active.keys().next().copied() {
             None => self.changes.clear(),
@@ -751,7 +764,9 @@ pub struct Db {
 pub(crate) struct Shared {
     store: Arc<Store>,
     state: RwLock<State>,
-    /// Held by the group-commit leader (and by snapshots and compaction).
+    /// Held by the group-commit leader (and by explicit snapshots,
+    /// compaction and key rotation; automatic snapshots are written beside
+    /// it, see [`Db::snapshot_in_background`]).
     writer: Mutex<WriterState>,
     /// Commit requests waiting for a leader, with the committing thread.
     queue: Mutex<Vec<(std::thread::ThreadId, Request)>>,
@@ -772,6 +787,20 @@ pub(crate) struct Shared {
     stop: std::sync::atomic::AtomicBool,
     /// Whether a re-encryption is running in this process.
     rotating: std::sync::atomic::AtomicBool,
+    /// The thread writing automatic snapshots, if one was started (see
+    /// [`Db::snapshot_in_background`]).
+    snapshotter: Mutex<Snapshotter>,
+}
+
+/// The automatic snapshots to write, and the thread writing them.
+#[derive(Default)]
+struct Snapshotter {
+    /// Tables found due, not yet taken by the thread.
+    pending: Vec<u32>,
+    /// Whether the thread is running (it clears this, under the lock, when
+    /// it finds nothing pending, and then ends).
+    running: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Options of [`Db::rotate_master_key`] and [`Db::rotate_data_keys`].
@@ -932,6 +961,7 @@ impl Drop for Db {
             return;
         }
         let _ = self.stop_rotation();
+        self.wait_snapshots();
         let flusher = self.s.flusher.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(mut f) = flusher {
             let _ = f.stop.send(());
@@ -1251,6 +1281,7 @@ impl Db {
                 rotator: Mutex::new(None),
                 stop: std::sync::atomic::AtomicBool::new(false),
                 rotating: std::sync::atomic::AtomicBool::new(false),
+                snapshotter: Mutex::new(Snapshotter::default()),
             }),
             owner: true,
         }
@@ -1298,6 +1329,7 @@ impl Db {
 
     /// Close the database: checkpoint the write-ahead log and seal the open files.
     pub fn close(self) -> Result<()> {
+        self.wait_snapshots();
         let rotation = self.stop_rotation();
         if !self.s.store.options().read_only && self.s.store.poisoned().is_none() {
             let mut w = self.lock_writer();
@@ -1328,6 +1360,7 @@ impl Db {
             let mut w = self.lock_writer();
             // No file rewrite in flight: a file begun under the old master
             // key must not be committed after the re-wrap.
+            self.wait_snapshots();
             let _m = self.s.maint.lock().unwrap_or_else(|p| p.into_inner());
             // The WAL's commits into the segments first: no file the
             // re-encryption rewrites is one a commit position points into
@@ -1746,15 +1779,7 @@ impl Db {
                 w.pending_bytes += bytes.len() as u64;
                 w.pending.push((ci, bytes));
                 for e in &commit.events {
-                    // Not before as many events as the table had rows at its last
-                    // snapshot: the cost of snapshots stays linear in the events.
-                    let rows = st.tables.get(&e.table).map_or(0, |t| t.rows.len() as u64);
-                    if let Some(t) = st.tables.get(&e.table)
-                        && (t.since_events
-                            >= self.s.opts.snapshot_every_events.max(rows.saturating_sub(t.since_events))
-                            || (t.since_bytes >= self.s.opts.snapshot_every_bytes && t.since_events >= rows / 2))
-                        && !due.contains(&e.table)
-                    {
+                    if !due.contains(&e.table) && st.snapshot_due(e.table, &self.s.opts) {
                         due.push(e.table);
                     }
                 }
@@ -1769,18 +1794,109 @@ impl Db {
             // leaves them there (and the store refuses writes until reopened).
             let _ = self.checkpoint(w);
         }
+        if !due.is_empty() {
+            self.snapshot_in_background(due);
+        }
+    }
+
+    /// Write automatic snapshots of tables `due` on a thread of their own,
+    /// so that the next commits do not wait for them (called by the
+    /// group-commit leader, writer lock held). If the last ones are still
+    /// being written, nothing starts: the tables stay due, and a later
+    /// group starts them. What could not run beside a snapshot being
+    /// written (compaction, an explicit snapshot, a key rotation, closing)
+    /// waits for it first, under the writer lock, so that no new one starts.
+    fn snapshot_in_background(&self, due: Vec<u32>) {
+        let mut sn = self.s.snapshotter.lock().unwrap_or_else(|p| p.into_inner());
         for t in due {
-            // The commit is durable; a failed automatic snapshot only delays
-            // the next one (its counters restart, so it is not retried on
-            // every commit).
-            if self.snapshot_locked(t).is_err() {
-                let mut st = self.write_state();
-                if let Some(td) = st.tables.get_mut(&t) {
-                    td.since_events = 0;
-                    td.since_bytes = 0;
+            if !sn.pending.contains(&t) {
+                sn.pending.push(t);
+            }
+        }
+        if sn.running {
+            return; // the thread takes them before it ends
+        }
+        if let Some(h) = sn.thread.take()
+            && h.join().is_err()
+        {
+            log::error!(target: "driftdb::snapshot", "the automatic snapshot thread panicked");
+        }
+        let db = self.background_handle();
+        let spawned = std::thread::Builder::new().name("driftdb-snapshot".into()).spawn(move || db.snapshot_pending());
+        match spawned {
+            Ok(h) => {
+                sn.running = true;
+                sn.thread = Some(h);
+            }
+            Err(_) => {
+                drop(sn);
+                self.snapshot_pending();
+            }
+        }
+    }
+
+    /// Write the pending automatic snapshots until none is left (each table
+    /// only if it is still due: a table found due again while its snapshot
+    /// was being written may no longer be).
+    fn snapshot_pending(&self) {
+        // Cleared on the way out, even by a panic, so that a later group
+        // starts a new thread.
+        struct NotRunning<'a>(&'a Mutex<Snapshotter>);
+        impl Drop for NotRunning<'_> {
+            fn drop(&mut self) {
+                let mut sn = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                sn.running = false;
+            }
+        }
+        let _guard = NotRunning(&self.s.snapshotter);
+        loop {
+            let todo = {
+                let mut sn = self.s.snapshotter.lock().unwrap_or_else(|p| p.into_inner());
+                if sn.pending.is_empty() {
+                    sn.running = false;
+                    return;
+                }
+                std::mem::take(&mut sn.pending)
+            };
+            for t in todo {
+                if self.read().snapshot_due(t, &self.s.opts) {
+                    self.auto_snapshot(t);
                 }
             }
         }
+    }
+
+    /// One automatic snapshot. The commits it covers are durable; a failure
+    /// only delays the next one (its counters restart, so it is not retried
+    /// on every commit).
+    fn auto_snapshot(&self, t: u32) {
+        if let Err(e) = self.snapshot_locked(t) {
+            log::warn!(target: "driftdb::snapshot", "automatic snapshot of table {t} failed: {e}");
+            let mut st = self.write_state();
+            if let Some(td) = st.tables.get_mut(&t) {
+                td.since_events = 0;
+                td.since_bytes = 0;
+            }
+        }
+    }
+
+    /// Wait for the automatic snapshots being written, if any (writer lock
+    /// held, or the last handle dropping: no group adds more meanwhile).
+    fn wait_snapshots(&self) {
+        let h = self.s.snapshotter.lock().unwrap_or_else(|p| p.into_inner()).thread.take();
+        if let Some(h) = h
+            && h.join().is_err()
+        {
+            log::error!(target: "driftdb::snapshot", "the automatic snapshot thread panicked");
+        }
+    }
+
+    /// Wait until the automatic snapshots started by earlier commits are
+    /// written (they are written in the background; see
+    /// [`Options::snapshot_every_events`]).
+    pub fn wait_for_snapshots(&self) {
+        let _w = self.lock_writer();
+        self.wait_snapshots();
     }
 
     /// Copy the commits only in the WAL into the segments, sync them, and
@@ -1910,13 +2026,14 @@ impl Db {
     /// Snapshot a table now (`SNAPSHOT t`); returns the sequence number it is taken at.
     pub fn snapshot(&self, table: &str) -> Result<u64> {
         let _w = self.lock_writer();
+        self.wait_snapshots();
         let id = self.read().table(table)?.id;
         self.snapshot_locked(id)
     }
 
     /// Write a snapshot of table `id` at the latest sequence number (writer lock held).
     fn snapshot_locked(&self, id: u32) -> Result<u64> {
-        let (seq, rows) = {
+        let (seq, rows, counted) = {
             let st = self.read();
             let seq = st.latest_seq();
             let Some(t) = st.tables.get(&id) else { return Ok(seq) };
@@ -1924,15 +2041,23 @@ impl Db {
                 return Ok(seq);
             }
             let rows: Vec<(Pk, Arc<Doc>)> = t.rows.iter().map(|(k, v)| (k.clone(), t.view(v, seq))).collect();
-            (seq, rows)
+            (seq, rows, (t.since_events, t.since_bytes))
         };
-        self.write_snapshot(id, seq, &rows)
+        self.write_snapshot(id, seq, &rows, counted)
     }
 
     /// Write rows as the snapshot of table `id` at `seq` and record it.
-    fn write_snapshot(&self, id: u32, seq: u64, rows: &[(Pk, Arc<Doc>)]) -> Result<u64> {
-        // A snapshot must never be ahead of the durable log (relaxed durability).
-        self.s.store.sync_stream(WAL_STREAM)?;
+    /// `counted`: the table's events and bytes since its last snapshot when
+    /// the rows were read (commits may come while the snapshot is written:
+    /// they count towards the next one).
+    fn write_snapshot(&self, id: u32, seq: u64, rows: &[(Pk, Arc<Doc>)], counted: (u64, u64)) -> Result<u64> {
+        // A snapshot must never be ahead of the durable log. With immediate
+        // durability every commit was synced before it applied, so there is
+        // nothing to sync (and no second fsync of the WAL beside the leader's,
+        // which could take a write-back error the leader then would not see).
+        if self.s.opts.durability != Durability::Immediate {
+            self.s.store.sync_stream(WAL_STREAM)?;
+        }
         // The fields the table indexed at `seq`, so that opening can index
         // the rows as it loads them (not listed if unusually long).
         let mut indexes =
@@ -1971,8 +2096,8 @@ impl Db {
             t.snapshots.push((seq, file_id));
             t.snapshots.sort_unstable();
             if t.snapshots.last().is_some_and(|(s, _)| *s == seq) {
-                t.since_events = 0;
-                t.since_bytes = 0;
+                t.since_events = t.since_events.saturating_sub(counted.0);
+                t.since_bytes = t.since_bytes.saturating_sub(counted.1);
             }
         }
         Ok(seq)
@@ -1992,6 +2117,7 @@ impl Db {
     /// later `COMPACT` finishes any rewrite a crash interrupted.
     pub fn compact(&self, table: &str, before: Option<&AsOf>) -> Result<u64> {
         let mut w = self.lock_writer();
+        self.wait_snapshots();
         let (id, h, current) = {
             let st = self.read();
             let def = st.table(table)?;
@@ -2021,7 +2147,7 @@ impl Db {
             };
             let has = self.read().tables.get(&id).is_some_and(|t| t.snapshots.iter().any(|(s, _)| *s == h));
             if !has {
-                self.write_snapshot(id, h, &rows)?;
+                self.write_snapshot(id, h, &rows, (u64::MAX, u64::MAX))?;
             }
             let baseline = {
                 let st = self.read();

@@ -23,6 +23,9 @@ struct Gate {
     /// The WAL fsync with this number (counting from 1; 0: none) panics
     /// once past the gate.
     panic_at: AtomicUsize,
+    /// Every fsync of a snapshot file waits while this is set.
+    snap_held: std::sync::atomic::AtomicBool,
+    snap_waiting: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -34,6 +37,7 @@ struct StallFs {
 struct StallFile {
     inner: Box<dyn VfsFile>,
     wal: bool,
+    snap: bool,
     gate: Arc<Gate>,
 }
 
@@ -51,6 +55,13 @@ impl VfsFile for StallFile {
         self.inner.set_len(len)
     }
     fn sync_data(&self) -> io::Result<()> {
+        if self.snap {
+            self.gate.snap_waiting.fetch_add(1, Ordering::SeqCst);
+            while self.gate.snap_held.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.gate.snap_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
         if self.wal {
             let n = self.gate.wal_syncs.fetch_add(1, Ordering::SeqCst) + 1;
             let mut held = self.gate.held.lock().unwrap();
@@ -72,7 +83,8 @@ impl VfsFile for StallFile {
 impl Vfs for StallFs {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn VfsFile>> {
         let wal = path.extension().is_some_and(|e| e == "wal");
-        Ok(Box::new(StallFile { inner: self.inner.open(path, mode)?, wal, gate: self.gate.clone() }))
+        let snap = path.extension().is_some_and(|e| e == "snap");
+        Ok(Box::new(StallFile { inner: self.inner.open(path, mode)?, wal, snap, gate: self.gate.clone() }))
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         self.inner.create_dir_all(path)
@@ -290,4 +302,72 @@ fn a_panicking_group_leader_leaves_no_committer_waiting_and_refuses_later_writes
     let e = db.insert_json("t", r#"{"id":6000}"#).unwrap_err().to_string();
     assert!(e.contains("group-commit leader panicked"), "{e}");
     assert!(db.get("t", &Pk::Int(5000)).unwrap().is_some());
+}
+
+/// Lets snapshot fsyncs go when dropped (a failing assertion must not leave
+/// the snapshot thread stuck).
+struct ReleaseSnapshots<'a>(&'a Gate);
+impl Drop for ReleaseSnapshots<'_> {
+    fn drop(&mut self) {
+        self.0.snap_held.store(false, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn commits_go_on_while_an_automatic_snapshot_is_being_written() {
+    let gate = Arc::new(Gate::default());
+    let fs = StallFs { inner: MemFs::new(), gate: gate.clone() };
+    let o = Options {
+        snapshot_every_events: 50,
+        store: StoreOptions { vfs: Arc::new(fs.clone()), ..Default::default() },
+        ..Default::default()
+    };
+    let key = KeySource::Raw(driftdb::crypto::keys::SecretKey::from_bytes([3; 32]));
+    let db = Db::create("/db", &key, o.clone()).unwrap();
+    db.create_table("t", "id", &["v"]).unwrap();
+    db.create_table("u", "id", &[]).unwrap();
+    gate.snap_held.store(true, Ordering::SeqCst);
+    // One thread commits row after row; an automatic snapshot becomes due
+    // and stops at its first fsync. The commits after it complete while it
+    // is stuck: a snapshot written by the committing thread would hold the
+    // writer lock, and they would wait for it.
+    const ROWS: usize = 400;
+    let done = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let _release = ReleaseSnapshots(&gate);
+        s.spawn(|| {
+            for i in 0..ROWS {
+                if i == 100 {
+                    // A snapshot became due well before: wait until it is stuck.
+                    wait_for("an automatic snapshot", || gate.snap_waiting.load(Ordering::SeqCst) > 0);
+                    // A second table becomes due while the first one's
+                    // snapshot is stuck, and is not written to again: its
+                    // snapshot is still taken once the first is done.
+                    for j in 0..60 {
+                        db.insert("u", json!({"id": j})).unwrap();
+                    }
+                }
+                db.insert("t", json!({"id": i, "v": i % 7})).unwrap();
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        wait_for("an automatic snapshot", || gate.snap_waiting.load(Ordering::SeqCst) > 0);
+        let at_start = done.load(Ordering::SeqCst).min(100);
+        wait_for("commits while a snapshot is being written", || done.load(Ordering::SeqCst) >= at_start + 100);
+        assert_eq!(gate.snap_waiting.load(Ordering::SeqCst), 1, "the snapshot is still being written");
+        assert!(db.snapshots("t").unwrap().is_empty(), "not recorded before it is written");
+    });
+    db.wait_for_snapshots();
+    assert!(!db.snapshots("u").unwrap().is_empty(), "the table found due meanwhile has its snapshot");
+    let snaps = db.snapshots("t").unwrap();
+    assert!(!snaps.is_empty());
+    // It holds the rows as of its sequence number, and reopening reads it.
+    let at = snaps[0];
+    let rows = db.query::<Value>(&format!("SELECT * FROM t AS OF @seq:{at}")).unwrap();
+    assert!(!rows.is_empty() && rows.len() < ROWS, "{} rows at the snapshot", rows.len());
+    db.close().unwrap();
+    let db = Db::open("/db", &key, o).unwrap();
+    assert_eq!(db.snapshots("t").unwrap(), snaps);
+    assert_eq!(db.query::<Value>("SELECT * FROM t").unwrap().len(), ROWS);
+    assert_eq!(db.query::<Value>(&format!("SELECT * FROM t AS OF @seq:{at}")).unwrap(), rows);
 }

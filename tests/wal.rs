@@ -309,6 +309,7 @@ fn relaxed_durability_never_lets_a_snapshot_get_ahead_of_the_log() {
     for n in 1..=40 {
         txn(&db, n).unwrap();
     }
+    db.wait_for_snapshots();
     assert!(!db.snapshots("t").unwrap().is_empty(), "automatic snapshots were taken");
     // Power loss: nothing unsynced survives.
     fs.crash();

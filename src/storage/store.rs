@@ -200,6 +200,15 @@ impl Drop for PendingFile {
     }
 }
 
+/// A file reserved by [`Store::reserve_file`].
+struct Reserved {
+    entry: FileEntry,
+    path: PathBuf,
+    name: String,
+    header: FileHeader,
+    key: Arc<FrameKey>,
+}
+
 /// Builds a write-once file (snapshot, index, catalog, merged segment...).
 pub struct FileBuilder<'s> {
     store: &'s Store,
@@ -767,6 +776,21 @@ impl Store {
         ordinal: u64,
         meta: Vec<u8>,
     ) -> Result<(FileWriter, FileEntry, PathBuf)> {
+        let r = self.reserve_file(inner, kind, stream, ordinal, meta)?;
+        let w = FileWriter::create(self.opts.vfs.as_ref(), &r.path, r.name, r.header, r.key.clone())?;
+        inner.keys.insert(r.entry.file_id, r.key);
+        Ok((w, r.entry, r.path))
+    }
+
+    /// A new file's id, data key (wrapped) and header, not created yet.
+    fn reserve_file(
+        &self,
+        inner: &mut Inner,
+        kind: FileKind,
+        stream: u32,
+        ordinal: u64,
+        meta: Vec<u8>,
+    ) -> Result<Reserved> {
         self.check_writable(inner)?;
         let file_id = inner.body.next_id;
         let key_id = file_id + 1;
@@ -778,10 +802,8 @@ impl Store {
         let fk = Arc::new(FrameKey::derive(&dek, &self.db_id, &header, self.opts.backend));
         let name = file_name(file_id, kind);
         let path = self.dir.join(&name);
-        let w = FileWriter::create(self.opts.vfs.as_ref(), &path, name, header, fk.clone())?;
-        inner.keys.insert(file_id, fk);
         let entry = FileEntry { file_id, kind, key_id, wrapped, state: FileState::Active, stream, ordinal, meta };
-        Ok((w, entry, path))
+        Ok(Reserved { entry, path, name, header, key: fk })
     }
 
     fn next_ordinal(inner: &Inner, stream: u32) -> u64 {
@@ -1010,11 +1032,18 @@ impl Store {
         if kind == FileKind::Keyring {
             return Err(Error::InvalidArgument("the keyring is not a data file".into()));
         }
-        let mut guard = self.lock_inner();
-        let inner = &mut *guard;
-        let ordinal = Self::next_ordinal(inner, stream);
-        let (writer, entry, path) = self.new_file(inner, kind, stream, ordinal, meta)?;
-        Ok(FileBuilder::new(self, writer, entry, path))
+        let r = {
+            let mut guard = self.lock_inner();
+            let inner = &mut *guard;
+            let ordinal = Self::next_ordinal(inner, stream);
+            self.reserve_file(inner, kind, stream, ordinal, meta)?
+        };
+        // The header is written and synced without the store's lock held
+        // (appends and WAL syncs go on meanwhile): the file is nobody
+        // else's until it is committed.
+        let writer = FileWriter::create(self.opts.vfs.as_ref(), &r.path, r.name, r.header, r.key.clone())?;
+        self.lock_inner().keys.insert(r.entry.file_id, r.key);
+        Ok(FileBuilder::new(self, writer, r.entry, r.path))
     }
 
     /// Apply an [`Edit`] atomically: after a crash either all of it is in
