@@ -271,12 +271,17 @@ impl RowHistory {
         self.shards.get(self.shard_of(&k))?.get(&k)
     }
 
-    fn shard_mut(&mut self, k: &HKey) -> &mut FastMap<HKey, Hists> {
+    /// The shards, made on first use.
+    fn shards_mut(&mut self) -> &mut [FastMap<HKey, Hists>] {
         if self.shards.is_empty() {
             self.shards = (0..HIST_SHARDS).map(|_| FastMap::default()).collect();
         }
+        &mut self.shards
+    }
+
+    fn shard_mut(&mut self, k: &HKey) -> &mut FastMap<HKey, Hists> {
         let i = self.shard_of(k);
-        &mut self.shards[i]
+        &mut self.shards_mut()[i]
     }
 
     fn push_key(&mut self, k: HKey, h: Hist) {
@@ -309,10 +314,7 @@ impl RowHistory {
         if entries.is_empty() {
             return;
         }
-        if self.shards.is_empty() {
-            self.shards = (0..HIST_SHARDS).map(|_| FastMap::default()).collect();
-        }
-        let Some(m) = self.shards.get_mut(i) else { return };
+        let Some(m) = self.shards_mut().get_mut(i) else { return };
         m.reserve(entries.len());
         for (k, h) in entries {
             m.entry(k).or_default().push(h);
@@ -502,7 +504,6 @@ impl State {
         self.next_seq - 1
     }
 
-    /// Forget the changes no open transaction can need.
     /// Whether table `id` is due for an automatic snapshot: after
     /// `snapshot_every_events` of its events (or `snapshot_every_bytes` of
     /// them), but not before as many events as it had rows at its last
@@ -514,6 +515,7 @@ impl State {
             || (t.since_bytes >= opts.snapshot_every_bytes && t.since_events >= rows / 2)
     }
 
+    /// Forget the changes no open transaction can need.
     fn prune_changes(&mut self) {
         match self.active.keys().next().copied() {
             None => self.changes.clear(),
@@ -1801,9 +1803,9 @@ impl Db {
 
     /// Write automatic snapshots of tables `due` on a thread of their own,
     /// so that the next commits do not wait for them (called by the
-    /// group-commit leader, writer lock held). If the last ones are still
-    /// being written, nothing starts: the tables stay due, and a later
-    /// group starts them. What could not run beside a snapshot being
+    /// group-commit leader, writer lock held). If the thread is still
+    /// writing earlier ones, the tables join its queue and it takes them
+    /// before it ends. What could not run beside a snapshot being
     /// written (compaction, an explicit snapshot, a key rotation, closing)
     /// waits for it first, under the writer lock, so that no new one starts.
     fn snapshot_in_background(&self, due: Vec<u32>) {
@@ -1870,7 +1872,7 @@ impl Db {
     /// only delays the next one (its counters restart, so it is not retried
     /// on every commit).
     fn auto_snapshot(&self, t: u32) {
-        if let Err(e) = self.snapshot_locked(t) {
+        if let Err(e) = self.snapshot_now(t) {
             log::warn!(target: "driftdb::snapshot", "automatic snapshot of table {t} failed: {e}");
             let mut st = self.write_state();
             if let Some(td) = st.tables.get_mut(&t) {
@@ -2028,11 +2030,13 @@ impl Db {
         let _w = self.lock_writer();
         self.wait_snapshots();
         let id = self.read().table(table)?.id;
-        self.snapshot_locked(id)
+        self.snapshot_now(id)
     }
 
-    /// Write a snapshot of table `id` at the latest sequence number (writer lock held).
-    fn snapshot_locked(&self, id: u32) -> Result<u64> {
+    /// Write a snapshot of table `id` at the latest sequence number (the
+    /// writer lock held, or on the automatic snapshot thread: see
+    /// [`Db::snapshot_in_background`]).
+    fn snapshot_now(&self, id: u32) -> Result<u64> {
         let (seq, rows, counted) = {
             let st = self.read();
             let seq = st.latest_seq();
