@@ -24,19 +24,101 @@ pub enum Pk {
     Str(KeyStr),
 }
 
-/// The text of a string key: kept inline up to 23 bytes and shared
+/// The text of a string key: kept inline up to 22 bytes and shared
 /// (not copied) beyond, so that a key is cloned without allocating, and
 /// the row map and the indexes compare keys without following a pointer.
 /// Build it with `.into()` from a `&str` or a `String`; it reads as a `&str`.
-#[derive(Clone, PartialEq, Eq, Hash, Default)]
-pub struct KeyStr(smol_str::SmolStr);
+#[derive(Clone)]
+pub struct KeyStr(KeyRepr);
+
+#[derive(Clone)]
+enum KeyRepr {
+    /// The text, zero-padded (so that two inline keys compare as three words).
+    Inline {
+        len: u8,
+        buf: [u8; KEY_INLINE],
+    },
+    Heap(Arc<str>),
+}
+
+/// The longest key kept inline.
+const KEY_INLINE: usize = 22;
+
+impl KeyStr {
+    fn new(s: &str) -> KeyStr {
+        match u8::try_from(s.len()) {
+            Ok(len) if s.len() <= KEY_INLINE => {
+                let mut buf = [0u8; KEY_INLINE];
+                buf[..s.len()].copy_from_slice(s.as_bytes());
+                KeyStr(KeyRepr::Inline { len, buf })
+            }
+            _ => KeyStr(KeyRepr::Heap(Arc::from(s))),
+        }
+    }
+
+    /// The key's text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Always valid: the bytes were copied whole from a `&str`.
+            KeyRepr::Inline { .. } => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
+            KeyRepr::Heap(s) => s,
+        }
+    }
+
+    /// The key's text, as bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            KeyRepr::Inline { len, buf } => buf.get(..usize::from(*len)).unwrap_or_default(),
+            KeyRepr::Heap(s) => s.as_bytes(),
+        }
+    }
+}
+
+impl Default for KeyStr {
+    fn default() -> KeyStr {
+        KeyStr(KeyRepr::Inline { len: 0, buf: [0; KEY_INLINE] })
+    }
+}
+
+impl PartialEq for KeyStr {
+    fn eq(&self, other: &KeyStr) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for KeyStr {}
+
+impl std::hash::Hash for KeyStr {
+    /// As its `str` hashes (it borrows as one).
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h)
+    }
+}
 
 impl Ord for KeyStr {
-    /// Byte order, as `str` compares: eight bytes at a time as big-endian
-    /// words (keys are short, and a call to `memcmp` per comparison was a
-    /// tenth of a bulk ingest's time in the row map's and indexes' searches).
+    /// Byte order, as `str` compares. Two inline keys compare as three
+    /// big-endian words of their zero-padded bytes, then by length (equal
+    /// words make the shorter key a prefix of the longer); otherwise eight
+    /// bytes at a time. A call to `memcmp` per comparison, and then the
+    /// decoding of a general small-string type, were each a tenth of a bulk
+    /// ingest's time in the row map's and indexes' searches.
     fn cmp(&self, other: &KeyStr) -> std::cmp::Ordering {
-        bytes_cmp(self.as_str().as_bytes(), other.as_str().as_bytes())
+        match (&self.0, &other.0) {
+            (KeyRepr::Inline { len: la, buf: a }, KeyRepr::Inline { len: lb, buf: b }) => {
+                let word = |x: &[u8; KEY_INLINE], at: usize| -> u64 {
+                    let mut w = [0u8; 8];
+                    w.copy_from_slice(&x[at..at + 8]);
+                    u64::from_be_bytes(w)
+                };
+                // Words at 0, 8 and 14 (overlapping bytes found equal).
+                word(a, 0)
+                    .cmp(&word(b, 0))
+                    .then_with(|| word(a, 8).cmp(&word(b, 8)))
+                    .then_with(|| word(a, KEY_INLINE - 8).cmp(&word(b, KEY_INLINE - 8)))
+                    .then(la.cmp(lb))
+            }
+            _ => bytes_cmp(self.as_bytes(), other.as_bytes()),
+        }
     }
 }
 
@@ -46,87 +128,84 @@ impl PartialOrd for KeyStr {
     }
 }
 
-/// Lexicographic byte order (what `<[u8]>::cmp` gives).
+/// Lexicographic byte order (what `<[u8]>::cmp` gives), eight bytes at a
+/// time: the bytes after the last whole word are compared as the word that
+/// ends where the shorter key ends, which overlaps bytes already found equal.
 fn bytes_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     let n = a.len().min(b.len());
-    let (mut ca, mut cb) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        let mut wx = [0u8; 8];
-        let mut wy = [0u8; 8];
-        wx.copy_from_slice(x);
-        wy.copy_from_slice(y);
-        let (x, y) = (u64::from_be_bytes(wx), u64::from_be_bytes(wy));
+    if n < 8 {
+        return a[..n].cmp(&b[..n]).then(a.len().cmp(&b.len()));
+    }
+    let word = |s: &[u8], at: usize| -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_be_bytes(w)
+    };
+    let mut at = 0;
+    loop {
+        let (x, y) = (word(a, at), word(b, at));
         if x != y {
             return x.cmp(&y);
         }
-    }
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        if x != y {
-            return x.cmp(y);
+        if at + 8 == n {
+            return a.len().cmp(&b.len());
         }
-    }
-    a.len().cmp(&b.len())
-}
-
-impl KeyStr {
-    /// The key's text.
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
+        at = (at + 8).min(n - 8);
     }
 }
 
 impl std::ops::Deref for KeyStr {
     type Target = str;
     fn deref(&self) -> &str {
-        self.0.as_str()
+        self.as_str()
     }
 }
 
 impl std::borrow::Borrow<str> for KeyStr {
     fn borrow(&self) -> &str {
-        self.0.as_str()
+        self.as_str()
     }
 }
 
 impl AsRef<str> for KeyStr {
     fn as_ref(&self) -> &str {
-        self.0.as_str()
+        self.as_str()
     }
 }
 
 impl From<&str> for KeyStr {
     fn from(s: &str) -> KeyStr {
-        KeyStr(smol_str::SmolStr::new(s))
+        KeyStr::new(s)
     }
 }
 
 impl From<String> for KeyStr {
     fn from(s: String) -> KeyStr {
-        KeyStr(smol_str::SmolStr::from(s))
+        KeyStr::new(&s)
     }
 }
 
 impl From<&String> for KeyStr {
     fn from(s: &String) -> KeyStr {
-        KeyStr(smol_str::SmolStr::new(s))
+        KeyStr::new(s)
     }
 }
 
 impl From<KeyStr> for String {
     fn from(k: KeyStr) -> String {
-        k.0.into()
+        k.as_str().to_owned()
     }
 }
 
 impl PartialEq<str> for KeyStr {
     fn eq(&self, other: &str) -> bool {
-        self.0 == other
+        self.as_bytes() == other.as_bytes()
     }
 }
 
 impl PartialEq<&str> for KeyStr {
     fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -641,6 +720,25 @@ mod tests {
             let longer = format!("{x}a");
             assert_eq!(KeyStr::from(x.as_str()).cmp(&KeyStr::from(longer.as_str())), std::cmp::Ordering::Less);
             assert_eq!(KeyStr::from(x.as_str()).cmp(&KeyStr::from(x.as_str())), std::cmp::Ordering::Equal);
+        }
+    }
+
+    #[test]
+    fn a_key_takes_three_words_and_reads_back_at_every_length() {
+        // The row map and the indexes hold millions of keys.
+        assert_eq!(std::mem::size_of::<Pk>(), 24);
+        for n in 0..=40usize {
+            let s: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            let k = KeyStr::from(s.as_str());
+            assert_eq!(k.as_str(), s);
+            assert_eq!(k.as_bytes(), s.as_bytes());
+            assert_eq!(k, KeyStr::from(s.clone()));
+            assert_eq!(String::from(k.clone()), s);
+            let mut h1 = std::collections::hash_map::DefaultHasher::new();
+            let mut h2 = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&k, &mut h1);
+            std::hash::Hash::hash(s.as_str(), &mut h2);
+            assert_eq!(std::hash::Hasher::finish(&h1), std::hash::Hasher::finish(&h2), "hashes as its str");
         }
     }
 
