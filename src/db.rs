@@ -22,7 +22,7 @@ use crate::table::schema::{Alter, any_between, apply_between};
 use crate::table::snapshot::{SNAPSHOT_STREAM_BASE, SnapMeta, decode_rows_raw, encode_rows};
 use crate::table::time::{format_rfc3339, now_micros};
 use crate::table::{Commit, Doc, Event, FastMap, FastSet, Op, Pk, RawCommit, TableDef};
-use crate::txn::{Accepted, Batch, GroupView, Isolation, Request, Slot, SlotCell};
+use crate::txn::{Accepted, Batch, GroupView, Isolation, Picks, Request, Slot, SlotCell};
 use crate::{Argon2Params, Error, FileKind, KeySource, Result};
 use serde_json::{Map, Value};
 use std::collections::btree_map::Entry;
@@ -259,6 +259,10 @@ pub(crate) struct RowHistory {
 /// Shards of a [`RowHistory`].
 const HIST_SHARDS: usize = 256;
 
+/// Events from which a commit's history entries are recorded on a thread
+/// of their own while it is applied (below, a thread costs more than it saves).
+const PARALLEL_APPLY: u64 = 256;
+
 impl RowHistory {
     /// The shard of key `k`.
     fn shard_of(&self, k: &HKey) -> usize {
@@ -417,6 +421,7 @@ fn reindex(
     key: &Pk,
     old: Option<&Arc<Doc>>,
     new: Option<&Arc<Doc>>,
+    picks: Option<Picks>,
 ) {
     if indexes.is_empty() {
         return;
@@ -431,7 +436,11 @@ fn reindex(
             Some(o) => o.fields(&names),
             None => Vec::new(),
         };
-        (old_vals, new.map(|n| n.fields(&names)).unwrap_or_default())
+        let new_vals = match new {
+            None => Vec::new(),
+            Some(n) => picks.and_then(|p| p.take(&names)).unwrap_or_else(|| n.fields(&names)),
+        };
+        (old_vals, new_vals)
     };
     for (i, ix) in indexes.values_mut().enumerate() {
         if old.is_some() {
@@ -530,8 +539,9 @@ impl State {
     /// Apply a commit just written at `pos` as a record of `rec_len` bytes.
     /// Rows keep the documents' text as staged (no parsed tree); documents
     /// and keys are moved out of `c`.
-    fn apply(&mut self, c: &mut Commit, rec_len: usize, pos: RecordPos) -> Result<()> {
+    fn apply(&mut self, c: &mut Commit, picks: Vec<(usize, Picks)>, rec_len: usize, pos: RecordPos) -> Result<()> {
         let first = c.first_seq;
+        let mut picks = picks.into_iter().peekable();
         let events = c
             .events
             .iter_mut()
@@ -547,7 +557,11 @@ impl State {
                     }
                     None => Arc::new(Doc::from_text_unchecked(d.text()).at(seq)),
                 });
-                Applied { op: e.op, table: e.table, key: e.key.take(), hkey: None, doc }
+                let picks = match picks.peek() {
+                    Some((at, _)) if *at == i => picks.next().map(|(_, p)| p),
+                    _ => None,
+                };
+                Applied { op: e.op, table: e.table, key: e.key.take(), hkey: None, doc, picks }
             })
             .collect();
         self.apply_events(c.first_seq, c.time_micros, events, pos, rec_len)
@@ -566,6 +580,82 @@ impl State {
         let ci = u32::try_from(self.commits.len()).map_err(|_| Error::Query("too many commits".into()))?;
         let n = events.len() as u64;
         self.commits.push(CommitMeta { first_seq, len: events.len() as u32, time: time_micros, pos });
+        // A large commit of row changes only, applied live: its history
+        // entries go into the history maps on a thread of their own while
+        // this one updates the rows and the indexes.
+        let plain = n >= PARALLEL_APPLY
+            && self.maintain_indexes
+            && self.open_history.is_none()
+            && events.iter().all(|e| {
+                matches!(e.op, Op::Insert | Op::Patch | Op::SoftDelete)
+                    && e.key.is_some()
+                    && self.tables.contains_key(&e.table)
+            });
+        if plain {
+            let mut work: Vec<HistoryWork> = Vec::new();
+            for (i, e) in events.iter().enumerate() {
+                let Some(k) = &e.key else { continue };
+                let hist = Hist { seq: first_seq + i as u64, op: e.op, commit: ci, idx: i as u32, folded: false };
+                let at = match work.iter().position(|(t, _, _)| *t == e.table) {
+                    Some(at) => at,
+                    None => {
+                        let h = self.tables.get_mut(&e.table).map(|t| std::mem::take(&mut t.history));
+                        work.push((e.table, h.unwrap_or_default(), Vec::with_capacity(events.len())));
+                        work.len() - 1
+                    }
+                };
+                if let Some((_, _, entries)) = work.get_mut(at) {
+                    entries.push((HKey::of(k), hist));
+                }
+            }
+            let fill = |work: &mut Vec<HistoryWork>| {
+                for (_, history, entries) in work.iter_mut() {
+                    for (k, h) in entries.drain(..) {
+                        history.push_key(k, h);
+                    }
+                }
+            };
+            let (r, spawned) = std::thread::scope(|s| {
+                let w = &mut work;
+                let spawned = std::thread::Builder::new().name("driftdb-apply".into()).spawn_scoped(s, || fill(w));
+                let r = self.apply_rows(first_seq, ci, events, share, true);
+                let ran = match spawned {
+                    Ok(h) => match h.join() {
+                        Ok(()) => true,
+                        Err(p) => std::panic::resume_unwind(p),
+                    },
+                    Err(_) => false,
+                };
+                (r, ran)
+            });
+            if !spawned {
+                fill(&mut work);
+            }
+            for (id, history, _) in work {
+                if let Some(t) = self.tables.get_mut(&id) {
+                    t.history = history;
+                }
+            }
+            r?;
+        } else {
+            self.apply_rows(first_seq, ci, events, share, false)?;
+        }
+        self.next_seq = first_seq + n;
+        self.last_time = self.last_time.max(time_micros);
+        Ok(())
+    }
+
+    /// The loop of [`State::apply_events`]: event `i` is at `first_seq + i`
+    /// in commit `ci`; `history_done` when its history entries are recorded
+    /// elsewhere.
+    fn apply_rows(
+        &mut self,
+        first_seq: u64,
+        ci: u32,
+        events: Vec<Applied>,
+        share: u64,
+        history_done: bool,
+    ) -> Result<()> {
         for (i, e) in events.into_iter().enumerate() {
             let seq = first_seq + i as u64;
             if e.op == Op::CreateTable {
@@ -669,6 +759,7 @@ impl State {
             // One lookup; the key moves into the row map (or is dropped for a
             // delete), its other uses borrow it.
             let maintain = self.maintain_indexes;
+            let mut picks = e.picks;
             let keep = !self.active.is_empty();
             let mut change = None;
             let mut changed = |k: &Pk, old: Option<&Arc<Doc>>, new: Option<&Arc<Doc>>| {
@@ -685,10 +776,12 @@ impl State {
                         gone.entry(e.table).or_default().insert(v.key().clone());
                     }
                     if maintain {
-                        reindex(&mut t.indexes, &t.alters, v.key(), None, new.as_ref());
+                        reindex(&mut t.indexes, &t.alters, v.key(), None, new.as_ref(), picks.take());
                     }
                     changed(v.key(), None, new.as_ref());
-                    push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(v.key()), hist);
+                    if !history_done {
+                        push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(v.key()), hist);
+                    }
                     if let Some(d) = new {
                         v.insert(d);
                     }
@@ -696,10 +789,12 @@ impl State {
                 (Entry::Occupied(mut o), Some(d)) => {
                     let old = o.insert(d.clone());
                     if maintain {
-                        reindex(&mut t.indexes, &t.alters, o.key(), Some(&old), Some(&d));
+                        reindex(&mut t.indexes, &t.alters, o.key(), Some(&old), Some(&d), picks.take());
                     }
                     changed(o.key(), Some(&old), Some(&d));
-                    push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(o.key()), hist);
+                    if !history_done {
+                        push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(o.key()), hist);
+                    }
                 }
                 (Entry::Occupied(o), None) => {
                     let (k, old) = o.remove_entry();
@@ -709,18 +804,18 @@ impl State {
                         gone.entry(e.table).or_default().insert(k.clone());
                     }
                     if maintain {
-                        reindex(&mut t.indexes, &t.alters, &k, Some(&old), None);
+                        reindex(&mut t.indexes, &t.alters, &k, Some(&old), None, None);
                     }
                     changed(&k, Some(&old), None);
-                    push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(&k), hist);
+                    if !history_done {
+                        push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(&k), hist);
+                    }
                 }
             }
             if let Some(c) = change {
                 self.changes.push_back(c);
             }
         }
-        self.next_seq = first_seq + n;
-        self.last_time = self.last_time.max(time_micros);
         Ok(())
     }
 
@@ -743,6 +838,10 @@ impl State {
     }
 }
 
+/// A table's history map, taken out while a commit's entries for it
+/// (in event order) are added on another thread.
+type HistoryWork = (u32, RowHistory, Vec<(HKey, Hist)>);
+
 /// One event as [`State::apply_events`] takes it.
 struct Applied {
     op: Op,
@@ -752,6 +851,8 @@ struct Applied {
     /// whose row comes from a snapshot (no [`Pk`] is made for it).
     hkey: Option<HKey>,
     doc: Option<Arc<Doc>>,
+    /// Its indexed fields, picked when it was staged.
+    picks: Option<Picks>,
 }
 
 /// An embedded DriftDB database.
@@ -1714,19 +1815,19 @@ impl Db {
             }
             g.accepted
         };
-        type Built = (Commit, Vec<u8>, Slot);
+        type Built = (Commit, Vec<u8>, Slot, Vec<(usize, Picks)>);
         let built: Vec<Built> = accepted
             .into_iter()
             .map(|a| {
                 let c = Commit { first_seq: a.first_seq, time_micros: a.time, events: a.batch.events };
-                (c, a.bytes, a.slot)
+                (c, a.bytes, a.slot, a.batch.picks)
             })
             .collect();
         if built.is_empty() {
             return;
         }
         // The group's records go to the WAL in one write.
-        let records: Vec<&[u8]> = built.iter().map(|(_, bytes, _)| bytes.as_slice()).collect();
+        let records: Vec<&[u8]> = built.iter().map(|(_, bytes, _, _)| bytes.as_slice()).collect();
         let (positions, mut failure) = match self.s.store.append_many(WAL_STREAM, FileKind::Wal, &records) {
             Ok(p) => (p, None),
             Err(e) => (Vec::new(), Some(e)),
@@ -1746,7 +1847,7 @@ impl Db {
             self.s.store.poison_with(&e);
             let msg = e.to_string();
             let mut first = Some(e);
-            for (_, _, slot) in built {
+            for (_, _, slot, _) in built {
                 let err = first.take().unwrap_or_else(|| Error::Poisoned(msg.clone()));
                 set(&slot, Err(err));
             }
@@ -1756,7 +1857,7 @@ impl Db {
         let mut answered: Vec<Slot> = Vec::with_capacity(built.len());
         {
             let mut guard = Some(self.write_state());
-            for ((mut commit, bytes, slot), pos) in built.into_iter().zip(positions) {
+            for ((mut commit, bytes, slot, picks), pos) in built.into_iter().zip(positions) {
                 // A schema change that builds an index builds it first,
                 // under the read lock only: readers go on meanwhile.
                 if commit.events.iter().any(|e| e.op == Op::Alter) {
@@ -1770,7 +1871,7 @@ impl Db {
                 let Some(st) = guard.as_mut() else { break };
                 let ci = st.commits.len() as u32;
                 // Woken once the state is released (they would wait for it).
-                let r = st.apply(&mut commit, bytes.len(), pos);
+                let r = st.apply(&mut commit, picks, bytes.len(), pos);
                 let failed = r.is_err();
                 slot.set(r.map(|()| st.latest_seq()));
                 answered.push(slot);
@@ -2790,7 +2891,7 @@ fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec: &[u8]) -> 
             Some(k) if covered => (None, Some(HKey::of_ref(k))),
             k => (k.map(crate::table::KeyRef::to_pk), None),
         };
-        events.push(Applied { op: e.op, table: e.table, key, hkey, doc });
+        events.push(Applied { op: e.op, table: e.table, key, hkey, doc, picks: None });
     }
     let ci = st.commits.len() as u32;
     st.apply_events(c.first_seq, c.time_micros, events, pos, rec.len())

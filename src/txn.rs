@@ -30,6 +30,7 @@ use crate::table::schema::Alter;
 use crate::table::{Doc, Event, FastMap, FastSet, Op, Pk, TableDef};
 use crate::{Error, Result};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -174,9 +175,13 @@ impl Request {
 /// The state a batch of changes is checked against.
 pub(crate) trait View {
     /// A table's definition.
-    fn def(&self, name: &str) -> Result<TableDef>;
+    fn def(&self, name: &str) -> Result<Cow<'_, TableDef>>;
     /// A row's document.
     fn current(&self, id: u32, key: &Pk) -> Result<Option<Value>>;
+    /// Whether a row is live (what [`View::current`] says, without reading it).
+    fn exists(&self, id: u32, key: &Pk) -> Result<bool> {
+        Ok(self.current(id, key)?.is_some())
+    }
     /// The id the next new table gets.
     fn next_table_id(&self) -> u32;
 }
@@ -263,16 +268,19 @@ impl<'a> GroupView<'a> {
     /// no row it wrote changed since `snapshot`, and the tables it creates
     /// get the same ids and clash with none.
     pub fn still_valid(&self, b: &Batch, snapshot: u64) -> bool {
-        let rows_unchanged = b.overlay.keys().filter(|(id, _)| !b.is_new(*id)).all(|(id, k)| {
-            !self.wrote(*id, k)
-                && self
-                    .st
-                    .tables
-                    .get(id)
-                    .and_then(|t| t.history.get(k))
-                    .and_then(|h| h.last())
-                    .is_none_or(|e| e.seq <= snapshot)
-        });
+        // Nothing committed since `snapshot`, nothing accepted before it in the group.
+        let nothing_since = self.accepted.is_empty() && self.st.latest_seq() <= snapshot;
+        let rows_unchanged = nothing_since
+            || b.overlay.keys().filter(|(id, _)| !b.is_new(*id)).all(|(id, k)| {
+                !self.wrote(*id, k)
+                    && self
+                        .st
+                        .tables
+                        .get(id)
+                        .and_then(|t| t.history.get(k))
+                        .and_then(|h| h.last())
+                        .is_none_or(|e| e.seq <= snapshot)
+            });
         let tables_fit = b.new_tables.first().is_none_or(|d| d.id == self.next_table_id)
             && b.new_tables.iter().all(|d| self.def(&d.name).is_err());
         // No schema change since `snapshot` to a table it writes or alters.
@@ -298,14 +306,27 @@ impl<'a> GroupView<'a> {
 }
 
 impl View for GroupView<'_> {
-    fn def(&self, name: &str) -> Result<TableDef> {
+    fn def(&self, name: &str) -> Result<Cow<'_, TableDef>> {
         if let Some(d) = self.altered.iter().find(|d| d.name == name) {
-            return Ok(d.clone());
+            return Ok(Cow::Borrowed(d));
         }
         if let Some(d) = self.new_tables.iter().find(|d| d.name == name) {
-            return Ok(d.clone());
+            return Ok(Cow::Borrowed(d));
         }
-        self.st.table(name).cloned()
+        self.st.table(name).map(Cow::Borrowed)
+    }
+
+    fn exists(&self, id: u32, key: &Pk) -> Result<bool> {
+        if !self.accepted.is_empty() {
+            return Ok(self.current(id, key)?.is_some());
+        }
+        // A key past the table's last one (keys that arrive in order) is
+        // absent without a search.
+        Ok(self
+            .st
+            .tables
+            .get(&id)
+            .is_some_and(|t| t.rows.last_key_value().is_some_and(|(last, _)| key <= last) && t.rows.contains_key(key)))
     }
 
     fn current(&self, id: u32, key: &Pk) -> Result<Option<Value>> {
@@ -346,7 +367,7 @@ pub(crate) struct SnapshotView<'a> {
 }
 
 impl View for SnapshotView<'_> {
-    fn def(&self, name: &str) -> Result<TableDef> {
+    fn def(&self, name: &str) -> Result<Cow<'_, TableDef>> {
         let d = self.st.table(name)?;
         if d.created_seq > self.seq {
             return Err(Error::Query(format!(
@@ -358,7 +379,7 @@ impl View for SnapshotView<'_> {
         let mut at = self.st.tables.get(&d.id).and_then(|t| t.def_at(self.seq)).unwrap_or(d).clone();
         at.id = d.id;
         at.created_seq = d.created_seq;
-        Ok(at)
+        Ok(Cow::Owned(at))
     }
 
     fn current(&self, id: u32, key: &Pk) -> Result<Option<Value>> {
@@ -388,6 +409,30 @@ pub(crate) struct Batch {
     /// transaction's own batch: real ids are assigned at commit, and a table
     /// another transaction creates meanwhile can never share one).
     pub local_ids: bool,
+    /// Indexed fields of inserted documents, picked while their text was
+    /// checked: (index of the event, fields), in event order.
+    pub picks: Vec<(usize, Picks)>,
+    /// The latest list of indexed fields picked, per table (shared by its picks).
+    pub pick_names: Vec<(u32, Arc<[String]>)>,
+}
+
+/// The values of a document's indexed fields `names` (`None`: missing).
+pub(crate) struct Picks {
+    pub names: Arc<[String]>,
+    pub values: Vec<Option<Value>>,
+}
+
+impl Picks {
+    /// The values of fields `fields`, in that order, if every one of them was picked.
+    pub fn take(mut self, fields: &[&str]) -> Option<Vec<Option<Value>>> {
+        fields
+            .iter()
+            .map(|f| {
+                let i = self.names.iter().position(|x| x == f)?;
+                Some(self.values.get_mut(i).and_then(Option::take))
+            })
+            .collect()
+    }
 }
 
 /// Tables whose names begin with this are DriftDB's own (the migration
@@ -402,12 +447,12 @@ fn check_name(kind: &str, n: &str) -> Result<()> {
 }
 
 impl Batch {
-    pub fn def(&self, v: &dyn View, table: &str) -> Result<TableDef> {
+    pub fn def<'a>(&'a self, v: &'a dyn View, table: &str) -> Result<Cow<'a, TableDef>> {
         if let Some(d) = self.altered.iter().find(|d| d.name == table) {
-            return Ok(d.clone());
+            return Ok(Cow::Borrowed(d));
         }
         if let Some(d) = self.new_tables.iter().find(|d| d.name == table) {
-            return Ok(d.clone());
+            return Ok(Cow::Borrowed(d));
         }
         v.def(table)
     }
@@ -450,6 +495,17 @@ impl Batch {
     /// Whether this batch changes the schema of table `id`.
     pub fn alters_table(&self, id: u32) -> bool {
         self.alters.iter().any(|(_, t, _)| *t == id)
+    }
+
+    /// Whether the row is live as this batch leaves it (see [`Batch::current`]).
+    pub fn exists(&self, v: &dyn View, id: u32, key: &Pk) -> Result<bool> {
+        if let Some(i) = self.overlay.get(&(id, key.clone())) {
+            return Ok(self.events.get(*i).is_some_and(|e| matches!(e.op, Op::Insert | Op::Patch) && e.doc.is_some()));
+        }
+        if self.is_new(id) {
+            return Ok(false);
+        }
+        v.exists(id, key)
     }
 
     pub fn current(&self, v: &dyn View, id: u32, key: &Pk) -> Result<Option<Value>> {
@@ -607,8 +663,9 @@ impl Batch {
                 }
             }
         }
+        let id = def.id;
         check_depth(table, &doc)?;
-        self.push_insert(v, table, def.id, key, row_doc(&doc)?)
+        self.push_insert(v, table, id, key, row_doc(&doc)?, None)
     }
 
     /// Insert a document given as JSON text: checked and its key picked in
@@ -628,17 +685,47 @@ impl Batch {
             let doc: Value = serde_json::from_str(&text).map_err(bad)?;
             return self.insert(v, table, doc);
         }
-        let picked = crate::table::doc::check(&text, &[def.pk.as_str()]).map_err(bad)?;
+        // The key and the indexed fields, in one pass: applying the insert
+        // then indexes the row without reading its text again.
+        let mut fields: Vec<&str> = Vec::with_capacity(1 + def.indexes.len());
+        fields.push(def.pk.as_str());
+        fields.extend(def.indexes.iter().map(String::as_str));
+        let mut picked = crate::table::doc::check(&text, &fields).map_err(bad)?;
         if !text.trim_start().starts_with('{') {
             return Err(Error::Query(format!("INSERT INTO {table}: the document must be a JSON object")));
         }
         let key = Self::key_from(&def, table, picked.first().and_then(Option::as_ref))?;
-        self.push_insert(v, table, def.id, key, Arc::new(Doc::from_string_unchecked(text)))
+        let id = def.id;
+        let indexed = (!def.indexes.is_empty()).then(|| {
+            let names = match self.pick_names.iter().find(|(t, _)| *t == id) {
+                Some((_, n)) if n.iter().eq(def.indexes.iter()) => n.clone(),
+                _ => Arc::from(def.indexes.as_slice()),
+            };
+            Picks { names, values: picked.drain(1..).collect() }
+        });
+        if let Some(p) = &indexed
+            && !self.pick_names.iter().any(|(t, n)| *t == id && Arc::ptr_eq(n, &p.names))
+        {
+            self.pick_names.retain(|(t, _)| *t != id);
+            self.pick_names.push((id, p.names.clone()));
+        }
+        self.push_insert(v, table, id, key, Arc::new(Doc::from_string_unchecked(text)), indexed)
     }
 
-    fn push_insert(&mut self, v: &dyn View, table: &str, id: u32, key: Pk, doc: Arc<Doc>) -> Result<()> {
-        if self.current(v, id, &key)?.is_some() {
+    fn push_insert(
+        &mut self,
+        v: &dyn View,
+        table: &str,
+        id: u32,
+        key: Pk,
+        doc: Arc<Doc>,
+        indexed: Option<Picks>,
+    ) -> Result<()> {
+        if self.exists(v, id, &key)? {
             return Err(Error::Constraint(format!("duplicate primary key {key} in table {table:?}")));
+        }
+        if let Some(p) = indexed {
+            self.picks.push((self.events.len(), p));
         }
         self.overlay.insert((id, key.clone()), self.events.len());
         self.events.push(Event { op: Op::Insert, table: id, key: Some(key), doc: Some(doc), patch: None });
@@ -648,7 +735,8 @@ impl Batch {
     fn patch(&mut self, v: &dyn View, table: &str, key: &Pk, set: Map<String, Value>) -> Result<()> {
         self.writable(table)?;
         let def = self.def(v, table)?;
-        let Some(Value::Object(mut doc)) = self.current(v, def.id, key)? else {
+        let id = def.id;
+        let Some(Value::Object(mut doc)) = self.current(v, id, key)? else {
             return Err(Error::Constraint(format!("PATCH {table}: no live row with key {key} (missing or deleted)")));
         };
         if let Some(x) = set.get(&def.pk)
@@ -665,10 +753,10 @@ impl Batch {
         }
         let doc = Value::Object(doc);
         check_depth(table, &doc)?;
-        self.overlay.insert((def.id, key.clone()), self.events.len());
+        self.overlay.insert((id, key.clone()), self.events.len());
         self.events.push(Event {
             op: Op::Patch,
-            table: def.id,
+            table: id,
             key: Some(key.clone()),
             doc: Some(row_doc(&doc)?),
             patch: Some(Value::Object(set)),
@@ -678,7 +766,7 @@ impl Batch {
 
     fn alter(&mut self, v: &dyn View, table: &str, alter: Alter) -> Result<()> {
         self.writable(table)?;
-        let mut def = self.def(v, table)?;
+        let mut def = self.def(v, table)?.into_owned();
         alter.apply_def(&mut def).map_err(Error::Constraint)?;
         let doc = serde_json::to_value(&alter).map_err(|e| Error::Query(e.to_string()))?;
         self.alters.push((self.events.len(), def.id, alter));
@@ -696,14 +784,14 @@ impl Batch {
 
     fn soft_delete(&mut self, v: &dyn View, table: &str, key: &Pk) -> Result<()> {
         self.writable(table)?;
-        let def = self.def(v, table)?;
-        let Some(doc) = self.current(v, def.id, key)? else {
+        let id = self.def(v, table)?.id;
+        let Some(doc) = self.current(v, id, key)? else {
             return Err(Error::Constraint(format!("SOFT DELETE FROM {table}: no live row with key {key}")));
         };
-        self.overlay.insert((def.id, key.clone()), self.events.len());
+        self.overlay.insert((id, key.clone()), self.events.len());
         self.events.push(Event {
             op: Op::SoftDelete,
-            table: def.id,
+            table: id,
             key: Some(key.clone()),
             doc: Some(row_doc(&doc)?),
             patch: None,
@@ -804,7 +892,7 @@ impl<'db> Txn<'db> {
     /// A table's definition as this transaction sees it.
     pub fn describe(&self, table: &str) -> Result<TableDef> {
         let local = &self.local;
-        self.with_view(|v, _| local.def(v, table))
+        self.with_view(|v, _| local.def(v, table).map(Cow::into_owned))
     }
 
     /// Rows this transaction writes, per table name (its own new tables included).
@@ -993,6 +1081,10 @@ impl Drop for Txn<'_> {
 /// (Snapshot and Serializable) or read (Serializable): a description of it.
 pub(crate) fn conflict(st: &State, g: &GroupView<'_>, req: &Request) -> Option<String> {
     if req.iso == Isolation::ReadCommitted {
+        return None;
+    }
+    // Nothing committed since the snapshot, nothing accepted before it in the group.
+    if g.accepted.is_empty() && st.latest_seq() <= req.snapshot {
         return None;
     }
     let changed_key = |id: u32, k: &Pk| -> Option<u64> {
