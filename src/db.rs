@@ -17,7 +17,7 @@
 
 use crate::query::ast::{AsOf, Select, Stmt};
 use crate::storage::store::{CreateOptions, Edit, RecordPos, Store, StoreOptions};
-use crate::table::index::Index;
+use crate::table::index::{IKey, Index};
 use crate::table::schema::{Alter, any_between, apply_between};
 use crate::table::snapshot::{SNAPSHOT_STREAM_BASE, SnapMeta, decode_rows_raw, encode_rows};
 use crate::table::time::{format_rfc3339, now_micros};
@@ -1097,12 +1097,14 @@ impl Db {
     }
 
     /// Open a database: the key is checked first; then every table's latest
-    /// snapshot is loaded (on a second thread, which also checks its rows)
-    /// while the log is replayed (the row histories built on a third), and
-    /// the two are merged. Rows are kept as the JSON text their records
-    /// hold: each current row is checked once (on up to four threads,
-    /// building the secondary indexes in the same pass), and parsed when
-    /// first read.
+    /// snapshot is loaded (on a second thread) while the log is replayed
+    /// (the row histories built on a third), and the two are merged. Rows
+    /// are kept as the JSON text their records hold, and parsed when first
+    /// read. A snapshot row is indexed by the values its record carries
+    /// (its text was checked before it was written), or else checked and
+    /// picked on the loading thread; every other current row is checked
+    /// once (on up to four threads, building the secondary indexes in the
+    /// same pass).
     pub fn open(dir: impl AsRef<Path>, key: &KeySource, opts: Options) -> Result<Db> {
         let store = Store::open(dir, key, opts.store.clone())?;
         let mut st = State { next_seq: 1, ..State::default() };
@@ -1155,12 +1157,20 @@ impl Db {
             latest
                 .iter()
                 .map(|(id, seq, file, fields)| {
-                    let rows = load_snapshot_rows(&store, *file, *seq, false)?;
+                    let SnapRows { rows, fields: stored, picked } = load_snapshot_rows(&store, *file, *seq, false)?;
+                    // Rows that carry their indexed values are not parsed:
+                    // their record is authenticated, and their text was
+                    // checked before it was written.
+                    if stored > 0 && stored == fields.len() && picked.len() == rows.len() * stored {
+                        let mut values = picked.into_iter();
+                        let picks = rows.iter().map(|_| Some(values.by_ref().take(stored).collect())).collect();
+                        return Ok(Loaded { table: *id, fields: fields.clone(), rows, picks });
+                    }
                     let f: Vec<&str> = fields.iter().map(String::as_str).collect();
                     // A row that fails here is checked again, and reported,
                     // if it is still current once the log is replayed.
                     let pick = |part: &[(Pk, Arc<Doc>)]| -> Vec<Option<Picked>> {
-                        part.iter().map(|(_, d)| crate::table::doc::check(d.text(), &f).ok()).collect()
+                        part.iter().map(|(_, d)| crate::table::doc::check(d.text(), &f).ok().map(ikeys)).collect()
                     };
                     // In two halves, the second on a thread of its own: this
                     // thread is the longest of the open, and the replay's
@@ -1325,7 +1335,7 @@ impl Db {
                     format!("the snapshot at the compaction horizon @seq:{h} of table {id} is missing"),
                 )
             })?;
-            let rows = load_snapshot(&store, snap, h, true)?;
+            let rows = load_snapshot(&store, snap, h)?;
             st.fold_history(id, h, rows.keys());
         }
         st.rows_from.clear();
@@ -2170,26 +2180,39 @@ impl Db {
         if !crate::table::snapshot::fields_fit(&indexes) {
             indexes.clear();
         }
-        let meta = SnapMeta { table: id, seq, rows: rows.len() as u64, indexes };
+        // Each row carries the values of those fields, so that opening
+        // indexes it without parsing it.
+        let names: Vec<&str> = indexes.iter().map(String::as_str).collect();
+        let m = if names.len() <= crate::table::snapshot::MAX_PICKED_FIELDS { names.len() } else { 0 };
+        let meta = SnapMeta { table: id, seq, rows: rows.len() as u64, indexes: indexes.clone() };
         let mut b = self.s.store.build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode())?;
         // Records of about RECORD_TARGET bytes, by the rows' real encoded size
         // (a single row larger than a record gets a record of its own).
         b.with_write_behind(|b| {
             let mut chunk: Vec<(&Pk, Vec<u8>)> = Vec::new();
+            let mut picked: Vec<Option<IKey>> = Vec::new();
             let mut size = 0usize;
             for (k, v) in rows {
                 let doc = v.text().as_bytes().to_vec();
                 let n = doc.len() + 32;
                 if !chunk.is_empty() && size + n > crate::table::snapshot::RECORD_TARGET {
-                    b.append(&encode_rows(&chunk))?;
+                    b.append(&encode_rows(&chunk, (m > 0).then_some((m, picked.as_slice()))))?;
                     chunk.clear();
+                    picked.clear();
                     size = 0;
+                }
+                if m > 0 {
+                    let vals = pick_fields(v, &names).map_err(|e| {
+                        Error::Query(format!("snapshot of table {id}: the document of row {k} is not valid JSON: {e}"))
+                    })?;
+                    picked.extend(vals.into_iter().map(|x| x.and_then(crate::table::index::ikey_owned)));
+                    size += 8 * m;
                 }
                 size += n;
                 chunk.push((k, doc));
             }
             if !chunk.is_empty() || rows.is_empty() {
-                b.append(&encode_rows(&chunk))?;
+                b.append(&encode_rows(&chunk, (m > 0).then_some((m, picked.as_slice()))))?;
             }
             Ok(())
         })?;
@@ -2445,7 +2468,7 @@ impl Db {
             .find(|(s, _)| *s == t.horizon)
             .map(|(_, f)| *f)
             .ok_or_else(|| Error::NotFound(format!("snapshot at the horizon of table {id}")))?;
-        let rows = Arc::new(load_snapshot(&self.s.store, file, t.horizon, true)?);
+        let rows = Arc::new(load_snapshot(&self.s.store, file, t.horizon)?);
         self.s.baselines.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (t.horizon, rows.clone()));
         Ok(rows)
     }
@@ -2577,7 +2600,7 @@ impl Db {
     fn replay(&self, plan: ReplayPlan) -> Result<Rows> {
         let id = plan.table;
         let mut rows = match plan.snapshot {
-            Some((seq, file)) => load_snapshot(&self.s.store, file, seq, true)?,
+            Some((seq, file)) => load_snapshot(&self.s.store, file, seq)?,
             None => BTreeMap::new(),
         };
         for (ci, meta) in plan.commits {
@@ -2899,8 +2922,14 @@ fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec: &[u8]) -> 
     Ok(ci)
 }
 
-/// A row's indexed fields, in the order of the field list they were picked for.
-type Picked = Vec<Option<Value>>;
+/// A row's indexed fields as the index keys them (`None`: missing, or not
+/// indexable), in the order of the field list they were picked for.
+type Picked = Vec<Option<IKey>>;
+
+/// The index keys of picked field values.
+fn ikeys(vals: Vec<Option<Value>>) -> Picked {
+    vals.into_iter().map(|v| v.and_then(crate::table::index::ikey_owned)).collect()
+}
 
 /// Check every current row of a table read at open (their documents are
 /// still the text of the log's records) and build the table's secondary
@@ -2928,15 +2957,18 @@ fn check_rows_and_index(name: &str, t: &mut TableData, pre_fields: &[String], pr
                 crate::table::doc::check(d.text(), &[])
                     .map_err(|e| Error::tampered(name, 0, format!("the document of row {k} is not valid JSON: {e}")))?;
                 let v = t.view_value(d, u64::MAX);
-                f.iter().map(|x| v.get(*x).cloned()).collect()
+                ikeys(f.iter().map(|x| v.get(*x).cloned()).collect())
             } else if let (Some(mut p), Some(at)) = (done.take(), at.as_ref()) {
                 at.iter().map(|i| p.get_mut(*i).and_then(Option::take)).collect()
             } else {
-                crate::table::doc::check(d.text(), &f)
-                    .map_err(|e| Error::tampered(name, 0, format!("the document of row {k} is not valid JSON: {e}")))?
+                ikeys(
+                    crate::table::doc::check(d.text(), &f).map_err(|e| {
+                        Error::tampered(name, 0, format!("the document of row {k} is not valid JSON: {e}"))
+                    })?,
+                )
             };
             for (g, v) in groups.iter_mut().zip(vals) {
-                if let Some(ik) = v.and_then(crate::table::index::ikey_owned) {
+                if let Some(ik) = v {
                     match g.get_mut(&ik) {
                         Some(pks) => pks.push((*k).clone()),
                         None => {
@@ -3003,19 +3035,45 @@ fn replay_plan(st: &State, id: u32, t: &TableData, seq: u64) -> ReplayPlan {
     ReplayPlan { table: id, snapshot, commits, seq, alters }
 }
 
-/// Every row of a snapshot file. Unless `checked`, the documents are left
-/// unchecked for the caller to check (see [`Doc::from_text_unchecked`]).
-fn load_snapshot(store: &Store, file: u64, seq: u64, checked: bool) -> Result<Rows> {
-    // Snapshot rows are in key order: a bulk build, not an insert per row.
-    Ok(load_snapshot_rows(store, file, seq, checked)?.into_iter().collect())
+/// The top-level fields `names` of a document: from its parsed form, or
+/// picked from its text in one pass (an error if the text does not parse).
+fn pick_fields(d: &Doc, names: &[&str]) -> std::result::Result<Vec<Option<Value>>, serde_json::Error> {
+    if d.has_value() { Ok(d.fields(names)) } else { crate::table::doc::check(d.text(), names) }
 }
 
-/// A snapshot's rows, in key order.
-fn load_snapshot_rows(store: &Store, file: u64, seq: u64, checked: bool) -> Result<Vec<(Pk, Arc<Doc>)>> {
+/// Every row of a snapshot file, checked.
+fn load_snapshot(store: &Store, file: u64, seq: u64) -> Result<Rows> {
+    // Snapshot rows are in key order: a bulk build, not an insert per row.
+    Ok(load_snapshot_rows(store, file, seq, true)?.rows.into_iter().collect())
+}
+
+/// A snapshot's rows, and the indexed values its records carry.
+struct SnapRows {
+    /// In key order.
+    rows: Vec<(Pk, Arc<Doc>)>,
+    /// Values per row (0: not every record carries them, or not as many).
+    fields: usize,
+    /// `rows.len() × fields` values, in row order.
+    picked: Vec<Option<IKey>>,
+}
+
+/// A snapshot's rows, in key order. Unless `checked`, the documents are
+/// left unchecked for the caller (see [`Doc::from_text_unchecked`]).
+fn load_snapshot_rows(store: &Store, file: u64, seq: u64, checked: bool) -> Result<SnapRows> {
     let mut rows = Vec::new();
+    let mut picked = Vec::new();
+    let mut fields: Option<usize> = None;
     let name = crate::format::file_name(file, FileKind::Snapshot);
     store.read_file(file, |pos, rec| {
-        for (k, v) in decode_rows_raw(rec).map_err(|e| Error::corrupted(&name, pos.offset, e.reason))? {
+        let raw = decode_rows_raw(rec).map_err(|e| Error::corrupted(&name, pos.offset, e.reason))?;
+        if fields.is_none_or(|f| f == raw.fields) {
+            fields = Some(raw.fields);
+            picked.extend(raw.picked);
+        } else {
+            fields = Some(0);
+            picked = Vec::new();
+        }
+        for (k, v) in raw.rows {
             let d = if checked {
                 Doc::from_text(v).map_err(|e| Error::corrupted(&name, pos.offset, format!("row {k}: {e}")))?
             } else {
@@ -3030,7 +3088,11 @@ fn load_snapshot_rows(store: &Store, file: u64, seq: u64, checked: bool) -> Resu
         }
         Ok(())
     })?;
-    Ok(rows)
+    let fields = fields.unwrap_or(0);
+    if fields == 0 {
+        picked = Vec::new();
+    }
+    Ok(SnapRows { rows, fields, picked })
 }
 
 /// A table's latest snapshot as loaded at open: its rows in key order and,
@@ -3206,6 +3268,88 @@ mod tests {
         }
     }
 
+    /// A database whose table `t` (indexed on `s`) has rows 0 to 2, then a
+    /// snapshot written by hand of the rows given (each with `s` = "x" in
+    /// its text), with the indexed values `picked` (none: the format without).
+    fn with_snapshot(picked: Option<&[Option<IKey>]>) -> (crate::storage::memfs::MemFs, KeySource) {
+        let fs = crate::storage::memfs::MemFs::new();
+        let opts = Options {
+            store: crate::StoreOptions { vfs: Arc::new(fs.clone()), ..Default::default() },
+            ..Options::default()
+        };
+        let key = KeySource::Raw(crate::crypto::keys::SecretKey::from_bytes([3; 32]));
+        let db = Db::create("/db", &key, opts).unwrap();
+        db.create_table("t", "id", &["s"]).unwrap();
+        let docs: Vec<(Pk, Vec<u8>)> = (0..3i64)
+            .map(|i| {
+                db.insert("t", serde_json::json!({"id": i, "s": "x"})).unwrap();
+                (Pk::Int(i), format!(r#"{{"id":{i},"s":"x"}}"#).into_bytes())
+            })
+            .collect();
+        let id = db.read().table("t").unwrap().id;
+        let meta = SnapMeta { table: id, seq: db.latest_seq(), rows: 3, indexes: vec!["s".into()] };
+        let mut b = db.store().build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode()).unwrap();
+        let rows: Vec<(&Pk, Vec<u8>)> = docs.iter().map(|(k, d)| (k, d.clone())).collect();
+        b.append(&encode_rows(&rows, picked.map(|p| (1, p)))).unwrap();
+        let pending = b.finish().unwrap();
+        db.store().commit(crate::Edit { add: vec![pending], ..Default::default() }).unwrap();
+        db.close().unwrap();
+        (fs, key)
+    }
+
+    fn hits(db: &Db, v: &str) -> usize {
+        let r = db.read();
+        let t = &r.tables[&r.table("t").unwrap().id];
+        t.indexes["s"].candidates(crate::query::ast::CmpOp::Eq, &Value::from(v)).map_or(0, |h| h.len())
+    }
+
+    #[test]
+    fn opening_indexes_snapshot_rows_by_the_values_they_carry_without_parsing_them() {
+        // Values that differ from the text (no writer makes such a file:
+        // here they show which of the two opening used).
+        let carried = [Some(IKey::Str("carried".into())), None, Some(IKey::Str("carried".into()))];
+        let (fs, key) = with_snapshot(Some(&carried));
+        let opts =
+            Options { store: crate::StoreOptions { vfs: Arc::new(fs), ..Default::default() }, ..Options::default() };
+        let db = Db::open("/db", &key, opts).unwrap();
+        assert_eq!((hits(&db, "carried"), hits(&db, "x")), (2, 0));
+    }
+
+    #[test]
+    fn snapshot_rows_without_indexed_values_are_parsed_and_indexed_at_open() {
+        let (fs, key) = with_snapshot(None);
+        let opts =
+            Options { store: crate::StoreOptions { vfs: Arc::new(fs), ..Default::default() }, ..Options::default() };
+        let db = Db::open("/db", &key, opts).unwrap();
+        assert_eq!((hits(&db, "carried"), hits(&db, "x")), (0, 3));
+    }
+
+    #[test]
+    fn snapshots_written_by_the_database_carry_each_rows_indexed_values() {
+        use crate::storage::memfs::MemFs;
+        let fs = MemFs::new();
+        let opts = Options {
+            store: crate::StoreOptions { vfs: Arc::new(fs.clone()), ..Default::default() },
+            ..Options::default()
+        };
+        let key = KeySource::Raw(crate::crypto::keys::SecretKey::from_bytes([3; 32]));
+        let db = Db::create("/db", &key, opts).unwrap();
+        db.create_table("t", "id", &["s", "n"]).unwrap();
+        db.insert_json("t", r#"{"id":1,"s":"a","n":2}"#).unwrap();
+        db.insert("t", serde_json::json!({"id": 2, "s": [1], "n": 2.5})).unwrap();
+        db.insert("t", serde_json::json!({"id": 3, "n": true})).unwrap();
+        db.snapshot("t").unwrap();
+        let id = db.read().table("t").unwrap().id;
+        let file = db.read().tables[&id].snapshots.last().unwrap().1;
+        let got = load_snapshot_rows(db.store(), file, 0, true).unwrap();
+        assert_eq!(got.fields, 2);
+        let num = |f: f64| crate::table::index::ikey(&Value::from(f));
+        assert_eq!(
+            got.picked,
+            vec![Some(IKey::Str("a".into())), num(2.0), None, num(2.5), None, Some(IKey::Bool(true))]
+        );
+    }
+
     #[test]
     fn a_snapshot_whose_rows_are_out_of_key_order_is_refused_at_open() {
         use crate::storage::memfs::MemFs;
@@ -3227,7 +3371,7 @@ mod tests {
         let meta = SnapMeta { table: id, seq, rows: 2, indexes: vec!["s".into()] };
         let mut b = db.store().build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode()).unwrap();
         let (k2, k1) = (Pk::Int(2), Pk::Int(1));
-        b.append(&encode_rows(&[(&k2, br#"{"id":2,"s":"x"}"#.to_vec()), (&k1, br#"{"id":1,"s":"x"}"#.to_vec())]))
+        b.append(&encode_rows(&[(&k2, br#"{"id":2,"s":"x"}"#.to_vec()), (&k1, br#"{"id":1,"s":"x"}"#.to_vec())], None))
             .unwrap();
         let pending = b.finish().unwrap();
         let name = crate::format::file_name(pending.file_id(), FileKind::Snapshot);

@@ -166,29 +166,36 @@ pub fn commit(data: &[u8]) {
 
 /// Snapshot metadata and row records.
 pub fn snapshot(data: &[u8]) {
-    use crate::table::snapshot::{SnapMeta, decode_rows, encode_rows};
+    use crate::table::snapshot::{SnapMeta, decode_rows, decode_rows_raw, encode_rows};
     if let Ok(m) = SnapMeta::decode(data) {
         assert_eq!(m.encode(), data);
     }
-    if let Ok(rows) = decode_rows(data) {
-        let enc: Vec<(&crate::table::Pk, Vec<u8>)> =
-            rows.iter().map(|(k, v)| (k, serde_json::to_vec(v).unwrap_or_default())).collect();
-        let again = decode_rows(&encode_rows(&enc)).unwrap_or_else(|e| panic!("re-encoded rows do not decode: {e:?}"));
-        assert_eq!(again, rows);
-        // The raw decode (opening a database) agrees, and so does a field
-        // read from the text with the parsed document's field.
-        let raw = crate::table::snapshot::decode_rows_raw(data).unwrap_or_else(|e| panic!("raw rows fail: {e:?}"));
-        assert_eq!(raw.len(), rows.len());
-        for ((rk, rt), (k, v)) in raw.iter().zip(&rows) {
-            assert_eq!(rk, k);
-            let d = crate::table::Doc::from_text(rt).unwrap_or_else(|e| panic!("raw row text fails its check: {e}"));
-            if let Some(first) = v.as_object().and_then(|o| o.keys().next()) {
-                assert_eq!(d.field(first).as_ref(), v.get(first), "field read from text differs");
+    if let Ok(raw) = decode_rows_raw(data) {
+        // One encoding per record: what decodes encodes back to the same
+        // bytes, indexed values included.
+        let enc: Vec<(&crate::table::Pk, Vec<u8>)> = raw.rows.iter().map(|(k, t)| (k, t.as_bytes().to_vec())).collect();
+        let picked = (raw.fields > 0).then_some((raw.fields, raw.picked.as_slice()));
+        assert_eq!(encode_rows(&enc, picked), data, "a decoded record encodes differently");
+        assert_eq!(raw.picked.len(), raw.rows.len() * raw.fields);
+        match decode_rows(data) {
+            // The parsed decode agrees, and so does a field read from the
+            // text with the parsed document's field.
+            Ok(rows) => {
+                assert_eq!(rows.len(), raw.rows.len());
+                for ((rk, rt), (k, v)) in raw.rows.iter().zip(&rows) {
+                    assert_eq!(rk, k);
+                    let d = crate::table::Doc::from_text(rt)
+                        .unwrap_or_else(|e| panic!("raw row text fails its check: {e}"));
+                    if let Some(first) = v.as_object().and_then(|o| o.keys().next()) {
+                        assert_eq!(d.field(first).as_ref(), v.get(first), "field read from text differs");
+                    }
+                    assert_eq!(d.value(), v);
+                }
             }
-            assert_eq!(d.value(), v);
+            // Only a document that does not parse fails it.
+            Err(_) => assert!(raw.rows.iter().any(|(_, t)| serde_json::from_str::<serde_json::Value>(t).is_err())),
         }
-    } else if let Ok(raw) = crate::table::snapshot::decode_rows_raw(data) {
-        for (_, t) in raw {
+        for (_, t) in &raw.rows {
             assert!(crate::table::Doc::from_text(t).is_err() || serde_json::from_str::<serde_json::Value>(t).is_ok());
         }
     }
@@ -617,11 +624,11 @@ mod tests {
             &SnapMeta { table: 1, seq: 9, rows: 2, indexes: vec!["status".into()] }.encode(),
         );
         let (a, b) = (Pk::Int(1), Pk::Str("x".into()));
-        put(
-            "snapshot",
-            "seed1",
-            &encode_rows(&[(&a, b"{\"id\":1}".to_vec()), (&b, b"{\"id\":\"x\",\"n\":[1,2.5]}".to_vec())]),
-        );
+        let rows = [(&a, b"{\"id\":1}".to_vec()), (&b, b"{\"id\":\"x\",\"n\":[1,2.5]}".to_vec())];
+        put("snapshot", "seed1", &encode_rows(&rows, None));
+        use crate::table::index::IKey;
+        let picked = [Some(IKey::Str("x".into())), None, Some(IKey::Num(7)), Some(IKey::Bool(true))];
+        put("snapshot", "seed-picked", &encode_rows(&rows, Some((2, &picked))));
         put(
             "model",
             "seed0",

@@ -56,6 +56,11 @@ impl Doc {
         self.seq = seq;
     }
 
+    /// Whether the parsed form is at hand (reading a field costs no parse).
+    pub(crate) fn has_value(&self) -> bool {
+        self.value.get().is_some()
+    }
+
     /// The sequence number its content is as of (`u64::MAX`: current).
     pub fn seq(&self) -> u64 {
         self.seq

@@ -417,15 +417,6 @@ fn put_json(w: &mut Writer, v: &Option<Value>) {
     w.buf[at..start].copy_from_slice(&(len as u32).to_le_bytes());
 }
 
-fn get_json(r: &mut Reader<'_>, what: &str) -> Result<Option<Value>, DecodeError> {
-    let at = r.pos();
-    let b = r.blob(MAX_DOC, what)?;
-    if b.is_empty() {
-        return Ok(None);
-    }
-    serde_json::from_slice(b).map(Some).map_err(|e| DecodeError { offset: at, reason: format!("{what}: {e}") })
-}
-
 impl Commit {
     /// Encode as a log record.
     pub fn encode(&self) -> Vec<u8> {
@@ -603,11 +594,6 @@ pub(crate) fn get_key_ref<'a>(r: &mut Reader<'a>) -> Result<Option<KeyRef<'a>>, 
         2 => Some(KeyRef::Int(i64::from_le_bytes(r.array("key")?))),
         t => return Err(DecodeError { offset: kat, reason: format!("unknown key tag {t}") }),
     })
-}
-
-/// Decode a JSON blob.
-pub(crate) fn get_json_pub(r: &mut Reader<'_>, what: &str) -> Result<Option<Value>, DecodeError> {
-    get_json(r, what)
 }
 
 #[cfg(test)]

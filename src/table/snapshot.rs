@@ -7,10 +7,15 @@
 //!   or, with the table's indexed fields: u8 version(2) | u32 table | u64 seq
 //!   | u64 rows | u32 n (≥ 1) | n × blob field name
 //! record: u32 n | n × (key | blob document)        (rows in key order)
+//!   or, with each row's indexed values: u32 0xFFFF_FFFF | u32 n | u8 m (≥ 1)
+//!   | n × (key | blob document | m × value)
+//! value: u8 0 (absent, or not indexable) | u8 1 (false) | u8 2 (true)
+//!   | u8 3, u64 number (an index's order-preserving key) | u8 4, blob UTF-8 string
 //! ```
 
 use super::Pk;
-use super::event::{get_json_pub, get_key, put_key};
+use super::event::{get_key, put_key};
+use super::index::IKey;
 use crate::format::codec::{DecodeError, Reader, Writer};
 use serde_json::Value;
 
@@ -88,38 +93,108 @@ impl SnapMeta {
     }
 }
 
-/// Encode one record of rows (documents already serialized as JSON).
-pub fn encode_rows(rows: &[(&Pk, Vec<u8>)]) -> Vec<u8> {
+/// The first word of a record whose rows carry their indexed values (a
+/// row count never reaches it).
+const PICKED: u32 = u32::MAX;
+
+/// Most indexed values a row of a record may carry.
+pub const MAX_PICKED_FIELDS: usize = 255;
+
+/// Encode one record of rows (documents already serialized as JSON). With
+/// `picked` (`m` values per row, `rows.len() × m` in row order, `m` from 1
+/// to [`MAX_PICKED_FIELDS`]), each row also carries the values of the
+/// fields the snapshot's metadata lists, so that opening indexes the rows
+/// without parsing them.
+pub fn encode_rows(rows: &[(&Pk, Vec<u8>)], picked: Option<(usize, &[Option<IKey>])>) -> Vec<u8> {
     let mut w = Writer::default();
-    w.u32(rows.len() as u32);
-    for (k, doc) in rows {
+    let per_row = match picked {
+        Some((m, values)) if (1..=MAX_PICKED_FIELDS).contains(&m) && values.len() == rows.len() * m => {
+            w.u32(PICKED);
+            w.u32(rows.len() as u32);
+            w.u8(m as u8);
+            Some((m, values))
+        }
+        _ => {
+            w.u32(rows.len() as u32);
+            None
+        }
+    };
+    for (i, (k, doc)) in rows.iter().enumerate() {
         put_key(&mut w, &Some((*k).clone()));
         w.blob(doc);
+        if let Some((m, values)) = per_row {
+            for v in values.iter().skip(i * m).take(m) {
+                put_ikey(&mut w, v.as_ref());
+            }
+        }
     }
     w.buf
 }
 
-/// Decode one record of rows.
-pub fn decode_rows(b: &[u8]) -> Result<Vec<(Pk, Value)>, DecodeError> {
-    let mut r = Reader::new(b);
-    let n = r.count(1 << 24, 6, "rows")?;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let at = r.pos();
-        let k = get_key(&mut r)?.ok_or_else(|| DecodeError { offset: at, reason: "row without a key".into() })?;
-        let v = get_json_pub(&mut r, "row")?
-            .ok_or_else(|| DecodeError { offset: at, reason: "row without a document".into() })?;
-        out.push((k, v));
+fn put_ikey(w: &mut Writer, v: Option<&IKey>) {
+    match v {
+        None => w.u8(0),
+        Some(IKey::Bool(b)) => w.u8(1 + u8::from(*b)),
+        Some(IKey::Num(n)) => {
+            w.u8(3);
+            w.u64(*n);
+        }
+        Some(IKey::Str(s)) => {
+            w.u8(4);
+            w.blob(s.as_bytes());
+        }
     }
-    r.finish("snapshot record")?;
-    Ok(out)
+}
+
+fn get_ikey(r: &mut Reader<'_>) -> Result<Option<IKey>, DecodeError> {
+    let at = r.pos();
+    Ok(match r.u8("indexed value")? {
+        0 => None,
+        1 => Some(IKey::Bool(false)),
+        2 => Some(IKey::Bool(true)),
+        3 => Some(IKey::Num(r.u64("indexed number")?)),
+        4 => {
+            let sat = r.pos();
+            let b = r.blob(crate::format::frame::MAX_PAYLOAD, "indexed string")?;
+            let s = std::str::from_utf8(b)
+                .map_err(|_| DecodeError { offset: sat, reason: "indexed string: not UTF-8".into() })?;
+            Some(IKey::Str(s.to_owned()))
+        }
+        t => return Err(DecodeError { offset: at, reason: format!("unknown indexed value tag {t}") }),
+    })
+}
+
+/// One record of rows, documents left as JSON text (UTF-8 checked).
+#[derive(Debug, Default)]
+pub struct RawRows<'a> {
+    /// The rows, in the record's order.
+    pub rows: Vec<(Pk, &'a str)>,
+    /// Indexed values per row (0: the record carries none).
+    pub fields: usize,
+    /// `rows.len() × fields` indexed values, in row order.
+    pub picked: Vec<Option<IKey>>,
 }
 
 /// Decode one record of rows, documents left as JSON text (UTF-8 checked).
-pub fn decode_rows_raw(b: &[u8]) -> Result<Vec<(Pk, &str)>, DecodeError> {
+pub fn decode_rows_raw(b: &[u8]) -> Result<RawRows<'_>, DecodeError> {
     let mut r = Reader::new(b);
-    let n = r.count(1 << 24, 6, "rows")?;
-    let mut out = Vec::with_capacity(n);
+    let first = r.u32("rows")?;
+    let (n, fields) = if first == PICKED {
+        let n = r.count(1 << 24, 7, "rows")?;
+        let at = r.pos();
+        let m = usize::from(r.u8("indexed values per row")?);
+        if m == 0 {
+            return Err(DecodeError { offset: at, reason: "a record with indexed values lists none per row".into() });
+        }
+        (n, m)
+    } else {
+        let n = usize::try_from(first).unwrap_or(usize::MAX);
+        if n > 1 << 24 || n.saturating_mul(6) > r.remaining() {
+            return Err(DecodeError { offset: 0, reason: format!("rows: count {n} exceeds the record") });
+        }
+        (n, 0)
+    };
+    let mut out = RawRows { rows: Vec::with_capacity(n), fields, picked: Vec::with_capacity(n * fields) };
     for _ in 0..n {
         let at = r.pos();
         let k = get_key(&mut r)?.ok_or_else(|| DecodeError { offset: at, reason: "row without a key".into() })?;
@@ -129,10 +204,28 @@ pub fn decode_rows_raw(b: &[u8]) -> Result<Vec<(Pk, &str)>, DecodeError> {
             return Err(DecodeError { offset: at, reason: "row without a document".into() });
         }
         let d = std::str::from_utf8(d).map_err(|_| DecodeError { offset: dat, reason: "row: not UTF-8".into() })?;
-        out.push((k, d));
+        out.rows.push((k, d));
+        for _ in 0..fields {
+            out.picked.push(get_ikey(&mut r)?);
+        }
     }
     r.finish("snapshot record")?;
     Ok(out)
+}
+
+/// Decode one record of rows, documents parsed (indexed values, if any, checked and dropped).
+pub fn decode_rows(b: &[u8]) -> Result<Vec<(Pk, Value)>, DecodeError> {
+    let raw = decode_rows_raw(b)?;
+    raw.rows
+        .into_iter()
+        .map(|(k, t)| {
+            let v = serde_json::from_str(t).map_err(|e| DecodeError {
+                offset: 0,
+                reason: format!("row {k}: the document is not valid JSON: {e}"),
+            })?;
+            Ok((k, v))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -159,12 +252,53 @@ mod tests {
         assert!(SnapMeta::decode(&bad).is_err());
         let (a, b) = (Pk::Int(1), Pk::Str("x".into()));
         let (da, db) = (json!({"id": 1}), json!({"id": "x", "n": [1, 2]}));
-        let rec = encode_rows(&[(&a, serde_json::to_vec(&da).unwrap()), (&b, serde_json::to_vec(&db).unwrap())]);
-        assert_eq!(decode_rows(&rec).unwrap(), vec![(a, da), (b, db)]);
+        let rows = [(&a, serde_json::to_vec(&da).unwrap()), (&b, serde_json::to_vec(&db).unwrap())];
+        let rec = encode_rows(&rows, None);
+        assert_eq!(decode_rows(&rec).unwrap(), vec![(a.clone(), da.clone()), (b.clone(), db.clone())]);
         assert!(decode_rows(&rec[..rec.len() - 1]).is_err());
         let raw = decode_rows_raw(&rec).unwrap();
-        assert_eq!(raw.len(), 2);
-        assert_eq!(serde_json::from_str::<Value>(raw[1].1).unwrap(), json!({"id": "x", "n": [1, 2]}));
+        assert_eq!((raw.rows.len(), raw.fields, raw.picked.len()), (2, 0, 0));
+        assert_eq!(serde_json::from_str::<Value>(raw.rows[1].1).unwrap(), json!({"id": "x", "n": [1, 2]}));
         assert!(decode_rows_raw(&rec[..rec.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn rows_with_their_indexed_values_round_trip_and_every_damage_is_refused() {
+        let (a, b) = (Pk::Int(1), Pk::Str("x".into()));
+        let rows = [(&a, r#"{"id":1,"s":"é","n":2}"#.as_bytes().to_vec()), (&b, br#"{"id":"x","t":true}"#.to_vec())];
+        let picked = vec![
+            Some(IKey::Str("é".into())),
+            Some(IKey::Num(42)),
+            None,
+            None,
+            Some(IKey::Bool(true)),
+            Some(IKey::Bool(false)),
+        ];
+        let rec = encode_rows(&rows, Some((3, &picked)));
+        let raw = decode_rows_raw(&rec).unwrap();
+        assert_eq!(raw.fields, 3);
+        assert_eq!(raw.picked, picked);
+        assert_eq!(raw.rows, vec![(a.clone(), r#"{"id":1,"s":"é","n":2}"#), (b.clone(), r#"{"id":"x","t":true}"#)]);
+        // The parsed decode skips the values.
+        assert_eq!(decode_rows(&rec).unwrap()[1], (b.clone(), json!({"id": "x", "t": true})));
+        // Values that do not match the rows are not written.
+        assert_eq!(decode_rows_raw(&encode_rows(&rows, Some((3, &picked[..5])))).unwrap().fields, 0);
+        assert_eq!(decode_rows_raw(&encode_rows(&rows, Some((0, &[])))).unwrap().fields, 0);
+        // Every cut is refused, and so is an unknown tag or a string that is not UTF-8.
+        for n in 0..rec.len() {
+            assert!(decode_rows_raw(&rec[..n]).is_err(), "cut at {n}");
+        }
+        let mut bad = rec.clone();
+        *bad.last_mut().unwrap() = 9; // the last value, `false`, is its tag alone
+
+        assert!(decode_rows_raw(&bad).unwrap_err().reason.contains("tag 9"));
+        let s_at = rec.windows(2).position(|w| w == "é".as_bytes()).unwrap();
+        let s_at = rec[s_at + 1..].windows(2).position(|w| w == "é".as_bytes()).unwrap() + s_at + 1;
+        let mut bad = rec.clone();
+        bad[s_at] = 0xff;
+        assert!(decode_rows_raw(&bad).unwrap_err().reason.contains("not UTF-8"));
+        let mut none = rec.clone();
+        none[8] = 0; // m = 0
+        assert!(decode_rows_raw(&none).is_err());
     }
 }
