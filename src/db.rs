@@ -615,28 +615,36 @@ impl State {
                     }
                 }
             };
-            let (r, spawned) = std::thread::scope(|s| {
+            // A panic on either thread is resumed once the maps are back
+            // in their tables (as the serial path would leave them).
+            let (r, filled) = std::thread::scope(|s| {
                 let w = &mut work;
                 let spawned = std::thread::Builder::new().name("driftdb-apply".into()).spawn_scoped(s, || fill(w));
-                let r = self.apply_rows(first_seq, ci, events, share, true);
-                let ran = match spawned {
-                    Ok(h) => match h.join() {
-                        Ok(()) => true,
-                        Err(p) => std::panic::resume_unwind(p),
-                    },
-                    Err(_) => false,
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.apply_rows(first_seq, ci, events, share, true)
+                }));
+                let filled = match spawned {
+                    Ok(h) => Some(h.join()),
+                    Err(_) => None,
                 };
-                (r, ran)
+                (r, filled)
             });
-            if !spawned {
-                fill(&mut work);
-            }
+            let filled = match filled {
+                Some(f) => f,
+                None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fill(&mut work))),
+            };
             for (id, history, _) in work {
                 if let Some(t) = self.tables.get_mut(&id) {
                     t.history = history;
                 }
             }
-            r?;
+            if let Err(p) = filled {
+                std::panic::resume_unwind(p);
+            }
+            match r {
+                Ok(r) => r?,
+                Err(p) => std::panic::resume_unwind(p),
+            }
         } else {
             self.apply_rows(first_seq, ci, events, share, false)?;
         }
