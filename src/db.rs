@@ -482,6 +482,11 @@ pub(crate) struct State {
     /// While opening: keys the log deletes after their table's snapshot
     /// (whose rows are merged in once the replay is over).
     open_deleted: Option<FastMap<u32, FastSet<Pk>>>,
+    /// While opening: what the log writes to each table's rows, in log
+    /// order (`None`: a delete), put in key order once it is read (an
+    /// insert into a large ordered map compares the key with every key of
+    /// each node on its path; a log is mostly in key order already).
+    open_rows: Option<FastMap<u32, Vec<(Pk, Option<Arc<Doc>>)>>>,
     /// While opening: history entries not yet handed to the thread that
     /// builds the history maps (see [`Db::open`]).
     open_history: Option<Vec<(u32, HKey, Hist)>>,
@@ -764,6 +769,22 @@ impl State {
                 Op::Insert | Op::Patch => Some(e.doc.unwrap_or_else(|| Arc::new(Doc::from_value(Value::Null).at(seq)))),
                 _ => None,
             };
+            if let Some(open_rows) = self.open_rows.as_mut() {
+                // Opening (no index is maintained, no transaction is open).
+                let hk = HKey::of(&key);
+                // The snapshot's row, if it has one, is gone.
+                if new.is_none()
+                    && self.rows_from.contains_key(&e.table)
+                    && let Some(gone) = self.open_deleted.as_mut()
+                {
+                    gone.entry(e.table).or_default().insert(key.clone());
+                }
+                open_rows.entry(e.table).or_default().push((key, new));
+                if !history_done {
+                    push_history(&mut self.open_history, &mut t.history, e.table, hk, hist);
+                }
+                continue;
+            }
             // One lookup; the key moves into the row map (or is dropped for a
             // delete), its other uses borrow it.
             let maintain = self.maintain_indexes;
@@ -1159,6 +1180,7 @@ impl Db {
         // deletes are noted, and the snapshot's rows fill in the rest once
         // both are done.
         st.open_deleted = Some(FastMap::default());
+        st.open_rows = Some(FastMap::default());
         let mut writer = WriterState::default();
         let wal_files = store.stream_files(WAL_STREAM).len();
         let load_all = || -> Result<Vec<Loaded>> {
@@ -1299,13 +1321,39 @@ impl Db {
         let with_history = st.open_history.take().is_some();
         replayed?;
         let deleted = st.open_deleted.take().unwrap_or_default();
+        // The rows the log wrote, in key order: each key's last write (a
+        // stable sort keeps a key's writes in log order, and finds the runs
+        // a log in key order is made of), unless it is a delete.
+        let mut written: FastMap<u32, Vec<(Pk, Arc<Doc>)>> = st
+            .open_rows
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, mut writes)| {
+                writes.sort_by(|a, b| a.0.cmp(&b.0));
+                let mut rows: Vec<(Pk, Arc<Doc>)> = Vec::with_capacity(writes.len());
+                let mut writes = writes.into_iter().peekable();
+                while let Some((k, d)) = writes.next() {
+                    if writes.peek().is_some_and(|(next, _)| *next == k) {
+                        continue;
+                    }
+                    if let Some(d) = d {
+                        rows.push((k, d));
+                    }
+                }
+                (id, rows)
+            })
+            .collect();
         let mut picked: HashMap<u32, (Vec<String>, Vec<Option<Picked>>)> = HashMap::new();
         for l in loaded? {
             let t = st.tables.entry(l.table).or_default();
-            let written = std::mem::take(&mut t.rows);
-            let (rows, picks) = merge_rows(l.rows, l.picks, written, deleted.get(&l.table));
+            let w = written.remove(&l.table).unwrap_or_default();
+            let (rows, picks) = merge_rows(l.rows, l.picks, w, deleted.get(&l.table));
             t.rows = rows;
             picked.insert(l.table, (l.fields, picks));
+        }
+        for (id, w) in written {
+            st.tables.entry(id).or_default().rows = w.into_iter().collect();
         }
         let latest = st.latest_seq();
         if let Some((id, from)) = st.rows_from.iter().find(|(_, f)| **f > latest) {
@@ -3113,13 +3161,13 @@ struct Loaded {
 }
 
 /// A table's rows at open: those the log wrote after its snapshot
-/// (`written`), and the snapshot's rows (`snap`, in key order) the log
+/// (`written`, in key order), and the snapshot's rows (`snap`, in key order) the log
 /// neither wrote nor deleted (`gone`) after it; with, by row of the result,
 /// the snapshot row's `picks` (none for the rows the log wrote).
 fn merge_rows(
     snap: Vec<(Pk, Arc<Doc>)>,
     picks: Vec<Option<Picked>>,
-    written: Rows,
+    written: Vec<(Pk, Arc<Doc>)>,
     gone: Option<&FastSet<Pk>>,
 ) -> (Rows, Vec<Option<Picked>>) {
     if written.is_empty() && gone.is_none_or(|g| g.is_empty()) {
