@@ -486,7 +486,7 @@ pub(crate) struct State {
     /// order (`None`: a delete), put in key order once it is read (an
     /// insert into a large ordered map compares the key with every key of
     /// each node on its path; a log is mostly in key order already).
-    open_rows: Option<FastMap<u32, Vec<(Pk, Option<Arc<Doc>>)>>>,
+    open_rows: Option<FastMap<u32, LogWrites>>,
     /// While opening: history entries not yet handed to the thread that
     /// builds the history maps (see [`Db::open`]).
     open_history: Option<Vec<(u32, HKey, Hist)>>,
@@ -494,6 +494,10 @@ pub(crate) struct State {
     /// (without the write lock): see [`Db::prebuild_indexes`].
     prebuilt: Vec<Prebuilt>,
 }
+
+/// What the log writes to a table's rows while opening, in log order
+/// (`None`: a delete).
+type LogWrites = Vec<(Pk, Option<Arc<Doc>>)>;
 
 /// An index built ahead of the schema change at `seq` that needs it, from
 /// the rows as they were before its commit, except the rows its commit
@@ -1193,14 +1197,24 @@ impl Db {
                     // checked before it was written.
                     if stored > 0 && stored == fields.len() && picked.len() == rows.len() * stored {
                         let mut values = picked.into_iter();
-                        let picks = rows.iter().map(|_| Some(values.by_ref().take(stored).collect())).collect();
+                        let picks = rows
+                            .iter()
+                            .map(|_| match stored {
+                                1 => Some(Picked::One(values.next().flatten())),
+                                _ => Some(Picked::Many(values.by_ref().take(stored).collect())),
+                            })
+                            .collect();
                         return Ok(Loaded { table: *id, fields: fields.clone(), rows, picks });
                     }
                     let f: Vec<&str> = fields.iter().map(String::as_str).collect();
                     // A row that fails here is checked again, and reported,
                     // if it is still current once the log is replayed.
                     let pick = |part: &[(Pk, Arc<Doc>)]| -> Vec<Option<Picked>> {
-                        part.iter().map(|(_, d)| crate::table::doc::check(d.text(), &f).ok().map(ikeys)).collect()
+                        part.iter()
+                            .map(|(_, d)| {
+                                crate::table::doc::check(d.text(), &f).ok().map(|v| Picked::from_vec(ikeys(v)))
+                            })
+                            .collect()
                     };
                     // In two halves, the second on a thread of its own: this
                     // thread is the longest of the open, and the replay's
@@ -2979,11 +2993,32 @@ fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec: &[u8]) -> 
 }
 
 /// A row's indexed fields as the index keys them (`None`: missing, or not
-/// indexable), in the order of the field list they were picked for.
-type Picked = Vec<Option<IKey>>;
+/// indexable), in the order of the field list they were picked for: one
+/// kept inline (a table with one index: no allocation per row), more in a
+/// vector.
+#[derive(Clone)]
+enum Picked {
+    One(Option<IKey>),
+    Many(Vec<Option<IKey>>),
+}
+
+impl Picked {
+    fn from_vec(mut v: Vec<Option<IKey>>) -> Picked {
+        if v.len() == 1 { Picked::One(v.pop().flatten()) } else { Picked::Many(v) }
+    }
+
+    /// The value of field `i`, taken out.
+    fn take(&mut self, i: usize) -> Option<IKey> {
+        match self {
+            Picked::One(v) if i == 0 => v.take(),
+            Picked::One(_) => None,
+            Picked::Many(v) => v.get_mut(i).and_then(Option::take),
+        }
+    }
+}
 
 /// The index keys of picked field values.
-fn ikeys(vals: Vec<Option<Value>>) -> Picked {
+fn ikeys(vals: Vec<Option<Value>>) -> Vec<Option<IKey>> {
     vals.into_iter().map(|v| v.and_then(crate::table::index::ikey_owned)).collect()
 }
 
@@ -3007,15 +3042,29 @@ fn check_rows_and_index(name: &str, t: &mut TableData, pre_fields: &[String], pr
     type Groups = Vec<BTreeMap<crate::table::index::IKey, Vec<Pk>>>;
     let pick = |part: &mut [(&Pk, &Arc<Doc>, Option<Picked>)]| -> Result<Groups> {
         let mut groups: Groups = f.iter().map(|_| BTreeMap::new()).collect();
+        let add = |g: &mut BTreeMap<IKey, Vec<Pk>>, ik: IKey, k: &Pk| match g.get_mut(&ik) {
+            Some(pks) => pks.push(k.clone()),
+            None => {
+                g.insert(ik, vec![k.clone()]);
+            }
+        };
         for (k, d, done) in part.iter_mut() {
+            if !t.stale(d, u64::MAX)
+                && let (Some(p), Some(at)) = (done.as_mut(), at.as_ref())
+            {
+                for (g, i) in groups.iter_mut().zip(at) {
+                    if let Some(ik) = p.take(*i) {
+                        add(g, ik, k);
+                    }
+                }
+                continue;
+            }
             // A row written before a schema change is indexed as it reads now.
-            let vals: Picked = if t.stale(d, u64::MAX) {
+            let vals = if t.stale(d, u64::MAX) {
                 crate::table::doc::check(d.text(), &[])
                     .map_err(|e| Error::tampered(name, 0, format!("the document of row {k} is not valid JSON: {e}")))?;
                 let v = t.view_value(d, u64::MAX);
                 ikeys(f.iter().map(|x| v.get(*x).cloned()).collect())
-            } else if let (Some(mut p), Some(at)) = (done.take(), at.as_ref()) {
-                at.iter().map(|i| p.get_mut(*i).and_then(Option::take)).collect()
             } else {
                 ikeys(
                     crate::table::doc::check(d.text(), &f).map_err(|e| {
@@ -3025,12 +3074,7 @@ fn check_rows_and_index(name: &str, t: &mut TableData, pre_fields: &[String], pr
             };
             for (g, v) in groups.iter_mut().zip(vals) {
                 if let Some(ik) = v {
-                    match g.get_mut(&ik) {
-                        Some(pks) => pks.push((*k).clone()),
-                        None => {
-                            g.insert(ik, vec![(*k).clone()]);
-                        }
-                    }
+                    add(g, ik, k);
                 }
             }
         }
