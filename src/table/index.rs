@@ -18,8 +18,8 @@ pub enum IKey {
     Bool(bool),
     /// A number, as order-preserving bits of its `f64`.
     Num(u64),
-    /// A string.
-    Str(String),
+    /// A string (shared: the rows that hold one value can share its text).
+    Str(std::sync::Arc<str>),
 }
 
 fn f64_key(f: f64) -> u64 {
@@ -33,17 +33,14 @@ pub fn ikey(v: &Value) -> Option<IKey> {
     match v {
         Value::Bool(b) => Some(IKey::Bool(*b)),
         Value::Number(n) => n.as_f64().map(|f| IKey::Num(f64_key(f))),
-        Value::String(s) => Some(IKey::Str(s.clone())),
+        Value::String(s) => Some(IKey::Str(s.as_str().into())),
         _ => None,
     }
 }
 
-/// [`ikey`] of a value given away (a string is moved, not copied).
+/// [`ikey`] of a value given away.
 pub fn ikey_owned(v: Value) -> Option<IKey> {
-    match v {
-        Value::String(s) => Some(IKey::Str(s)),
-        v => ikey(&v),
-    }
+    ikey(&v)
 }
 
 /// One index.
@@ -126,7 +123,7 @@ impl Index {
         let (type_lo, type_hi) = match &k {
             IKey::Bool(_) => (IKey::Bool(false), Bound::Included(IKey::Bool(true))),
             IKey::Num(_) => (IKey::Num(0), Bound::Included(IKey::Num(u64::MAX))),
-            IKey::Str(_) => (IKey::Str(String::new()), Bound::Unbounded),
+            IKey::Str(_) => (IKey::Str("".into()), Bound::Unbounded),
         };
         let mut out = BTreeSet::new();
         match op {

@@ -146,7 +146,10 @@ fn put_ikey(w: &mut Writer, v: Option<&IKey>) {
     }
 }
 
-fn get_ikey(r: &mut Reader<'_>) -> Result<Option<IKey>, DecodeError> {
+/// Strings of the indexed values decoded last (most rows share a few).
+const RECENT_STRINGS: usize = 8;
+
+fn get_ikey(r: &mut Reader<'_>, recent: &mut Vec<std::sync::Arc<str>>) -> Result<Option<IKey>, DecodeError> {
     let at = r.pos();
     Ok(match r.u8("indexed value")? {
         0 => None,
@@ -158,7 +161,17 @@ fn get_ikey(r: &mut Reader<'_>) -> Result<Option<IKey>, DecodeError> {
             let b = r.blob(crate::format::frame::MAX_PAYLOAD, "indexed string")?;
             let s = std::str::from_utf8(b)
                 .map_err(|_| DecodeError { offset: sat, reason: "indexed string: not UTF-8".into() })?;
-            Some(IKey::Str(s.to_owned()))
+            match recent.iter().find(|x| x.as_bytes() == b) {
+                Some(x) => Some(IKey::Str(x.clone())),
+                None => {
+                    let x: std::sync::Arc<str> = s.into();
+                    if recent.len() == RECENT_STRINGS {
+                        recent.remove(0);
+                    }
+                    recent.push(x.clone());
+                    Some(IKey::Str(x))
+                }
+            }
         }
         t => return Err(DecodeError { offset: at, reason: format!("unknown indexed value tag {t}") }),
     })
@@ -195,6 +208,7 @@ pub fn decode_rows_raw(b: &[u8]) -> Result<RawRows<'_>, DecodeError> {
         (n, 0)
     };
     let mut out = RawRows { rows: Vec::with_capacity(n), fields, picked: Vec::with_capacity(n * fields) };
+    let mut recent = Vec::new();
     for _ in 0..n {
         let at = r.pos();
         let k = get_key(&mut r)?.ok_or_else(|| DecodeError { offset: at, reason: "row without a key".into() })?;
@@ -206,7 +220,7 @@ pub fn decode_rows_raw(b: &[u8]) -> Result<RawRows<'_>, DecodeError> {
         let d = std::str::from_utf8(d).map_err(|_| DecodeError { offset: dat, reason: "row: not UTF-8".into() })?;
         out.rows.push((k, d));
         for _ in 0..fields {
-            out.picked.push(get_ikey(&mut r)?);
+            out.picked.push(get_ikey(&mut r, &mut recent)?);
         }
     }
     r.finish("snapshot record")?;
