@@ -51,6 +51,12 @@ pub struct Reader<'a> {
     pos: usize,
 }
 
+#[cold]
+#[inline(never)]
+fn too_long(at: usize, n: usize, max: usize, what: &str) -> DecodeError {
+    DecodeError { offset: at, reason: format!("{what} length {n} exceeds limit {max}") }
+}
+
 impl<'a> Reader<'a> {
     /// Start reading `buf` at offset 0.
     pub fn new(buf: &'a [u8]) -> Self {
@@ -68,16 +74,25 @@ impl<'a> Reader<'a> {
     pub fn err(&self, reason: impl Into<String>) -> DecodeError {
         DecodeError { offset: self.pos, reason: reason.into() }
     }
-    /// Take `n` bytes.
+    /// Take `n` bytes. (The reads below are inlined into the decoders, a
+    /// call each was a tenth of reading a log; their errors are not.)
+    #[inline]
     pub fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], DecodeError> {
-        if self.remaining() < n {
-            return Err(self.err(format!("truncated {what}: need {n} bytes, {} left", self.remaining())));
+        match self.buf.get(self.pos..).and_then(|rest| rest.get(..n)) {
+            Some(s) => {
+                self.pos += n;
+                Ok(s)
+            }
+            None => Err(self.truncated(n, what)),
         }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
+    }
+    #[cold]
+    #[inline(never)]
+    fn truncated(&self, n: usize, what: &str) -> DecodeError {
+        self.err(format!("truncated {what}: need {n} bytes, {} left", self.remaining()))
     }
     /// Take a fixed-size array.
+    #[inline]
     pub fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], DecodeError> {
         let s = self.take(N, what)?;
         let mut a = [0u8; N];
@@ -85,6 +100,7 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
     /// Read a byte.
+    #[inline]
     pub fn u8(&mut self, what: &str) -> Result<u8, DecodeError> {
         Ok(self.array::<1>(what)?[0])
     }
@@ -93,19 +109,22 @@ impl<'a> Reader<'a> {
         Ok(u16::from_le_bytes(self.array(what)?))
     }
     /// Read a little-endian u32.
+    #[inline]
     pub fn u32(&mut self, what: &str) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
     /// Read a little-endian u64.
+    #[inline]
     pub fn u64(&mut self, what: &str) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
     /// Read a u32-length-prefixed blob of at most `max` bytes (checked before use).
+    #[inline]
     pub fn blob(&mut self, max: usize, what: &str) -> Result<&'a [u8], DecodeError> {
         let at = self.pos;
         let n = self.u32(what)? as usize;
         if n > max {
-            return Err(DecodeError { offset: at, reason: format!("{what} length {n} exceeds limit {max}") });
+            return Err(too_long(at, n, max, what));
         }
         self.take(n, what)
     }
