@@ -499,6 +499,21 @@ pub(crate) struct State {
 /// (`None`: a delete).
 type LogWrites = Vec<(Pk, Option<Arc<Doc>>)>;
 
+/// Put writes in key order, each key's last write only (a stable sort
+/// keeps a key's writes in log order, and finds the runs of a log written
+/// in key order).
+fn settle_writes(writes: &mut LogWrites) {
+    writes.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out: LogWrites = Vec::with_capacity(writes.len());
+    let mut it = std::mem::take(writes).into_iter().peekable();
+    while let Some((k, d)) = it.next() {
+        if it.peek().is_none_or(|(next, _)| *next != k) {
+            out.push((k, d));
+        }
+    }
+    *writes = out;
+}
+
 /// An index built ahead of the schema change at `seq` that needs it, from
 /// the rows as they were before its commit, except the rows its commit
 /// writes before the change (`skip`: added as the change applies).
@@ -783,7 +798,13 @@ impl State {
                 {
                     gone.entry(e.table).or_default().insert(key.clone());
                 }
-                open_rows.entry(e.table).or_default().push((key, new));
+                let writes = open_rows.entry(e.table).or_default();
+                writes.push((key, new));
+                // Superseded writes are dropped now and then, so that a log
+                // that rewrites the same rows does not pile them all up.
+                if writes.len() >= 1 << 20 && writes.len().is_power_of_two() {
+                    settle_writes(writes);
+                }
                 if !history_done {
                     push_history(&mut self.open_history, &mut t.history, e.table, hk, hist);
                 }
@@ -1344,18 +1365,8 @@ impl Db {
             .unwrap_or_default()
             .into_iter()
             .map(|(id, mut writes)| {
-                writes.sort_by(|a, b| a.0.cmp(&b.0));
-                let mut rows: Vec<(Pk, Arc<Doc>)> = Vec::with_capacity(writes.len());
-                let mut writes = writes.into_iter().peekable();
-                while let Some((k, d)) = writes.next() {
-                    if writes.peek().is_some_and(|(next, _)| *next == k) {
-                        continue;
-                    }
-                    if let Some(d) = d {
-                        rows.push((k, d));
-                    }
-                }
-                (id, rows)
+                settle_writes(&mut writes);
+                (id, writes.into_iter().filter_map(|(k, d)| Some((k, d?))).collect())
             })
             .collect();
         let mut picked: HashMap<u32, (Vec<String>, Vec<Option<Picked>>)> = HashMap::new();
@@ -2262,27 +2273,41 @@ impl Db {
             let mut chunk: Vec<(&Pk, Vec<u8>)> = Vec::new();
             let mut picked: Vec<Option<IKey>> = Vec::new();
             let mut size = 0usize;
+            // A record whose values would take it past the frame limit (a
+            // huge indexed string) is written without them: opening then
+            // parses that file's rows, as it does a file written before.
+            let record = |chunk: &[(&Pk, Vec<u8>)], picked: &[Option<IKey>]| {
+                let r = encode_rows(chunk, (m > 0).then_some((m, picked)));
+                if r.len() > crate::format::frame::MAX_PAYLOAD { encode_rows(chunk, None) } else { r }
+            };
             for (k, v) in rows {
                 let doc = v.text().as_bytes().to_vec();
-                let n = doc.len() + 32;
+                let mut n = doc.len() + 32;
+                let mut vals = Vec::new();
+                if m > 0 {
+                    vals = pick_fields(v, &names)
+                        .map_err(|e| {
+                            Error::Query(format!(
+                                "snapshot of table {id}: the document of row {k} is not valid JSON: {e}"
+                            ))
+                        })?
+                        .into_iter()
+                        .map(|x| x.and_then(crate::table::index::ikey_owned))
+                        .collect();
+                    n += vals.iter().map(|x| if let Some(IKey::Str(s)) = x { 5 + s.len() } else { 9 }).sum::<usize>();
+                }
                 if !chunk.is_empty() && size + n > crate::table::snapshot::RECORD_TARGET {
-                    b.append(&encode_rows(&chunk, (m > 0).then_some((m, picked.as_slice()))))?;
+                    b.append(&record(&chunk, &picked))?;
                     chunk.clear();
                     picked.clear();
                     size = 0;
                 }
-                if m > 0 {
-                    let vals = pick_fields(v, &names).map_err(|e| {
-                        Error::Query(format!("snapshot of table {id}: the document of row {k} is not valid JSON: {e}"))
-                    })?;
-                    picked.extend(vals.into_iter().map(|x| x.and_then(crate::table::index::ikey_owned)));
-                    size += 8 * m;
-                }
+                picked.extend(vals);
                 size += n;
                 chunk.push((k, doc));
             }
             if !chunk.is_empty() || rows.is_empty() {
-                b.append(&encode_rows(&chunk, (m > 0).then_some((m, picked.as_slice()))))?;
+                b.append(&record(&chunk, &picked))?;
             }
             Ok(())
         })?;
@@ -3401,6 +3426,25 @@ mod tests {
         let r = db.read();
         let t = &r.tables[&r.table("t").unwrap().id];
         t.indexes["s"].candidates(crate::query::ast::CmpOp::Eq, &Value::from(v)).map_or(0, |h| h.len())
+    }
+
+    #[test]
+    fn log_writes_settle_to_each_keys_last_write_in_key_order() {
+        let d = |n: i64| Some(Arc::new(Doc::from_value(serde_json::json!({ "n": n }))));
+        let mut w: LogWrites = vec![
+            (Pk::Int(3), d(1)),
+            (Pk::Int(1), d(2)),
+            (Pk::Int(3), None),
+            (Pk::Int(2), d(3)),
+            (Pk::Int(1), d(4)),
+            (Pk::Int(3), d(5)),
+            (Pk::Int(4), d(6)),
+            (Pk::Int(4), None),
+        ];
+        settle_writes(&mut w);
+        let got: Vec<(Pk, Option<i64>)> =
+            w.iter().map(|(k, d)| (k.clone(), d.as_ref().and_then(|d| d.value()["n"].as_i64()))).collect();
+        assert_eq!(got, vec![(Pk::Int(1), Some(4)), (Pk::Int(2), Some(3)), (Pk::Int(3), Some(5)), (Pk::Int(4), None)]);
     }
 
     #[test]

@@ -206,7 +206,16 @@ impl<'de> Visitor<'de> for Pick<'_> {
         let mut out = vec![None; self.fields.len()];
         while let Some(Key(k)) = m.next_key::<Key<'de>>()? {
             match self.fields.iter().position(|f| *f == k) {
-                Some(i) => out[i] = Some(m.next_value::<Value>()?),
+                Some(i) => {
+                    let v = m.next_value::<Value>()?;
+                    // A field asked for twice (a key field that is also indexed) fills every place.
+                    for (o, _) in out.iter_mut().zip(self.fields).skip(i + 1).filter(|(_, f)| **f == k) {
+                        *o = Some(v.clone());
+                    }
+                    if let Some(o) = out.get_mut(i) {
+                        *o = Some(v);
+                    }
+                }
                 None => m.next_value_seed(Skip)?,
             }
         }

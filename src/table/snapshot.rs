@@ -199,6 +199,12 @@ pub fn decode_rows_raw(b: &[u8]) -> Result<RawRows<'_>, DecodeError> {
         if m == 0 {
             return Err(DecodeError { offset: at, reason: "a record with indexed values lists none per row".into() });
         }
+        // The smallest row (a 5-byte key, a 1-byte document with its
+        // length, one byte per value) bounds the count before anything is
+        // allocated for it.
+        if n.saturating_mul(10 + m) > r.remaining() {
+            return Err(DecodeError { offset: at, reason: format!("rows: count {n} exceeds the record") });
+        }
         (n, m)
     } else {
         let n = usize::try_from(first).unwrap_or(usize::MAX);
@@ -313,6 +319,11 @@ mod tests {
         assert!(decode_rows_raw(&bad).unwrap_err().reason.contains("not UTF-8"));
         let mut none = rec.clone();
         none[8] = 0; // m = 0
-        assert!(decode_rows_raw(&none).is_err());
+        assert!(decode_rows_raw(&none).unwrap_err().reason.contains("lists none per row"));
+        // A count the record cannot hold is refused before anything is allocated for it.
+        let mut many = rec.clone();
+        many[8] = 255; // two rows of at least 265 bytes each
+
+        assert!(decode_rows_raw(&many).unwrap_err().reason.contains("exceeds the record"));
     }
 }
