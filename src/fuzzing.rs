@@ -627,7 +627,12 @@ mod tests {
         let rows = [(&a, b"{\"id\":1}".to_vec()), (&b, b"{\"id\":\"x\",\"n\":[1,2.5]}".to_vec())];
         put("snapshot", "seed1", &encode_rows(&rows, None));
         use crate::table::index::IKey;
-        let picked = [Some(IKey::Str("x".into())), None, Some(IKey::Num(7)), Some(IKey::Bool(true))];
+        let picked = [
+            Some(IKey::Str("x".into())),
+            None,
+            crate::table::index::ikey(&serde_json::json!(7)),
+            Some(IKey::Bool(true)),
+        ];
         put("snapshot", "seed-picked", &encode_rows(&rows, Some((2, &picked))));
         put(
             "model",

@@ -28,6 +28,13 @@ fn f64_key(f: f64) -> u64 {
     if b >> 63 == 1 { !b } else { b | (1 << 63) }
 }
 
+/// The number an index key stands for, if [`ikey`] makes that key (a
+/// finite number; zero only as +0).
+pub fn f64_of_key(k: u64) -> Option<f64> {
+    let f = f64::from_bits(if k >> 63 == 1 { k & !(1 << 63) } else { !k });
+    (f.is_finite() && f64_key(f) == k).then_some(f)
+}
+
 /// The index key of a value; arrays, objects and null are not indexed.
 pub fn ikey(v: &Value) -> Option<IKey> {
     match v {
@@ -161,6 +168,20 @@ pub fn plan(e: &Expr, indexes: &BTreeMap<String, Index>) -> Option<BTreeSet<Pk>>
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn number_keys_map_back_to_their_numbers_and_no_other_key_does() {
+        for f in [0.0, 1.0, -1.0, 2.5, -2.5, 1e300, -1e300, f64::MIN_POSITIVE, 9007199254740993.0] {
+            assert_eq!(f64_of_key(f64_key(f)), Some(f), "{f}");
+        }
+        assert_eq!(f64_of_key(f64_key(-0.0)), Some(0.0));
+        // -0, NaNs and infinities are never keys.
+        for bad in [(-0.0f64).to_bits(), f64::NAN.to_bits(), (-f64::NAN).to_bits(), f64::INFINITY.to_bits()] {
+            let k = if bad >> 63 == 1 { !bad } else { bad | (1 << 63) };
+            assert_eq!(f64_of_key(k), None, "{bad:x}");
+        }
+    }
+
     use super::*;
 
     #[test]

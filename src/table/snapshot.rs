@@ -155,7 +155,16 @@ fn get_ikey(r: &mut Reader<'_>, recent: &mut Vec<std::sync::Arc<str>>) -> Result
         0 => None,
         1 => Some(IKey::Bool(false)),
         2 => Some(IKey::Bool(true)),
-        3 => Some(IKey::Num(r.u64("indexed number")?)),
+        3 => {
+            let k = r.u64("indexed number")?;
+            if crate::table::index::f64_of_key(k).is_none() {
+                return Err(DecodeError {
+                    offset: at,
+                    reason: format!("indexed number key {k:#x} is no finite number's"),
+                });
+            }
+            Some(IKey::Num(k))
+        }
         4 => {
             let sat = r.pos();
             let b = r.blob(crate::format::frame::MAX_PAYLOAD, "indexed string")?;
@@ -288,7 +297,7 @@ mod tests {
         let rows = [(&a, r#"{"id":1,"s":"é","n":2}"#.as_bytes().to_vec()), (&b, br#"{"id":"x","t":true}"#.to_vec())];
         let picked = vec![
             Some(IKey::Str("é".into())),
-            Some(IKey::Num(42)),
+            crate::table::index::ikey(&json!(42)),
             None,
             None,
             Some(IKey::Bool(true)),
@@ -317,6 +326,8 @@ mod tests {
         let mut bad = rec.clone();
         bad[s_at] = 0xff;
         assert!(decode_rows_raw(&bad).unwrap_err().reason.contains("not UTF-8"));
+        let nan = encode_rows(&rows[..1], Some((1, &[Some(IKey::Num(f64::NAN.to_bits() | (1 << 63)))])));
+        assert!(decode_rows_raw(&nan).unwrap_err().reason.contains("no finite number"));
         let mut none = rec.clone();
         none[8] = 0; // m = 0
         assert!(decode_rows_raw(&none).unwrap_err().reason.contains("lists none per row"));
