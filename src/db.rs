@@ -3395,15 +3395,16 @@ mod tests {
 
     /// A database whose table `t` (indexed on `s`) has rows 0 to 2, then a
     /// snapshot written by hand of the rows given (each with `s` = "x" in
-    /// its text), with the indexed values `picked` (none: the format without).
-    fn with_snapshot(picked: Option<&[Option<IKey>]>) -> (crate::storage::memfs::MemFs, KeySource) {
+    /// its text), with the indexed values `picked` (none: the format without);
+    /// closed and opened again.
+    fn reopened_with_snapshot(picked: Option<&[Option<IKey>]>) -> Db {
         let fs = crate::storage::memfs::MemFs::new();
         let opts = Options {
             store: crate::StoreOptions { vfs: Arc::new(fs.clone()), ..Default::default() },
             ..Options::default()
         };
         let key = KeySource::Raw(crate::crypto::keys::SecretKey::from_bytes([3; 32]));
-        let db = Db::create("/db", &key, opts).unwrap();
+        let db = Db::create("/db", &key, opts.clone()).unwrap();
         db.create_table("t", "id", &["s"]).unwrap();
         let docs: Vec<(Pk, Vec<u8>)> = (0..3i64)
             .map(|i| {
@@ -3419,7 +3420,7 @@ mod tests {
         let pending = b.finish().unwrap();
         db.store().commit(crate::Edit { add: vec![pending], ..Default::default() }).unwrap();
         db.close().unwrap();
-        (fs, key)
+        Db::open("/db", &key, opts).unwrap()
     }
 
     fn hits(db: &Db, v: &str) -> usize {
@@ -3452,19 +3453,13 @@ mod tests {
         // Values that differ from the text (no writer makes such a file:
         // here they show which of the two opening used).
         let carried = [Some(IKey::Str("carried".into())), None, Some(IKey::Str("carried".into()))];
-        let (fs, key) = with_snapshot(Some(&carried));
-        let opts =
-            Options { store: crate::StoreOptions { vfs: Arc::new(fs), ..Default::default() }, ..Options::default() };
-        let db = Db::open("/db", &key, opts).unwrap();
+        let db = reopened_with_snapshot(Some(&carried));
         assert_eq!((hits(&db, "carried"), hits(&db, "x")), (2, 0));
     }
 
     #[test]
     fn snapshot_rows_without_indexed_values_are_parsed_and_indexed_at_open() {
-        let (fs, key) = with_snapshot(None);
-        let opts =
-            Options { store: crate::StoreOptions { vfs: Arc::new(fs), ..Default::default() }, ..Options::default() };
-        let db = Db::open("/db", &key, opts).unwrap();
+        let db = reopened_with_snapshot(None);
         assert_eq!((hits(&db, "carried"), hits(&db, "x")), (0, 3));
     }
 

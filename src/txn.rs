@@ -268,9 +268,7 @@ impl<'a> GroupView<'a> {
     /// no row it wrote changed since `snapshot`, and the tables it creates
     /// get the same ids and clash with none.
     pub fn still_valid(&self, b: &Batch, snapshot: u64) -> bool {
-        // Nothing committed since `snapshot`, nothing accepted before it in the group.
-        let nothing_since = self.accepted.is_empty() && self.st.latest_seq() <= snapshot;
-        let rows_unchanged = nothing_since
+        let rows_unchanged = self.nothing_since(snapshot)
             || b.overlay.keys().filter(|(id, _)| !b.is_new(*id)).all(|(id, k)| {
                 !self.wrote(*id, k)
                     && self
@@ -292,6 +290,13 @@ impl<'a> GroupView<'a> {
             .filter(|id| !b.is_new(*id))
             .all(|id| self.schema_changed_after(id, snapshot).is_none());
         rows_unchanged && tables_fit && schemas_unchanged
+    }
+
+    /// Whether nothing was committed since `snapshot` and nothing is
+    /// accepted before this request in the group: no row, table or schema
+    /// can have changed under it.
+    pub fn nothing_since(&self, snapshot: u64) -> bool {
+        self.accepted.is_empty() && self.st.latest_seq() <= snapshot
     }
 
     /// The sequence number of a schema change to table `id` after
@@ -1083,8 +1088,7 @@ pub(crate) fn conflict(st: &State, g: &GroupView<'_>, req: &Request) -> Option<S
     if req.iso == Isolation::ReadCommitted {
         return None;
     }
-    // Nothing committed since the snapshot, nothing accepted before it in the group.
-    if g.accepted.is_empty() && st.latest_seq() <= req.snapshot {
+    if g.nothing_since(req.snapshot) {
         return None;
     }
     let changed_key = |id: u32, k: &Pk| -> Option<u64> {
