@@ -732,23 +732,22 @@ mod tests {
         }
     }
 
+    /// Keys of both kinds, inline and not, often equal to one another.
+    fn any_pk() -> impl Strategy<Value = Pk> {
+        prop_oneof![
+            any::<i64>().prop_map(Pk::Int),
+            (-2i64..2).prop_map(Pk::Int),
+            "[a-c\\x00]{0,30}".prop_map(|s| Pk::Str(s.as_str().into())),
+            "[ab]{0,2}".prop_map(|s| Pk::Str(s.as_str().into())),
+            "a{20,26}".prop_map(|s| Pk::Str(s.as_str().into())),
+        ]
+    }
+
     proptest! {
         #[test]
         fn keys_order_integers_first_then_strings_by_their_bytes(
-            a in prop_oneof![
-                any::<i64>().prop_map(Pk::Int),
-                (-2i64..2).prop_map(Pk::Int),
-                "[a-c\\x00]{0,30}".prop_map(|s| Pk::Str(s.as_str().into())),
-                "[ab]{0,2}".prop_map(|s| Pk::Str(s.as_str().into())),
-                "a{20,26}".prop_map(|s| Pk::Str(s.as_str().into())),
-            ],
-            b in prop_oneof![
-                any::<i64>().prop_map(Pk::Int),
-                (-2i64..2).prop_map(Pk::Int),
-                "[a-c\\x00]{0,30}".prop_map(|s| Pk::Str(s.as_str().into())),
-                "[ab]{0,2}".prop_map(|s| Pk::Str(s.as_str().into())),
-                "a{20,26}".prop_map(|s| Pk::Str(s.as_str().into())),
-            ],
+            a in any_pk(),
+            b in any_pk(),
         ) {
             let expected = match (&a, &b) {
                 (Pk::Int(x), Pk::Int(y)) => x.cmp(y),

@@ -168,6 +168,7 @@ pub fn plan(e: &Expr, indexes: &BTreeMap<String, Index>) -> Option<BTreeSet<Pk>>
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn number_keys_map_back_to_their_numbers_and_no_other_key_does() {
@@ -181,8 +182,6 @@ mod tests {
             assert_eq!(f64_of_key(k), None, "{bad:x}");
         }
     }
-
-    use super::*;
 
     #[test]
     fn built_from_pairs_equals_built_by_inserts() {

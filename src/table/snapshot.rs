@@ -334,7 +334,6 @@ mod tests {
         // A count the record cannot hold is refused before anything is allocated for it.
         let mut many = rec.clone();
         many[8] = 255; // two rows of at least 265 bytes each
-
         assert!(decode_rows_raw(&many).unwrap_err().reason.contains("exceeds the record"));
     }
 }
