@@ -1,0 +1,89 @@
+//! Databases written by an earlier format version (`tests/data/format-v2`,
+//! made by `examples/format_fixture.rs`) keep opening: the same reads, a
+//! clean verify, new writes, and a reopen after them.
+
+mod common;
+use common::*;
+use driftdb::query::ast::AsOf;
+use driftdb::{Db, Error, KeySource, Options, Pk, StoreOptions};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format-v2").join(name);
+    let dst = t.path().join(name);
+    std::fs::create_dir(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    (t, dst)
+}
+
+fn example_key(t: &Path) -> KeySource {
+    use std::os::unix::fs::PermissionsExt;
+    let p = t.join("example.key");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("keys-example/example-master.key"), &p).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    KeySource::key_file(p)
+}
+
+fn check_contents(db: &Db) {
+    let o1 = db.get("orders", &Pk::Str("o-1".into())).unwrap().unwrap();
+    assert_eq!(o1["status"], "paid");
+    assert_eq!(o1["currency"], "EUR", "read through the ADD COLUMN default");
+    assert!(db.get("orders", &Pk::Str("o-2".into())).unwrap().is_none(), "soft-deleted");
+    assert_eq!(db.get("orders", &Pk::Int(7)).unwrap().unwrap()["amount"], 70);
+    let paid: Vec<serde_json::Value> = db.query("SELECT id FROM orders WHERE status = 'paid'").unwrap();
+    assert!(paid.len() >= 14, "{paid:?}");
+    // Before the compaction horizon: an error; after it: the past.
+    assert!(db.get_as_of("orders", &Pk::Str("o-1".into()), 3).is_err());
+    let past = db.scan("orders", Some(&AsOf::Seq(10))).unwrap();
+    assert_eq!(past.len(), 9, "rows as of @seq:10");
+    assert!(!db.history("orders", &Pk::Str("o-1".into())).unwrap().is_empty());
+}
+
+#[test]
+fn a_format_2_key_file_database_opens_reads_verifies_and_takes_writes() {
+    let (t, dir) = fixture("key-db");
+    let key = example_key(t.path());
+    let db = Db::open(&dir, &key, Options::default()).unwrap();
+    check_contents(&db);
+    assert_eq!(db.get("orders", &Pk::Str("o-3".into())).unwrap().unwrap()["status"], "shipped");
+    let report = db.store().verify();
+    assert!(report.ok, "{:?}", report.problems);
+    db.insert("orders", json!({"id": "new", "status": "new"})).unwrap();
+    db.close().unwrap();
+    let db = Db::open(&dir, &key, Options::default()).unwrap();
+    check_contents(&db);
+    assert_eq!(db.get("orders", &Pk::Str("new".into())).unwrap().unwrap()["status"], "new");
+    assert!(db.store().verify().ok);
+    db.close().unwrap();
+    // The CLI agrees, with and without the key.
+    let k = t.path().join("example.key");
+    let (code, out, err) = parts(&run(&["verify", "-d", dir.to_str().unwrap(), "--key-file", k.to_str().unwrap()]));
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = parts(&run(&["verify", "-d", dir.to_str().unwrap(), "--no-key"]));
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn a_format_2_passphrase_database_opens_with_its_current_passphrase_only() {
+    let (_t, dir) = fixture("passphrase-db");
+    let ro = Options { store: StoreOptions { read_only: true, ..StoreOptions::default() }, ..Options::default() };
+    match Db::open(&dir, &KeySource::passphrase("fixture passphrase one"), ro.clone()) {
+        Err(Error::KeyRetired { version: 1 }) => {}
+        Err(e) => panic!("expected the retired-key error, got {e}"),
+        Ok(_) => panic!("the retired passphrase opened the database"),
+    }
+    let key = KeySource::passphrase("fixture passphrase two");
+    let db = Db::open(&dir, &key, Options::default()).unwrap();
+    check_contents(&db);
+    assert_eq!(db.store().master_version(), 2);
+    db.insert("orders", json!({"id": "new", "status": "new"})).unwrap();
+    db.close().unwrap();
+    let db = Db::open(&dir, &key, ro).unwrap();
+    assert_eq!(db.get("orders", &Pk::Str("new".into())).unwrap().unwrap()["status"], "new");
+    assert!(db.store().verify().ok);
+}
