@@ -687,7 +687,7 @@ impl Batch {
             Error::Query(format!("INSERT INTO {table}: the document is not valid JSON: {e}"))
         };
         if def.columns.iter().any(|c| c.default.is_some()) {
-            let doc: Value = serde_json::from_str(&text).map_err(bad)?;
+            let doc: Value = crate::table::doc::parse_strict(&text).map_err(bad)?;
             return self.insert(v, table, doc);
         }
         // The key and the indexed fields, in one pass: applying the insert
@@ -695,7 +695,7 @@ impl Batch {
         let mut fields: Vec<&str> = Vec::with_capacity(1 + def.indexes.len());
         fields.push(def.pk.as_str());
         fields.extend(def.indexes.iter().map(String::as_str));
-        let mut picked = crate::table::doc::check(&text, &fields).map_err(bad)?;
+        let mut picked = crate::table::doc::check_strict(&text, &fields).map_err(bad)?;
         if !text.trim_start().starts_with('{') {
             return Err(Error::Query(format!("INSERT INTO {table}: the document must be a JSON object")));
         }

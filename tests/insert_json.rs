@@ -119,21 +119,26 @@ fn bad_text_is_refused_with_a_clear_error_and_commits_nothing() {
     assert_eq!(db.get("t", &Pk::Str("fits".into())).unwrap(), Some(parsed(&fits)));
 }
 
-/// A field given twice keeps its last value, as in the parsed document:
-/// the row is keyed by the last `id`, which is also the `id` it reads back.
+/// A field given twice is refused, naming the field: a parse would keep the
+/// last value silently, so `{"id": 500, "id": 501}` is never stored as 501.
 #[test]
-fn a_field_given_twice_keys_the_row_by_its_last_value() {
+fn a_field_given_twice_is_refused_wherever_documents_enter() {
     let fs = MemFs::new();
     let db = Db::create("/db", &key(), opts(&fs)).unwrap();
     db.create_table("t", "id", &["s"]).unwrap();
-    db.insert_json("t", r#"{"id":"first","s":"old","id":"last","s":"new"}"#).unwrap();
-    assert_eq!(db.get("t", &Pk::Str("first".into())).unwrap(), None);
-    let row = db.get("t", &Pk::Str("last".into())).unwrap().unwrap();
-    assert_eq!((&row["id"], &row["s"]), (&json!("last"), &json!("new")));
-    let hits: Vec<Value> = db.query("SELECT id FROM t WHERE s = 'new'").unwrap();
-    assert_eq!(hits, vec![json!({"id": "last"})]);
-    let none: Vec<Value> = db.query("SELECT id FROM t WHERE s = 'old'").unwrap();
-    assert!(none.is_empty());
+    let before = db.latest_seq();
+    for bad in [r#"{"id":"first","s":"old","id":"last","s":"new"}"#, r#"{"id":1,"n":{"a":1,"a":2}}"#] {
+        let e = db.insert_json("t", bad).unwrap_err().to_string();
+        assert!(e.contains("duplicate key"), "{e}");
+    }
+    let e = db.execute(r#"INSERT INTO t {"id": 500, "id": 501}"#).unwrap_err().to_string();
+    assert!(e.contains(r#"duplicate key "id""#) && e.contains("line 1"), "{e}");
+    db.insert("t", json!({"id": 1, "s": "x"})).unwrap();
+    let e = db.execute(r#"PATCH t KEY 1 SET {"s": "a", "s": "b"}"#).unwrap_err().to_string();
+    assert!(e.contains(r#"duplicate key "s""#), "{e}");
+    assert_eq!(db.latest_seq(), before + 1, "only the valid insert was committed");
+    assert_eq!(db.scan("t", None).unwrap().len(), 1);
+    assert_eq!(db.get("t", &Pk::Int(1)).unwrap().unwrap()["s"], "x");
 }
 
 #[test]

@@ -1,5 +1,7 @@
-//! DriftQL lexer and parser. Statements are separated by `;` or by a newline
-//! outside brackets; `--` starts a comment; keywords are case-insensitive.
+//! DriftQL lexer and parser. Statements are separated by `;`, or by a
+//! newline where a statement is complete: a statement may span lines, and a
+//! line break inside one (or inside brackets, braces or a string) continues
+//! it; `--` starts a comment; keywords are case-insensitive.
 //! Every error names the line and column and what was expected.
 
 use super::ast::*;
@@ -26,6 +28,8 @@ struct Token {
     tok: Tok,
     line: usize,
     col: usize,
+    /// A line break comes between the previous token and this one.
+    nl: bool,
 }
 
 fn describe(t: &Tok) -> String {
@@ -62,18 +66,13 @@ fn lex(src: &str) -> Result<Vec<Token>> {
     let chars: Vec<char> = src.chars().collect();
     let mut out = Vec::new();
     let (mut i, mut line, mut col) = (0usize, 1usize, 1usize);
-    let mut depth = 0usize;
+    let mut nl = false;
     while i < chars.len() {
         let c = chars[i];
         let (tl, tc) = (line, col);
         if c == '\n' {
-            if depth == 0 {
-                out.push(Token { tok: Tok::Sep, line: tl, col: tc });
-            }
-            {
-                let n = 1;
-                adv(&chars, &mut i, &mut line, &mut col, n);
-            }
+            nl = true;
+            adv(&chars, &mut i, &mut line, &mut col, 1);
             continue;
         }
         if c.is_whitespace() {
@@ -93,7 +92,7 @@ fn lex(src: &str) -> Result<Vec<Token>> {
             continue;
         }
         if c == ';' {
-            out.push(Token { tok: Tok::Sep, line: tl, col: tc });
+            out.push(Token { tok: Tok::Sep, line: tl, col: tc, nl: std::mem::take(&mut nl) });
             {
                 let n = 1;
                 adv(&chars, &mut i, &mut line, &mut col, n);
@@ -129,7 +128,7 @@ fn lex(src: &str) -> Result<Vec<Token>> {
                 return Err(err(tl, tc, "unterminated JSON object: expected `}`"));
             }
             let text: String = chars[i..=j].iter().collect();
-            let v: Value = serde_json::from_str(&text).map_err(|e| {
+            let v: Value = crate::table::doc::parse_strict(&text).map_err(|e| {
                 // serde_json counts bytes within the line; report characters.
                 let line_text = text.lines().nth(e.line().saturating_sub(1)).unwrap_or("");
                 let mut byte = e.column().saturating_sub(1).min(line_text.len());
@@ -144,7 +143,7 @@ fn lex(src: &str) -> Result<Vec<Token>> {
                 let n = j + 1 - i;
                 adv(&chars, &mut i, &mut line, &mut col, n);
             }
-            out.push(Token { tok: Tok::Json(v), line: tl, col: tc });
+            out.push(Token { tok: Tok::Json(v), line: tl, col: tc, nl: std::mem::take(&mut nl) });
             continue;
         }
         if c == '"' || c == '\'' {
@@ -187,7 +186,7 @@ fn lex(src: &str) -> Result<Vec<Token>> {
                 let n = j + 1 - i;
                 adv(&chars, &mut i, &mut line, &mut col, n);
             }
-            out.push(Token { tok: Tok::Str(s), line: tl, col: tc });
+            out.push(Token { tok: Tok::Str(s), line: tl, col: tc, nl: std::mem::take(&mut nl) });
             continue;
         }
         if c.is_ascii_digit() || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
@@ -205,7 +204,7 @@ fn lex(src: &str) -> Result<Vec<Token>> {
                 let n = j - i;
                 adv(&chars, &mut i, &mut line, &mut col, n);
             }
-            out.push(Token { tok: Tok::Num(n), line: tl, col: tc });
+            out.push(Token { tok: Tok::Num(n), line: tl, col: tc, nl: std::mem::take(&mut nl) });
             continue;
         }
         if c == '@' {
@@ -229,7 +228,7 @@ fn lex(src: &str) -> Result<Vec<Token>> {
                 let n = j - i;
                 adv(&chars, &mut i, &mut line, &mut col, n);
             }
-            out.push(Token { tok, line: tl, col: tc });
+            out.push(Token { tok, line: tl, col: tc, nl: std::mem::take(&mut nl) });
             continue;
         }
         if c.is_alphabetic() || c == '_' {
@@ -242,7 +241,7 @@ fn lex(src: &str) -> Result<Vec<Token>> {
                 let n = j - i;
                 adv(&chars, &mut i, &mut line, &mut col, n);
             }
-            out.push(Token { tok: Tok::Word(text), line: tl, col: tc });
+            out.push(Token { tok: Tok::Word(text), line: tl, col: tc, nl: std::mem::take(&mut nl) });
             continue;
         }
         let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
@@ -258,7 +257,7 @@ fn lex(src: &str) -> Result<Vec<Token>> {
                 let n = 2;
                 adv(&chars, &mut i, &mut line, &mut col, n);
             }
-            out.push(Token { tok: Tok::Sym(s), line: tl, col: tc });
+            out.push(Token { tok: Tok::Sym(s), line: tl, col: tc, nl: std::mem::take(&mut nl) });
             continue;
         }
         let sym = match c {
@@ -272,18 +271,13 @@ fn lex(src: &str) -> Result<Vec<Token>> {
             '.' => ".",
             _ => return Err(err(tl, tc, format!("unexpected character {c:?}"))),
         };
-        if sym == "(" {
-            depth += 1;
-        } else if sym == ")" {
-            depth = depth.saturating_sub(1);
-        }
         {
             let n = 1;
             adv(&chars, &mut i, &mut line, &mut col, n);
         }
-        out.push(Token { tok: Tok::Sym(sym), line: tl, col: tc });
+        out.push(Token { tok: Tok::Sym(sym), line: tl, col: tc, nl: std::mem::take(&mut nl) });
     }
-    out.push(Token { tok: Tok::Eof, line, col });
+    out.push(Token { tok: Tok::Eof, line, col, nl });
     Ok(out)
 }
 
@@ -315,6 +309,8 @@ pub fn parse(src: &str) -> Result<Vec<Stmt>> {
         out.push(p.statement()?);
         match p.peek() {
             Tok::Sep | Tok::Eof => {}
+            // A line break after a complete statement ends it.
+            _ if p.toks[p.pos].nl => {}
             _ => return Err(p.expected("end of statement (`;` or a new line)")),
         }
     }
@@ -841,6 +837,26 @@ mod tests {
         assert_eq!(sel.offset, 2);
         assert_eq!(sel.as_of, Some(AsOf::Seq(2)));
         assert_eq!(sel.items.len(), 3);
+    }
+
+    #[test]
+    fn a_statement_may_span_lines_and_one_statement_per_line_still_works() {
+        let pasted = parse(
+            "SELECT id, status\n  FROM orders\n  WHERE amount > 10\n    AND status = 'paid'\n  ORDER BY id\n  LIMIT 5;\nINSERT INTO orders\n  {\"id\": \"o9\",\n   \"tags\": [\"a\",\n            \"b\"]}\nALTER TABLE orders\n  ADD COLUMN currency\n  DEFAULT 'EUR'\nCREATE TABLE t (\n  pk=id,\n  INDEX(a,\n        b))",
+        )
+        .unwrap();
+        assert_eq!(pasted.len(), 4, "{pasted:?}");
+        let Stmt::Select(sel) = &pasted[0] else { panic!("{:?}", pasted[0]) };
+        assert_eq!((sel.table.as_str(), sel.limit), ("orders", Some(5)));
+        assert!(sel.filter.is_some());
+        assert!(matches!(&pasted[1], Stmt::Insert { doc, .. } if doc["tags"][1] == "b"));
+        assert!(matches!(&pasted[2], Stmt::Alter { .. }));
+        // One statement per line, as scripts have always been written.
+        let lines = parse("SELECT * FROM a\nSELECT * FROM b WHERE x = 1\nSHOW TABLES\nBEGIN\nCOMMIT").unwrap();
+        assert_eq!(lines.len(), 5);
+        // A line that cannot continue the statement is still an error where it is.
+        let e = parse("SELECT * FROM a WHERE x = 1 y").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("end of statement"), "{e}");
     }
 
     #[test]

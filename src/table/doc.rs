@@ -158,13 +158,118 @@ fn parse_checked(t: &str) -> Value {
 /// (when it is an object), in order.
 pub fn check(text: &str, fields: &[&str]) -> Result<Vec<Option<Value>>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let out = Pick { fields }.deserialize(&mut de)?;
+    let out = Pick { fields, strict: false }.deserialize(&mut de)?;
     de.end()?;
     Ok(out)
 }
 
+/// [`check`] for a document entering the database: also refuses an object
+/// (at any depth) that names the same key twice, which a parse would
+/// silently resolve to the last value.
+pub fn check_strict(text: &str, fields: &[&str]) -> Result<Vec<Option<Value>>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let out = Pick { fields, strict: true }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(out)
+}
+
+/// Parse JSON text into a value, refusing an object (at any depth) that
+/// names the same key twice; the error says which key and where.
+pub fn parse_strict(text: &str) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v = StrictValue.deserialize(&mut de)?;
+    de.end()?;
+    Ok(v)
+}
+
+fn duplicate<E: serde::de::Error>(k: &str) -> E {
+    E::custom(format_args!("duplicate key {:?} in an object", k))
+}
+
+/// Keys seen in one object, to refuse a repeated one.
+#[derive(Default)]
+struct Seen<'de> {
+    few: Vec<Cow<'de, str>>,
+    many: std::collections::HashSet<Cow<'de, str>>,
+}
+
+impl<'de> Seen<'de> {
+    /// False if `k` was seen before.
+    fn insert(&mut self, k: Cow<'de, str>) -> bool {
+        if self.many.is_empty() {
+            if self.few.contains(&k) {
+                return false;
+            }
+            self.few.push(k);
+            if self.few.len() > 16 {
+                self.many.extend(self.few.drain(..));
+            }
+            return true;
+        }
+        self.many.insert(k)
+    }
+}
+
+/// A `Value` built by a parse that refuses repeated keys.
+struct StrictValue;
+
+impl<'de> DeserializeSeed<'de> for StrictValue {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(k) = m.next_key::<String>()? {
+            if out.contains_key(&k) {
+                return Err(duplicate(&k));
+            }
+            let v = m.next_value_seed(StrictValue)?;
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = s.next_element_seed(StrictValue)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v).map(Value::Number).ok_or_else(|| E::custom("number out of range"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+}
+
 struct Pick<'f> {
     fields: &'f [&'f str],
+    /// Refuse repeated keys (see [`check_strict`]).
+    strict: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for Pick<'_> {
@@ -204,10 +309,15 @@ impl<'de> Visitor<'de> for Pick<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
         let mut out = vec![None; self.fields.len()];
+        let mut seen = Seen::default();
         while let Some(Key(k)) = m.next_key::<Key<'de>>()? {
+            if self.strict && !seen.insert(k.clone()) {
+                return Err(duplicate(&k));
+            }
+            let skip = Skip { strict: self.strict };
             match self.fields.iter().position(|f| *f == k) {
                 Some(i) => {
-                    let v = m.next_value::<Value>()?;
+                    let v = if self.strict { m.next_value_seed(StrictValue)? } else { m.next_value::<Value>()? };
                     // A field asked for twice (a key field that is also indexed) fills every place.
                     for (o, _) in out.iter_mut().zip(self.fields).skip(i + 1).filter(|(_, f)| **f == k) {
                         *o = Some(v.clone());
@@ -216,14 +326,14 @@ impl<'de> Visitor<'de> for Pick<'_> {
                         *o = Some(v);
                     }
                 }
-                None => m.next_value_seed(Skip)?,
+                None => m.next_value_seed(skip)?,
             }
         }
         Ok(out)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
-        while s.next_element_seed(Skip)?.is_some() {}
+        while s.next_element_seed(Skip { strict: self.strict })?.is_some() {}
         Ok(vec![None; self.fields.len()])
     }
 
@@ -252,7 +362,10 @@ impl<'de> Visitor<'de> for Pick<'_> {
 /// are checked), not serde's `IgnoredAny`, whose skipping checks only the
 /// syntax.
 #[derive(Clone, Copy)]
-struct Skip;
+struct Skip {
+    /// Refuse repeated keys (see [`check_strict`]).
+    strict: bool,
+}
 
 impl<'de> DeserializeSeed<'de> for Skip {
     type Value = ();
@@ -267,13 +380,23 @@ impl<'de> Visitor<'de> for Skip {
         f.write_str("a JSON value")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
-        while m.next_key_seed(Skip)?.is_some() {
-            m.next_value_seed(Skip)?;
+        if !self.strict {
+            while m.next_key_seed(self)?.is_some() {
+                m.next_value_seed(self)?;
+            }
+            return Ok(());
+        }
+        let mut seen = Seen::default();
+        while let Some(Key(k)) = m.next_key::<Key<'de>>()? {
+            if !seen.insert(k.clone()) {
+                return Err(duplicate(&k));
+            }
+            m.next_value_seed(self)?;
         }
         Ok(())
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<(), A::Error> {
-        while s.next_element_seed(Skip)?.is_some() {}
+        while s.next_element_seed(self)?.is_some() {}
         Ok(())
     }
     fn visit_bool<E>(self, _: bool) -> Result<(), E> {
@@ -346,6 +469,29 @@ mod tests {
         assert!(d.value.get().is_none(), "field() must not parse the whole document");
         let picked = check(&t, &["z", "status"]).unwrap();
         assert_eq!(picked, vec![v.get("z").cloned(), v.get("status").cloned()]);
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_at_any_depth_where_documents_enter() {
+        for bad in [
+            r#"{"id": 500, "id": 501}"#,
+            r#"{"id": 1, "a": {"x": 1, "y": 2, "x": 3}}"#,
+            r#"{"id": 1, "a": [{"k": 1}, {"k": 1, "k": 2}]}"#,
+        ] {
+            let e = parse_strict(bad).unwrap_err().to_string();
+            assert!(e.contains("duplicate key"), "{bad}: {e}");
+            assert!(e.contains("line 1"), "the error says where: {e}");
+            let e = check_strict(bad, &["id"]).unwrap_err().to_string();
+            assert!(e.contains("duplicate key"), "{bad}: {e}");
+            // What was stored before this check existed still reads.
+            assert!(check(bad, &["id"]).is_ok());
+        }
+        let many: String = (0..40).map(|i| format!("\"k{i}\": {i}")).collect::<Vec<_>>().join(", ");
+        assert!(parse_strict(&format!("{{{many}}}")).is_ok());
+        assert!(parse_strict(&format!("{{{many}, \"k7\": 0}}")).is_err(), "past the small-object path too");
+        let v = json!({"id": "a", "n": [1, 2.5, {"x": null}], "s": "é"});
+        assert_eq!(parse_strict(&v.to_string()).unwrap(), v);
+        assert_eq!(check_strict(&v.to_string(), &["id", "n"]).unwrap(), vec![Some(json!("a")), Some(v["n"].clone())]);
     }
 
     #[test]
