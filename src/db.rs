@@ -75,6 +75,16 @@ pub struct Options {
     pub checkpoint_bytes: u64,
     /// On open, resume an interrupted re-encryption in the background.
     pub resume_rotation: bool,
+    /// Accept Argon2id parameters below the floor of
+    /// [`Argon2Params::check_strength`] for a new passphrase (tests only).
+    pub allow_weak_kdf: bool,
+    /// Refuse to open a database whose keyring generation
+    /// ([`Db::keyring_generation`]) is below this: pin the newest
+    /// generation the application has seen (kept somewhere the database's
+    /// disk is not), and an older copy of the whole directory put back in
+    /// place is refused ([`Error::RolledBack`]). The same as
+    /// [`StoreOptions::expect_generation`]; the larger of the two applies.
+    pub expect_generation: Option<u64>,
 }
 
 impl Default for Options {
@@ -87,8 +97,25 @@ impl Default for Options {
             durability: Durability::Immediate,
             checkpoint_bytes: 8 << 20,
             resume_rotation: true,
+            allow_weak_kdf: false,
+            expect_generation: None,
         }
     }
+}
+
+/// What a compaction would do ([`Db::compaction_preview`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CompactionPreview {
+    /// The horizon it would move to.
+    pub horizon: u64,
+    /// The table's horizon now (0: all history kept).
+    pub current_horizon: u64,
+    /// Row events (insert, patch, soft delete) it would fold.
+    pub events_folded: u64,
+    /// Row events it would keep (after the horizon).
+    pub events_kept: u64,
+    /// The database's latest sequence number.
+    pub latest_seq: u64,
 }
 
 /// One event of a row's history (`SHOW DRIFT`).
@@ -973,6 +1000,9 @@ pub struct RotateOptions {
     /// Re-encrypt in a background thread (the default); otherwise call
     /// [`Db::resume_rotation`] to do it in the calling thread.
     pub background: bool,
+    /// Accept a new passphrase's Argon2id parameters below the floor of
+    /// [`Argon2Params::check_strength`] (tests only).
+    pub allow_weak_kdf: bool,
 }
 
 impl Default for RotateOptions {
@@ -982,6 +1012,7 @@ impl Default for RotateOptions {
             throttle_bytes_per_sec: None,
             argon2: Argon2Params::default(),
             background: true,
+            allow_weak_kdf: false,
         }
     }
 }
@@ -1014,6 +1045,10 @@ pub struct RotationStatus {
     pub keys: Vec<crate::storage::store::KeyVersionStatus>,
     /// The current or last re-encryption.
     pub rotation: RotationProgress,
+    /// The keyring's generation ([`Db::keyring_generation`]).
+    pub keyring_generation: u64,
+    /// The key audit log's chain head, as the keyring records it.
+    pub audit_head: crate::storage::verify::AuditHeadReport,
 }
 
 /// What the writer lock guards: the commits in the WAL not yet checkpointed.
@@ -1146,7 +1181,11 @@ impl Db {
     /// Create a new database in `dir` (missing or empty).
     pub fn create(dir: impl AsRef<Path>, key: &KeySource, opts: Options) -> Result<Db> {
         let opts_rest = opts.clone();
-        let store = Store::create(dir, key, CreateOptions { argon2: opts.argon2, store: opts.store })?;
+        let store = Store::create(
+            dir,
+            key,
+            CreateOptions { argon2: opts.argon2, allow_weak_kdf: opts.allow_weak_kdf, store: opts.store },
+        )?;
         Ok(Db::from_store(store, State { next_seq: 1, maintain_indexes: true, ..State::default() }, opts_rest))
     }
 
@@ -1160,7 +1199,14 @@ impl Db {
     /// once (on up to four threads, building the secondary indexes in the
     /// same pass).
     pub fn open(dir: impl AsRef<Path>, key: &KeySource, opts: Options) -> Result<Db> {
-        let store = Store::open(dir, key, opts.store.clone())?;
+        let mut store_opts = opts.store.clone();
+        store_opts.expect_generation = store_opts.expect_generation.max(opts.expect_generation);
+        let store = Store::open(dir, key, store_opts)?;
+        if store.options().read_only {
+            // A read-write open checks the files the manifest does not list
+            // as it recovers; a read-only one does no recovery.
+            store.check_unlisted()?;
+        }
         let mut st = State { next_seq: 1, ..State::default() };
         let mut metas = HashMap::new();
         // Bytes of the log, and of each snapshot file: to size the history map.
@@ -1491,6 +1537,39 @@ impl Db {
         &self.s.store
     }
 
+    /// The keyring's generation, incremented on every keyring write. Keep
+    /// the newest value seen somewhere the database's disk is not, and pass
+    /// it as [`Options::expect_generation`] on the next open: an older copy
+    /// of the whole directory put back in place is then refused.
+    pub fn keyring_generation(&self) -> u64 {
+        self.s.store.keyring_generation()
+    }
+
+    /// What `COMPACT table BEFORE before` would fold: the horizon it would
+    /// move to, and the table's events (inserts, patches, soft deletes) it
+    /// would fold and keep. Nothing changes.
+    pub fn compaction_preview(&self, table: &str, before: &AsOf) -> Result<CompactionPreview> {
+        let st = self.read();
+        let def = st.table(table)?;
+        let t = st.tables.get(&def.id).ok_or_else(|| Error::NotFound(format!("table {table}")))?;
+        let horizon = resolve(&st, before)?.max(t.horizon);
+        let (mut fold, mut keep) = (0u64, 0u64);
+        for m in &t.history.shards {
+            for hs in m.values() {
+                for h in hs.iter().filter(|h| !h.folded) {
+                    if h.seq <= horizon { fold += 1 } else { keep += 1 }
+                }
+            }
+        }
+        Ok(CompactionPreview {
+            horizon,
+            current_horizon: t.horizon,
+            events_folded: fold,
+            events_kept: keep,
+            latest_seq: st.latest_seq(),
+        })
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.s.state.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -1560,7 +1639,7 @@ impl Db {
             // re-encryption rewrites is one a commit position points into
             // while it is still being written.
             self.checkpoint(&mut w)?;
-            self.s.store.begin_rotation(new_key, o.argon2, !o.rewrap_only)?
+            self.s.store.begin_rotation_with(new_key, o.argon2, o.allow_weak_kdf, !o.rewrap_only)?
         };
         if !o.rewrap_only && o.background {
             self.start_reencryption(o.throttle_bytes_per_sec);
@@ -1593,11 +1672,17 @@ impl Db {
                 }
             }
         };
+        let head = store.audit_head();
         RotationStatus {
             database_id: store.db_id().iter().map(|b| format!("{b:02x}")).collect(),
             active_key_version: store.master_version(),
             keys,
             rotation,
+            keyring_generation: store.keyring_generation(),
+            audit_head: crate::storage::verify::AuditHeadReport {
+                entries: head.count,
+                hash: head.hash.iter().map(|b| format!("{b:02x}")).collect(),
+            },
         }
     }
 

@@ -44,6 +44,17 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// The keyring is older than the newest one the caller has seen (the
+    /// generation it pinned): an older copy was put back in place.
+    #[error(
+        "rollback detected: the keyring is at generation {found}, older than the generation {expected} expected; an older copy of the database (or of its keyring) was put in place"
+    )]
+    RolledBack {
+        /// The keyring's generation.
+        found: u64,
+        /// The generation the caller expected at least.
+        expected: u64,
+    },
     /// The master key given does not open this database.
     #[error("wrong key: {0}")]
     WrongKey(String),
@@ -114,7 +125,10 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::WrongKey(_) | Error::KeyRetired { .. } | Error::KeySource(_) => 3,
-            Error::Corrupted { .. } | Error::Tampered { .. } | Error::UnsupportedVersion { .. } => 4,
+            Error::Corrupted { .. }
+            | Error::Tampered { .. }
+            | Error::UnsupportedVersion { .. }
+            | Error::RolledBack { .. } => 4,
             Error::InUse { .. } => 5,
             Error::Conflict(_) => 6,
             Error::InvalidArgument(_) => 2,

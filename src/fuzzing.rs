@@ -522,6 +522,13 @@ mod tests {
         put("header", "seed1", &FileHeader::new(FileKind::Snapshot, u64::MAX, 7).encode());
         put("header", "seed2", b"00000000000000ff.seg");
         let h = KeyringHeader {
+            version: KEYRING_VERSION,
+            public: PublicManifest {
+                id_mark: 9,
+                files: Vec::new(),
+                building: vec![(5, FileKind::Snapshot)],
+                removed: vec![(3, FileKind::Segment)],
+            },
             db_id: FUZZ_DB_ID,
             generation: 1,
             write_salt: [3; 32],
@@ -548,7 +555,7 @@ mod tests {
             meta: b"m".to_vec(),
         };
         let body = KeyringBody {
-            next_id: 3,
+            next_id: 9,
             created_unix: 1,
             masters: vec![MasterRecord { version: 2, created_unix: 1, state: MasterState::Active, first_file_id: 0 }],
             files: vec![entry],

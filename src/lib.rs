@@ -27,12 +27,15 @@ pub mod table;
 pub mod txn;
 
 pub use crypto::kdf::Argon2Params;
+pub use crypto::keysource::KeyCommand;
 pub use crypto::keysource::KeySource;
-pub use db::{Db, Durability, HistoryEntry, Options, Outcome, RotateOptions, RotationProgress, RotationStatus};
+pub use db::{
+    CompactionPreview, Db, Durability, HistoryEntry, Options, Outcome, RotateOptions, RotationProgress, RotationStatus,
+};
 pub use error::{Error, Result};
 pub use format::FileKind;
 pub use storage::store::{CreateOptions, Edit, FileInfo, RecordPos, RecoveryEvent, Store, StoreOptions};
-pub use storage::verify::{VerifyReport, verify_without_key};
+pub use storage::verify::{VerifyReport, verify_without_key, verify_without_key_expecting};
 pub use table::{KeyStr, Pk, TableDef};
 pub use txn::{Isolation, Txn};
 

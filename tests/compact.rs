@@ -109,7 +109,7 @@ fn compaction_folds_history_and_removes_it_from_disk() {
 #[test]
 fn a_crash_at_any_point_of_compaction_leaves_a_consistent_database() {
     // Fail the n-th write of the compaction (then crash) for every n until it succeeds.
-    for fail_after in 0..200u64 {
+    for fail_after in 0..400u64 {
         let fs = MemFs::new();
         let db = Db::create("/db", &key(), opts(&fs)).unwrap();
         let (_, horizon) = fill(&db);

@@ -47,7 +47,8 @@ impl Env {
         std::fs::write(self.migs.join(name), text).unwrap();
     }
     fn migrate(&self, args: &[&str]) -> (i32, String, String) {
-        let mut a = vec!["migrate", "-d", &self.data, "--key-file", &self.key, "--dir", self.migs.to_str().unwrap()];
+        let mut a =
+            vec!["migrate", "-d", &self.data, "--key-file", &self.key, "--migrations", self.migs.to_str().unwrap()];
         a.extend_from_slice(args);
         common::parts(&common::run(&a))
     }
@@ -98,21 +99,29 @@ fn migrate_up_applies_in_order_records_checksums_and_status_lists_them() {
     let (c, o, err) = e.migrate(&["status"]);
     assert_eq!(c, 0, "{err}");
     assert!(o.contains("pending     1  0001_users.driftql") && o.contains("pending     2  0002_tiers.driftql"), "{o}");
+    // The form from before `--migrations` (where `--dir` named the folder) still works, with a note.
+    let m = e.migs.to_str().unwrap();
+    let (c, legacy, err) =
+        common::parts(&common::run(&["migrate", "-d", &e.data, "--key-file", &e.key, "--dir", m, "status"]));
+    assert_eq!((c, &legacy), (0, &o), "{err}");
+    assert!(err.contains("deprecated") && err.contains("--migrations"), "{err}");
     let (c, o, err) = e.migrate(&["up", "--to", "1"]);
     assert_eq!(c, 0, "{err}");
     assert!(o.contains("0001_users.driftql applied at @seq:") && o.contains("users: 2 rows"), "{o}");
     let (c, o, err) = e.migrate(&["up"]);
     assert_eq!(c, 0, "{err}");
-    assert!(o.contains("0002_tiers.driftql applied") && o.contains("3 schema change(s), 3 check(s) held"), "{o}");
+    assert!(o.contains("0002_tiers.driftql applied") && o.contains("3 schema changes, 3 checks held"), "{o}");
     assert!(o.contains("users: 3 rows"), "1 row gets the default, 2 are renamed: {o}");
     let (c, o, _) = e.migrate(&["up"]);
     assert_eq!((c, o.trim()), (0, "nothing to apply"));
     let (c, o, err) = e.migrate(&["status", "--json"]);
     assert_eq!(c, 0, "{err}");
-    let st: Value = serde_json::from_str(&o).unwrap();
-    assert_eq!(st["applied"].as_array().unwrap().len(), 2);
-    assert!(st["applied"][1]["checksum"].as_str().unwrap().starts_with("sha256:"));
-    assert_eq!(st["pending"], json!([]));
+    // JSON Lines: one object per migration, with named fields.
+    let st: Vec<Value> = o.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(st.len(), 2, "{o}");
+    assert_eq!((&st[1]["version"], &st[1]["state"]), (&json!(2), &json!("applied")));
+    assert!(st[1]["checksum"].as_str().unwrap().starts_with("sha256:"));
+    assert!(st[1]["seq"].as_u64().unwrap() > st[0]["seq"].as_u64().unwrap());
     let rows = e.sql("SELECT id, full_name, tier FROM users WHERE tier = \"free\"");
     assert_eq!(
         serde_json::from_str::<Value>(rows.trim()).unwrap(),
@@ -263,7 +272,7 @@ fn kill_9_during_a_large_migration_leaves_it_applied_or_not_and_up_completes_it(
     let (mut applied_seen, mut not_seen) = (0, 0);
     for round in 0..8u32 {
         let mut child = common::bin()
-            .args(["migrate", "-d", &e.data, "--key-file", &e.key, "--dir", e.migs.to_str().unwrap(), "up"])
+            .args(["migrate", "-d", &e.data, "--key-file", &e.key, "--migrations", e.migs.to_str().unwrap(), "up"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -357,22 +357,31 @@ fn a_crash_between_any_two_operations_of_a_rotation_is_recoverable() {
 fn a_passphrase_change_is_a_rotation_and_argon2_can_be_retuned_by_rewrapping() {
     let fs = MemFs::new();
     let cheap = driftdb::Argon2Params { m_cost_kib: 64, t_cost: 1, p_cost: 1 };
-    let o = Options { argon2: cheap, ..opts(&fs) };
+    let o = Options { argon2: cheap, allow_weak_kdf: true, ..opts(&fs) };
     let a = KeySource::passphrase("correct horse");
     let b = KeySource::passphrase("battery staple");
     let db = Db::create("/db", &a, o.clone()).unwrap();
     fill(&db);
     let before = answers(&db);
     let tuned = driftdb::Argon2Params { m_cost_kib: 128, t_cost: 2, p_cost: 1 };
-    db.rotate_master_key(&b, RotateOptions { rewrap_only: true, argon2: tuned, ..Default::default() }).unwrap();
+    let weak = RotateOptions { rewrap_only: true, allow_weak_kdf: true, ..Default::default() };
+    db.rotate_master_key(&b, RotateOptions { argon2: tuned, ..weak }).unwrap();
     db.close().unwrap();
     assert!(matches!(Db::open("/db", &a, o.clone()), Err(Error::KeyRetired { .. })));
     let db = Db::open("/db", &b, o.clone()).unwrap();
     assert_eq!(answers(&db), before);
-    // The same passphrase with new Argon2 parameters: a new salt and version.
-    db.rotate_master_key(&b, RotateOptions { rewrap_only: true, argon2: cheap, ..Default::default() }).unwrap();
+    // The same passphrase again is refused (it would change nothing), and
+    // so is one retired before.
+    let e = db.rotate_master_key(&b, RotateOptions { argon2: cheap, ..weak }).unwrap_err();
+    assert!(e.to_string().contains("is the current one"), "{e}");
+    let e = db.rotate_master_key(&a, RotateOptions { argon2: cheap, ..weak }).unwrap_err();
+    assert!(e.to_string().contains("retired"), "{e}");
+    assert_eq!(db.store().master_version(), 2);
+    // New Argon2 parameters come with a new passphrase: a new salt and version.
+    let c = KeySource::passphrase("a third one");
+    db.rotate_master_key(&c, RotateOptions { argon2: cheap, ..weak }).unwrap();
     db.close().unwrap();
-    let db = Db::open("/db", &b, o).unwrap();
+    let db = Db::open("/db", &c, o).unwrap();
     assert_eq!(db.store().master_version(), 3);
     assert_eq!(answers(&db), before);
 }

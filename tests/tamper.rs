@@ -42,6 +42,20 @@ fn read_everything(fs: &MemFs) -> driftdb::Result<Vec<Value>> {
     Ok(out)
 }
 
+/// Put the directory back exactly as `files` (removing anything else).
+fn restore(fs: &MemFs, files: &[(PathBuf, Vec<u8>)]) {
+    use driftdb::storage::Vfs;
+    for p in fs.paths() {
+        if !files.iter().any(|(q, _)| *q == p) {
+            fs.remove_file(&p).unwrap();
+            fs.sync_dir(p.parent().unwrap()).unwrap();
+        }
+    }
+    for (p, b) in files {
+        fs.put(p, b);
+    }
+}
+
 #[test]
 fn flipped_bytes_give_the_original_data_or_an_error() {
     let fs = MemFs::new();
@@ -63,11 +77,17 @@ fn flipped_bytes_give_the_original_data_or_an_error() {
     let files: Vec<(PathBuf, Vec<u8>)> =
         fs.paths().into_iter().map(|p| (p.clone(), fs.contents(&p).unwrap())).collect();
     let original = read_everything(&fs).unwrap();
+    // Restoring the files alone (the reopen's new files left beside an older
+    // keyring) is a rollback, refused.
     for (p, b) in &files {
         fs.put(p, b);
     }
-    // Restoring the files restores the database (files a reopen created and
-    // the restored keyring does not list are removed as interrupted creations).
+    match read_everything(&fs) {
+        Err(e) => assert!(e.is_integrity() && e.to_string().contains("keyring"), "{e}"),
+        Ok(_) => panic!("an older keyring beside newer files opened"),
+    }
+    // Restoring the whole directory restores the database.
+    restore(&fs, &files);
     assert_eq!(read_everything(&fs).unwrap(), original);
     let kinds: std::collections::BTreeSet<String> = files
         .iter()
@@ -90,9 +110,7 @@ fn flipped_bytes_give_the_original_data_or_an_error() {
         // Every byte of small files; a spread of positions in larger ones.
         let step = (bytes.len() / 1500).max(1);
         for pos in (0..bytes.len()).step_by(step) {
-            for (p, b) in &files {
-                fs.put(p, b);
-            }
+            restore(&fs, &files);
             let mut b = bytes.clone();
             b[pos] ^= 0x5a;
             fs.put(path, &b);

@@ -55,6 +55,28 @@ impl Argon2Params {
     /// Maximum lanes accepted.
     pub const MAX_P_COST: u32 = 16;
 
+    /// The weakest parameters accepted for a new passphrase without an
+    /// explicit opt-in: OWASP's minimum for Argon2id (19 MiB, 2 iterations).
+    pub const MIN_M_COST_KIB: u32 = 19 * 1024;
+    /// See [`Argon2Params::MIN_M_COST_KIB`].
+    pub const MIN_T_COST: u32 = 2;
+
+    /// Refuse parameters below the floor ([`Argon2Params::MIN_M_COST_KIB`],
+    /// [`Argon2Params::MIN_T_COST`]): a passphrase stretched less than that
+    /// is cheap to guess offline from the keyring header.
+    pub fn check_strength(&self) -> Result<()> {
+        if self.m_cost_kib < Self::MIN_M_COST_KIB || self.t_cost < Self::MIN_T_COST {
+            return Err(Error::InvalidArgument(format!(
+                "Argon2id with {} KiB and {} iterations is below the minimum of {} MiB and {} iterations (OWASP); allow it explicitly only for tests (--allow-weak-kdf)",
+                self.m_cost_kib,
+                self.t_cost,
+                Self::MIN_M_COST_KIB / 1024,
+                Self::MIN_T_COST
+            )));
+        }
+        Ok(())
+    }
+
     /// Check the parameters are within the accepted bounds.
     pub fn validate(&self) -> Result<()> {
         if self.t_cost == 0 || self.t_cost > Self::MAX_T_COST {
@@ -145,5 +167,21 @@ mod tests {
     fn default_meets_design_floor() {
         let d = Argon2Params::default();
         assert!(d.m_cost_kib >= 64 * 1024 && d.t_cost >= 3);
+        assert!(d.check_strength().is_ok());
+    }
+
+    #[test]
+    fn parameters_below_the_owasp_floor_are_refused() {
+        let floor = Argon2Params { m_cost_kib: 19 * 1024, t_cost: 2, p_cost: 1 };
+        assert!(floor.check_strength().is_ok());
+        for weak in [
+            Argon2Params { m_cost_kib: 1024, t_cost: 1, p_cost: 1 },
+            Argon2Params { m_cost_kib: 19 * 1024 - 1, ..floor },
+            Argon2Params { t_cost: 1, ..floor },
+        ] {
+            let e = weak.check_strength().unwrap_err().to_string();
+            assert!(e.contains("below the minimum") && e.contains("--allow-weak-kdf"), "{e}");
+            assert!(weak.validate().is_ok(), "still valid to decode and derive (old databases open)");
+        }
     }
 }

@@ -4,7 +4,9 @@
 
 use super::keys::{KEY_LEN, SecretKey};
 use crate::{Error, Result};
+use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// Largest key text accepted from a file, variable or command (bytes).
@@ -27,10 +29,95 @@ pub enum KeySource {
     Passphrase(Zeroizing<String>),
     /// An environment variable holding the key as hex or base64.
     Env(String),
-    /// A shell command (`sh -c`) whose standard output is the key (raw, hex or base64).
+    /// A shell command (`sh -c`) whose standard output is the key (raw, hex
+    /// or base64), run as [`KeyCommand::shell`] does: in a cleared
+    /// environment, killed after [`KeyCommand::DEFAULT_TIMEOUT`].
     Command(String),
     /// Key bytes supplied directly by an embedding application.
     Raw(SecretKey),
+    /// An external program run directly (no shell), with its own
+    /// arguments, environment allow-list and timeout.
+    Exec(KeyCommand),
+}
+
+/// An external command that prints the master key: the way to reach a KMS,
+/// Vault or an HSM without linking their SDKs.
+///
+/// It runs with standard input closed, in a cleared environment (only the
+/// variables of [`KeyCommand::DEFAULT_ENV`] and those allowed with
+/// [`KeyCommand::allow_env`] pass: a passphrase or an old key in another
+/// variable never reaches it), in its own process group, and is killed with
+/// everything it started if it has not finished within its timeout.
+/// `Debug` shows nothing of its program or arguments (they may carry a token).
+#[derive(Clone)]
+pub struct KeyCommand {
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<String>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for KeyCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyCommand(<redacted>, timeout={:?})", self.timeout)
+    }
+}
+
+impl KeyCommand {
+    /// How long a key command may run by default.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The variables a key command gets from the environment without being
+    /// allowed explicitly (none of them is meant to carry a secret).
+    pub const DEFAULT_ENV: &'static [&'static str] =
+        &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+    /// Run `program` directly (found on `PATH` if it has no slash).
+    pub fn new(program: impl Into<OsString>) -> Self {
+        KeyCommand {
+            program: program.into(),
+            args: Vec::new(),
+            env: Self::DEFAULT_ENV.iter().map(|s| s.to_string()).collect(),
+            timeout: Self::DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Run `script` with `sh -c`.
+    pub fn shell(script: impl Into<OsString>) -> Self {
+        KeyCommand::new("sh").arg("-c").arg(script)
+    }
+
+    /// Add an argument.
+    pub fn arg(mut self, a: impl Into<OsString>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    /// Add arguments.
+    pub fn args<I: IntoIterator<Item = A>, A: Into<OsString>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Let the environment variable `name` through to the command (say
+    /// `VAULT_ADDR` and `VAULT_TOKEN`).
+    pub fn allow_env(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        if !self.env.contains(&name) {
+            self.env.push(name);
+        }
+        self
+    }
+
+    /// Kill the command if it has not finished after `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Its timeout.
+    pub fn time_limit(&self) -> Duration {
+        self.timeout
+    }
 }
 
 impl std::fmt::Debug for KeySource {
@@ -41,10 +128,10 @@ impl std::fmt::Debug for KeySource {
             }
             KeySource::Passphrase(_) => f.write_str("KeySource::Passphrase(<redacted>)"),
             KeySource::Env(v) => write!(f, "KeySource::Env({v:?})"),
-            // Only the program: the arguments may carry a token.
-            KeySource::Command(c) => {
-                write!(f, "KeySource::Command({:?} <arguments redacted>)", c.split_whitespace().next().unwrap_or(""))
-            }
+            // Nothing of the command: a `VAR=secret` prefix or an argument
+            // may carry a token.
+            KeySource::Command(_) => f.write_str("KeySource::Command(<redacted>)"),
+            KeySource::Exec(c) => write!(f, "KeySource::Exec({c:?})"),
             KeySource::Raw(_) => f.write_str("KeySource::Raw(<redacted>)"),
         }
     }
@@ -74,13 +161,18 @@ impl KeySource {
         matches!(self, KeySource::Passphrase(_))
     }
 
+    /// True for external commands (which may print another key each run).
+    pub fn is_command(&self) -> bool {
+        matches!(self, KeySource::Command(_) | KeySource::Exec(_))
+    }
+
     /// A short description for messages (never the key).
     pub fn describe(&self) -> String {
         match self {
             KeySource::KeyFile { path, .. } => format!("key file {}", path.display()),
             KeySource::Passphrase(_) => "passphrase".into(),
             KeySource::Env(v) => format!("environment variable {v}"),
-            KeySource::Command(_) => "key command".into(),
+            KeySource::Command(_) | KeySource::Exec(_) => "key command".into(),
             KeySource::Raw(_) => "raw key".into(),
         }
     }
@@ -108,7 +200,13 @@ impl KeySource {
                     .map_err(|why| Error::KeySource(format!("environment variable {var}: {why}")))
             }
             KeySource::Command(cmd) => {
-                let out = run_key_command(cmd)?;
+                let out = run_key_command(&KeyCommand::shell(cmd))?;
+                parse_key_text(&out)
+                    .map(Material::Key)
+                    .map_err(|why| Error::KeySource(format!("output of key command: {why}")))
+            }
+            KeySource::Exec(c) => {
+                let out = run_key_command(c)?;
                 parse_key_text(&out)
                     .map(Material::Key)
                     .map_err(|why| Error::KeySource(format!("output of key command: {why}")))
@@ -120,7 +218,7 @@ impl KeySource {
 
 fn read_key_file(path: &std::path::Path, allow_insecure: bool) -> Result<Zeroizing<Vec<u8>>> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path)
+    let f = std::fs::File::open(path)
         .map_err(|e| Error::KeySource(format!("cannot open key file {}: {}", path.display(), e)))?;
     let meta = f.metadata().map_err(|e| Error::KeySource(format!("cannot stat key file {}: {e}", path.display())))?;
     if !meta.is_file() {
@@ -143,32 +241,84 @@ fn read_key_file(path: &std::path::Path, allow_insecure: bool) -> Result<Zeroizi
     if meta.len() > MAX_KEY_TEXT as u64 {
         return Err(Error::KeySource(format!("key file {} is too large to be a key", path.display())));
     }
+    // Bounded even if the file grows after the size check; capacity for all
+    // of it up front, so no reallocation leaves an unwiped copy behind.
     let mut buf = Zeroizing::new(Vec::with_capacity(MAX_KEY_TEXT + 1));
-    f.read_to_end(&mut buf).map_err(|e| Error::KeySource(format!("cannot read key file {}: {e}", path.display())))?;
+    f.take(MAX_KEY_TEXT as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::KeySource(format!("cannot read key file {}: {e}", path.display())))?;
+    if buf.len() > MAX_KEY_TEXT {
+        return Err(Error::KeySource(format!("key file {} is too large to be a key", path.display())));
+    }
     Ok(buf)
 }
 
-fn run_key_command(cmd: &str) -> Result<Zeroizing<Vec<u8>>> {
+fn run_key_command(cmd: &KeyCommand) -> Result<Zeroizing<Vec<u8>>> {
     use std::io::Read;
+    use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| Error::KeySource(format!("cannot start key command: {e}")))?;
-    // Capacity for the whole allowed output up front: no reallocation leaves
-    // an unwiped copy behind.
-    let mut out = Zeroizing::new(Vec::with_capacity(MAX_KEY_TEXT + 1));
-    if let Some(stdout) = child.stdout.take() {
-        stdout
-            .take(MAX_KEY_TEXT as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| Error::KeySource(format!("cannot read key command output: {e}")))?;
+    let mut c = Command::new(&cmd.program);
+    c.args(&cmd.args).env_clear().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    for name in &cmd.env {
+        if let Some(v) = std::env::var_os(name) {
+            c.env(name, v);
+        }
     }
-    let status = child.wait().map_err(|e| Error::KeySource(format!("key command did not finish: {e}")))?;
+    // Its own process group, so that a timeout kills what it started too.
+    c.process_group(0);
+    let mut child = c.spawn().map_err(|e| Error::KeySource(format!("cannot start key command: {e}")))?;
+    let deadline = std::time::Instant::now() + cmd.timeout;
+    let kill = |child: &mut std::process::Child| {
+        let _ =
+            rustix::process::kill_process_group(rustix::process::Pid::from_child(child), rustix::process::Signal::KILL);
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        let reader = std::thread::Builder::new().name("driftdb-key-command".into()).spawn(move || {
+            // Capacity for the whole allowed output up front: no
+            // reallocation leaves an unwiped copy behind.
+            let mut out = Zeroizing::new(Vec::with_capacity(MAX_KEY_TEXT + 1));
+            let r = stdout.take(MAX_KEY_TEXT as u64 + 1).read_to_end(&mut out).map(|_| out);
+            let _ = tx.send(r);
+        });
+        if let Err(e) = reader {
+            kill(&mut child);
+            return Err(Error::KeySource(format!("cannot read key command output: {e}")));
+        }
+    }
+    let timed_out = || {
+        Error::KeySource(format!(
+            "key command did not finish within {} s and was killed (raise the limit with --key-command-timeout)",
+            cmd.timeout.as_secs_f64()
+        ))
+    };
+    let out = match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            kill(&mut child);
+            return Err(Error::KeySource(format!("cannot read key command output: {e}")));
+        }
+        Err(_) => {
+            kill(&mut child);
+            return Err(timed_out());
+        }
+    };
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                kill(&mut child);
+                return Err(timed_out());
+            }
+            Err(e) => {
+                kill(&mut child);
+                return Err(Error::KeySource(format!("key command did not finish: {e}")));
+            }
+        }
+    };
     if !status.success() {
         return Err(Error::KeySource(format!("key command failed ({status})")));
     }

@@ -5,19 +5,27 @@
 //! plaintext header (authenticated as AAD) | u32 body length | body ciphertext+tag | crc32
 //! ```
 //!
-//! The header carries only what is needed to derive and check the master key
-//! (database id, KDF parameters and salt, key check values); the body (data
-//! keys, file list, application root) is AES-256-GCM under a key derived
-//! from the master key and a fresh random salt for every write.
+//! The header carries what is needed to derive and check the master key
+//! (database id, KDF parameters and salt, key check values) and, from
+//! version 3, the *public manifest*: the ids, kinds, states and lengths of
+//! the live files (what a directory listing shows anyway), the files being
+//! written and the files removed but not yet deleted, and the id high-water
+//! mark, so that presence, truncation and strays are checked without a key.
+//! The body (data keys, file list, application root) is AES-256-GCM under a
+//! key derived from the master key and a fresh random salt for every write.
 
 use super::codec::{DecodeError, Reader, Writer};
-use super::{DB_ID_LEN, FORMAT_VERSION, FileKind};
+use super::{DB_ID_LEN, FileKind};
 use crate::crypto::aead::{AeadError, Backend, NONCE_LEN, TAG_LEN, cipher};
 use crate::crypto::kdf::{Argon2Params, hkdf, label};
 use crate::crypto::keys::{KEY_LEN, SecretKey};
 
 /// Magic bytes of the keyring file.
 pub const KEYRING_MAGIC: [u8; 8] = *b"DRIFTKR\0";
+/// The keyring format version this build writes.
+pub const KEYRING_VERSION: u16 = 3;
+/// The oldest keyring format version this build reads (it has no public manifest).
+pub const KEYRING_VERSION_MIN: u16 = 2;
 /// Largest keyring body accepted (bytes).
 pub const MAX_BODY: usize = 256 * 1024 * 1024;
 /// Most retired master versions kept in the header.
@@ -117,9 +125,46 @@ impl MasterCheck {
     }
 }
 
+/// A live file as the public manifest lists it (no key needed to read it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublicFile {
+    /// File id (its name).
+    pub file_id: u64,
+    /// What it holds.
+    pub kind: FileKind,
+    /// Active, or sealed with its frame count and length.
+    pub state: FileState,
+}
+
+/// The plaintext part of a version-3 keyring header beyond the master key
+/// checks: nothing a directory listing does not show, authenticated as the
+/// body's associated data.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PublicManifest {
+    /// Every file id this database ever allocated is below this mark.
+    pub id_mark: u64,
+    /// The live files (the same as the body's file list; [`encode_keyring`]
+    /// derives it from the body).
+    pub files: Vec<PublicFile>,
+    /// Files being written and not yet in the manifest: a crash leaves them
+    /// behind, and the next open removes them.
+    pub building: Vec<(u64, FileKind)>,
+    /// Files removed from the manifest whose deletion is not yet known to be
+    /// durable: the next open deletes them.
+    pub removed: Vec<(u64, FileKind)>,
+}
+
+/// The public manifest's view of a list of file entries.
+pub fn public_files(files: &[FileEntry]) -> Vec<PublicFile> {
+    files.iter().map(|f| PublicFile { file_id: f.file_id, kind: f.kind, state: f.state }).collect()
+}
+
 /// The plaintext, authenticated keyring header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyringHeader {
+    /// Keyring format version: [`KEYRING_VERSION`] for every write; 2 for a
+    /// keyring read from an older database (no public manifest).
+    pub version: u16,
     /// Random database id.
     pub db_id: [u8; DB_ID_LEN],
     /// Incremented on every keyring write.
@@ -130,18 +175,112 @@ pub struct KeyringHeader {
     pub active: MasterCheck,
     /// Master versions retired by rotations (so a retired key gets a clear error).
     pub retired: Vec<MasterCheck>,
+    /// The public manifest (version 3; empty for version 2).
+    pub public: PublicManifest,
 }
 
 /// Bytes of the encoded header before the retired list.
 const HEADER_FIXED: usize = 8 + 2 + 1 + 1 + DB_ID_LEN + 8 + 32 + 52 + 4;
 const MASTER_CHECK_LEN: usize = 52;
+const PUBLIC_FILE_LEN: usize = 26;
+const PUBLIC_ID_LEN: usize = 9;
+
+fn encode_ids(w: &mut Writer, ids: &[(u64, FileKind)]) {
+    w.u32(ids.len() as u32);
+    for (id, kind) in ids {
+        w.u64(*id);
+        w.u8(*kind as u8);
+    }
+}
+
+fn decode_kind(r: &mut Reader<'_>) -> Result<FileKind, DecodeError> {
+    let at = r.pos();
+    let b = r.u8("file kind")?;
+    match FileKind::from_u8(b) {
+        Some(k) if k != FileKind::Keyring => Ok(k),
+        _ => Err(DecodeError { offset: at, reason: format!("unknown file kind {b}") }),
+    }
+}
+
+fn decode_ids(r: &mut Reader<'_>, mark: u64, what: &str) -> Result<Vec<(u64, FileKind)>, DecodeError> {
+    let n = r.count(MAX_FILES, PUBLIC_ID_LEN, what)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let at = r.pos();
+        let id = r.u64("file id")?;
+        let kind = decode_kind(r)?;
+        if id >= mark {
+            return Err(DecodeError {
+                offset: at,
+                reason: format!("{what}: file id {id:016x} is not below the id mark"),
+            });
+        }
+        v.push((id, kind));
+    }
+    Ok(v)
+}
+
+impl PublicManifest {
+    fn encode(&self, w: &mut Writer) {
+        w.u64(self.id_mark);
+        w.u32(self.files.len() as u32);
+        for f in &self.files {
+            w.u64(f.file_id);
+            w.u8(f.kind as u8);
+            match f.state {
+                FileState::Active => {
+                    w.u8(1);
+                    w.u64(0);
+                    w.u64(0);
+                }
+                FileState::Sealed { frames, len, final_frame } => {
+                    w.u8(if final_frame { 2 } else { 3 });
+                    w.u64(frames);
+                    w.u64(len);
+                }
+            }
+        }
+        encode_ids(w, &self.building);
+        encode_ids(w, &self.removed);
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let id_mark = r.u64("id mark")?;
+        let n = r.count(MAX_FILES, PUBLIC_FILE_LEN, "public manifest files")?;
+        let mut files = Vec::with_capacity(n);
+        for _ in 0..n {
+            let at = r.pos();
+            let file_id = r.u64("file id")?;
+            let kind = decode_kind(r)?;
+            let st_at = r.pos();
+            let st = r.u8("file state")?;
+            let frames = r.u64("frame count")?;
+            let len = r.u64("file length")?;
+            let state = match st {
+                1 if frames == 0 && len == 0 => FileState::Active,
+                2 | 3 => FileState::Sealed { frames, len, final_frame: st == 2 },
+                _ => return Err(DecodeError { offset: st_at, reason: format!("invalid file state {st}") }),
+            };
+            if file_id >= id_mark {
+                return Err(DecodeError {
+                    offset: at,
+                    reason: format!("file id {file_id:016x} is not below the id mark"),
+                });
+            }
+            files.push(PublicFile { file_id, kind, state });
+        }
+        let building = decode_ids(r, id_mark, "files being written")?;
+        let removed = decode_ids(r, id_mark, "files removed")?;
+        Ok(PublicManifest { id_mark, files, building, removed })
+    }
+}
 
 impl KeyringHeader {
     /// Encode the header, including the trailing body length (all authenticated).
     pub fn encode(&self, body_len: u32) -> Vec<u8> {
         let mut w = Writer::default();
         w.bytes(&KEYRING_MAGIC);
-        w.u16(FORMAT_VERSION);
+        w.u16(self.version);
         w.u8(FileKind::Keyring as u8);
         w.u8(0);
         w.bytes(&self.db_id);
@@ -151,6 +290,9 @@ impl KeyringHeader {
         w.u32(self.retired.len() as u32);
         for r in &self.retired {
             r.encode(&mut w);
+        }
+        if self.version >= 3 {
+            self.public.encode(&mut w);
         }
         w.u32(body_len);
         w.buf
@@ -477,7 +619,7 @@ pub fn decode_keyring(buf: &[u8]) -> Result<SealedKeyring<'_>, DecodeError> {
         return Err(DecodeError { offset: 0, reason: "bad magic: not a DriftDB keyring".into() });
     }
     let version = r.u16("format version")?;
-    if version != FORMAT_VERSION {
+    if !(KEYRING_VERSION_MIN..=KEYRING_VERSION).contains(&version) {
         return Err(DecodeError { offset: 8, reason: format!("unsupported format version {version}") });
     }
     let kind = r.u8("file kind")?;
@@ -496,6 +638,7 @@ pub fn decode_keyring(buf: &[u8]) -> Result<SealedKeyring<'_>, DecodeError> {
     for _ in 0..nr {
         retired.push(MasterCheck::decode(&mut r)?);
     }
+    let public = if version >= 3 { PublicManifest::decode(&mut r)? } else { PublicManifest::default() };
     let len_at = r.pos();
     let body_len = r.u32("body length")? as usize;
     if !(TAG_LEN..=MAX_BODY).contains(&body_len) || body_len != r.remaining() {
@@ -506,19 +649,41 @@ pub fn decode_keyring(buf: &[u8]) -> Result<SealedKeyring<'_>, DecodeError> {
     }
     let header_bytes = &content[..r.pos()];
     let body = r.take(body_len, "body")?;
-    Ok(SealedKeyring { header: KeyringHeader { db_id, generation, write_salt, active, retired }, header_bytes, body })
+    Ok(SealedKeyring {
+        header: KeyringHeader { version, db_id, generation, write_salt, active, retired, public },
+        header_bytes,
+        body,
+    })
 }
 
 fn body_key(master: &SecretKey, h: &KeyringHeader) -> SecretKey {
     hkdf(master.expose(), Some(&h.write_salt), &[label::KEYRING, &h.db_id])
 }
 
-/// Encode a whole keyring file, sealing `body` under `master`.
+/// Encode a whole keyring file, sealing `body` under `master`. For version 3
+/// the public manifest's file list is derived from the body's.
 /// Fails (without sealing anything) if the body would exceed what the decoder accepts.
 pub fn encode_keyring(header: &KeyringHeader, body: &KeyringBody, master: &SecretKey) -> Result<Vec<u8>, AeadError> {
-    if body.files.len() > MAX_FILES || body.masters.len() > MAX_MASTERS || header.retired.len() > MAX_RETIRED {
+    if body.files.len() > MAX_FILES
+        || body.masters.len() > MAX_MASTERS
+        || header.retired.len() > MAX_RETIRED
+        || header.public.building.len() > MAX_FILES
+        || header.public.removed.len() > MAX_FILES
+    {
         return Err(AeadError);
     }
+    let mut header = header.clone();
+    if header.version >= 3 {
+        header.public.files = public_files(&body.files);
+        let mark = header.public.id_mark;
+        let below = |id: u64| id < mark;
+        if !header.public.files.iter().all(|f| below(f.file_id))
+            || !header.public.building.iter().chain(&header.public.removed).all(|(id, _)| below(*id))
+        {
+            return Err(AeadError);
+        }
+    }
+    let header = &header;
     let mut pt = body.encode();
     if pt.len() + TAG_LEN > MAX_BODY {
         return Err(AeadError);
@@ -604,6 +769,13 @@ mod tests {
     fn header(spec: MasterSpec, retired: usize) -> KeyringHeader {
         let m = SecretKey::from_bytes([1; 32]);
         KeyringHeader {
+            version: KEYRING_VERSION,
+            public: PublicManifest {
+                id_mark: 40,
+                files: Vec::new(),
+                building: vec![(21, FileKind::Snapshot)],
+                removed: vec![(13, FileKind::Segment), (15, FileKind::Wal)],
+            },
             db_id: [7; 16],
             generation: 3,
             write_salt: [9; 32],
@@ -664,14 +836,23 @@ mod tests {
         }
 
         #[test]
-        fn whole_file_round_trip(retired in 0usize..4, pass in any::<bool>(), salt in any::<[u8; 16]>()) {
+        fn whole_file_round_trip(retired in 0usize..4, pass in any::<bool>(), salt in any::<[u8; 16]>(), entries in proptest::collection::vec(arb_entry(), 0..4), v2 in any::<bool>()) {
             let spec = if pass { MasterSpec::Passphrase { params: Argon2Params { m_cost_kib: 64, t_cost: 1, p_cost: 1 }, salt } } else { MasterSpec::Key };
-            let h = header(spec, retired);
-            let body = KeyringBody { next_id: 9, ..Default::default() };
+            let mut h = header(spec, retired);
+            let mut files = Vec::new();
+            for (i, mut e) in entries.into_iter().enumerate() { e.file_id = 2 * i as u64 + 1; files.push(e); }
+            if v2 {
+                h.version = 2;
+                h.public = PublicManifest::default();
+            } else {
+                h.public.files = public_files(&files);
+            }
+            let body = KeyringBody { next_id: 40, files, ..Default::default() };
             let m = SecretKey::from_bytes([1; 32]);
             let bytes = encode_keyring(&h, &body, &m).unwrap();
             let sk = decode_keyring(&bytes).unwrap();
             prop_assert_eq!(&sk.header, &h);
+            prop_assert_eq!(&sk.header.encode(sk.body.len() as u32)[..], sk.header_bytes);
             let pt = open_keyring(&sk, &m).unwrap();
             prop_assert_eq!(KeyringBody::decode(&pt).unwrap(), body);
             prop_assert!(open_keyring(&sk, &SecretKey::from_bytes([2; 32])).is_err());
@@ -700,6 +881,38 @@ mod tests {
                 assert!(!ok, "flip at {i} not detected");
             }
         }
+    }
+
+    #[test]
+    fn the_public_manifest_is_derived_from_the_body_and_bounded_by_the_id_mark() {
+        let m = SecretKey::from_bytes([1; 32]);
+        let mut h = header(MasterSpec::Key, 0);
+        // Whatever the caller put in the header's file list, the body's files are written.
+        h.public.files = vec![PublicFile { file_id: 3, kind: FileKind::Wal, state: FileState::Active }];
+        let e = FileEntry {
+            file_id: 5,
+            kind: FileKind::Segment,
+            key_id: 6,
+            wrapped: WrappedKey { kek_version: 1, nonce: [0; 12], ct: [0; 48] },
+            state: FileState::Sealed { frames: 2, len: 99, final_frame: false },
+            stream: 1,
+            ordinal: 0,
+            meta: vec![],
+        };
+        let body = KeyringBody { next_id: 40, files: vec![e.clone()], ..Default::default() };
+        let sk_bytes = encode_keyring(&h, &body, &m).unwrap();
+        let sk = decode_keyring(&sk_bytes).unwrap();
+        assert_eq!(
+            sk.header.public.files,
+            vec![PublicFile { file_id: 5, kind: FileKind::Segment, state: e.state }],
+            "read without the key"
+        );
+        // An id at or above the mark is refused on both sides.
+        h.public.id_mark = 5;
+        assert!(encode_keyring(&h, &body, &m).is_err());
+        h.public.id_mark = 40;
+        h.public.removed.push((40, FileKind::Segment));
+        assert!(encode_keyring(&h, &body, &m).is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@ pub mod frame;
 pub mod header;
 pub mod keyring;
 
-/// The on-disk format version this build writes and reads.
+/// The format version in every data file header this build writes and reads
+/// (the keyring has its own: [`keyring::KEYRING_VERSION`]). The database
+/// format as a whole (`docs/FORMAT.md`) is version 3.
 pub const FORMAT_VERSION: u16 = 2;
 
 /// Length of a database id.

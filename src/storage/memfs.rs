@@ -33,6 +33,8 @@ pub struct Faults {
     pub fail_writes: bool,
     /// Only `sync_dir` fails with EIO.
     pub fail_dir_sync: bool,
+    /// Every `remove_file` fails with EIO (nothing removed).
+    pub fail_removes: bool,
     /// The next this many `sync_data` calls fail with EIO; later ones
     /// succeed (as a write-back error is reported once).
     pub sync_failures: u32,
@@ -312,6 +314,9 @@ impl Vfs for MemFs {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut st = self.live()?;
+        if st.faults.fail_removes {
+            return Err(io::Error::other("injected removal failure"));
+        }
         take_op(&mut st)?;
         st.files.remove(path).map(|_| ()).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
     }

@@ -4,6 +4,7 @@
 pub mod memfs;
 pub mod segment;
 pub mod store;
+pub mod strays;
 pub mod verify;
 pub mod vfs;
 

@@ -23,11 +23,12 @@ use crate::crypto::keysource::{KeySource, Material};
 use crate::format::frame::{FrameKey, MAX_PAYLOAD};
 use crate::format::header::FileHeader;
 use crate::format::keyring::{
-    self, FileEntry, FileState, KeyringBody, KeyringHeader, MasterCheck, MasterRecord, MasterSpec, MasterState,
+    self, AuditHead, FileEntry, FileState, KeyringBody, KeyringHeader, MasterCheck, MasterRecord, MasterSpec,
+    MasterState, PublicManifest,
 };
 use crate::format::{DB_ID_LEN, FileKind, file_name, parse_file_name};
 use crate::{Error, Result};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -57,7 +58,18 @@ pub struct StoreOptions {
     pub small_file_bytes: u64,
     /// Merge a run of small sealed files once it is at least this long.
     pub merge_min_files: usize,
+    /// Refuse to open a keyring whose generation is below this: the newest
+    /// generation the application has seen, so that an older copy of the
+    /// whole directory put back in place (a rollback) is detected.
+    pub expect_generation: Option<u64>,
+    /// Most memory (KiB) a passphrase's Argon2id derivation may use at open.
+    /// The keyring header names the cost before anything is authenticated,
+    /// so a tampered header could otherwise make an opener allocate 4 GiB.
+    pub max_kdf_memory_kib: u32,
 }
+
+/// Default [`StoreOptions::max_kdf_memory_kib`]: 1 GiB.
+pub const DEFAULT_MAX_KDF_MEMORY_KIB: u32 = 1 << 20;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -69,6 +81,8 @@ impl Default for StoreOptions {
             backend: Backend::Ring,
             small_file_bytes: 1 << 20,
             merge_min_files: 8,
+            expect_generation: None,
+            max_kdf_memory_kib: DEFAULT_MAX_KDF_MEMORY_KIB,
         }
     }
 }
@@ -78,6 +92,9 @@ impl Default for StoreOptions {
 pub struct CreateOptions {
     /// Argon2id cost, used when the key source is a passphrase.
     pub argon2: Argon2Params,
+    /// Accept Argon2id parameters below the floor of
+    /// [`Argon2Params::check_strength`] (for tests; never for real data).
+    pub allow_weak_kdf: bool,
     /// Options for the store once created.
     pub store: StoreOptions,
 }
@@ -134,6 +151,7 @@ impl FileInfo {
 
 /// Something recovery did at open.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RecoveryEvent {
     /// A torn tail was cut off a file left active by a crash.
     TruncatedTornTail {
@@ -156,10 +174,29 @@ pub enum RecoveryEvent {
         /// File name.
         file: String,
     },
-    /// A file not in the manifest (an interrupted creation) was removed.
+    /// A file not in the manifest (an interrupted creation: a header and
+    /// no record) was removed.
     RemovedOrphan {
         /// File name.
         file: String,
+    },
+    /// A file the keyring records as a leftover (being written when its
+    /// session ended, or removed by a committed change) was removed.
+    RemovedLeftover {
+        /// File name.
+        file: String,
+        /// What it was.
+        reason: String,
+    },
+    /// A file not in the manifest that could not be explained was moved
+    /// into `quarantine/` (never deleted).
+    Quarantined {
+        /// File name.
+        file: String,
+        /// Where it is now, relative to the data directory.
+        to: String,
+        /// Why.
+        reason: String,
     },
     /// Merging small files was skipped after a non-integrity failure.
     MergeSkipped {
@@ -182,7 +219,18 @@ pub struct PendingFile {
     owner: u64,
     path: PathBuf,
     vfs: Arc<dyn Vfs>,
+    abandoned: Abandoned,
     committed: bool,
+}
+
+/// Ids of files being written that were given up (and unlinked): the next
+/// keyring write drops them from the files being written.
+type Abandoned = Arc<Mutex<Vec<u64>>>;
+
+fn abandon(list: &Abandoned, vfs: &dyn Vfs, path: &Path, id: u64) {
+    if vfs.remove_file(path).is_ok() || !vfs.exists(path).unwrap_or(true) {
+        list.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+    }
 }
 
 impl PendingFile {
@@ -195,7 +243,7 @@ impl PendingFile {
 impl Drop for PendingFile {
     fn drop(&mut self) {
         if !self.committed {
-            let _ = self.vfs.remove_file(&self.path);
+            abandon(&self.abandoned, self.vfs.as_ref(), &self.path, self.entry.file_id);
         }
     }
 }
@@ -307,6 +355,7 @@ impl<'s> FileBuilder<'s> {
             owner: self.store.session,
             path: self.path.clone(),
             vfs: self.store.opts.vfs.clone(),
+            abandoned: self.store.abandoned.clone(),
             committed: false,
         })
     }
@@ -315,7 +364,7 @@ impl<'s> FileBuilder<'s> {
 impl Drop for FileBuilder<'_> {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.store.opts.vfs.remove_file(&self.path);
+            abandon(&self.store.abandoned, self.store.opts.vfs.as_ref(), &self.path, self.entry.file_id);
         }
     }
 }
@@ -333,6 +382,8 @@ pub struct Edit {
 
 struct Inner {
     header: KeyringHeader,
+    /// The keyring as last written (or read). Its `next_id` is the id mark:
+    /// every id handed out is below it, even after a crash.
     body: KeyringBody,
     master: SecretKey,
     wrap_key: SecretKey,
@@ -340,8 +391,26 @@ struct Inner {
     /// Files replaced in the manifest but kept readable (and on disk) until
     /// released: readers holding their positions finish undisturbed.
     retiring: HashMap<u64, FileEntry>,
+    /// The next file id to hand out (at most the mark, `body.next_id`).
+    alloc: u64,
+    /// Files being written, recorded in the keyring before they are
+    /// created (so that a crash's leftovers are known for what they are).
+    building: BTreeMap<u64, FileKind>,
+    /// Files removed from the manifest whose deletion is not yet durable.
+    removed: BTreeMap<u64, FileKind>,
+    /// The keyring on disk is format version 2 (no public manifest): until
+    /// the first write, files it does not list cannot be told apart.
+    legacy: bool,
     /// Whether this session checked the audit log against its chain head.
     audit_checked: bool,
+    /// The end of the audit log's chain: entries past the keyring's head
+    /// (`body.audit`) are not committed until the keyring write that pairs
+    /// with them succeeds.
+    audit_tail: AuditHead,
+    /// Entries past the keyring's head left by an earlier session, whose
+    /// keyring write never happened: the next key event first records them
+    /// as aborted.
+    audit_aborted: Option<(u64, u64)>,
     keys: HashMap<u64, Arc<FrameKey>>,
     poisoned: Option<String>,
     closed: bool,
@@ -350,20 +419,33 @@ struct Inner {
 impl Inner {
     fn new(header: KeyringHeader, body: KeyringBody, master: SecretKey) -> Self {
         let wrap_key = keyring::wrap_key(&master, &header.db_id);
+        let legacy = header.version < keyring::KEYRING_VERSION;
+        let building = header.public.building.iter().copied().collect();
+        let removed = header.public.removed.iter().copied().collect();
         Inner {
+            alloc: body.next_id,
+            audit_tail: body.audit,
             header,
             body,
             master,
             wrap_key,
             writers: HashMap::new(),
             retiring: HashMap::new(),
+            building,
+            removed,
+            legacy,
             audit_checked: false,
+            audit_aborted: None,
             keys: HashMap::new(),
             poisoned: None,
             closed: false,
         }
     }
 }
+
+/// File ids reserved (in the keyring) at a time, so that a stream file's
+/// id is below the recorded mark before the file exists.
+const ID_RESERVE: u64 = 64;
 
 /// An open data directory.
 pub struct Store {
@@ -373,6 +455,7 @@ pub struct Store {
     db_id: [u8; DB_ID_LEN],
     inner: Mutex<Inner>,
     recovery: Vec<RecoveryEvent>,
+    abandoned: Abandoned,
     _lock: Option<Box<dyn LockGuard>>,
 }
 
@@ -401,6 +484,51 @@ fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// The error for a directory without a keyring: not a database at all, or
+/// (when data files are there) a database whose keyring is missing.
+pub(crate) fn missing_keyring(vfs: &dyn Vfs, dir: &Path) -> Error {
+    let names = vfs.read_dir(dir).unwrap_or_default();
+    let data = names.iter().filter(|n| parse_file_name(n).is_some()).count();
+    if data > 0 || names.iter().any(|n| n == KEYRING_TMP) {
+        Error::tampered(
+            KEYRING_FILE,
+            0,
+            format!(
+                "the keyring is missing, but {} holds {data} DriftDB data {}: without its keyring nothing can be read (restore the keyring from a backup)",
+                dir.display(),
+                if data == 1 { "file" } else { "files" }
+            ),
+        )
+    } else {
+        Error::NotADatabase { path: dir.to_path_buf() }
+    }
+}
+
+impl std::fmt::Display for RecoveryEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoveryEvent::TruncatedTornTail { file, offset, reason } => {
+                write!(f, "cut the torn tail of {file} at offset {offset} ({reason})")
+            }
+            RecoveryEvent::Sealed { file, frames } => write!(
+                f,
+                "sealed {file}, left active by an earlier session, with {frames} {}",
+                if *frames == 1 { "record" } else { "records" }
+            ),
+            RecoveryEvent::RemovedEmpty { file } => {
+                write!(f, "removed {file}: left active and empty by an earlier session")
+            }
+            RecoveryEvent::RemovedOrphan { file } => {
+                write!(f, "removed {file}: an interrupted file creation (a header, no record)")
+            }
+            RecoveryEvent::RemovedLeftover { file, reason } => write!(f, "removed {file}: {reason}"),
+            RecoveryEvent::Quarantined { file, to, reason } => write!(f, "moved {file} to {to}: {reason}"),
+            RecoveryEvent::MergeSkipped { reason } => write!(f, "merging small files skipped: {reason}"),
+            RecoveryEvent::Merged { files, into } => write!(f, "merged {files} small files into {into}"),
+        }
+    }
+}
+
 /// Derive the master key for `spec` from key-source material.
 fn master_for(material: &Material, spec: &MasterSpec) -> Result<Option<SecretKey>> {
     Ok(match (material, spec) {
@@ -412,48 +540,97 @@ fn master_for(material: &Material, spec: &MasterSpec) -> Result<Option<SecretKey
 
 impl Store {
     /// Create a new database in `dir` (which must be missing or empty).
+    /// Everything that can be checked (the key, the KDF parameters) is
+    /// checked before anything is created; a failure after that removes
+    /// what was created, so the directory is left as it was found.
     pub fn create(dir: impl AsRef<Path>, key: &KeySource, opts: CreateOptions) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
         let vfs = opts.store.vfs.clone();
-        if vfs.exists(&dir).map_err(|e| Error::io("checking", &dir, e))? {
-            let entries = vfs.read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))?;
-            if !entries.is_empty() {
-                return Err(Error::AlreadyExists(format!(
-                    "{} is not empty ({} entries); init needs a new or empty directory",
-                    dir.display(),
-                    entries.len()
-                )));
-            }
-        }
         if opts.store.read_only {
             return Err(Error::ReadOnly);
         }
+        let existed = vfs.exists(&dir).map_err(|e| Error::io("checking", &dir, e))?;
+        if existed {
+            let entries = vfs.read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))?;
+            if !entries.is_empty() {
+                return Err(Error::AlreadyExists(format!(
+                    "{} is not empty ({} {}); init needs a new or empty directory",
+                    dir.display(),
+                    entries.len(),
+                    if entries.len() == 1 { "entry" } else { "entries" }
+                )));
+            }
+        }
         let material = key.material()?;
+        if matches!(material, Material::Passphrase(_)) {
+            opts.argon2.validate()?;
+            if !opts.allow_weak_kdf {
+                opts.argon2.check_strength()?;
+            }
+        }
         vfs.create_dir_all(&dir).map_err(|e| Error::io("creating directory", &dir, e))?;
-        let lock = take_lock(vfs.as_ref(), &dir, true)?;
+        let lock = match take_lock(vfs.as_ref(), &dir, true) {
+            Ok(l) => l,
+            Err(e) => {
+                if !existed {
+                    let _ = vfs.remove_file(&dir.join(LOCK_FILE));
+                    let _ = vfs.remove_dir(&dir);
+                }
+                return Err(e);
+            }
+        };
         // Someone may have created a database here between the check and the lock.
         let entries = vfs.read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))?;
         if entries.iter().any(|n| n != LOCK_FILE) {
             return Err(Error::AlreadyExists(format!("{} is not empty", dir.display())));
         }
+        match Self::create_locked(&dir, key, material, opts, lock) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                // Only this call wrote here (the directory was empty, and locked).
+                if let Ok(names) = vfs.read_dir(&dir) {
+                    for n in names {
+                        if n == LOCK_FILE || n == KEYRING_FILE || n == KEYRING_TMP || parse_file_name(&n).is_some() {
+                            let _ = vfs.remove_file(&dir.join(&n));
+                        }
+                    }
+                }
+                if !existed {
+                    let _ = vfs.remove_dir(&dir);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn create_locked(
+        dir: &Path,
+        key: &KeySource,
+        material: Material,
+        opts: CreateOptions,
+        lock: Box<dyn LockGuard>,
+    ) -> Result<Store> {
+        let vfs = opts.store.vfs.clone();
         let mut db_id = [0u8; DB_ID_LEN];
         crate::crypto::random_bytes(&mut db_id)?;
         let spec = match &material {
             Material::Key(_) => MasterSpec::Key,
             Material::Passphrase(_) => {
-                opts.argon2.validate()?;
                 let mut salt = [0u8; 16];
                 crate::crypto::random_bytes(&mut salt)?;
                 MasterSpec::Passphrase { params: opts.argon2, salt }
             }
         };
         let master = master_for(&material, &spec)?.ok_or_else(|| Error::KeySource("key material mismatch".into()))?;
+        drop(material);
         let header = KeyringHeader {
+            version: keyring::KEYRING_VERSION,
             db_id,
             generation: 0,
             write_salt: [0; 32],
             active: MasterCheck { version: 1, spec, kcv: keyring::key_check_value(&master, &db_id) },
             retired: Vec::new(),
+            public: PublicManifest::default(),
         };
         let now = now_unix();
         let body = KeyringBody {
@@ -467,11 +644,12 @@ impl Store {
         };
         let store = Store {
             session: session_token()?,
-            dir: dir.clone(),
+            dir: dir.to_path_buf(),
             opts: opts.store,
             db_id,
             inner: Mutex::new(Inner::new(header, body.clone(), master)),
             recovery: Vec::new(),
+            abandoned: Abandoned::default(),
             _lock: Some(lock),
         };
         {
@@ -498,7 +676,7 @@ impl Store {
         let vfs = opts.vfs.clone();
         let kr_path = dir.join(KEYRING_FILE);
         if !vfs.exists(&kr_path).map_err(|e| Error::io("checking", &kr_path, e))? {
-            return Err(Error::NotADatabase { path: dir });
+            return Err(missing_keyring(vfs.as_ref(), &dir));
         }
         // Lock before reading when the lock file exists. When it does not
         // (a restored copy), it is created only once the key is verified, so
@@ -508,26 +686,37 @@ impl Store {
         let mut lock = if lock_exists { Some(take_lock(vfs.as_ref(), &dir, !opts.read_only)?) } else { None };
         let bytes = read_keyring_bytes(vfs.as_ref(), &kr_path)?;
         if let Some(v) = keyring::format_version_of(&bytes)
-            && v != crate::format::FORMAT_VERSION
+            && !(keyring::KEYRING_VERSION_MIN..=keyring::KEYRING_VERSION).contains(&v)
         {
             return Err(Error::UnsupportedVersion {
                 file: KEYRING_FILE.into(),
                 found: v,
-                supported: crate::format::FORMAT_VERSION,
+                supported: keyring::KEYRING_VERSION,
             });
         }
         let sealed =
             keyring::decode_keyring(&bytes).map_err(|e| Error::corrupted(KEYRING_FILE, e.offset as u64, e.reason))?;
         let material = key.material()?;
         let header = sealed.header.clone();
+        let cap = opts.max_kdf_memory_kib;
+        if let MasterSpec::Passphrase { params, .. } = &header.active.spec
+            && matches!(material, Material::Passphrase(_))
+            && params.m_cost_kib > cap
+        {
+            return Err(Error::KeySource(format!(
+                "the keyring asks for {} MiB of Argon2id memory to derive the key, more than the {} MiB allowed; if you set that cost yourself, allow it (--max-kdf-memory-mib, StoreOptions::max_kdf_memory_kib)",
+                params.m_cost_kib / 1024,
+                cap / 1024
+            )));
+        }
         let master = match master_for(&material, &header.active.spec)? {
             Some(m) if ct_eq(&keyring::key_check_value(&m, &header.db_id), &header.active.kcv) => m,
             candidate => {
                 // Newest first; at most a few Argon2 runs, whatever the header says.
                 let mut argon_runs = 0;
                 for r in header.retired.iter().rev() {
-                    if matches!(r.spec, MasterSpec::Passphrase { .. }) {
-                        if argon_runs == MAX_RETIRED_ARGON2_RUNS {
+                    if let MasterSpec::Passphrase { params, .. } = &r.spec {
+                        if argon_runs == MAX_RETIRED_ARGON2_RUNS || params.m_cost_kib > cap {
                             continue;
                         }
                         if matches!(material, Material::Passphrase(_)) {
@@ -569,12 +758,26 @@ impl Store {
                 }));
             }
         };
+        drop(material);
         let plain = keyring::open_keyring(&sealed, &master).map_err(|_| {
             Error::tampered(KEYRING_FILE, sealed.header_bytes.len() as u64, "keyring body failed authentication")
         })?;
         let body = KeyringBody::decode(&plain)
             .map_err(|e| Error::corrupted(KEYRING_FILE, (sealed.header_bytes.len() + e.offset) as u64, e.reason))?;
         drop(plain);
+        if header.version >= 3 {
+            if header.public.files != keyring::public_files(&body.files) {
+                return Err(Error::tampered(KEYRING_FILE, 0, "the public manifest differs from the encrypted one"));
+            }
+            if header.public.id_mark != body.next_id {
+                return Err(Error::tampered(KEYRING_FILE, 0, "the public id mark differs from the encrypted one"));
+            }
+        }
+        if let Some(expected) = opts.expect_generation
+            && header.generation < expected
+        {
+            return Err(Error::RolledBack { found: header.generation, expected });
+        }
         if lock.is_none() && !opts.read_only {
             lock = Some(take_lock(vfs.as_ref(), &dir, true)?);
             if read_keyring_bytes(vfs.as_ref(), &kr_path)? != bytes {
@@ -588,6 +791,7 @@ impl Store {
             opts,
             inner: Mutex::new(Inner::new(header, body, master)),
             recovery: Vec::new(),
+            abandoned: Abandoned::default(),
             _lock: lock,
         };
         if !store.opts.read_only {
@@ -598,6 +802,14 @@ impl Store {
                 Ok(merged) => store.recovery.extend(merged),
                 Err(e) if e.is_integrity() => return Err(e),
                 Err(e) => store.recovery.push(RecoveryEvent::MergeSkipped { reason: e.to_string() }),
+            }
+            for e in &store.recovery {
+                match e {
+                    RecoveryEvent::Merged { .. } => {
+                        log::info!(target: "driftdb::recovery", "{}: {e}", store.dir.display())
+                    }
+                    _ => log::warn!(target: "driftdb::recovery", "{}: {e}", store.dir.display()),
+                }
             }
         }
         Ok(store)
@@ -685,20 +897,33 @@ impl Store {
         }
     }
 
-    /// Write `body` as the new keyring: temp file, fsync, rename, fsync directory.
+    /// Write `body` as the new keyring: temp file, fsync, rename, fsync
+    /// directory. It records the audit head of the last paired write (see
+    /// [`Store::persist_paired`]), never entries appended since.
     fn persist(&self, inner: &mut Inner, body: KeyringBody) -> Result<()> {
         let header = inner.header.clone();
-        self.persist_as(inner, header, body, None)
+        self.persist_as(inner, header, body, None, false)
+    }
+
+    /// [`Store::persist`] that also commits the audit entries appended since
+    /// the last paired write: the key event they describe and its record in
+    /// the log take effect together, or (the write failing) neither does.
+    fn persist_paired(&self, inner: &mut Inner, body: KeyringBody) -> Result<()> {
+        let header = inner.header.clone();
+        self.persist_as(inner, header, body, None, true)
     }
 
     /// [`Store::persist`] with a new header and, for a rotation, a new master
     /// key (which replaces the old one in memory once the keyring is durable).
+    /// Any failure latches the store: the in-memory state may be ahead of
+    /// the keyring on disk, so nothing more is written until it is reopened.
     fn persist_as(
         &self,
         inner: &mut Inner,
         mut header: KeyringHeader,
-        body: KeyringBody,
+        mut body: KeyringBody,
         new_master: Option<SecretKey>,
+        pair_audit: bool,
     ) -> Result<()> {
         self.check_writable(inner)?;
         if body.files.len() > keyring::MAX_FILES {
@@ -708,13 +933,34 @@ impl Store {
                 keyring::MAX_FILES
             )));
         }
+        let vfs = &self.opts.vfs;
+        // Files given up since the last write were unlinked: that is made
+        // durable before the keyring stops listing them as being written
+        // (else a crash could bring back a file nothing explains).
+        let abandoned = std::mem::take(&mut *self.abandoned.lock().unwrap_or_else(|p| p.into_inner()));
+        if !abandoned.is_empty() {
+            if vfs.sync_dir(&self.dir).is_ok() {
+                for id in &abandoned {
+                    inner.building.remove(id);
+                }
+            } else {
+                self.abandoned.lock().unwrap_or_else(|p| p.into_inner()).extend(abandoned);
+            }
+        }
+        header.version = keyring::KEYRING_VERSION;
         header.generation = inner.header.generation + 1;
+        header.public = PublicManifest {
+            id_mark: body.next_id,
+            files: Vec::new(), // derived from the body by the encoder
+            building: inner.building.iter().map(|(id, k)| (*id, *k)).collect(),
+            removed: inner.removed.iter().map(|(id, k)| (*id, *k)).collect(),
+        };
+        body.audit = if pair_audit { inner.audit_tail } else { inner.body.audit };
         crate::crypto::random_bytes(&mut header.write_salt)?;
         let master = new_master.as_ref().unwrap_or(&inner.master);
         let bytes = keyring::encode_keyring(&header, &body, master).map_err(|_| {
             Error::InvalidArgument(format!("the keyring would exceed its {}-byte limit", keyring::MAX_BODY))
         })?;
-        let vfs = &self.opts.vfs;
         let tmp = self.dir.join(KEYRING_TMP);
         let dst = self.dir.join(KEYRING_FILE);
         let written = vfs.open(&tmp, OpenMode::Truncate).and_then(|f| {
@@ -722,22 +968,66 @@ impl Store {
             f.sync_data()
         });
         if let Err(e) = written {
-            // The old keyring is untouched; nothing to guess about.
+            // The old keyring is untouched, but this session's state is now
+            // ahead of it (ids, files being written, audit entries).
             let _ = vfs.remove_file(&tmp);
-            return Err(Error::io("writing", tmp, e));
+            let err = Error::io("writing", tmp, e);
+            Self::poison(inner, &err);
+            return Err(err);
         }
         if let Err(e) = vfs.rename(&tmp, &dst).and_then(|()| vfs.sync_dir(&self.dir)) {
             let err = Error::io("replacing", dst, e);
             Self::poison(inner, &err);
             return Err(err);
         }
+        header.public.files = keyring::public_files(&body.files);
         inner.header = header;
         inner.body = body;
+        inner.legacy = false;
+        if pair_audit {
+            inner.audit_aborted = None;
+        }
         if let Some(m) = new_master {
             inner.wrap_key = keyring::wrap_key(&m, &inner.header.db_id);
             inner.master = m;
         }
         Ok(())
+    }
+
+    /// Delete files removed from the manifest, then sync the directory; the
+    /// ones whose deletion is durable leave the keyring's list of removed
+    /// files with its next write. Failures are logged and the files stay
+    /// listed (the next open, or [`Store::finish_rotation`], tries again).
+    fn delete_removed(&self, inner: &mut Inner, ids: &[u64]) -> Result<()> {
+        let vfs = &self.opts.vfs;
+        let mut gone = Vec::new();
+        let mut failure = None;
+        for id in ids {
+            let Some(kind) = inner.removed.get(id).copied() else { continue };
+            let p = self.dir.join(file_name(*id, kind));
+            match vfs.remove_file(&p) {
+                Ok(()) => gone.push(*id),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => gone.push(*id),
+                Err(e) => {
+                    log::warn!(target: "driftdb::storage", "cannot delete {}: {e}", p.display());
+                    failure.get_or_insert(Error::io("removing", p, e));
+                }
+            }
+        }
+        if !gone.is_empty() {
+            match vfs.sync_dir(&self.dir) {
+                Ok(()) => {
+                    for id in gone {
+                        inner.removed.remove(&id);
+                    }
+                }
+                Err(e) => {
+                    log::warn!(target: "driftdb::storage", "cannot sync {}: {e}", self.dir.display());
+                    failure.get_or_insert(Error::io("syncing directory", &self.dir, e));
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
     }
 
     fn frame_key(&self, inner: &mut Inner, e: &FileEntry) -> Result<Arc<FrameKey>> {
@@ -768,6 +1058,8 @@ impl Store {
     }
 
     /// Start a new file: fresh random data key, header written and synced.
+    /// `building`: a write-once file, recorded as being written before it
+    /// is created (a stream file is listed before its first record instead).
     fn new_file(
         &self,
         inner: &mut Inner,
@@ -775,14 +1067,26 @@ impl Store {
         stream: u32,
         ordinal: u64,
         meta: Vec<u8>,
+        building: bool,
     ) -> Result<(FileWriter, FileEntry, PathBuf)> {
-        let r = self.reserve_file(inner, kind, stream, ordinal, meta)?;
-        let w = FileWriter::create(self.opts.vfs.as_ref(), &r.path, r.name, r.header, r.key.clone())?;
+        let r = self.reserve_file(inner, kind, stream, ordinal, meta, building)?;
+        let w = match FileWriter::create(self.opts.vfs.as_ref(), &r.path, r.name, r.header, r.key.clone()) {
+            Ok(w) => w,
+            Err(e) => {
+                if building {
+                    abandon(&self.abandoned, self.opts.vfs.as_ref(), &r.path, r.entry.file_id);
+                }
+                return Err(e);
+            }
+        };
         inner.keys.insert(r.entry.file_id, r.key);
         Ok((w, r.entry, r.path))
     }
 
-    /// A new file's id, data key (wrapped) and header, not created yet.
+    /// A new file's id, data key (wrapped) and header, not created yet. The
+    /// id is below the keyring's mark before this returns (the mark moves
+    /// ahead [`ID_RESERVE`] ids at a time), and a write-once file is
+    /// recorded as being written.
     fn reserve_file(
         &self,
         inner: &mut Inner,
@@ -790,11 +1094,23 @@ impl Store {
         stream: u32,
         ordinal: u64,
         meta: Vec<u8>,
+        building: bool,
     ) -> Result<Reserved> {
         self.check_writable(inner)?;
-        let file_id = inner.body.next_id;
+        let file_id = inner.alloc;
         let key_id = file_id + 1;
-        inner.body.next_id += 2;
+        let bump = file_id + 2 > inner.body.next_id;
+        if bump || building {
+            let mut body = inner.body.clone();
+            if bump {
+                body.next_id = file_id + 2 + ID_RESERVE;
+            }
+            if building {
+                inner.building.insert(file_id, kind);
+            }
+            self.persist(inner, body)?;
+        }
+        inner.alloc += 2;
         let dek = SecretKey::random()?;
         let header = FileHeader::new(kind, file_id, key_id);
         let wrapped =
@@ -885,17 +1201,12 @@ impl Store {
                 self.seal_writer(inner, &mut w)?;
             }
             let ordinal = Self::next_ordinal(inner, stream);
-            let (w, entry, _) = self.new_file(inner, kind, stream, ordinal, Vec::new())?;
+            let (w, entry, _) = self.new_file(inner, kind, stream, ordinal, Vec::new(), false)?;
             let mut body = inner.body.clone();
             body.files.push(entry);
-            if let Err(e) = self.persist(inner, body) {
-                // If the failure came after the rename (the store is now
-                // poisoned), the new keyring may list the file: keep it.
-                if inner.poisoned.is_none() {
-                    let _ = self.opts.vfs.remove_file(&self.dir.join(&w.name));
-                }
-                return Err(e);
-            }
+            // On failure the store is latched and the new keyring may or may
+            // not list the file: it stays (the next open tells which).
+            self.persist(inner, body)?;
             inner.writers.insert(stream, w);
         }
         let Some(w) = inner.writers.get_mut(&stream) else {
@@ -1036,12 +1347,18 @@ impl Store {
             let mut guard = self.lock_inner();
             let inner = &mut *guard;
             let ordinal = Self::next_ordinal(inner, stream);
-            self.reserve_file(inner, kind, stream, ordinal, meta)?
+            self.reserve_file(inner, kind, stream, ordinal, meta, true)?
         };
         // The header is written and synced without the store's lock held
         // (appends and WAL syncs go on meanwhile): the file is nobody
         // else's until it is committed.
-        let writer = FileWriter::create(self.opts.vfs.as_ref(), &r.path, r.name, r.header, r.key.clone())?;
+        let writer = match FileWriter::create(self.opts.vfs.as_ref(), &r.path, r.name, r.header, r.key.clone()) {
+            Ok(w) => w,
+            Err(e) => {
+                abandon(&self.abandoned, self.opts.vfs.as_ref(), &r.path, r.entry.file_id);
+                return Err(e);
+            }
+        };
         self.lock_inner().keys.insert(r.entry.file_id, r.key);
         Ok(FileBuilder::new(self, writer, r.entry, r.path))
     }
@@ -1086,8 +1403,8 @@ impl Store {
                 return Err(Error::NotFound(format!("file {id:016x}")));
             }
         }
-        if let Some((kind, detail)) = audit {
-            self.audit_locked(inner, kind, detail)?;
+        if let Some((kind, detail)) = audit.as_ref() {
+            self.audit_locked(inner, kind, detail.clone())?;
         }
         let mut body = inner.body.clone();
         let removed: Vec<FileEntry> = body.files.iter().filter(|f| edit.remove.contains(&f.file_id)).cloned().collect();
@@ -1101,35 +1418,47 @@ impl Store {
             }
             body.root = r;
         }
-        if let Err(e) = self.persist(inner, body) {
-            if inner.poisoned.is_some() {
-                // The new keyring may be on disk: the next open sorts it out.
-                for p in &mut edit.add {
-                    p.committed = true;
-                }
+        // The added files leave the files being written and the removed ones
+        // join the files removed, in the same keyring write.
+        for p in &edit.add {
+            inner.building.remove(&p.entry.file_id);
+        }
+        for e in &removed {
+            inner.removed.insert(e.file_id, e.kind);
+        }
+        let written = if audit.is_some() { self.persist_paired(inner, body) } else { self.persist(inner, body) };
+        if let Err(e) = written {
+            // The store is latched; the new keyring may be on disk: the next
+            // open sorts it out (it knows every file involved).
+            for p in &mut edit.add {
+                p.committed = true;
             }
             return Err(e);
         }
         for p in &mut edit.add {
             p.committed = true;
         }
+        let mut delete = Vec::new();
         for e in removed {
             if keep_readable {
                 inner.retiring.insert(e.file_id, e);
                 continue;
             }
             inner.keys.remove(&e.file_id);
-            let _ = self.opts.vfs.remove_file(&self.dir.join(file_name(e.file_id, e.kind)));
+            delete.push(e.file_id);
         }
+        // The change is durable; a deletion that fails is retried later.
+        let _ = self.delete_removed(inner, &delete);
         Ok(())
     }
 
     /// Delete a file replaced by an edit that kept it readable.
     pub fn release(&self, file_id: u64) {
-        let mut inner = self.lock_inner();
-        if let Some(e) = inner.retiring.remove(&file_id) {
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
+        if inner.retiring.remove(&file_id).is_some() {
             inner.keys.remove(&file_id);
-            let _ = self.opts.vfs.remove_file(&self.dir.join(file_name(e.file_id, e.kind)));
+            let _ = self.delete_removed(inner, &[file_id]);
         }
     }
 
@@ -1249,11 +1578,13 @@ impl Store {
     }
 
     /// Recovery at open: check every listed file is present with its
-    /// recorded length, scan files left active by a crash, and only when all
-    /// of that passed: remove interrupted creations, cut torn tails and seal
-    /// the crash-left files through the manifest. A check that fails changes
-    /// nothing on disk.
+    /// recorded length, scan files left active by a crash, classify every
+    /// file the manifest does not list (see [`crate::storage::strays`]), and
+    /// only when all of that passed: remove the known leftovers, quarantine
+    /// the unexplained, cut torn tails and seal the crash-left files through
+    /// the manifest. A check that fails changes nothing on disk.
     fn recover(&self) -> Result<Vec<RecoveryEvent>> {
+        use crate::storage::strays::{self, Known, Stray};
         let vfs = self.opts.vfs.clone();
         let mut events = Vec::new();
         let mut guard = self.lock_inner();
@@ -1293,35 +1624,82 @@ impl Store {
                     if let Some((off, why)) = &out.torn {
                         torn_cuts.push((path.clone(), name.clone(), *off, why.clone()));
                     }
-                    new_states.push((e.file_id, name, path, out));
+                    new_states.push((e.file_id, e.kind, name, path, out));
                 }
             }
+        }
+        let known = Known {
+            live: live.clone(),
+            building: inner.building.clone(),
+            removed: inner.removed.clone(),
+            mark: (!inner.legacy).then_some(inner.body.next_id),
+        };
+        let strays = strays::classify(vfs.as_ref(), &self.dir, &names, &known)?;
+        if let Some(Stray::Evidence { name, why }) = strays.iter().find(|s| matches!(s, Stray::Evidence { .. })) {
+            let more = strays.iter().filter(|s| matches!(s, Stray::Evidence { .. })).count() - 1;
+            return Err(Error::tampered(
+                name,
+                0,
+                format!(
+                    "{why}{}; nothing was changed: put the right keyring back, or move the file out of the data directory (into {}/) to open without it",
+                    if more > 0 {
+                        format!(" (and {more} more such files: see `driftdb verify`)")
+                    } else {
+                        String::new()
+                    },
+                    strays::QUARANTINE_DIR
+                ),
+            ));
         }
 
         // Phase 2: changes.
         let mut dir_changed = false;
-        for n in &names {
-            let orphan = matches!(parse_file_name(n), Some((id, _)) if !live.contains(&id));
-            if n == KEYRING_TMP || orphan {
-                vfs.remove_file(&self.dir.join(n)).map_err(|e| Error::io("removing", self.dir.join(n), e))?;
-                if orphan {
-                    events.push(RecoveryEvent::RemovedOrphan { file: n.clone() });
+        if names.iter().any(|n| n == KEYRING_TMP) {
+            let p = self.dir.join(KEYRING_TMP);
+            vfs.remove_file(&p).map_err(|e| Error::io("removing", &p, e))?;
+            dir_changed = true;
+        }
+        for st in strays {
+            match st {
+                Stray::Leftover { name, why } => {
+                    let p = self.dir.join(&name);
+                    vfs.remove_file(&p).map_err(|e| Error::io("removing", &p, e))?;
+                    dir_changed = true;
+                    match parse_file_name(&name) {
+                        Some((id, _)) if inner.building.contains_key(&id) || inner.removed.contains_key(&id) => {
+                            events.push(RecoveryEvent::RemovedLeftover { file: name, reason: why });
+                        }
+                        _ => events.push(RecoveryEvent::RemovedOrphan { file: name }),
+                    }
                 }
-                dir_changed = true;
+                Stray::Quarantine { name, why } => {
+                    let to = strays::quarantine(vfs.as_ref(), &self.dir, &name)?;
+                    events.push(RecoveryEvent::Quarantined { file: name, to, reason: why });
+                }
+                Stray::Evidence { .. } => {}
             }
         }
+        if dir_changed {
+            vfs.sync_dir(&self.dir).map_err(|e| Error::io("syncing directory", &self.dir, e))?;
+        }
+        // Every leftover the keyring listed is gone for good now (or was
+        // never created): the next keyring write forgets them.
+        inner.building.clear();
+        inner.removed.clear();
         for (path, name, off, why) in torn_cuts {
             let f = vfs.open(&path, OpenMode::ReadWrite).map_err(|e| Error::io("opening", &path, e))?;
             f.set_len(off).and_then(|()| f.sync_data()).map_err(|e| Error::io("truncating torn tail of", &path, e))?;
             events.push(RecoveryEvent::TruncatedTornTail { file: name, offset: off, reason: why });
         }
-        if !new_states.is_empty() {
+        let listed_leftovers = !inner.header.public.building.is_empty() || !inner.header.public.removed.is_empty();
+        if !new_states.is_empty() || listed_leftovers {
             let mut body = inner.body.clone();
             let mut drop_files = Vec::new();
-            for (id, name, path, out) in new_states {
+            for (id, kind, name, path, out) in new_states {
                 if out.frames == 0 {
                     body.files.retain(|f| f.file_id != id);
-                    drop_files.push((id, path));
+                    inner.removed.insert(id, kind);
+                    drop_files.push(id);
                     events.push(RecoveryEvent::RemovedEmpty { file: name });
                 } else if let Some(m) = body.files.iter_mut().find(|m| m.file_id == id) {
                     // What the crashed session wrote after its last fsync may
@@ -1335,14 +1713,10 @@ impl Store {
                 }
             }
             self.persist(inner, body)?;
-            for (id, p) in drop_files {
-                inner.keys.remove(&id);
-                vfs.remove_file(&p).map_err(|e| Error::io("removing", &p, e))?;
-                dir_changed = true;
+            for id in &drop_files {
+                inner.keys.remove(id);
             }
-        }
-        if dir_changed {
-            vfs.sync_dir(&self.dir).map_err(|e| Error::io("syncing directory", &self.dir, e))?;
+            self.delete_removed(inner, &drop_files)?;
         }
         Ok(events)
     }
@@ -1372,7 +1746,7 @@ impl Store {
             let mut guard = self.lock_inner();
             let inner = &mut *guard;
             let (writer, entry, path) =
-                self.new_file(inner, info.kind, info.stream, info.ordinal, info.meta.clone())?;
+                self.new_file(inner, info.kind, info.stream, info.ordinal, info.meta.clone(), true)?;
             FileBuilder::new(self, writer, entry, path)
         };
         let mut changed = false;
@@ -1453,7 +1827,7 @@ impl Store {
                     let mut guard = self.lock_inner();
                     let inner = &mut *guard;
                     let (writer, mut entry, path) =
-                        self.new_file(inner, first.kind, s, first.ordinal, first.meta.clone())?;
+                        self.new_file(inner, first.kind, s, first.ordinal, first.meta.clone(), true)?;
                     entry.ordinal = first.ordinal;
                     FileBuilder::new(self, writer, entry, path)
                 };
@@ -1470,6 +1844,35 @@ impl Store {
             }
         }
         Ok(events)
+    }
+
+    /// Refuse (with the first one named) files that the manifest does not
+    /// list and that recovery would refuse: a read-only open runs no
+    /// recovery, and must not read an older keyring's view as the truth.
+    pub fn check_unlisted(&self) -> Result<()> {
+        use crate::storage::strays::{Stray, classify};
+        let names = self.opts.vfs.read_dir(&self.dir).map_err(|e| Error::io("listing", &self.dir, e))?;
+        let known = self.stray_knowledge();
+        if let Some(Stray::Evidence { name, why }) = classify(self.opts.vfs.as_ref(), &self.dir, &names, &known)?
+            .into_iter()
+            .find(|s| matches!(s, Stray::Evidence { .. }))
+        {
+            return Err(Error::tampered(&name, 0, format!("{why}; nothing was changed (see `driftdb verify`)")));
+        }
+        Ok(())
+    }
+
+    /// What the keyring knows of the files it does not list (for
+    /// verification): live ids, files being written, files removed, and the
+    /// id mark (none for a format-2 keyring not yet rewritten).
+    pub(crate) fn stray_knowledge(&self) -> crate::storage::strays::Known {
+        let inner = self.lock_inner();
+        crate::storage::strays::Known {
+            live: inner.body.files.iter().map(|f| f.file_id).collect(),
+            building: inner.building.clone(),
+            removed: inner.removed.clone(),
+            mark: (!inner.legacy).then_some(inner.body.next_id),
+        }
     }
 
     /// Sealed-file state of the manifest, for verification.

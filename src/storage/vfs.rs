@@ -63,6 +63,12 @@ pub trait Vfs: Send + Sync {
     fn read_dir(&self, path: &Path) -> io::Result<Vec<String>>;
     /// Remove a file.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Remove an empty directory. (File systems without real directories
+    /// have nothing to remove.)
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        let _ = path;
+        Ok(())
+    }
     /// Atomically rename a file (replacing the target).
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Make a directory's entries durable.
@@ -135,6 +141,9 @@ impl Vfs for StdFs {
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir(path)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)

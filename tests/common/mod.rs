@@ -19,7 +19,11 @@ pub fn run(args: &[&str]) -> Output {
 /// Run the CLI with args and extra environment variables.
 pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = bin();
-    c.args(args).env_remove("DRIFTDB_KEY_FILE").env_remove("DRIFTDB_PASSPHRASE").stdin(std::process::Stdio::null());
+    c.args(args)
+        .env_remove("DRIFTDB_KEY_FILE")
+        .env_remove("DRIFTDB_PASSPHRASE")
+        .env_remove("DRIFTDB_DIR")
+        .stdin(std::process::Stdio::null());
     for (k, v) in env {
         c.env(k, v);
     }

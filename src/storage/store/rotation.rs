@@ -10,6 +10,16 @@ use crate::format::keyring::{AuditHead, RotationState};
 /// The stream of the key audit log.
 pub const AUDIT_STREAM: u32 = 3;
 
+/// The entry numbers an `aborted` entry's details name.
+fn aborted_entries(detail: &str) -> Vec<u64> {
+    serde_json::from_str::<serde_json::Value>(detail)
+        .ok()
+        .and_then(|v| {
+            v.get("entries").and_then(|e| e.as_array()).map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+        })
+        .unwrap_or_default()
+}
+
 /// Files and bytes whose data keys date from one master key version.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct KeyVersionStatus {
@@ -28,12 +38,48 @@ fn now_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
+/// The key audit log as read, with what each entry's fate is.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    /// Every entry, in order.
+    pub entries: Vec<AuditEntry>,
+    /// Whether each entry took effect: `false` for an entry whose keyring
+    /// write never happened (past the keyring's head, or named by a later
+    /// `aborted` entry): the event it describes did not happen.
+    pub committed: Vec<bool>,
+    /// The chain's end (after the last entry).
+    pub head: AuditHead,
+    /// The head the keyring records (every entry up to it is committed).
+    pub recorded: AuditHead,
+}
+
+/// The kind of the entry that records earlier entries as aborted.
+pub const AUDIT_ABORTED: &str = "aborted";
+
 impl Store {
     /// Read and check the whole audit log: every entry in order, chained from
     /// the first, and the chain passes through the head the keyring records.
     /// Returns the entries and the head after the last one (which may be
-    /// past the recorded head: an event logged just before a crash).
+    /// past the recorded head: entries whose keyring write never happened).
     pub fn audit_log(&self) -> Result<(Vec<AuditEntry>, AuditHead)> {
+        let log = self.audit()?;
+        Ok((log.entries, log.head))
+    }
+
+    /// [`Store::audit_log`] with each entry's fate (see [`AuditLog`]).
+    pub fn audit(&self) -> Result<AuditLog> {
+        // A file of the log may be replaced (merged, re-encrypted) while it
+        // is read: read it again.
+        let mut tries = 0;
+        loop {
+            match self.audit_once() {
+                Err(Error::NotFound(_)) if tries < 8 => tries += 1,
+                r => return r,
+            }
+        }
+    }
+
+    fn audit_once(&self) -> Result<AuditLog> {
         let recorded = self.lock_inner().body.audit;
         let mut entries = Vec::new();
         let mut head = AuditHead::default();
@@ -73,38 +119,77 @@ impl Store {
                 ),
             ));
         }
-        Ok((entries, head))
+        let mut committed: Vec<bool> = entries.iter().map(|e| e.seq < recorded.count).collect();
+        for e in &entries {
+            if e.kind == AUDIT_ABORTED && e.seq < recorded.count {
+                for seq in aborted_entries(&e.detail) {
+                    if let Some(c) =
+                        usize::try_from(seq).ok().filter(|&i| i < e.seq as usize).and_then(|i| committed.get_mut(i))
+                    {
+                        *c = false;
+                    }
+                }
+            }
+        }
+        Ok(AuditLog { entries, committed, head, recorded })
     }
 
-    /// Before the first audit entry of a session: check the log and adopt
-    /// entries logged past the recorded head before a crash.
+    /// The audit head the keyring records.
+    pub fn audit_head(&self) -> AuditHead {
+        self.lock_inner().body.audit
+    }
+
+    /// Before the first audit entry of a session: check the log, and note
+    /// entries past the recorded head (written just before a crash or a
+    /// failed keyring write: their events did not happen), which the next
+    /// entry records as aborted.
     fn audit_prepare(&self) -> Result<()> {
         if self.lock_inner().audit_checked {
             return Ok(());
         }
-        let (_, head) = self.audit_log()?;
+        let log = self.audit()?;
         let mut inner = self.lock_inner();
-        if head.count > inner.body.audit.count {
-            inner.body.audit = head;
+        if !inner.audit_checked {
+            inner.audit_tail = log.head;
+            if log.head.count > log.recorded.count {
+                inner.audit_aborted = Some((log.recorded.count, log.head.count));
+            }
+            inner.audit_checked = true;
         }
-        inner.audit_checked = true;
         Ok(())
     }
 
-    /// Append an audit entry and sync it; the in-memory head moves past it
-    /// at once (so a failed keyring write after it never forks the chain),
-    /// and the next keyring write records it. Returns the new head.
+    /// Append an audit entry and sync it. It takes effect only with the
+    /// keyring write that pairs with it ([`Store::persist_paired`]), which
+    /// records the new head; until then it is past the recorded head, and if
+    /// that write never happens, the next session records it as aborted.
+    /// Returns the new chain end.
     pub(super) fn audit_locked(&self, inner: &mut Inner, kind: &str, detail: String) -> Result<AuditHead> {
         if !inner.audit_checked {
             return Err(Error::InvalidArgument("audit log not checked in this session".into()));
         }
+        if let Some((from, to)) = inner.audit_aborted.take() {
+            let seqs: Vec<String> = (from..to).map(|s| s.to_string()).collect();
+            self.audit_append(
+                inner,
+                AUDIT_ABORTED,
+                format!(
+                    "{{\"entries\":[{}],\"reason\":\"the keyring write that was to record them never completed (a crash or a failed write): the events they describe did not happen\"}}",
+                    seqs.join(",")
+                ),
+            )?;
+        }
+        self.audit_append(inner, kind, detail)
+    }
+
+    fn audit_append(&self, inner: &mut Inner, kind: &str, detail: String) -> Result<AuditHead> {
         let e = AuditEntry {
-            seq: inner.body.audit.count,
+            seq: inner.audit_tail.count,
             time_micros: now_micros(),
             kind: kind.to_string(),
             master_version: inner.header.active.version,
             detail,
-            prev: inner.body.audit.hash,
+            prev: inner.audit_tail.hash,
         };
         let bytes = e.encode();
         self.append_locked(inner, AUDIT_STREAM, FileKind::AuditLog, &bytes)?;
@@ -115,7 +200,7 @@ impl Store {
             return Err(err);
         }
         let head = AuditHead { count: e.seq + 1, hash: chain(&e.prev, &bytes) };
-        inner.body.audit = head;
+        inner.audit_tail = head;
         Ok(head)
     }
 
@@ -126,7 +211,7 @@ impl Store {
         let inner = &mut *guard;
         self.audit_locked(inner, kind, detail)?;
         let body = inner.body.clone();
-        self.persist(inner, body)
+        self.persist_paired(inner, body)
     }
 
     /// The master version a file's data key dates from.
@@ -186,16 +271,46 @@ impl Store {
     /// file being written is sealed first, so all of them can be rewritten.
     /// Returns the active master version.
     pub fn begin_rotation(&self, new_key: Option<&KeySource>, argon2: Argon2Params, reencrypt: bool) -> Result<u32> {
+        self.begin_rotation_with(new_key, argon2, false, reencrypt)
+    }
+
+    /// [`Store::begin_rotation`]; `allow_weak_kdf` accepts a new passphrase's
+    /// Argon2id parameters below the floor (for tests).
+    pub fn begin_rotation_with(
+        &self,
+        new_key: Option<&KeySource>,
+        argon2: Argon2Params,
+        allow_weak_kdf: bool,
+        reencrypt: bool,
+    ) -> Result<u32> {
         // Derive the new master key (Argon2 for a passphrase: slow) before
         // taking the lock; its salt is fresh, so nothing depends on the state.
         let derived = match new_key {
             None => None,
             Some(k) => {
                 let material = k.material()?;
+                if k.is_command() {
+                    // A command that prints a fresh key each time would lock
+                    // the database for good: it must print the same key twice.
+                    let again = k.material()?;
+                    let same = match (&material, &again) {
+                        (Material::Key(a), Material::Key(b)) => ct_eq(a.expose(), b.expose()),
+                        _ => false,
+                    };
+                    if !same {
+                        return Err(Error::KeySource(
+                            "the new key command printed a different key when run a second time; a command that makes a new key on every run would lock the database for good (make it print the stored key)".into(),
+                        ));
+                    }
+                }
                 let spec = match &material {
                     Material::Key(_) => MasterSpec::Key,
                     Material::Passphrase(_) => {
                         argon2.validate()?;
+                        if !allow_weak_kdf {
+                            argon2.check_strength()?;
+                        }
+                        self.refuse_known_passphrase(&material)?;
                         let mut salt = [0u8; 16];
                         crate::crypto::random_bytes(&mut salt)?;
                         MasterSpec::Passphrase { params: argon2, salt }
@@ -263,8 +378,9 @@ impl Store {
         }
         // Every data key created so far (the audit file just started
         // included) has been wrapped under the old master key: all of them
-        // are to be replaced.
-        let mark = inner.body.next_id;
+        // are to be replaced. (Ids reserved but not handed out yet will get
+        // their keys under the new one.)
+        let mark = inner.alloc;
         let mut body = inner.body.clone();
         if let Some((m, version, _)) = &new_master {
             let new_wrap = keyring::wrap_key(m, &self.db_id);
@@ -303,7 +419,7 @@ impl Store {
             });
         }
         let version = header.active.version;
-        self.persist_as(inner, header, body, new_master.map(|(m, _, _)| m))?;
+        self.persist_as(inner, header, body, new_master.map(|(m, _, _)| m), true)?;
         // The audit file written under the old master key is sealed too, so
         // that it can be re-encrypted; the next entry starts a new one.
         // (Best effort: the new key is in force whatever happens here; a file
@@ -334,7 +450,7 @@ impl Store {
             let mut guard = self.lock_inner();
             let inner = &mut *guard;
             let (writer, entry, path) =
-                self.new_file(inner, info.kind, info.stream, info.ordinal, info.meta.clone())?;
+                self.new_file(inner, info.kind, info.stream, info.ordinal, info.meta.clone(), true)?;
             FileBuilder::new(self, writer, entry, path)
         };
         let positions = b.with_write_behind(|b| {
@@ -370,14 +486,24 @@ impl Store {
     }
 
     /// End the running re-encryption if no file is left under an old data
-    /// key: record it, and mark every retired master version with no file
-    /// left from its time as destroyed. Returns whether it ended.
+    /// key: delete every file removed from the manifest whose deletion is
+    /// not yet durable (an error if one cannot be deleted: nothing is
+    /// claimed then), record the end, and mark every retired master version
+    /// with no file left from its time as destroyed, dropping a destroyed
+    /// passphrase version's salt and check value from the plaintext header.
+    /// Returns whether it ended.
     pub fn finish_rotation(&self) -> Result<bool> {
         self.audit_prepare()?;
         let mut guard = self.lock_inner();
         let inner = &mut *guard;
         let Some(r) = inner.body.rotation.filter(|r| r.finished_unix == 0) else { return Ok(false) };
-        if inner.body.files.iter().any(|f| f.file_id < r.mark) {
+        if inner.body.files.iter().any(|f| f.file_id < r.mark) || !inner.retiring.is_empty() {
+            return Ok(false);
+        }
+        self.check_writable(inner)?;
+        let pending: Vec<u64> = inner.removed.keys().copied().collect();
+        self.delete_removed(inner, &pending)?;
+        if !inner.removed.is_empty() {
             return Ok(false);
         }
         self.audit_locked(
@@ -410,7 +536,44 @@ impl Store {
             }
         }
         body.rotation = Some(RotationState { finished_unix: now_unix().max(1), ..r });
-        self.persist(inner, body)?;
+        // A destroyed passphrase version's salt and check value would only
+        // invite offline guessing of an old passphrase: they go.
+        let mut header = inner.header.clone();
+        header.retired.retain(|c| !(destroyed.contains(&c.version) && matches!(c.spec, MasterSpec::Passphrase { .. })));
+        self.persist_as(inner, header, body, None, true)?;
         Ok(true)
+    }
+
+    /// Refuse a new passphrase that already opens (or once opened) this
+    /// database: it would change nothing, while `keys status` would claim
+    /// the old version retired. At most a few Argon2id runs.
+    fn refuse_known_passphrase(&self, material: &Material) -> Result<()> {
+        let (active, retired) = {
+            let inner = self.lock_inner();
+            (inner.header.active, inner.header.retired.clone())
+        };
+        let cap = self.opts.max_kdf_memory_kib;
+        let known = std::iter::once((active, true)).chain(retired.into_iter().rev().map(|r| (r, false)));
+        let mut runs = 0;
+        for (check, is_active) in known {
+            let MasterSpec::Passphrase { params, .. } = check.spec else { continue };
+            if runs == super::MAX_RETIRED_ARGON2_RUNS || params.m_cost_kib > cap {
+                continue;
+            }
+            runs += 1;
+            if let Some(m) = master_for(material, &check.spec)?
+                && ct_eq(&keyring::key_check_value(&m, &self.db_id), &check.kcv)
+            {
+                return Err(Error::InvalidArgument(if is_active {
+                    "the new passphrase is the current one: a rotation to it would change nothing; give a different passphrase".into()
+                } else {
+                    format!(
+                        "the new passphrase is master key version {}, retired by an earlier rotation; give a new one",
+                        check.version
+                    )
+                }));
+            }
+        }
+        Ok(())
     }
 }
