@@ -1,8 +1,8 @@
 //! A walkthrough on a fresh temporary database with the example key from
 //! `keys-example/`: init, ingest, transactions, time travel, history,
 //! snapshots, compaction, a key rotation with background re-encryption,
-//! verify,
-//! and what happens with a wrong key, a flipped byte and a torn write.
+//! verify, and what happens with a wrong key, a flipped byte, a torn write
+//! and an older keyring put back.
 //!
 //! Run with `cargo run --example walkthrough`.
 
@@ -224,11 +224,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  writer process exited without closing ({status})");
     let db = Db::open(&dir, &key, opts.clone())?;
     for e in db.store().recovery_events() {
-        println!("  recovery: {e:?}");
+        println!("  recovery: {e}");
     }
     println!("  {} users; the committed insert survived, the torn write is gone", db.scan("users", None)?.len());
     run(&db, r#"SELECT id FROM users WHERE id = "user-crash""#)?;
     db.close()?;
+
+    step("rollback", "an older keyring put back beside newer files is refused, and nothing is deleted");
+    let old_keyring = std::fs::read(dir.join("keyring"))?;
+    let db = Db::open(&dir, &key, opts.clone())?;
+    run(&db, r#"INSERT INTO users {"id": "user-late", "status": "active"}"#)?;
+    db.close()?;
+    let new_keyring = std::fs::read(dir.join("keyring"))?;
+    std::fs::write(dir.join("keyring"), &old_keyring)?;
+    match Db::open(&dir, &key, opts.clone()) {
+        Err(e) if e.is_integrity() => println!("  refused: {e} (CLI exit code {})", e.exit_code()),
+        Err(e) => return Err(e.into()),
+        Ok(_) => return Err("an older keyring beside newer files opened".into()),
+    }
+    std::fs::write(dir.join("keyring"), &new_keyring)?;
+    let db = Db::open(&dir, &key, opts.clone())?;
+    let generation = db.keyring_generation();
+    let late = db.get("users", &Pk::Str("user-late".into()))?.is_some();
+    println!("  the newer keyring back: user-late is {}", if late { "there" } else { "MISSING" });
+    db.close()?;
+    match Db::open(&dir, &key, Options { expect_generation: Some(generation + 1), ..opts.clone() }) {
+        Err(e @ Error::RolledBack { .. }) => println!("  pinned to a newer generation: {e}"),
+        Err(e) => return Err(e.into()),
+        Ok(_) => return Err("a keyring older than the pinned generation opened".into()),
+    }
 
     step("done", "the temporary directory is removed on exit");
     Ok(())
@@ -255,7 +279,7 @@ fn run(db: &Db, q: &str) -> Result<(), Box<dyn std::error::Error>> {
         Outcome::RolledBack => println!("    rolled back"),
         Outcome::Expected(v) => println!("    ok (expectation holds: {v})"),
         Outcome::Snapshot(seq) => println!("    snapshot at seq {seq}"),
-        Outcome::Compacted(h) => println!("    history before seq {h} folded"),
+        Outcome::Compacted(h) => println!("    history up to seq {h} folded"),
         Outcome::Rows(rows) => rows.iter().for_each(|r| println!("    {r}")),
         Outcome::Drift(h) => h.iter().for_each(|e| println!("    seq {} {} {:<11} {}", e.seq, e.time, e.op, e.doc)),
         Outcome::Tables(t) => t.iter().for_each(|d| println!("    {} (pk={}, indexes {:?})", d.name, d.pk, d.indexes)),

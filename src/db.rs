@@ -1003,6 +1003,10 @@ pub struct RotateOptions {
     /// Accept a new passphrase's Argon2id parameters below the floor of
     /// [`Argon2Params::check_strength`] (tests only).
     pub allow_weak_kdf: bool,
+    /// Accept the current passphrase as the new one when the Argon2id
+    /// parameters differ: a rotation that only changes its cost. (Without
+    /// it, a rotation to the passphrase in force is refused.)
+    pub retune_kdf: bool,
 }
 
 impl Default for RotateOptions {
@@ -1013,6 +1017,7 @@ impl Default for RotateOptions {
             argon2: Argon2Params::default(),
             background: true,
             allow_weak_kdf: false,
+            retune_kdf: false,
         }
     }
 }
@@ -1639,7 +1644,12 @@ impl Db {
             // re-encryption rewrites is one a commit position points into
             // while it is still being written.
             self.checkpoint(&mut w)?;
-            self.s.store.begin_rotation_with(new_key, o.argon2, o.allow_weak_kdf, !o.rewrap_only)?
+            let nm = crate::storage::store::NewMaster {
+                argon2: o.argon2,
+                allow_weak_kdf: o.allow_weak_kdf,
+                retune_kdf: o.retune_kdf,
+            };
+            self.s.store.begin_rotation_with(new_key, &nm, !o.rewrap_only)?
         };
         if !o.rewrap_only && o.background {
             self.start_reencryption(o.throttle_bytes_per_sec);

@@ -48,7 +48,13 @@ fn check_contents(db: &Db) {
 fn a_format_2_key_file_database_opens_reads_verifies_and_takes_writes() {
     let (t, dir) = fixture("key-db");
     let key = example_key(t.path());
+    let version = |dir: &Path| {
+        let kr = std::fs::read(dir.join("keyring")).unwrap();
+        driftdb::format::keyring::decode_keyring(&kr).unwrap().header.version
+    };
+    assert_eq!(version(&dir), 2);
     let db = Db::open(&dir, &key, Options::default()).unwrap();
+    assert_eq!(version(&dir), 3, "the first read-write open rewrites the keyring as format 3");
     check_contents(&db);
     assert_eq!(db.get("orders", &Pk::Str("o-3".into())).unwrap().unwrap()["status"], "shipped");
     let report = db.store().verify();

@@ -283,6 +283,23 @@ fn a_closed_pipe_ends_every_command_quietly() {
 }
 
 #[test]
+fn an_output_that_cannot_be_written_is_exit_1_never_a_panic() {
+    let db = Db::new();
+    db.ok("CREATE TABLE t (pk=id)");
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let o = bin()
+        .args(db.args(&["tables"], &[]))
+        .env_remove("DRIFTDB_KEY_FILE")
+        .stdin(Stdio::null())
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot write the output") && !err.contains("panicked"), "{err}");
+}
+
+#[test]
 fn ingest_splits_by_size_reports_progress_on_failure_and_finishes_with_skip_existing() {
     let db = Db::new();
     db.ok("CREATE TABLE t (pk=id)");

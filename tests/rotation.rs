@@ -377,12 +377,23 @@ fn a_passphrase_change_is_a_rotation_and_argon2_can_be_retuned_by_rewrapping() {
     let e = db.rotate_master_key(&a, RotateOptions { argon2: cheap, ..weak }).unwrap_err();
     assert!(e.to_string().contains("retired"), "{e}");
     assert_eq!(db.store().master_version(), 2);
-    // New Argon2 parameters come with a new passphrase: a new salt and version.
+    // Only its Argon2 cost changes when asked for explicitly, with new parameters.
+    let retune = RotateOptions { argon2: cheap, retune_kdf: true, ..weak };
+    let e = db.rotate_master_key(&b, RotateOptions { argon2: tuned, ..retune }).unwrap_err();
+    assert!(e.to_string().contains("same Argon2id parameters"), "{e}");
+    db.rotate_master_key(&b, retune).unwrap();
+    db.close().unwrap();
+    let db = Db::open("/db", &b, o.clone()).unwrap();
+    assert_eq!(db.store().master_version(), 3);
+    assert_eq!(answers(&db), before);
+    let log = db.store().audit().unwrap();
+    assert!(log.entries.iter().any(|e| e.kind == "rewrap" && e.detail.contains("\"kdf_retuned\":true")));
+    // A new passphrase: a new salt and version.
     let c = KeySource::passphrase("a third one");
     db.rotate_master_key(&c, RotateOptions { argon2: cheap, ..weak }).unwrap();
     db.close().unwrap();
     let db = Db::open("/db", &c, o).unwrap();
-    assert_eq!(db.store().master_version(), 3);
+    assert_eq!(db.store().master_version(), 4);
     assert_eq!(answers(&db), before);
 }
 

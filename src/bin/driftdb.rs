@@ -246,6 +246,10 @@ enum KeysCmd {
         throttle: Option<String>,
         #[command(flatten)]
         kdf: KdfOpts,
+        /// Accept the current passphrase as the new one with other --kdf-*
+        /// parameters: change only its Argon2id cost.
+        #[arg(long)]
+        retune_kdf: bool,
     },
     /// Finish an interrupted re-encryption.
     Resume {
@@ -893,7 +897,7 @@ fn print_status(st: &driftdb::RotationStatus) {
 
 fn keys(cmd: KeysCmd) -> Result<u8, Error> {
     match cmd {
-        KeysCmd::Rotate { db, new, rewrap_only, data_keys_only, throttle, kdf } => {
+        KeysCmd::Rotate { db, new, rewrap_only, data_keys_only, throttle, kdf, retune_kdf } => {
             let throttle = throttle.as_deref().map(parse_rate).transpose()?;
             let new_key = new.source(&db.key)?;
             if new_key.is_none() && !data_keys_only {
@@ -908,6 +912,7 @@ fn keys(cmd: KeysCmd) -> Result<u8, Error> {
                 argon2: kdf.params(),
                 background: false,
                 allow_weak_kdf: kdf.allow_weak_kdf,
+                retune_kdf,
             };
             match &new_key {
                 Some(k) => {
@@ -1389,7 +1394,7 @@ fn print_outcome(o: &Outcome, json: bool) {
             } else {
                 let rows: Vec<Value> = h
                     .iter()
-                    .map(|e| serde_json::json!({"seq": e.seq, "time": e.time, "op": e.op, "doc": e.doc.to_string()}))
+                    .map(|e| serde_json::json!({"seq": e.seq, "time": e.time, "op": e.op, "doc": e.doc}))
                     .collect();
                 print_rows(&rows);
             }
@@ -1424,7 +1429,7 @@ fn print_outcome(o: &Outcome, json: bool) {
                 if *h == 0 {
                     outln!("ok (all history kept)");
                 } else {
-                    outln!("ok (history before seq {h} folded)");
+                    outln!("ok (history up to seq {h} folded)");
                 }
             }
         }
@@ -1449,7 +1454,12 @@ fn print_outcome(o: &Outcome, json: bool) {
                             None => quote_ident(&c.name),
                         })
                         .collect();
-                    serde_json::json!({"table": d.name, "pk": d.pk, "columns": cols.join(", "), "indexes": d.indexes.join(", "), "created_seq": d.created_seq})
+                    let mut row = serde_json::json!({"table": d.name, "pk": d.pk, "columns": cols.join(", "), "indexes": d.indexes.join(", "), "created_seq": d.created_seq});
+                    // Nothing to list: an empty cell, not an empty string.
+                    if let Some(m) = row.as_object_mut() {
+                        m.retain(|_, v| v.as_str() != Some(""));
+                    }
+                    row
                 })
                 .collect();
             print_rows(&rows);

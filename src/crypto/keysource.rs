@@ -218,6 +218,13 @@ impl KeySource {
 
 fn read_key_file(path: &std::path::Path, allow_insecure: bool) -> Result<Zeroizing<Vec<u8>>> {
     use std::io::Read;
+    // Not a regular file (a FIFO would block the open itself): refused first.
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            return Err(Error::KeySource(format!("key file {} is not a regular file", path.display())));
+        }
+        _ => {}
+    }
     let f = std::fs::File::open(path)
         .map_err(|e| Error::KeySource(format!("cannot open key file {}: {}", path.display(), e)))?;
     let meta = f.metadata().map_err(|e| Error::KeySource(format!("cannot stat key file {}: {e}", path.display())))?;
@@ -265,9 +272,14 @@ fn run_key_command(cmd: &KeyCommand) -> Result<Zeroizing<Vec<u8>>> {
         }
     }
     // Its own process group, so that a timeout kills what it started too.
+    // (So it is not in the terminal's foreground group: a key command
+    // cannot prompt on the terminal. A descendant that leaves the group
+    // and keeps standard output open keeps the reader thread waiting
+    // until it closes; the caller has its error at the timeout anyway.)
     c.process_group(0);
     let mut child = c.spawn().map_err(|e| Error::KeySource(format!("cannot start key command: {e}")))?;
-    let deadline = std::time::Instant::now() + cmd.timeout;
+    // Ten years is as good as no limit, and can always be added.
+    let deadline = std::time::Instant::now() + cmd.timeout.min(Duration::from_secs(10 * 365 * 24 * 3600));
     let kill = |child: &mut std::process::Child| {
         let _ =
             rustix::process::kill_process_group(rustix::process::Pid::from_child(child), rustix::process::Signal::KILL);

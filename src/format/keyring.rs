@@ -28,6 +28,9 @@ pub const KEYRING_VERSION: u16 = 3;
 pub const KEYRING_VERSION_MIN: u16 = 2;
 /// Largest keyring body accepted (bytes).
 pub const MAX_BODY: usize = 256 * 1024 * 1024;
+/// Largest keyring file written or read: the body and 64 MiB for the header
+/// (which holds the public manifest, 26 bytes a live file).
+pub const MAX_KEYRING_FILE: usize = MAX_BODY + (64 << 20);
 /// Most retired master versions kept in the header.
 pub const MAX_RETIRED: usize = 4096;
 /// Most files the manifest may list.
@@ -689,6 +692,9 @@ pub fn encode_keyring(header: &KeyringHeader, body: &KeyringBody, master: &Secre
         return Err(AeadError);
     }
     let hb = header.encode((pt.len() + TAG_LEN) as u32);
+    if hb.len() + pt.len() + TAG_LEN + 4 > MAX_KEYRING_FILE {
+        return Err(AeadError);
+    }
     let c = cipher(Backend::Ring, &body_key(master, header));
     // The body key is fresh for every write (random write salt), so a zero nonce is never reused.
     c.seal(&[0u8; NONCE_LEN], &hb, &mut pt)?;

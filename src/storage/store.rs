@@ -12,7 +12,7 @@
 //! ```
 
 mod rotation;
-pub use rotation::{AUDIT_STREAM, KeyVersionStatus};
+pub use rotation::{AUDIT_ABORTED, AUDIT_STREAM, AuditLog, KeyVersionStatus, NewMaster};
 
 use super::segment::{Expect, FileWriter, ScanOutcome, scan};
 use super::vfs::{LockGuard, OpenMode, StdFs, Vfs};
@@ -407,10 +407,6 @@ struct Inner {
     /// (`body.audit`) are not committed until the keyring write that pairs
     /// with them succeeds.
     audit_tail: AuditHead,
-    /// Entries past the keyring's head left by an earlier session, whose
-    /// keyring write never happened: the next key event first records them
-    /// as aborted.
-    audit_aborted: Option<(u64, u64)>,
     keys: HashMap<u64, Arc<FrameKey>>,
     poisoned: Option<String>,
     closed: bool,
@@ -435,7 +431,6 @@ impl Inner {
             removed,
             legacy,
             audit_checked: false,
-            audit_aborted: None,
             keys: HashMap::new(),
             poisoned: None,
             closed: false,
@@ -489,7 +484,7 @@ fn now_unix() -> u64 {
 pub(crate) fn missing_keyring(vfs: &dyn Vfs, dir: &Path) -> Error {
     let names = vfs.read_dir(dir).unwrap_or_default();
     let data = names.iter().filter(|n| parse_file_name(n).is_some()).count();
-    if data > 0 || names.iter().any(|n| n == KEYRING_TMP) {
+    if data > 0 {
         Error::tampered(
             KEYRING_FILE,
             0,
@@ -550,8 +545,12 @@ impl Store {
             return Err(Error::ReadOnly);
         }
         let existed = vfs.exists(&dir).map_err(|e| Error::io("checking", &dir, e))?;
+        // What an interrupted `init` leaves (a lock file, a keyring that was
+        // never renamed into place) holds nothing: such a directory is empty.
+        let leftover = |n: &String| n == LOCK_FILE || n == KEYRING_TMP;
         if existed {
             let entries = vfs.read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))?;
+            let entries: Vec<String> = entries.into_iter().filter(|n| !leftover(n)).collect();
             if !entries.is_empty() {
                 return Err(Error::AlreadyExists(format!(
                     "{} is not empty ({} {}); init needs a new or empty directory",
@@ -567,6 +566,13 @@ impl Store {
             if !opts.allow_weak_kdf {
                 opts.argon2.check_strength()?;
             }
+            if opts.argon2.m_cost_kib > opts.store.max_kdf_memory_kib {
+                return Err(Error::InvalidArgument(format!(
+                    "Argon2id with {} MiB is above the {} MiB an open allows by default; every open would need --max-kdf-memory-mib",
+                    opts.argon2.m_cost_kib / 1024,
+                    opts.store.max_kdf_memory_kib / 1024
+                )));
+            }
         }
         vfs.create_dir_all(&dir).map_err(|e| Error::io("creating directory", &dir, e))?;
         let lock = match take_lock(vfs.as_ref(), &dir, true) {
@@ -581,8 +587,12 @@ impl Store {
         };
         // Someone may have created a database here between the check and the lock.
         let entries = vfs.read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))?;
-        if entries.iter().any(|n| n != LOCK_FILE) {
+        if entries.iter().any(|n| !leftover(n)) {
             return Err(Error::AlreadyExists(format!("{} is not empty", dir.display())));
+        }
+        if entries.iter().any(|n| n == KEYRING_TMP) {
+            let p = dir.join(KEYRING_TMP);
+            vfs.remove_file(&p).map_err(|e| Error::io("removing", &p, e))?;
         }
         match Self::create_locked(&dir, key, material, opts, lock) {
             Ok(s) => Ok(s),
@@ -920,12 +930,30 @@ impl Store {
     fn persist_as(
         &self,
         inner: &mut Inner,
+        header: KeyringHeader,
+        body: KeyringBody,
+        new_master: Option<SecretKey>,
+        pair_audit: bool,
+    ) -> Result<()> {
+        self.check_writable(inner)?;
+        // Callers change their bookkeeping (files being written or removed,
+        // audit entries) before this write: whatever makes it fail, the
+        // store must not go on as if it had happened, or had not.
+        let r = self.persist_unlatched(inner, header, body, new_master, pair_audit);
+        if let Err(e) = &r {
+            Self::poison(inner, e);
+        }
+        r
+    }
+
+    fn persist_unlatched(
+        &self,
+        inner: &mut Inner,
         mut header: KeyringHeader,
         mut body: KeyringBody,
         new_master: Option<SecretKey>,
         pair_audit: bool,
     ) -> Result<()> {
-        self.check_writable(inner)?;
         if body.files.len() > keyring::MAX_FILES {
             return Err(Error::InvalidArgument(format!(
                 "the manifest would list {} files, more than the {} allowed",
@@ -959,7 +987,7 @@ impl Store {
         crate::crypto::random_bytes(&mut header.write_salt)?;
         let master = new_master.as_ref().unwrap_or(&inner.master);
         let bytes = keyring::encode_keyring(&header, &body, master).map_err(|_| {
-            Error::InvalidArgument(format!("the keyring would exceed its {}-byte limit", keyring::MAX_BODY))
+            Error::InvalidArgument(format!("the keyring would exceed its {}-byte limit", keyring::MAX_KEYRING_FILE))
         })?;
         let tmp = self.dir.join(KEYRING_TMP);
         let dst = self.dir.join(KEYRING_FILE);
@@ -971,22 +999,15 @@ impl Store {
             // The old keyring is untouched, but this session's state is now
             // ahead of it (ids, files being written, audit entries).
             let _ = vfs.remove_file(&tmp);
-            let err = Error::io("writing", tmp, e);
-            Self::poison(inner, &err);
-            return Err(err);
+            return Err(Error::io("writing", tmp, e));
         }
         if let Err(e) = vfs.rename(&tmp, &dst).and_then(|()| vfs.sync_dir(&self.dir)) {
-            let err = Error::io("replacing", dst, e);
-            Self::poison(inner, &err);
-            return Err(err);
+            return Err(Error::io("replacing", dst, e));
         }
         header.public.files = keyring::public_files(&body.files);
         inner.header = header;
         inner.body = body;
         inner.legacy = false;
-        if pair_audit {
-            inner.audit_aborted = None;
-        }
         if let Some(m) = new_master {
             inner.wrap_key = keyring::wrap_key(&m, &inner.header.db_id);
             inner.master = m;
@@ -1388,6 +1409,14 @@ impl Store {
             if inner.body.files.iter().any(|f| f.file_id == p.entry.file_id) {
                 return Err(Error::InvalidArgument(format!("file {:016x} is already committed", p.entry.file_id)));
             }
+            if let Some(r) = inner.body.rotation.filter(|r| r.finished_unix == 0)
+                && p.entry.file_id < r.mark
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "file {:016x} was started before the running re-encryption, under a data key it is replacing; write it again",
+                    p.entry.file_id
+                )));
+            }
             if p.entry.wrapped.kek_version != inner.header.active.version {
                 return Err(Error::InvalidArgument(format!(
                     "file {:016x} was started under master key version {}, replaced since; write it again",
@@ -1590,7 +1619,7 @@ impl Store {
         let mut guard = self.lock_inner();
         let inner = &mut *guard;
         let names = vfs.read_dir(&self.dir).map_err(|e| Error::io("listing", &self.dir, e))?;
-        let live: std::collections::HashSet<u64> = inner.body.files.iter().map(|f| f.file_id).collect();
+        let live: HashMap<u64, FileKind> = inner.body.files.iter().map(|f| (f.file_id, f.kind)).collect();
 
         // Phase 1: checks only.
         let mut torn_cuts = Vec::new();
@@ -1659,40 +1688,57 @@ impl Store {
             vfs.remove_file(&p).map_err(|e| Error::io("removing", &p, e))?;
             dir_changed = true;
         }
+        // A leftover that cannot be removed (or set aside) stays where it
+        // is, and listed: the next open tries again. It blocks nothing.
+        let mut kept = std::collections::HashSet::new();
         for st in strays {
+            let id = match &st {
+                Stray::Leftover { name, .. } | Stray::Quarantine { name, .. } | Stray::Evidence { name, .. } => {
+                    parse_file_name(name).map(|(id, _)| id)
+                }
+            };
             match st {
                 Stray::Leftover { name, why } => {
                     let p = self.dir.join(&name);
-                    vfs.remove_file(&p).map_err(|e| Error::io("removing", &p, e))?;
+                    if let Err(e) = vfs.remove_file(&p) {
+                        log::warn!(target: "driftdb::recovery", "cannot remove {}: {e}", p.display());
+                        kept.extend(id);
+                        continue;
+                    }
                     dir_changed = true;
-                    match parse_file_name(&name) {
-                        Some((id, _)) if inner.building.contains_key(&id) || inner.removed.contains_key(&id) => {
+                    match id {
+                        Some(id) if inner.building.contains_key(&id) || inner.removed.contains_key(&id) => {
                             events.push(RecoveryEvent::RemovedLeftover { file: name, reason: why });
                         }
                         _ => events.push(RecoveryEvent::RemovedOrphan { file: name }),
                     }
                 }
-                Stray::Quarantine { name, why } => {
-                    let to = strays::quarantine(vfs.as_ref(), &self.dir, &name)?;
-                    events.push(RecoveryEvent::Quarantined { file: name, to, reason: why });
-                }
+                Stray::Quarantine { name, why } => match strays::quarantine(vfs.as_ref(), &self.dir, &name) {
+                    Ok(to) => events.push(RecoveryEvent::Quarantined { file: name, to, reason: why }),
+                    Err(e) => {
+                        log::warn!(target: "driftdb::recovery", "cannot move {name} into quarantine: {e}");
+                        kept.extend(id);
+                    }
+                },
                 Stray::Evidence { .. } => {}
             }
         }
         if dir_changed {
             vfs.sync_dir(&self.dir).map_err(|e| Error::io("syncing directory", &self.dir, e))?;
         }
-        // Every leftover the keyring listed is gone for good now (or was
-        // never created): the next keyring write forgets them.
-        inner.building.clear();
-        inner.removed.clear();
+        // Every other leftover the keyring listed is gone for good now (or
+        // was never created): the next keyring write forgets them.
+        inner.building.retain(|id, _| kept.contains(id));
+        inner.removed.retain(|id, _| kept.contains(id));
         for (path, name, off, why) in torn_cuts {
             let f = vfs.open(&path, OpenMode::ReadWrite).map_err(|e| Error::io("opening", &path, e))?;
             f.set_len(off).and_then(|()| f.sync_data()).map_err(|e| Error::io("truncating torn tail of", &path, e))?;
             events.push(RecoveryEvent::TruncatedTornTail { file: name, offset: off, reason: why });
         }
         let listed_leftovers = !inner.header.public.building.is_empty() || !inner.header.public.removed.is_empty();
-        if !new_states.is_empty() || listed_leftovers {
+        // A format-2 keyring is rewritten as format 3 now, so that from here
+        // on every file is accounted for.
+        if !new_states.is_empty() || listed_leftovers || inner.legacy {
             let mut body = inner.body.clone();
             let mut drop_files = Vec::new();
             for (id, kind, name, path, out) in new_states {
@@ -1716,7 +1762,8 @@ impl Store {
             for id in &drop_files {
                 inner.keys.remove(id);
             }
-            self.delete_removed(inner, &drop_files)?;
+            // Listed as removed: a deletion that fails is tried again later.
+            let _ = self.delete_removed(inner, &drop_files);
         }
         Ok(events)
     }
@@ -1868,7 +1915,7 @@ impl Store {
     pub(crate) fn stray_knowledge(&self) -> crate::storage::strays::Known {
         let inner = self.lock_inner();
         crate::storage::strays::Known {
-            live: inner.body.files.iter().map(|f| f.file_id).collect(),
+            live: inner.body.files.iter().map(|f| (f.file_id, f.kind)).collect(),
             building: inner.building.clone(),
             removed: inner.removed.clone(),
             mark: (!inner.legacy).then_some(inner.body.next_id),
@@ -1911,7 +1958,7 @@ impl Drop for Store {
 pub(crate) fn read_keyring_bytes(vfs: &dyn Vfs, path: &Path) -> Result<Vec<u8>> {
     let f = vfs.open(path, OpenMode::Read).map_err(|e| Error::io("opening", path, e))?;
     let len = f.len().map_err(|e| Error::io("reading length of", path, e))?;
-    if len > (keyring::MAX_BODY + 1024 * 1024) as u64 {
+    if len > keyring::MAX_KEYRING_FILE as u64 {
         return Err(Error::corrupted(
             KEYRING_FILE,
             0,

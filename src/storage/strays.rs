@@ -4,18 +4,20 @@
 //! removed), or when it holds nothing but (part of) a header, the leftover
 //! of a stream file whose creation was interrupted before the keyring listed
 //! it (a stream file gets its first record only once it is listed). A file
-//! above the keyring's id mark, or one holding records, means the keyring is
+//! being written that is complete (sealed) may be the only copy of what a
+//! lost commit wrote, or the keyring may be older than its commit: it is
+//! moved into `quarantine/`, never deleted. A file above the keyring's id
+//! mark, or one holding records that nothing explains, means the keyring is
 //! older than the files (a restored or rolled-back keyring) or that the file
 //! came from elsewhere: opening and `verify` refuse it, naming the file, and
 //! nothing is changed. A keyring of format version 2 records neither the
-//! files being written nor the mark; there a file holding records but no
-//! sealing frame is moved into `quarantine/`, and a complete sealed file is
-//! refused.
+//! files being written nor the mark; there every unlisted file holding
+//! records is moved into `quarantine/` (reported, never deleted).
 
 use super::vfs::{OpenMode, Vfs, VfsFile};
 use crate::format::header::HEADER_LEN;
 use crate::format::{FileKind, parse_file_name};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// Name of the folder unlisted files are moved into.
@@ -23,8 +25,8 @@ pub const QUARANTINE_DIR: &str = "quarantine";
 
 /// What the keyring knows about the files of a data directory.
 pub(crate) struct Known {
-    /// Live files (the manifest).
-    pub live: HashSet<u64>,
+    /// Live files (the manifest): id and kind.
+    pub live: HashMap<u64, FileKind>,
     /// Files being written, recorded before they were created.
     pub building: BTreeMap<u64, FileKind>,
     /// Files removed by a committed change, deletion not yet durable.
@@ -76,13 +78,17 @@ pub(crate) fn classify(vfs: &dyn Vfs, dir: &Path, names: &[String], known: &Know
     let mut out = Vec::new();
     for n in names {
         let Some((id, kind)) = parse_file_name(n) else { continue };
-        if known.live.contains(&id) {
-            continue;
-        }
         let name = n.clone();
-        if known.building.get(&id) == Some(&kind) {
-            out.push(Stray::Leftover { name, why: "a file being written when its session ended".into() });
-            continue;
+        match known.live.get(&id) {
+            Some(k) if *k == kind => continue,
+            Some(k) => {
+                out.push(Stray::Evidence {
+                    name,
+                    why: format!("named after the live {k:?} file of the same id, but of another kind ({kind:?})"),
+                });
+                continue;
+            }
+            None => {}
         }
         if known.removed.get(&id) == Some(&kind) {
             out.push(Stray::Leftover { name, why: "a file a committed change removed".into() });
@@ -96,7 +102,23 @@ pub(crate) fn classify(vfs: &dyn Vfs, dir: &Path, names: &[String], known: &Know
             Err(e) => return Err(crate::Error::io("opening", &path, e)),
         };
         let len = f.len().map_err(|e| crate::Error::io("reading length of", &path, e))?;
-        let sealed = ends_with_final_frame(f.as_ref());
+        let sealed = len > HEADER_LEN as u64 && ends_with_final_frame(f.as_ref());
+        if known.building.get(&id) == Some(&kind) {
+            // A crash between sealing such a file and committing it leaves
+            // it complete; so does an older keyring put back after its
+            // commit. Either way it may be the only copy of something: kept.
+            if sealed {
+                out.push(Stray::Quarantine {
+                    name,
+                    why: format!(
+                        "a complete file ({len} bytes) that was being written when its session ended: its commit did not happen, or the keyring is older than the commit"
+                    ),
+                });
+            } else {
+                out.push(Stray::Leftover { name, why: "a file being written when its session ended".into() });
+            }
+            continue;
+        }
         if let Some(mark) = known.mark
             && id >= mark
         {
@@ -113,7 +135,7 @@ pub(crate) fn classify(vfs: &dyn Vfs, dir: &Path, names: &[String], known: &Know
             continue;
         }
         let what = if sealed { "a complete sealed file" } else { "a file holding records" };
-        if sealed || known.mark.is_some() {
+        if known.mark.is_some() {
             out.push(Stray::Evidence {
                 name,
                 why: format!(
@@ -124,7 +146,7 @@ pub(crate) fn classify(vfs: &dyn Vfs, dir: &Path, names: &[String], known: &Know
             out.push(Stray::Quarantine {
                 name,
                 why: format!(
-                    "{what} ({len} bytes, not sealed) that the manifest does not list; a keyring of format version 2 cannot say whether it was being written when a session ended"
+                    "{what} ({len} bytes) that the manifest does not list; a keyring of format version 2 cannot say whether it was being written when a session ended, or is newer than the keyring"
                 ),
             });
         }

@@ -573,29 +573,45 @@ fn name_of(p: &Path) -> String {
 }
 
 #[test]
-fn interrupted_file_creation_leaves_an_orphan_that_is_removed() {
-    let fs = MemFs::new();
-    let s = create(&fs);
-    s.append(1, FileKind::Segment, b"a").unwrap();
-    s.sync().unwrap();
-    // A write-once file built but never committed, then a crash.
-    let mut b = s.build_file(FileKind::Snapshot, 9, vec![]).unwrap();
-    b.append(b"snap").unwrap();
-    let pending = b.finish().unwrap();
-    std::mem::forget(pending);
+fn an_interrupted_write_once_file_is_removed_and_a_complete_one_set_aside() {
     use crate::storage::vfs::Vfs;
-    fs.sync_dir(&dir()).unwrap();
-    fs.crash();
-    drop(s);
-    let s = open(&fs).unwrap();
-    assert!(
-        s.recovery_events()
-            .iter()
-            .any(|e| matches!(e, RecoveryEvent::RemovedLeftover { reason, .. } if reason.contains("being written"))),
-        "{:?}",
-        s.recovery_events()
-    );
-    assert!(s.stream_files(9).is_empty());
+    for finished in [false, true] {
+        let fs = MemFs::new();
+        let s = create(&fs);
+        s.append(1, FileKind::Segment, b"a").unwrap();
+        s.sync().unwrap();
+        // A write-once file built (sealed or not) but never committed, then a crash.
+        let mut b = s.build_file(FileKind::Snapshot, 9, vec![]).unwrap();
+        b.append(b"snap").unwrap();
+        if finished {
+            std::mem::forget(b.finish().unwrap());
+        } else {
+            std::mem::forget(b);
+        }
+        fs.sync_dir(&dir()).unwrap();
+        fs.crash();
+        drop(s);
+        let s = open(&fs).unwrap();
+        let ev = s.recovery_events();
+        if finished {
+            // Complete: it may be the only copy of what a lost commit wrote.
+            assert!(
+                ev.iter().any(
+                    |e| matches!(e, RecoveryEvent::Quarantined { reason, .. } if reason.contains("being written"))
+                ),
+                "{ev:?}"
+            );
+        } else {
+            assert!(
+                ev.iter().any(
+                    |e| matches!(e, RecoveryEvent::RemovedLeftover { reason, .. } if reason.contains("being written"))
+                ),
+                "{ev:?}"
+            );
+        }
+        assert!(s.stream_files(9).is_empty());
+        assert!(s.verify().ok);
+    }
 }
 
 #[test]

@@ -13,7 +13,7 @@ use crate::format::header::FileHeader;
 use crate::format::keyring::FileState;
 use crate::format::{file_name, parse_file_name};
 use crate::{Error, Result};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// One problem found by verification.
@@ -341,7 +341,7 @@ pub fn verify_without_key_expecting(dir: &Path, vfs: &dyn Vfs, expect_generation
                 Err(e) => record(&mut r, e, &name),
             }
         }
-        let live: HashSet<u64> = h.public.files.iter().map(|f| f.file_id).collect();
+        let live: HashMap<u64, crate::format::FileKind> = h.public.files.iter().map(|f| (f.file_id, f.kind)).collect();
         let building: BTreeMap<_, _> = h.public.building.iter().copied().collect();
         let removed: BTreeMap<_, _> = h.public.removed.iter().copied().collect();
         let known = || Known {

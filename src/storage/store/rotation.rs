@@ -10,6 +10,18 @@ use crate::format::keyring::{AuditHead, RotationState};
 /// The stream of the key audit log.
 pub const AUDIT_STREAM: u32 = 3;
 
+/// Choices about the new master key of a rotation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NewMaster {
+    /// Argon2id cost when it is a passphrase.
+    pub argon2: Argon2Params,
+    /// Accept Argon2id parameters below the floor (tests only).
+    pub allow_weak_kdf: bool,
+    /// Accept the current passphrase with other Argon2id parameters: a
+    /// rotation that only changes the key derivation's cost.
+    pub retune_kdf: bool,
+}
+
 /// The entry numbers an `aborted` entry's details name.
 fn aborted_entries(detail: &str) -> Vec<u64> {
     serde_json::from_str::<serde_json::Value>(detail)
@@ -139,10 +151,10 @@ impl Store {
         self.lock_inner().body.audit
     }
 
-    /// Before the first audit entry of a session: check the log, and note
-    /// entries past the recorded head (written just before a crash or a
-    /// failed keyring write: their events did not happen), which the next
-    /// entry records as aborted.
+    /// Before the first audit entry of a session: check the log, and take
+    /// its end as the chain's end (entries past the recorded head, written
+    /// just before a crash or a failed keyring write, did not happen; the
+    /// next key event records them as aborted).
     fn audit_prepare(&self) -> Result<()> {
         if self.lock_inner().audit_checked {
             return Ok(());
@@ -151,24 +163,24 @@ impl Store {
         let mut inner = self.lock_inner();
         if !inner.audit_checked {
             inner.audit_tail = log.head;
-            if log.head.count > log.recorded.count {
-                inner.audit_aborted = Some((log.recorded.count, log.head.count));
-            }
             inner.audit_checked = true;
         }
         Ok(())
     }
 
-    /// Append an audit entry and sync it. It takes effect only with the
-    /// keyring write that pairs with it ([`Store::persist_paired`]), which
-    /// records the new head; until then it is past the recorded head, and if
-    /// that write never happens, the next session records it as aborted.
-    /// Returns the new chain end.
+    /// Append the first audit entry of a key event and sync it. It takes
+    /// effect only with the keyring write that pairs with it
+    /// ([`Store::persist_paired`]), which records the new head. Entries past
+    /// the recorded head when a key event starts are ones whose keyring write
+    /// never happened (a crash, a failed write, an error between an entry and
+    /// its write): an `aborted` entry naming them comes first, so that the
+    /// paired write cannot make them count. Returns the new chain end.
     pub(super) fn audit_locked(&self, inner: &mut Inner, kind: &str, detail: String) -> Result<AuditHead> {
         if !inner.audit_checked {
             return Err(Error::InvalidArgument("audit log not checked in this session".into()));
         }
-        if let Some((from, to)) = inner.audit_aborted.take() {
+        let (from, to) = (inner.body.audit.count, inner.audit_tail.count);
+        if to > from {
             let seqs: Vec<String> = (from..to).map(|s| s.to_string()).collect();
             self.audit_append(
                 inner,
@@ -178,6 +190,15 @@ impl Store {
                     seqs.join(",")
                 ),
             )?;
+        }
+        self.audit_append(inner, kind, detail)
+    }
+
+    /// A further audit entry of the key event whose first entry
+    /// [`Store::audit_locked`] appended (the same keyring write pairs with both).
+    pub(super) fn audit_more(&self, inner: &mut Inner, kind: &str, detail: String) -> Result<AuditHead> {
+        if !inner.audit_checked {
+            return Err(Error::InvalidArgument("audit log not checked in this session".into()));
         }
         self.audit_append(inner, kind, detail)
     }
@@ -271,20 +292,15 @@ impl Store {
     /// file being written is sealed first, so all of them can be rewritten.
     /// Returns the active master version.
     pub fn begin_rotation(&self, new_key: Option<&KeySource>, argon2: Argon2Params, reencrypt: bool) -> Result<u32> {
-        self.begin_rotation_with(new_key, argon2, false, reencrypt)
+        self.begin_rotation_with(new_key, &NewMaster { argon2, ..NewMaster::default() }, reencrypt)
     }
 
-    /// [`Store::begin_rotation`]; `allow_weak_kdf` accepts a new passphrase's
-    /// Argon2id parameters below the floor (for tests).
-    pub fn begin_rotation_with(
-        &self,
-        new_key: Option<&KeySource>,
-        argon2: Argon2Params,
-        allow_weak_kdf: bool,
-        reencrypt: bool,
-    ) -> Result<u32> {
+    /// [`Store::begin_rotation`] with every choice about the new master key.
+    pub fn begin_rotation_with(&self, new_key: Option<&KeySource>, o: &NewMaster, reencrypt: bool) -> Result<u32> {
+        let argon2 = o.argon2;
         // Derive the new master key (Argon2 for a passphrase: slow) before
         // taking the lock; its salt is fresh, so nothing depends on the state.
+        let mut same_passphrase = false;
         let derived = match new_key {
             None => None,
             Some(k) => {
@@ -307,10 +323,17 @@ impl Store {
                     Material::Key(_) => MasterSpec::Key,
                     Material::Passphrase(_) => {
                         argon2.validate()?;
-                        if !allow_weak_kdf {
+                        if !o.allow_weak_kdf {
                             argon2.check_strength()?;
                         }
-                        self.refuse_known_passphrase(&material)?;
+                        if argon2.m_cost_kib > self.opts.max_kdf_memory_kib {
+                            return Err(Error::InvalidArgument(format!(
+                                "Argon2id with {} MiB is above the {} MiB an open allows by default; every open would need --max-kdf-memory-mib",
+                                argon2.m_cost_kib / 1024,
+                                self.opts.max_kdf_memory_kib / 1024
+                            )));
+                        }
+                        same_passphrase = self.refuse_known_passphrase(&material, argon2, o.retune_kdf)?;
                         let mut salt = [0u8; 16];
                         crate::crypto::random_bytes(&mut salt)?;
                         MasterSpec::Passphrase { params: argon2, salt }
@@ -360,21 +383,23 @@ impl Store {
                 inner,
                 "rewrap",
                 format!(
-                    "{{\"from_version\":{},\"to_version\":{version},\"data_keys\":{files_total},\"key_source\":{}}}",
+                    "{{\"from_version\":{},\"to_version\":{version},\"data_keys\":{files_total},\"key_source\":{}{}}}",
                     inner.header.active.version,
-                    json_str(src)
+                    json_str(src),
+                    if same_passphrase { ",\"same_passphrase\":true,\"kdf_retuned\":true" } else { "" }
                 ),
             )?;
         }
         if reencrypt {
-            self.audit_locked(
-                inner,
-                "reencrypt-started",
-                format!(
-                    "{{\"files\":{files_total},\"bytes\":{bytes_total},\"data_keys_only\":{}}}",
-                    new_master.is_none()
-                ),
-            )?;
+            let detail = format!(
+                "{{\"files\":{files_total},\"bytes\":{bytes_total},\"data_keys_only\":{}}}",
+                new_master.is_none()
+            );
+            if new_master.is_some() {
+                self.audit_more(inner, "reencrypt-started", detail)?;
+            } else {
+                self.audit_locked(inner, "reencrypt-started", detail)?;
+            }
         }
         // Every data key created so far (the audit file just started
         // included) has been wrapped under the old master key: all of them
@@ -523,7 +548,7 @@ impl Store {
             }
         }
         for v in &destroyed {
-            self.audit_locked(
+            self.audit_more(
                 inner,
                 "master-destroyed",
                 format!("{{\"version\":{v},\"statement\":\"no live file is encrypted under key version {v}\"}}"),
@@ -546,8 +571,11 @@ impl Store {
 
     /// Refuse a new passphrase that already opens (or once opened) this
     /// database: it would change nothing, while `keys status` would claim
-    /// the old version retired. At most a few Argon2id runs.
-    fn refuse_known_passphrase(&self, material: &Material) -> Result<()> {
+    /// the old version retired. With `retune`, the current passphrase is
+    /// accepted with other Argon2id parameters (a new salt and cost; whoever
+    /// knew the passphrase still does): returns whether that is the case.
+    /// At most a few Argon2id runs.
+    fn refuse_known_passphrase(&self, material: &Material, new: Argon2Params, retune: bool) -> Result<bool> {
         let (active, retired) = {
             let inner = self.lock_inner();
             (inner.header.active, inner.header.retired.clone())
@@ -555,6 +583,7 @@ impl Store {
         let cap = self.opts.max_kdf_memory_kib;
         let known = std::iter::once((active, true)).chain(retired.into_iter().rev().map(|r| (r, false)));
         let mut runs = 0;
+        let mut same = false;
         for (check, is_active) in known {
             let MasterSpec::Passphrase { params, .. } = check.spec else { continue };
             if runs == super::MAX_RETIRED_ARGON2_RUNS || params.m_cost_kib > cap {
@@ -564,8 +593,15 @@ impl Store {
             if let Some(m) = master_for(material, &check.spec)?
                 && ct_eq(&keyring::key_check_value(&m, &self.db_id), &check.kcv)
             {
-                return Err(Error::InvalidArgument(if is_active {
-                    "the new passphrase is the current one: a rotation to it would change nothing; give a different passphrase".into()
+                if is_active && retune && params != new {
+                    same = true;
+                    continue;
+                }
+                return Err(Error::InvalidArgument(if is_active && retune {
+                    "the new passphrase is the current one with the same Argon2id parameters: that would change nothing"
+                        .into()
+                } else if is_active {
+                    "the new passphrase is the current one: a rotation to it would change nothing; give a different passphrase (or, to change only its Argon2id cost, --retune-kdf with new --kdf-* parameters)".into()
                 } else {
                     format!(
                         "the new passphrase is master key version {}, retired by an earlier rotation; give a new one",
@@ -574,6 +610,6 @@ impl Store {
                 }));
             }
         }
-        Ok(())
+        Ok(same)
     }
 }
