@@ -49,9 +49,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cheap = Argon2Params { m_cost_kib: 64, t_cost: 1, p_cost: 1 };
     let p1 = KeySource::passphrase("fixture passphrase one");
     let p2 = KeySource::passphrase("fixture passphrase two");
-    let db = Db::create(out.join("passphrase-db"), &p1, Options { argon2: cheap, ..opts.clone() })?;
+    let db =
+        Db::create(out.join("passphrase-db"), &p1, Options { argon2: cheap, allow_weak_kdf: true, ..opts.clone() })?;
     fill(&db)?;
-    db.rotate_master_key(&p2, RotateOptions { argon2: cheap, background: false, ..Default::default() })?;
+    db.rotate_master_key(
+        &p2,
+        RotateOptions { argon2: cheap, allow_weak_kdf: true, background: false, ..Default::default() },
+    )?;
     db.resume_rotation(None, |_| {})?;
     db.close()?;
     std::fs::remove_file(out.join("passphrase-db").join("LOCK"))?;
