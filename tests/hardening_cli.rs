@@ -77,6 +77,32 @@ fn a_restored_older_keyring_is_exit_4_through_the_cli_and_loses_nothing() {
 }
 
 #[test]
+fn verify_without_a_key_exits_4_for_a_truncated_or_missing_file() {
+    let db = Db::new();
+    db.ok("CREATE TABLE t (pk=id)\nINSERT INTO t {\"id\": 1}\nSNAPSHOT t");
+    let (c, o, _) = parts(&run(&["verify", "-d", s(&db.dir), "--no-key"]));
+    assert_eq!(c, 0, "{o}");
+    for ext in ["seg", "snap"] {
+        let f = std::fs::read_dir(&db.dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == ext))
+            .unwrap();
+        let b = std::fs::read(&f).unwrap();
+        std::fs::write(&f, &b[..b.len() - 10]).unwrap();
+        let (c, o, _) = parts(&run(&["verify", "-d", s(&db.dir), "--no-key"]));
+        assert_eq!(c, 4, "{ext} truncated: {o}");
+        std::fs::remove_file(&f).unwrap();
+        let (c, o, _) = parts(&run(&["verify", "-d", s(&db.dir), "--no-key"]));
+        assert_eq!(c, 4, "{ext} missing: {o}");
+        assert!(o.contains("missing"), "{o}");
+        std::fs::write(&f, &b).unwrap();
+    }
+    let (c, o, _) = parts(&run(&["verify", "-d", s(&db.dir), "--no-key"]));
+    assert_eq!(c, 0, "{o}");
+}
+
+#[test]
 fn keys_status_and_verify_print_the_generation_and_expect_generation_refuses_a_rollback() {
     let db = Db::new();
     db.ok("CREATE TABLE t (pk=id)");
@@ -488,4 +514,36 @@ fn folding_all_or_most_history_asks_first() {
     assert_eq!(c, 0, "{e}");
     let (c, _, _) = db.sql("SELECT COUNT(*) FROM t AS OF @seq:5");
     assert_eq!(c, 1, "history before the horizon is folded");
+}
+
+/// On a terminal, `compact` asks (a pseudo-terminal from util-linux's `script`).
+#[test]
+fn folding_everything_on_a_terminal_asks_and_no_means_no() {
+    let db = Db::new();
+    db.ok("CREATE TABLE t (pk=id)\nINSERT INTO t {\"id\": 1}\nINSERT INTO t {\"id\": 2}");
+    let cmd = |answer: &str| {
+        let line = format!(
+            "{} compact -d {} --key-file {} -t t --before @now",
+            env!("CARGO_BIN_EXE_driftdb"),
+            s(&db.dir),
+            s(&db.key)
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(format!("{answer}\n").as_bytes()).unwrap();
+        let o = child.wait_with_output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let (code, out) = cmd("n");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("Fold it? [y/N]") && out.contains("nothing was folded"), "{out}");
+    assert_eq!(db.cmd(&["sql"], &["-e", "SELECT COUNT(*) FROM t AS OF @seq:2", "--json"]).1.trim(), "{\"COUNT(*)\":1}");
+    let (code, out) = cmd("y");
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(db.cmd(&["sql"], &["-e", "SELECT COUNT(*) FROM t AS OF @seq:2"]).0, 1, "folded");
 }

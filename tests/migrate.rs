@@ -105,6 +105,10 @@ fn migrate_up_applies_in_order_records_checksums_and_status_lists_them() {
         common::parts(&common::run(&["migrate", "-d", &e.data, "--key-file", &e.key, "--dir", m, "status"]));
     assert_eq!((c, &legacy), (0, &o), "{err}");
     assert!(err.contains("deprecated") && err.contains("--migrations"), "{err}");
+    let (c, o, err) = e.migrate(&["up", "--to", "1", "--dry-run", "--json"]);
+    assert_eq!(c, 0, "{err}");
+    let r: Vec<Value> = o.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!((r.len(), &r[0]["file"], &r[0]["seq"]), (1, &json!("0001_users.driftql"), &Value::Null), "{o}");
     let (c, o, err) = e.migrate(&["up", "--to", "1"]);
     assert_eq!(c, 0, "{err}");
     assert!(o.contains("0001_users.driftql applied at @seq:") && o.contains("users: 2 rows"), "{o}");

@@ -489,6 +489,57 @@ mod tests {
     }
 
     #[test]
+    fn a_program_runs_without_a_shell_and_is_never_shown() {
+        let hex = "44".repeat(32);
+        let argv = KeySource::Exec(KeyCommand::new("printf").arg("%s").arg(&hex));
+        match argv.material().unwrap() {
+            Material::Key(k) => assert_eq!(k.expose(), &[0x44; 32]),
+            Material::Passphrase(_) => panic!(),
+        }
+        // An argument is one argument: nothing a shell would expand.
+        let literal = KeySource::Exec(KeyCommand::new("printf").arg("%s").arg("$(echo 44)"));
+        assert!(literal.material().is_err());
+        for src in [
+            KeySource::Exec(KeyCommand::new("vault").args(["read", "token=s3cr3t"]).allow_env("VAULT_TOKEN")),
+            KeySource::Command("VAULT_TOKEN=s3cr3t vault read".into()),
+        ] {
+            let d = format!("{src:?}");
+            assert!(!d.contains("s3cr3t") && !d.contains("vault") && !d.contains("VAULT"), "{d}");
+            assert_eq!(src.describe(), "key command");
+        }
+    }
+
+    #[test]
+    fn a_hung_key_command_is_killed_at_its_timeout() {
+        let c = KeySource::Exec(KeyCommand::new("sleep").arg("30").timeout(Duration::from_millis(300)));
+        let t0 = std::time::Instant::now();
+        let e = c.material().err().unwrap().to_string();
+        assert!(e.contains("did not finish within 0.3 s"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        // A huge timeout is no timeout, not a panic.
+        let c = KeySource::Exec(KeyCommand::new("printf").arg("%s").arg("55".repeat(32)).timeout(Duration::MAX));
+        assert!(c.material().is_ok());
+    }
+
+    #[test]
+    fn a_key_file_is_read_within_its_bound_even_if_it_is_longer_than_it_said() {
+        // A file whose length says 0 but which holds more than any key: the
+        // read stops at the bound instead of taking all of it.
+        let p = std::path::Path::new("/proc/kallsyms");
+        let real = std::fs::read(p).unwrap().len();
+        assert!(real > MAX_KEY_TEXT, "the test needs a longer {} ({real} bytes)", p.display());
+        assert_eq!(std::fs::metadata(p).unwrap().len(), 0);
+        let e = KeySource::KeyFile { path: p.into(), allow_insecure: true }.material().err().unwrap().to_string();
+        assert!(e.contains("too large to be a key"), "{e}");
+        // A FIFO is refused before the open could block on it.
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let e = KeySource::key_file(&fifo).material().err().unwrap().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
     fn missing_env_and_command_sources() {
         // The variable-present path is exercised by the CLI tests, which set
         // variables on a child process (set_var is unsafe in edition 2024).
