@@ -15,7 +15,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod crypto;
-pub mod db;
+mod engine;
 pub mod error;
 pub mod format;
 #[doc(hidden)]
@@ -24,20 +24,34 @@ pub mod migrate;
 pub mod query;
 pub mod storage;
 pub mod table;
-pub mod txn;
 
 pub use crypto::kdf::Argon2Params;
 pub use crypto::keysource::KeyCommand;
 pub use crypto::keysource::KeySource;
-pub use db::{
+pub use engine::{
     CompactionPreview, Db, Durability, HistoryEntry, Options, Outcome, RotateOptions, RotationProgress, RotationStatus,
+    Txn,
 };
 pub use error::{Error, Result};
 pub use format::FileKind;
 pub use storage::store::{CreateOptions, Edit, FileInfo, RecordPos, RecoveryEvent, Store, StoreOptions};
 pub use storage::verify::{VerifyReport, verify_without_key, verify_without_key_expecting};
+pub use table::Isolation;
 pub use table::{KeyStr, Pk, TableDef};
-pub use txn::{Isolation, Txn};
+
+/// The database engine (kept under this path for code written against it).
+pub mod db {
+    pub use crate::engine::{
+        CompactionPreview, Db, Durability, EVENTS_STREAM, HistoryEntry, Options, Outcome, RotateOptions,
+        RotationProgress, RotationStatus, WAL_STREAM,
+    };
+}
+
+/// Transactions (kept under this path for code written against it).
+pub mod txn {
+    pub use crate::engine::{SYSTEM_PREFIX, Txn};
+    pub use crate::table::Isolation;
+}
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

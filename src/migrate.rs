@@ -17,9 +17,9 @@
 //! before any change.
 
 use crate::query::ast::{Expr, Item, Select, Stmt};
+use crate::table::Isolation;
 use crate::table::Pk;
 use crate::table::schema::Alter;
-use crate::txn::Isolation;
 use crate::{Db, Error, Result};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

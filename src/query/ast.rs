@@ -61,7 +61,7 @@ pub enum Stmt {
     /// `SELECT ...`
     Select(Select),
     /// `BEGIN [ISOLATION LEVEL READ COMMITTED | SNAPSHOT | SERIALIZABLE]`
-    Begin(Option<crate::txn::Isolation>),
+    Begin(Option<crate::table::Isolation>),
     /// `COMMIT`
     Commit,
     /// `ROLLBACK`

@@ -5,8 +5,8 @@
 //! Every error names the line and column and what was expected.
 
 use super::ast::*;
+use crate::table::Isolation;
 use crate::table::Pk;
-use crate::txn::Isolation;
 use crate::{Error, Result};
 use serde_json::Value;
 

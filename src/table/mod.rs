@@ -3,12 +3,14 @@
 pub mod doc;
 pub mod event;
 pub mod index;
+pub mod isolation;
 pub mod schema;
 pub mod snapshot;
 pub mod time;
 
 pub use doc::Doc;
 pub use event::{Commit, Event, KeyRef, KeyStr, Op, Pk, RawCommit, RawEvent, TableDef};
+pub use isolation::Isolation;
 
 /// Hash maps keyed by row keys and table ids: foldhash, seeded per process
 /// (SipHash cost about a tenth of a write's instructions).

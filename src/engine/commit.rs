@@ -1,0 +1,431 @@
+//! The commit pipeline: transactions queue requests, one leader at a time
+//! takes the writer lock, validates and writes the whole group to the
+//! write-ahead log with one fsync, applies it, and wakes every waiter.
+
+use super::*;
+
+/// What the writer lock guards: the commits in the WAL not yet checkpointed.
+#[derive(Default)]
+pub(super) struct WriterState {
+    /// (commit index, record) of every commit only in the WAL.
+    pub(super) pending: Vec<(u32, Vec<u8>)>,
+    pub(super) pending_bytes: u64,
+}
+
+/// The writer lock, held; releasing it wakes a queued committer to lead
+/// the next group. Committers wait parked, not on the writer lock, so that
+/// one whose commit a leader already finished returns at once instead of
+/// queueing behind the next leader's fsync.
+pub(super) struct WriterGuard<'a> {
+    pub(super) guard: Option<std::sync::MutexGuard<'a, WriterState>>,
+    pub(super) queue: &'a Mutex<Vec<(std::thread::ThreadId, Request)>>,
+}
+
+impl std::ops::Deref for WriterGuard<'_> {
+    type Target = WriterState;
+    fn deref(&self) -> &WriterState {
+        // Present until drop.
+        self.guard.as_deref().unwrap_or(&EMPTY_WRITER)
+    }
+}
+
+pub(super) static EMPTY_WRITER: WriterState = WriterState { pending: Vec::new(), pending_bytes: 0 };
+
+impl std::ops::DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut WriterState {
+        match self.guard.as_deref_mut() {
+            Some(w) => w,
+            None => unreachable_writer(),
+        }
+    }
+}
+
+#[allow(clippy::panic)]
+#[cold]
+pub(super) fn unreachable_writer() -> ! {
+    // The guard is only taken out in drop.
+    panic!("writer guard used after release")
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        // A committer that queued while the lock was held found it taken
+        // and parked (see [`Db::submit`]): wake one to lead.
+        if let Some((_, r)) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).first() {
+            r.slot.wake();
+        }
+    }
+}
+
+/// If a group's leader unwinds (see [`Db::run_group`]): the store refuses
+/// writes from then on (what was applied is unknown; reopening recovers
+/// from the disk), and every committer of the group gets its outcome or
+/// that error, and is woken.
+pub(super) struct WakeOnUnwind<'a>(&'a Store, Vec<Slot>);
+
+impl Drop for WakeOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let why = "a group-commit leader panicked; reopen the database";
+            self.0.poison_with(&Error::Poisoned(why.into()));
+            for s in &self.1 {
+                s.set_if_empty(Err(Error::Poisoned(why.into())));
+                s.wake();
+            }
+        }
+    }
+}
+
+/// What a group-commit leader knows of the committers before it takes the
+/// queue: who was in the last group, and how long the last fsyncs took.
+#[derive(Default)]
+pub(super) struct Gather {
+    /// The threads of the last group: each is likely to commit again soon.
+    pub(super) last: Vec<std::thread::ThreadId>,
+    /// Moving average of the WAL fsync, in microseconds (0: none yet, or
+    /// not synced per commit); below 50 µs, leaders do not wait.
+    pub(super) sync_micros: u64,
+    /// The committers a waiting leader still expects: the last of them to
+    /// arrive signals `arrived` (one wake-up per group, not one per arrival).
+    pub(super) awaited: Vec<std::thread::ThreadId>,
+    /// Groups to take without waiting: set when a wait gathered nobody
+    /// (committers that commit now and then, not in a loop).
+    pub(super) cooldown: u32,
+}
+
+/// The background thread of [`Durability::RelaxedSyncEvery`].
+pub(super) struct Flusher {
+    pub(super) stop: std::sync::mpsc::Sender<()>,
+    pub(super) thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Db {
+    pub(super) fn lock_writer(&self) -> WriterGuard<'_> {
+        WriterGuard { guard: Some(self.s.writer.lock().unwrap_or_else(|p| p.into_inner())), queue: &self.s.queue }
+    }
+
+    pub(super) fn try_lock_writer(&self) -> Option<WriterGuard<'_>> {
+        let guard = match self.s.writer.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(WriterGuard { guard: Some(guard), queue: &self.s.queue })
+    }
+
+    /// Begin a transaction.
+    pub fn begin(&self, iso: Isolation) -> Txn<'_> {
+        if iso == Isolation::ReadCommitted {
+            return Txn::new(self, iso, self.read().latest_seq(), false);
+        }
+        // Registered under the write lock, so that every change after the
+        // snapshot is kept for the transaction's reads and validation.
+        let mut st = self.write_state();
+        let snapshot = st.latest_seq();
+        *st.active.entry(snapshot).or_default() += 1;
+        Txn::new(self, iso, snapshot, true)
+    }
+
+    /// A transaction with snapshot `snapshot` ended.
+    pub(crate) fn unregister(&self, snapshot: u64) {
+        let mut st = self.write_state();
+        if let Some(n) = st.active.get_mut(&snapshot) {
+            *n -= 1;
+            if *n == 0 {
+                st.active.remove(&snapshot);
+            }
+        }
+        st.prune_changes();
+    }
+
+    /// Hand a commit to the group-commit leader (which may be this thread)
+    /// and wait for its outcome.
+    pub(crate) fn submit(&self, req: Request) -> Result<u64> {
+        let slot = req.slot.clone();
+        let take = || slot.take();
+        let me = std::thread::current().id();
+        self.s.queue.lock().unwrap_or_else(|p| p.into_inner()).push((me, req));
+        {
+            let mut g = self.s.gather.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = g.awaited.iter().position(|t| *t == me) {
+                g.awaited.swap_remove(i);
+                if g.awaited.is_empty() {
+                    self.s.arrived.notify_all();
+                }
+            }
+        }
+        // No wake-up is missed: a leader stores the outcome before it wakes
+        // the waiter (a wake before `park` makes `park` return at once), and
+        // whoever releases the writer lock after this thread found it taken
+        // finds this request queued and wakes it to lead.
+        loop {
+            if let Some(r) = take() {
+                return r;
+            }
+            match self.try_lock_writer() {
+                Some(mut w) => {
+                    // Answered between the check above and taking the lock:
+                    // do not lead (and wait) for nothing.
+                    if let Some(r) = take() {
+                        return r;
+                    }
+                    let reqs = self.gather();
+                    self.run_group(&mut w, reqs);
+                    drop(w);
+                    if let Some(r) = take() {
+                        return r;
+                    }
+                }
+                None => std::thread::park(),
+            }
+        }
+    }
+
+    /// Take the queued requests for the next group (writer lock held).
+    ///
+    /// The committers of the last group were answered a moment ago and
+    /// are likely building their next commit: when some of them are not
+    /// queued yet, the leader waits for them, at most about one fsync, so
+    /// that concurrent committers share an fsync instead of alternating
+    /// between two half groups. A lone committer never waits (it is its
+    /// own last group), nor does anyone when commits are not synced; and
+    /// when a wait gathers nobody (committers that commit now and then),
+    /// the next groups do not wait.
+    pub(super) fn gather(&self) -> Vec<Request> {
+        let (expected, limit) = {
+            let mut g = self.s.gather.lock().unwrap_or_else(|p| p.into_inner());
+            // Not worth a wait when an fsync is nearly free.
+            let limit = if g.cooldown > 0 || g.sync_micros < 50 { 0 } else { g.sync_micros.min(2_000) };
+            g.cooldown = g.cooldown.saturating_sub(1);
+            (std::mem::take(&mut g.last), Duration::from_micros(limit))
+        };
+        let mut q = self.s.queue.lock().unwrap_or_else(|p| p.into_inner());
+        // The expected committers not queued yet.
+        let absent = |q: &Vec<(std::thread::ThreadId, Request)>| -> Vec<std::thread::ThreadId> {
+            expected.iter().filter(|t| !q.iter().any(|(u, _)| u == *t)).copied().collect()
+        };
+        let missing = |q: &Vec<(std::thread::ThreadId, Request)>| absent(q).len();
+        let mut idle = false;
+        let before = missing(&q);
+        if !limit.is_zero() && before > 0 {
+            let deadline = std::time::Instant::now() + limit;
+            // Set under the queue lock: a committer queued later finds itself here.
+            self.s.gather.lock().unwrap_or_else(|p| p.into_inner()).awaited = absent(&q);
+            while missing(&q) > 0 {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                q = self.s.arrived.wait_timeout(q, left).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            idle = missing(&q) == before;
+            self.s.gather.lock().unwrap_or_else(|p| p.into_inner()).awaited.clear();
+        }
+        let taken = std::mem::take(&mut *q);
+        drop(q);
+        let mut g = self.s.gather.lock().unwrap_or_else(|p| p.into_inner());
+        if idle {
+            g.cooldown = 4;
+        }
+        g.last = taken.iter().map(|(t, _)| *t).collect();
+        taken.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// The group-commit leader's work (writer lock held): validate and build
+    /// every queued commit against the latest state, append them all to the
+    /// WAL, sync once, apply them, and answer each request.
+    pub(super) fn run_group(&self, w: &mut WriterState, reqs: Vec<Request>) {
+        // Should anything below panic, no committer of the group stays
+        // parked: each gets its outcome, or an error, and is woken.
+        let _unwind = WakeOnUnwind(&self.s.store, reqs.iter().map(|r| r.slot.clone()).collect());
+        let set = |slot: &Slot, r: Result<u64>| {
+            slot.set(r);
+            slot.wake();
+        };
+        let accepted = {
+            let st = self.read();
+            let mut g = GroupView::new(&st);
+            for req in reqs {
+                g.index_written();
+                if let Some(why) = conflict(&st, &g, &req) {
+                    set(&req.slot, Err(Error::Conflict(why)));
+                    continue;
+                }
+                let Request { batch, snapshot, slot, .. } = req;
+                // The transaction's own batch when nothing it depends on
+                // changed; otherwise its changes re-applied to the latest state.
+                let mut b = if g.still_valid(&batch, snapshot) {
+                    batch
+                } else {
+                    let mut b = Batch { system: batch.system, ..Batch::default() };
+                    let rebuilt =
+                        batch.into_ops(&st).and_then(|ops| ops.into_iter().try_for_each(|op| b.apply(&g, op)));
+                    if let Err(e) = rebuilt {
+                        set(&slot, Err(e));
+                        continue;
+                    }
+                    b
+                };
+                if b.events.is_empty() {
+                    set(&slot, Ok(g.next_seq - 1));
+                    continue;
+                }
+                let time = now_micros().max(g.last_time);
+                let commit = Commit { first_seq: g.next_seq, time_micros: time, events: std::mem::take(&mut b.events) };
+                let bytes = commit.encode();
+                b.events = commit.events;
+                if bytes.len() > crate::format::frame::MAX_PAYLOAD {
+                    set(
+                        &slot,
+                        Err(Error::Query(format!(
+                            "commit of {} bytes exceeds the {}-byte limit; split it",
+                            bytes.len(),
+                            crate::format::frame::MAX_PAYLOAD
+                        ))),
+                    );
+                    continue;
+                }
+                g.accept(Accepted { batch: b, slot, first_seq: g.next_seq, time, bytes });
+            }
+            g.accepted
+        };
+        type Built = (Commit, Vec<u8>, Slot, Vec<(usize, Picks)>);
+        let built: Vec<Built> = accepted
+            .into_iter()
+            .map(|a| {
+                let c = Commit { first_seq: a.first_seq, time_micros: a.time, events: a.batch.events };
+                (c, a.bytes, a.slot, a.batch.picks)
+            })
+            .collect();
+        if built.is_empty() {
+            return;
+        }
+        // The group's records go to the WAL in one write.
+        let records: Vec<&[u8]> = built.iter().map(|(_, bytes, _, _)| bytes.as_slice()).collect();
+        let (positions, mut failure) = match self.s.store.append_many(WAL_STREAM, FileKind::Wal, &records) {
+            Ok(p) => (p, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        drop(records);
+        if failure.is_none() && self.s.opts.durability == Durability::Immediate {
+            let t = std::time::Instant::now();
+            failure = self.s.store.sync_stream(WAL_STREAM).err();
+            let us = t.elapsed().as_micros().min(1_000_000) as u64;
+            let mut g = self.s.gather.lock().unwrap_or_else(|p| p.into_inner());
+            g.sync_micros = if g.sync_micros == 0 { us } else { (g.sync_micros * 3 + us) / 4 };
+        }
+        if let Some(e) = failure {
+            // Nothing of the group is acknowledged or applied, though part
+            // of it may be on disk: the store refuses writes from now on
+            // (reopen recovers, and decides from what the disk holds).
+            self.s.store.poison_with(&e);
+            let msg = e.to_string();
+            let mut first = Some(e);
+            for (_, _, slot, _) in built {
+                let err = first.take().unwrap_or_else(|| Error::Poisoned(msg.clone()));
+                set(&slot, Err(err));
+            }
+            return;
+        }
+        let mut due: Vec<u32> = Vec::new();
+        let mut answered: Vec<Slot> = Vec::with_capacity(built.len());
+        {
+            let mut guard = Some(self.write_state());
+            for ((mut commit, bytes, slot, picks), pos) in built.into_iter().zip(positions) {
+                // A schema change that builds an index builds it first,
+                // under the read lock only: readers go on meanwhile.
+                if commit.events.iter().any(|e| e.op == Op::Alter) {
+                    drop(guard.take());
+                    let pre = self.prebuild_indexes(&commit);
+                    guard = Some(self.write_state());
+                    if let Some(st) = guard.as_mut() {
+                        st.prebuilt = pre;
+                    }
+                }
+                let Some(st) = guard.as_mut() else { break };
+                let ci = st.commits.len() as u32;
+                // Woken once the state is released (they would wait for it).
+                let r = st.apply(&mut commit, picks, bytes.len(), pos);
+                let failed = r.is_err();
+                slot.set(r.map(|()| st.latest_seq()));
+                answered.push(slot);
+                if failed {
+                    continue;
+                }
+                st.prebuilt.clear();
+                w.pending_bytes += bytes.len() as u64;
+                w.pending.push((ci, bytes));
+                for e in &commit.events {
+                    if !due.contains(&e.table) && st.snapshot_due(e.table, &self.s.opts) {
+                        due.push(e.table);
+                    }
+                }
+            }
+        }
+        // Wake the committers answered above before the housekeeping below.
+        for slot in answered {
+            slot.wake();
+        }
+        if w.pending_bytes >= self.s.opts.checkpoint_bytes {
+            // The commits are durable in the WAL: a failed checkpoint only
+            // leaves them there (and the store refuses writes until reopened).
+            let _ = self.checkpoint(w);
+        }
+        if !due.is_empty() {
+            self.snapshot_in_background(due);
+        }
+    }
+
+    /// Commit engine-built events (compaction markers) as one commit, writer lock held.
+    pub(super) fn commit_locked(&self, w: &mut WriterState, events: Vec<Event>) -> Result<u64> {
+        let slot: Slot = SlotCell::new();
+        let batch = Batch { events, ..Batch::default() };
+        let req = Request {
+            batch,
+            iso: Isolation::ReadCommitted,
+            snapshot: self.latest_seq(),
+            reads: Default::default(),
+            slot: slot.clone(),
+        };
+        self.run_group(w, vec![req]);
+        let r = slot.take();
+        r.unwrap_or_else(|| Err(Error::Poisoned("the commit was lost".into())))
+    }
+
+    /// Write several changes as one commit (a `ReadCommitted` transaction:
+    /// each change is re-applied to the latest state when it commits);
+    /// returns the last sequence number. Nothing is committed if `f` or any
+    /// change fails.
+    pub fn write(&self, f: impl FnOnce(&mut Txn<'_>) -> Result<()>) -> Result<u64> {
+        let mut t = self.begin(Isolation::ReadCommitted);
+        f(&mut t)?;
+        t.commit()
+    }
+
+    /// `CREATE TABLE`.
+    pub fn create_table(&self, name: &str, pk: &str, indexes: &[&str]) -> Result<u64> {
+        self.write(|w| w.create_table(name, pk, indexes))
+    }
+
+    /// `INSERT`: returns the event's sequence number.
+    pub fn insert(&self, table: &str, doc: Value) -> Result<u64> {
+        self.write(|w| w.insert(table, doc))
+    }
+
+    /// `INSERT` of a document given as JSON text (see [`Txn::insert_json`]):
+    /// returns the event's sequence number.
+    pub fn insert_json(&self, table: &str, json: impl Into<String>) -> Result<u64> {
+        self.write(|w| w.insert_json(table, json))
+    }
+
+    /// `PATCH`: top-level merge; a `null` value removes the field.
+    pub fn patch(&self, table: &str, key: &Pk, set: Map<String, Value>) -> Result<u64> {
+        self.write(|w| w.patch(table, key, set))
+    }
+
+    /// `SOFT DELETE`.
+    pub fn soft_delete(&self, table: &str, key: &Pk) -> Result<u64> {
+        self.write(|w| w.soft_delete(table, key))
+    }
+}

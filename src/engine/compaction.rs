@@ -1,0 +1,171 @@
+//! `COMPACT`: fold a table's history before a horizon into a snapshot, and
+//! remove the folded documents from the sealed log segments.
+
+use super::*;
+
+impl Db {
+    /// What `COMPACT table BEFORE before` would fold: the horizon it would
+    /// move to, and the table's events (inserts, patches, soft deletes) it
+    /// would fold and keep. Nothing changes.
+    pub fn compaction_preview(&self, table: &str, before: &AsOf) -> Result<CompactionPreview> {
+        let st = self.read();
+        let def = st.table(table)?;
+        let t = st.tables.get(&def.id).ok_or_else(|| Error::NotFound(format!("table {table}")))?;
+        let horizon = resolve(&st, before)?.max(t.horizon);
+        let (mut fold, mut keep) = (0u64, 0u64);
+        for m in &t.history.shards {
+            for hs in m.values() {
+                for h in hs.iter().filter(|h| !h.folded) {
+                    if h.seq <= horizon { fold += 1 } else { keep += 1 }
+                }
+            }
+        }
+        Ok(CompactionPreview {
+            horizon,
+            current_horizon: t.horizon,
+            events_folded: fold,
+            events_kept: keep,
+            latest_seq: st.latest_seq(),
+        })
+    }
+
+    /// `COMPACT t [BEFORE ...]`: fold the table's history at or before the
+    /// horizon (the end of the last commit at or before the point given) into
+    /// a snapshot at the horizon. Afterwards a read before the horizon is an
+    /// error; everything at or after it reads as before. The folded events'
+    /// documents are removed from the sealed log segments (each rewritten
+    /// under a fresh data key), and older snapshots of the table are deleted.
+    /// Without `before`, the current horizon stays (all history is kept) and
+    /// only the reclaiming is redone. Returns the horizon.
+    ///
+    /// Crash-safe: the horizon snapshot is written first, then the horizon is
+    /// committed as an event; each segment rewrite is an atomic swap, and a
+    /// later `COMPACT` finishes any rewrite a crash interrupted.
+    pub fn compact(&self, table: &str, before: Option<&AsOf>) -> Result<u64> {
+        let mut w = self.lock_writer();
+        self.wait_snapshots();
+        let (id, h, current) = {
+            let st = self.read();
+            let def = st.table(table)?;
+            let current = st.tables.get(&def.id).map_or(0, |t| t.horizon);
+            let h = match before {
+                None => current,
+                Some(a) => resolve(&st, a)?,
+            };
+            if let Some(oldest) = st.active.keys().next()
+                && h > *oldest
+            {
+                return Err(Error::Query(format!(
+                    "a transaction that reads the database as of @seq:{oldest} is open; COMPACT {table:?} cannot move the horizon past it (to @seq:{h}) until it ends"
+                )));
+            }
+            (def.id, h, current)
+        };
+        if h > current {
+            let rows: Vec<(Pk, Arc<Doc>)> = {
+                let st = self.read();
+                let t = st.tables.get(&id).ok_or_else(|| Error::NotFound(format!("table {table}")))?;
+                if t.snapshots.iter().any(|(s, _)| *s == h) {
+                    Vec::new()
+                } else {
+                    self.rows_at(&st, id, t, h)?.into_iter().collect()
+                }
+            };
+            let has = self.read().tables.get(&id).is_some_and(|t| t.snapshots.iter().any(|(s, _)| *s == h));
+            if !has {
+                self.write_snapshot(id, h, &rows, (u64::MAX, u64::MAX))?;
+            }
+            let baseline = {
+                let st = self.read();
+                let t = st.tables.get(&id).ok_or_else(|| Error::NotFound(format!("table {table}")))?;
+                self.rows_at(&st, id, t, h)?
+            };
+            self.commit_locked(
+                &mut w,
+                vec![Event {
+                    op: Op::Compact,
+                    table: id,
+                    key: None,
+                    doc: Some(Arc::new(Doc::from_value(serde_json::json!({ "horizon": h })))),
+                    patch: None,
+                }],
+            )?;
+            let mut st = self.s.state.write().unwrap_or_else(|p| p.into_inner());
+            st.fold_history(id, h, baseline.keys());
+        }
+        let h = h.max(current);
+        if h == 0 {
+            return Ok(0);
+        }
+        // Every commit into sealed segments first, so that all of them can
+        // be rewritten.
+        self.checkpoint(&mut w)?;
+        self.s.store.seal_stream(EVENTS_STREAM)?;
+        self.reclaim(id, h)?;
+        Ok(h)
+    }
+
+    /// Remove the documents of table `id`'s events at or before `h` from the
+    /// sealed log segments, and its snapshots older than `h`.
+    pub(super) fn reclaim(&self, id: u32, h: u64) -> Result<()> {
+        let _m = self.s.maint.lock().unwrap_or_else(|p| p.into_inner());
+        let active: Vec<u64> = self
+            .s
+            .store
+            .stream_files(EVENTS_STREAM)
+            .into_iter()
+            .filter(|f| !matches!(f.state, crate::format::keyring::FileState::Sealed { .. }))
+            .map(|f| f.file_id)
+            .collect();
+        for f in self.s.store.stream_files(EVENTS_STREAM) {
+            if active.contains(&f.file_id) {
+                continue;
+            }
+            let starts_before = self.read().commits.iter().any(|c| c.pos.file_id == f.file_id && c.first_seq <= h);
+            if !starts_before {
+                continue;
+            }
+            let rewritten = self.s.store.rewrite_file(f.file_id, |rec| {
+                let mut c = Commit::decode(rec).map_err(|e| Error::corrupted(&f.name, 0, e.reason))?;
+                let mut changed = false;
+                for (i, e) in c.events.iter_mut().enumerate() {
+                    let seq = c.first_seq + i as u64;
+                    if e.table == id && seq <= h && matches!(e.op, Op::Insert | Op::Patch | Op::SoftDelete) {
+                        *e = Event { op: Op::Folded, table: id, key: None, doc: None, patch: None };
+                        changed = true;
+                    }
+                }
+                Ok(changed.then(|| c.encode()))
+            })?;
+            if let Some(positions) = rewritten {
+                let mut st = self.s.state.write().unwrap_or_else(|p| p.into_inner());
+                let mut idx: Vec<usize> =
+                    (0..st.commits.len()).filter(|i| st.commits[*i].pos.file_id == f.file_id).collect();
+                idx.sort_by_key(|i| st.commits[*i].pos.offset);
+                if idx.len() != positions.len() {
+                    return Err(Error::corrupted(&f.name, 0, "rewritten segment holds a different number of commits"));
+                }
+                for (i, p) in idx.into_iter().zip(positions) {
+                    st.commits[i].pos = p;
+                }
+                drop(st);
+                let mut cache = self.s.cache.lock().unwrap_or_else(|p| p.into_inner());
+                cache.map.clear();
+                cache.bytes = 0;
+            }
+        }
+        let old: Vec<u64> = self
+            .s
+            .store
+            .files()
+            .into_iter()
+            .filter(|f| f.stream == SNAPSHOT_STREAM_BASE + id)
+            .filter(|f| SnapMeta::decode(&f.meta).is_ok_and(|m| m.seq < h))
+            .map(|f| f.file_id)
+            .collect();
+        if !old.is_empty() {
+            self.s.store.commit(crate::storage::store::Edit { remove: old, ..Default::default() })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,220 @@
+//! Every row's history, by key: which events (by sequence number and log
+//! position) wrote it, kept in memory in shards so that opening builds it fast.
+
+use super::*;
+
+#[derive(Clone, Copy)]
+pub(super) struct CommitMeta {
+    pub(super) first_seq: u64,
+    pub(super) len: u32,
+    pub(super) time: i64,
+    pub(super) pos: RecordPos,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct Hist {
+    pub(crate) seq: u64,
+    pub(super) op: Op,
+    pub(super) commit: u32,
+    pub(super) idx: u32,
+    /// The row's state at the table's compaction horizon (`seq` is the
+    /// horizon); its document is in the horizon snapshot.
+    pub(super) folded: bool,
+}
+
+/// A row's history, oldest first: most rows have one event, kept inline.
+#[derive(Clone)]
+pub(crate) enum Hists {
+    One(Hist),
+    Many(Vec<Hist>),
+}
+
+/// A table's history map, taken out while a commit's entries for it
+/// (in event order) are added on another thread.
+pub(super) type HistoryWork = (u32, RowHistory, Vec<(HKey, Hist)>);
+
+impl Default for Hists {
+    fn default() -> Hists {
+        Hists::Many(Vec::new())
+    }
+}
+
+impl std::ops::Deref for Hists {
+    type Target = [Hist];
+    fn deref(&self) -> &[Hist] {
+        match self {
+            Hists::One(h) => std::slice::from_ref(h),
+            Hists::Many(v) => v,
+        }
+    }
+}
+
+impl Hists {
+    pub(super) fn push(&mut self, h: Hist) {
+        match self {
+            Hists::Many(v) if v.is_empty() => *self = Hists::One(h),
+            Hists::Many(v) => v.push(h),
+            Hists::One(first) => *self = Hists::Many(vec![*first, h]),
+        }
+    }
+
+    pub(super) fn to_vec_mut(&mut self) -> &mut Vec<Hist> {
+        if let Hists::One(h) = *self {
+            *self = Hists::Many(vec![h]);
+        }
+        match self {
+            Hists::Many(v) => v,
+            Hists::One(_) => unreachable_hists(),
+        }
+    }
+}
+
+#[allow(clippy::panic)]
+#[cold]
+pub(super) fn unreachable_hists() -> ! {
+    // `to_vec_mut` has just made it `Many`.
+    panic!("history list is not a vector")
+}
+
+/// A row key as the history map holds it: inline when short, so that
+/// building the map (a million entries at open) neither allocates per key
+/// nor follows a pointer to hash or compare one.
+#[derive(Clone, PartialEq, Eq)]
+pub(super) enum HKey {
+    Int(i64),
+    Short(u8, [u8; HKEY_INLINE]),
+    Long(Box<str>),
+}
+
+pub(super) const HKEY_INLINE: usize = 22;
+
+impl std::hash::Hash for HKey {
+    // One write per key, not one per part (equal keys have equal parts).
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        match self {
+            HKey::Int(i) => h.write_i64(*i),
+            HKey::Short(n, b) => {
+                let mut buf = [0u8; HKEY_INLINE + 1];
+                buf[0] = *n;
+                buf[1..].copy_from_slice(b);
+                h.write(&buf)
+            }
+            HKey::Long(s) => h.write(s.as_bytes()),
+        }
+    }
+}
+
+impl HKey {
+    pub(super) fn of(k: &Pk) -> HKey {
+        HKey::of_ref(k.as_key_ref())
+    }
+
+    pub(super) fn of_ref(k: crate::table::KeyRef<'_>) -> HKey {
+        match k {
+            crate::table::KeyRef::Int(i) => HKey::Int(i),
+            crate::table::KeyRef::Str(s) if s.len() <= HKEY_INLINE => {
+                let mut b = [0u8; HKEY_INLINE];
+                b[..s.len()].copy_from_slice(s.as_bytes());
+                HKey::Short(s.len() as u8, b)
+            }
+            crate::table::KeyRef::Str(s) => HKey::Long(s.into()),
+        }
+    }
+}
+
+/// Every row's history, by key, in shards picked by a hash of the key that
+/// is independent of each shard's own: opening a database groups its
+/// history entries by shard first and then builds one shard at a time,
+/// so that each insert hits a table small enough to stay in cache instead
+/// of one cache miss per event across a table of a million rows.
+#[derive(Default)]
+pub(crate) struct RowHistory {
+    pub(super) pick: foldhash::quality::RandomState,
+    /// Empty until the first entry, then `HIST_SHARDS` maps.
+    pub(super) shards: Vec<FastMap<HKey, Hists>>,
+}
+
+/// Shards of a [`RowHistory`].
+pub(super) const HIST_SHARDS: usize = 256;
+
+/// Events from which a commit's history entries are recorded on a thread
+/// of their own while it is applied (below, a thread costs more than it saves).
+pub(super) const PARALLEL_APPLY: u64 = 256;
+
+impl RowHistory {
+    /// The shard of key `k`.
+    pub(super) fn shard_of(&self, k: &HKey) -> usize {
+        use std::hash::BuildHasher;
+        (self.pick.hash_one(k) >> 56) as usize % HIST_SHARDS
+    }
+
+    pub(crate) fn get(&self, k: &Pk) -> Option<&Hists> {
+        let k = HKey::of(k);
+        self.shards.get(self.shard_of(&k))?.get(&k)
+    }
+
+    /// The shards, made on first use.
+    pub(super) fn shards_mut(&mut self) -> &mut [FastMap<HKey, Hists>] {
+        if self.shards.is_empty() {
+            self.shards = (0..HIST_SHARDS).map(|_| FastMap::default()).collect();
+        }
+        &mut self.shards
+    }
+
+    pub(super) fn shard_mut(&mut self, k: &HKey) -> &mut FastMap<HKey, Hists> {
+        let i = self.shard_of(k);
+        &mut self.shards_mut()[i]
+    }
+
+    pub(super) fn push_key(&mut self, k: HKey, h: Hist) {
+        self.shard_mut(&k).entry(k).or_default().push(h);
+    }
+
+    pub(super) fn entry(&mut self, k: &Pk) -> &mut Hists {
+        let k = HKey::of(k);
+        self.shard_mut(&k).entry(k).or_default()
+    }
+
+    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut Hists> {
+        self.shards.iter_mut().flat_map(|m| m.values_mut())
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.shards.iter().map(|m| m.len()).sum()
+    }
+
+    pub(super) fn retain_nonempty(&mut self) {
+        for m in &mut self.shards {
+            m.retain(|_, v| !v.is_empty());
+        }
+    }
+
+    /// Add entries that all belong to shard `i` (see [`RowHistory::shard_of`]),
+    /// in the order of their events.
+    pub(super) fn fill_shard(&mut self, i: usize, entries: Vec<(HKey, Hist)>) {
+        if entries.is_empty() {
+            return;
+        }
+        let Some(m) = self.shards_mut().get_mut(i) else { return };
+        m.reserve(entries.len());
+        for (k, h) in entries {
+            m.entry(k).or_default().push(h);
+        }
+    }
+}
+
+/// Record a history entry: in the table's map, or, while opening, in the
+/// batch for the thread that builds the maps.
+pub(super) fn push_history(
+    open: &mut Option<Vec<(u32, HKey, Hist)>>,
+    history: &mut RowHistory,
+    table: u32,
+    k: HKey,
+    h: Hist,
+) {
+    match open {
+        Some(batch) => batch.push((table, k, h)),
+        None => history.push_key(k, h),
+    }
+}

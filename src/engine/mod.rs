@@ -1,0 +1,200 @@
+//! The database: tables of JSON documents over the encrypted store.
+//!
+//! Every change is an event in one database-wide, append-only log. A commit
+//! is one record holding all its events, so it is on disk entirely or not at
+//! all. It is first written to the write-ahead log (stream [`WAL_STREAM`],
+//! files of their own with their own data keys) and synced before the call
+//! that made it returns; concurrent committers share that fsync (group
+//! commit: the first to take the writer lock writes everyone's queued commits
+//! and syncs once). A checkpoint later copies the logged commits into the
+//! event segments (stream [`EVENTS_STREAM`]), syncs them and deletes the WAL
+//! files; opening replays whatever the WAL holds beyond the segments.
+//!
+//! Current rows live in memory; the history of each row is indexed in memory
+//! by sequence number and read back from the log, so any past state can be
+//! reconstructed. Readers take a read lock on that state and never wait for
+//! an fsync.
+
+use crate::query::ast::{AsOf, Expr, Select, Stmt};
+use crate::storage::store::{CreateOptions, Edit, RecordPos, Store, StoreOptions};
+use crate::table::Isolation;
+use crate::table::index::{IKey, Index};
+use crate::table::schema::{Alter, any_between, apply_between};
+use crate::table::snapshot::{SNAPSHOT_STREAM_BASE, SnapMeta, decode_rows_raw, encode_rows};
+use crate::table::time::{format_rfc3339, now_micros};
+use crate::table::{Commit, Doc, Event, FastMap, FastSet, Op, Pk, RawCommit, TableDef};
+use crate::{Argon2Params, Error, FileKind, KeySource, Result};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+mod batch;
+mod checkpoint;
+mod commit;
+mod compaction;
+mod exec;
+mod history;
+mod open;
+mod options;
+mod outcome;
+mod reads;
+mod rotation;
+mod snapshots;
+mod state;
+#[cfg(test)]
+mod tests;
+mod txn;
+mod validate;
+
+use batch::*;
+use commit::*;
+use history::*;
+use open::*;
+use reads::*;
+use state::*;
+use validate::*;
+
+pub use batch::SYSTEM_PREFIX;
+pub use options::{Durability, Options, RotateOptions};
+pub use outcome::{CompactionPreview, HistoryEntry, Outcome, RotationProgress, RotationStatus};
+pub use txn::Txn;
+
+/// The segment stream holding every checkpointed commit.
+pub const EVENTS_STREAM: u32 = 1;
+
+/// The write-ahead log stream: commits not yet checkpointed.
+pub const WAL_STREAM: u32 = 2;
+
+/// An embedded DriftDB database.
+pub struct Db {
+    s: Arc<Shared>,
+    /// The application's handle (not a background thread's): dropping it
+    /// stops and joins the background threads.
+    owner: bool,
+}
+
+/// What a `Db` handle and its background threads share.
+pub(crate) struct Shared {
+    store: Arc<Store>,
+    state: RwLock<State>,
+    /// Held by the group-commit leader (and by explicit snapshots,
+    /// compaction and key rotation; automatic snapshots are written beside
+    /// it, see [`Db::snapshot_in_background`]).
+    writer: Mutex<WriterState>,
+    /// Commit requests waiting for a leader, with the committing thread.
+    queue: Mutex<Vec<(std::thread::ThreadId, Request)>>,
+    /// Signalled when a request joins the queue while a leader gathers.
+    arrived: std::sync::Condvar,
+    /// What the next leader expects to gather (see [`Db::gather`]).
+    gather: Mutex<Gather>,
+    cache: Mutex<CommitCache>,
+    /// Rows at each table's compaction horizon, loaded on first use.
+    baselines: Mutex<HashMap<u32, (u64, Arc<Rows>)>>,
+    opts: Options,
+    flusher: Mutex<Option<Flusher>>,
+    /// Taken for each file rewrite (compaction, re-encryption).
+    maint: Mutex<()>,
+    /// The background re-encryption, if one was started.
+    rotator: Mutex<Option<std::thread::JoinHandle<Result<()>>>>,
+    /// Set to stop the background re-encryption between two files.
+    stop: std::sync::atomic::AtomicBool,
+    /// Whether a re-encryption is running in this process.
+    rotating: std::sync::atomic::AtomicBool,
+    /// The thread writing automatic snapshots, if one was started (see
+    /// [`Db::snapshot_in_background`]).
+    snapshotter: Mutex<Snapshotter>,
+}
+
+/// The automatic snapshots to write, and the thread writing them.
+#[derive(Default)]
+struct Snapshotter {
+    /// Tables found due, not yet taken by the thread.
+    pending: Vec<u32>,
+    /// Whether the thread is running (it clears this, under the lock, when
+    /// it finds nothing pending, and then ends).
+    running: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if !self.owner {
+            return;
+        }
+        let _ = self.stop_rotation();
+        self.wait_snapshots();
+        let flusher = self.s.flusher.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut f) = flusher {
+            let _ = f.stop.send(());
+            if let Some(t) = f.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// A table's rows, in key order.
+type Rows = BTreeMap<Pk, Arc<Doc>>;
+
+/// Decoded commits, bounded by the bytes of their records.
+#[derive(Default)]
+struct CommitCache {
+    map: HashMap<u32, (Arc<Commit>, usize)>,
+    bytes: usize,
+}
+
+/// Bytes of log records kept decoded in the commit cache.
+const CACHE_BYTES: usize = 64 << 20;
+
+impl Db {
+    /// A handle for a background thread (does not stop anything when dropped).
+    fn background_handle(&self) -> Db {
+        Db { s: self.s.clone(), owner: false }
+    }
+
+    /// The underlying store (files, keys, verification).
+    pub fn store(&self) -> &Store {
+        &self.s.store
+    }
+
+    /// The keyring's generation, incremented on every keyring write. Keep
+    /// the newest value seen somewhere the database's disk is not, and pass
+    /// it as [`Options::expect_generation`] on the next open: an older copy
+    /// of the whole directory put back in place is then refused.
+    pub fn keyring_generation(&self) -> u64 {
+        self.s.store.keyring_generation()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.s.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.read()
+    }
+
+    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.s.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The latest committed sequence number (0 for an empty database).
+    pub fn latest_seq(&self) -> u64 {
+        self.read().latest_seq()
+    }
+
+    /// Close the database: checkpoint the write-ahead log and seal the open files.
+    pub fn close(self) -> Result<()> {
+        self.wait_snapshots();
+        let rotation = self.stop_rotation();
+        if !self.s.store.options().read_only && self.s.store.poisoned().is_none() {
+            let mut w = self.lock_writer();
+            self.checkpoint(&mut w)?;
+        }
+        self.s.store.close_shared()?;
+        rotation
+    }
+}

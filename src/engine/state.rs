@@ -1,0 +1,580 @@
+//! The in-memory state: current rows, indexes, histories and schemas of every
+//! table, and how a commit's events are applied to it.
+
+use super::*;
+
+#[derive(Default)]
+pub(crate) struct TableData {
+    pub(crate) rows: BTreeMap<Pk, Arc<Doc>>,
+    pub(crate) history: RowHistory,
+    /// Secondary indexes of the current rows, by field.
+    pub(super) indexes: BTreeMap<String, Index>,
+    /// Snapshots: (sequence number, file id), oldest first.
+    pub(super) snapshots: Vec<(u64, u64)>,
+    /// Events and bytes since the latest snapshot.
+    pub(super) since_events: u64,
+    pub(super) since_bytes: u64,
+    /// History at or before this sequence number was folded by `COMPACT` (0: none).
+    pub(super) horizon: u64,
+    /// Schema changes, in order: (sequence number, change).
+    pub(crate) alters: Vec<(u64, Alter)>,
+    /// The definition after its creation and after each schema change:
+    /// (sequence number, definition), in order.
+    pub(super) schema: Vec<(u64, TableDef)>,
+}
+
+impl TableData {
+    /// Whether `d` reads differently at `at` (a schema change after it).
+    pub(super) fn stale(&self, d: &Doc, at: u64) -> bool {
+        stale_in(&self.alters, d, at)
+    }
+
+    /// A document as read at `at` (`u64::MAX`: now), as a new value.
+    pub(crate) fn view_value(&self, d: &Doc, at: u64) -> Value {
+        view_value_in(&self.alters, d, at)
+    }
+
+    /// A document as read at `at`: itself, or a new one if a schema change
+    /// after it changes how it reads.
+    pub(crate) fn view(&self, d: &Arc<Doc>, at: u64) -> Arc<Doc> {
+        if !self.stale(d, at) {
+            return d.clone();
+        }
+        Arc::new(Doc::from_value(self.view_value(d, at)))
+    }
+
+    /// A top-level field of a current document, as read now.
+    pub(super) fn view_field(&self, d: &Doc, f: &str) -> Option<Value> {
+        if self.stale(d, u64::MAX) { self.view_value(d, u64::MAX).get(f).cloned() } else { d.field(f) }
+    }
+
+    /// The definition as of `seq`.
+    pub(crate) fn def_at(&self, seq: u64) -> Option<&TableDef> {
+        let n = self.schema.partition_point(|(s, _)| *s <= seq);
+        self.schema.get(n.checked_sub(1)?).map(|(_, d)| d)
+    }
+
+    /// Sequence number of the latest schema change (0: none).
+    pub(crate) fn altered_at(&self) -> u64 {
+        self.alters.last().map_or(0, |(s, _)| *s)
+    }
+
+    /// An index on field `f` of the current rows, read now.
+    pub(super) fn build_index(&self, f: &str) -> Index {
+        Index::from_pairs(self.rows.iter().map(|(k, d)| (self.view_field(d, f), k.clone())))
+    }
+}
+
+/// Whether `d` reads differently at `at` under the schema changes `alters`.
+pub(super) fn stale_in(alters: &[(u64, Alter)], d: &Doc, at: u64) -> bool {
+    !alters.is_empty() && d.seq() != u64::MAX && any_between(alters, d.seq(), at)
+}
+
+/// A document as read at `at` under the schema changes `alters`, as a new value.
+pub(super) fn view_value_in(alters: &[(u64, Alter)], d: &Doc, at: u64) -> Value {
+    let mut v = d.to_value();
+    if stale_in(alters, d, at) {
+        apply_between(alters, d.seq(), at, &mut v);
+    }
+    v
+}
+
+/// Move row `key`'s entries in `indexes` from its old document to its new
+/// one. Each document's indexed fields are picked in one pass over its
+/// text; an old row written before a schema change is unindexed as it
+/// read (parsed once, only then).
+pub(super) fn reindex(
+    indexes: &mut BTreeMap<String, Index>,
+    alters: &[(u64, Alter)],
+    key: &Pk,
+    old: Option<&Arc<Doc>>,
+    new: Option<&Arc<Doc>>,
+    picks: Option<Picks>,
+) {
+    if indexes.is_empty() {
+        return;
+    }
+    let (old_vals, new_vals) = {
+        let names: Vec<&str> = indexes.keys().map(String::as_str).collect();
+        let old_vals = match old {
+            Some(o) if stale_in(alters, o, u64::MAX) => {
+                let v = view_value_in(alters, o, u64::MAX);
+                names.iter().map(|f| v.get(*f).cloned()).collect()
+            }
+            Some(o) => o.fields(&names),
+            None => Vec::new(),
+        };
+        let new_vals = match new {
+            None => Vec::new(),
+            Some(n) => picks.and_then(|p| p.take(&names)).unwrap_or_else(|| n.fields(&names)),
+        };
+        (old_vals, new_vals)
+    };
+    for (i, ix) in indexes.values_mut().enumerate() {
+        if old.is_some() {
+            ix.remove_value(old_vals.get(i).and_then(Option::as_ref), key);
+        }
+        if new.is_some() {
+            ix.add_value(new_vals.get(i).and_then(Option::as_ref), key);
+        }
+    }
+}
+
+/// A row change, kept while a transaction that began before it is open.
+pub(crate) struct Change {
+    pub(crate) seq: u64,
+    pub(crate) table: u32,
+    pub(crate) key: Pk,
+    pub(crate) old: Option<Arc<Doc>>,
+    pub(crate) new: Option<Arc<Doc>>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(super) names: BTreeMap<String, u32>,
+    pub(crate) defs: FastMap<u32, TableDef>,
+    pub(crate) tables: FastMap<u32, TableData>,
+    pub(crate) next_seq: u64,
+    pub(crate) last_time: i64,
+    pub(super) commits: Vec<CommitMeta>,
+    pub(crate) next_table_id: u32,
+    /// Snapshots of the open `Snapshot`/`Serializable` transactions (count each).
+    pub(super) active: BTreeMap<u64, usize>,
+    /// Row changes after the oldest open transaction's snapshot, in order.
+    pub(crate) changes: VecDeque<Change>,
+    /// Rows of table `t` up to this sequence number came from a snapshot:
+    /// replay only indexes their history.
+    pub(super) rows_from: FastMap<u32, u64>,
+    /// Maintain indexes as events apply (off while opening; built after).
+    pub(super) maintain_indexes: bool,
+    /// While opening: keys the log deletes after their table's snapshot
+    /// (whose rows are merged in once the replay is over).
+    pub(super) open_deleted: Option<FastMap<u32, FastSet<Pk>>>,
+    /// While opening: what the log writes to each table's rows, in log
+    /// order (`None`: a delete), put in key order once it is read (an
+    /// insert into a large ordered map compares the key with every key of
+    /// each node on its path; a log is mostly in key order already).
+    pub(super) open_rows: Option<FastMap<u32, LogWrites>>,
+    /// While opening: history entries not yet handed to the thread that
+    /// builds the history maps (see [`Db::open`]).
+    pub(super) open_history: Option<Vec<(u32, HKey, Hist)>>,
+    /// Indexes built for a commit's schema changes before it applies
+    /// (without the write lock): see [`Db::prebuild_indexes`].
+    pub(super) prebuilt: Vec<Prebuilt>,
+}
+
+/// What the log writes to a table's rows while opening, in log order
+/// (`None`: a delete).
+pub(super) type LogWrites = Vec<(Pk, Option<Arc<Doc>>)>;
+
+/// Put writes in key order, each key's last write only (a stable sort
+/// keeps a key's writes in log order, and finds the runs of a log written
+/// in key order).
+pub(super) fn settle_writes(writes: &mut LogWrites) {
+    writes.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out: LogWrites = Vec::with_capacity(writes.len());
+    let mut it = std::mem::take(writes).into_iter().peekable();
+    while let Some((k, d)) = it.next() {
+        if it.peek().is_none_or(|(next, _)| *next != k) {
+            out.push((k, d));
+        }
+    }
+    *writes = out;
+}
+
+/// An index built ahead of the schema change at `seq` that needs it, from
+/// the rows as they were before its commit, except the rows its commit
+/// writes before the change (`skip`: added as the change applies).
+pub(crate) struct Prebuilt {
+    pub(super) table: u32,
+    pub(super) seq: u64,
+    pub(super) column: String,
+    pub(super) index: Index,
+    pub(super) skip: Vec<Pk>,
+}
+
+impl State {
+    pub(crate) fn table(&self, name: &str) -> Result<&TableDef> {
+        self.names
+            .get(name)
+            .and_then(|id| self.defs.get(id))
+            .ok_or_else(|| Error::Query(format!("unknown table {name:?}")))
+    }
+
+    pub(crate) fn latest_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Whether table `id` is due for an automatic snapshot: after
+    /// `snapshot_every_events` of its events (or `snapshot_every_bytes` of
+    /// them), but not before as many events as it had rows at its last
+    /// snapshot, so that the cost of snapshots stays linear in the events.
+    pub(super) fn snapshot_due(&self, id: u32, opts: &Options) -> bool {
+        let Some(t) = self.tables.get(&id) else { return false };
+        let rows = t.rows.len() as u64;
+        t.since_events >= opts.snapshot_every_events.max(rows.saturating_sub(t.since_events))
+            || (t.since_bytes >= opts.snapshot_every_bytes && t.since_events >= rows / 2)
+    }
+
+    /// Forget the changes no open transaction can need.
+    pub(super) fn prune_changes(&mut self) {
+        match self.active.keys().next().copied() {
+            None => self.changes.clear(),
+            Some(min) => {
+                while self.changes.front().is_some_and(|c| c.seq <= min) {
+                    self.changes.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Apply a commit just written at `pos` as a record of `rec_len` bytes.
+    /// Rows keep the documents' text as staged (no parsed tree); documents
+    /// and keys are moved out of `c`.
+    pub(super) fn apply(
+        &mut self,
+        c: &mut Commit,
+        picks: Vec<(usize, Picks)>,
+        rec_len: usize,
+        pos: RecordPos,
+    ) -> Result<()> {
+        let first = c.first_seq;
+        let mut picks = picks.into_iter().peekable();
+        let events = c
+            .events
+            .iter_mut()
+            .enumerate()
+            .map(|(i, e)| {
+                let seq = first + i as u64;
+                // The staged document itself goes into the row map: only
+                // its sequence number is set (a copy if it is shared).
+                let doc = e.doc.take().map(|mut d| match Arc::get_mut(&mut d) {
+                    Some(m) => {
+                        m.set_seq(seq);
+                        d
+                    }
+                    None => Arc::new(Doc::from_text_unchecked(d.text()).at(seq)),
+                });
+                let picks = match picks.peek() {
+                    Some((at, _)) if *at == i => picks.next().map(|(_, p)| p),
+                    _ => None,
+                };
+                Applied { op: e.op, table: e.table, key: e.key.take(), hkey: None, doc, picks }
+            })
+            .collect();
+        self.apply_events(c.first_seq, c.time_micros, events, pos, rec_len)
+    }
+
+    /// Apply the events of one commit found at `pos` (`rec_len` bytes on disk).
+    pub(super) fn apply_events(
+        &mut self,
+        first_seq: u64,
+        time_micros: i64,
+        events: Vec<Applied>,
+        pos: RecordPos,
+        rec_len: usize,
+    ) -> Result<()> {
+        let share = (rec_len / events.len().max(1)) as u64;
+        let ci = u32::try_from(self.commits.len()).map_err(|_| Error::Query("too many commits".into()))?;
+        let n = events.len() as u64;
+        self.commits.push(CommitMeta { first_seq, len: events.len() as u32, time: time_micros, pos });
+        // A large commit of row changes only, applied live: its history
+        // entries go into the history maps on a thread of their own while
+        // this one updates the rows and the indexes.
+        let plain = n >= PARALLEL_APPLY
+            && self.maintain_indexes
+            && self.open_history.is_none()
+            && events.iter().all(|e| {
+                matches!(e.op, Op::Insert | Op::Patch | Op::SoftDelete)
+                    && e.key.is_some()
+                    && self.tables.contains_key(&e.table)
+            });
+        if plain {
+            let mut work: Vec<HistoryWork> = Vec::new();
+            for (i, e) in events.iter().enumerate() {
+                let Some(k) = &e.key else { continue };
+                let hist = Hist { seq: first_seq + i as u64, op: e.op, commit: ci, idx: i as u32, folded: false };
+                let at = match work.iter().position(|(t, _, _)| *t == e.table) {
+                    Some(at) => at,
+                    None => {
+                        let h = self.tables.get_mut(&e.table).map(|t| std::mem::take(&mut t.history));
+                        work.push((e.table, h.unwrap_or_default(), Vec::with_capacity(events.len())));
+                        work.len() - 1
+                    }
+                };
+                if let Some((_, _, entries)) = work.get_mut(at) {
+                    entries.push((HKey::of(k), hist));
+                }
+            }
+            let fill = |work: &mut Vec<HistoryWork>| {
+                for (_, history, entries) in work.iter_mut() {
+                    for (k, h) in entries.drain(..) {
+                        history.push_key(k, h);
+                    }
+                }
+            };
+            // A panic on either thread is resumed once the maps are back
+            // in their tables (as the serial path would leave them).
+            let (r, filled) = std::thread::scope(|s| {
+                let w = &mut work;
+                let spawned = std::thread::Builder::new().name("driftdb-apply".into()).spawn_scoped(s, || fill(w));
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.apply_rows(first_seq, ci, events, share, true)
+                }));
+                let filled = match spawned {
+                    Ok(h) => Some(h.join()),
+                    Err(_) => None,
+                };
+                (r, filled)
+            });
+            let filled = match filled {
+                Some(f) => f,
+                None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fill(&mut work))),
+            };
+            for (id, history, _) in work {
+                if let Some(t) = self.tables.get_mut(&id) {
+                    t.history = history;
+                }
+            }
+            if let Err(p) = filled {
+                std::panic::resume_unwind(p);
+            }
+            match r {
+                Ok(r) => r?,
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        } else {
+            self.apply_rows(first_seq, ci, events, share, false)?;
+        }
+        self.next_seq = first_seq + n;
+        self.last_time = self.last_time.max(time_micros);
+        Ok(())
+    }
+
+    /// The loop of [`State::apply_events`]: event `i` is at `first_seq + i`
+    /// in commit `ci`; `history_done` when its history entries are recorded
+    /// elsewhere.
+    pub(super) fn apply_rows(
+        &mut self,
+        first_seq: u64,
+        ci: u32,
+        events: Vec<Applied>,
+        share: u64,
+        history_done: bool,
+    ) -> Result<()> {
+        for (i, e) in events.into_iter().enumerate() {
+            let seq = first_seq + i as u64;
+            if e.op == Op::CreateTable {
+                let v = e.doc.as_ref().map_or(Value::Null, |d| d.to_value());
+                let mut def: TableDef = serde_json::from_value(v)
+                    .map_err(|err| Error::Query(format!("bad table definition at seq {seq}: {err}")))?;
+                def.id = e.table;
+                def.created_seq = seq;
+                self.names.insert(def.name.clone(), def.id);
+                let t = self.tables.entry(e.table).or_default();
+                t.schema.push((seq, def.clone()));
+                self.defs.insert(def.id, def);
+                for f in &self.defs[&e.table].indexes {
+                    t.indexes.entry(f.clone()).or_default();
+                }
+                self.next_table_id = self.next_table_id.max(e.table + 1);
+                continue;
+            }
+            if e.op == Op::Compact {
+                let h = e.doc.as_ref().and_then(|d| d.get("horizon")).and_then(Value::as_u64).unwrap_or(0);
+                if let Some(t) = self.tables.get_mut(&e.table) {
+                    t.horizon = t.horizon.max(h);
+                }
+                continue;
+            }
+            if e.op == Op::Folded {
+                continue;
+            }
+            if e.op == Op::Alter {
+                let v = e.doc.as_ref().map_or(Value::Null, |d| d.to_value());
+                let alter: Alter = serde_json::from_value(v)
+                    .map_err(|err| Error::Query(format!("bad schema change at seq {seq}: {err}")))?;
+                let (Some(def), Some(t)) = (self.defs.get_mut(&e.table), self.tables.get_mut(&e.table)) else {
+                    return Err(Error::Query(format!("schema change at seq {seq} names an unknown table")));
+                };
+                alter.apply_def(def).map_err(|m| Error::Query(format!("schema change at seq {seq}: {m}")))?;
+                t.schema.push((seq, def.clone()));
+                t.alters.push((seq, alter.clone()));
+                match &alter {
+                    Alter::DropColumn { column } | Alter::DropIndex { column } => {
+                        t.indexes.remove(column);
+                    }
+                    Alter::CreateIndex { column: c }
+                    | Alter::AddColumn { column: c, default: Some(_) }
+                    | Alter::RenameColumn { to: c, .. } => {
+                        let column = c;
+                        // A rename's index is built anew: rows that had the
+                        // new name already keep their own value.
+                        let renamed = match &alter {
+                            Alter::RenameColumn { column: from, .. } => t.indexes.remove(from).is_some(),
+                            _ => false,
+                        };
+                        if matches!(alter, Alter::CreateIndex { .. }) || renamed || t.indexes.contains_key(column) {
+                            // While opening, indexes are built once the replay is over.
+                            let pre = self
+                                .prebuilt
+                                .iter()
+                                .position(|p| p.table == e.table && p.seq == seq && p.column == *column)
+                                .map(|i| self.prebuilt.swap_remove(i));
+                            let ix = match pre {
+                                _ if !self.maintain_indexes => Index::default(),
+                                Some(mut p) => {
+                                    for k in p.skip {
+                                        if let Some(d) = t.rows.get(&k) {
+                                            p.index.add_value(t.view_field(d, column).as_ref(), &k);
+                                        }
+                                    }
+                                    p.index
+                                }
+                                None => t.build_index(column),
+                            };
+                            t.indexes.insert(column.clone(), ix);
+                        }
+                    }
+                    Alter::AddColumn { default: None, .. } => {}
+                }
+                continue;
+            }
+            let Some(t) = self.tables.get_mut(&e.table) else {
+                return Err(Error::Query(format!("event at seq {seq} names an unknown table")));
+            };
+            let hist = Hist { seq, op: e.op, commit: ci, idx: i as u32, folded: false };
+            if self.rows_from.get(&e.table).is_some_and(|from| seq <= *from) {
+                // Opening: the row's state is in the table's snapshot.
+                match (e.hkey, &e.key) {
+                    (Some(h), _) => push_history(&mut self.open_history, &mut t.history, e.table, h, hist),
+                    (None, Some(k)) => push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(k), hist),
+                    (None, None) => return Err(Error::Query(format!("event at seq {seq} has no key"))),
+                }
+                continue;
+            }
+            let Some(key) = e.key else {
+                return Err(Error::Query(format!("event at seq {seq} has no key")));
+            };
+            t.since_events += 1;
+            t.since_bytes += share;
+            let new = match e.op {
+                Op::Insert | Op::Patch => Some(e.doc.unwrap_or_else(|| Arc::new(Doc::from_value(Value::Null).at(seq)))),
+                _ => None,
+            };
+            if let Some(open_rows) = self.open_rows.as_mut() {
+                // Opening (no index is maintained, no transaction is open).
+                let hk = HKey::of(&key);
+                // The snapshot's row, if it has one, is gone.
+                if new.is_none()
+                    && self.rows_from.contains_key(&e.table)
+                    && let Some(gone) = self.open_deleted.as_mut()
+                {
+                    gone.entry(e.table).or_default().insert(key.clone());
+                }
+                let writes = open_rows.entry(e.table).or_default();
+                writes.push((key, new));
+                // Superseded writes are dropped now and then, so that a log
+                // that rewrites the same rows does not pile them all up.
+                if writes.len() >= 1 << 20 && writes.len().is_power_of_two() {
+                    settle_writes(writes);
+                }
+                if !history_done {
+                    push_history(&mut self.open_history, &mut t.history, e.table, hk, hist);
+                }
+                continue;
+            }
+            // One lookup; the key moves into the row map (or is dropped for a
+            // delete), its other uses borrow it.
+            let maintain = self.maintain_indexes;
+            let mut picks = e.picks;
+            let keep = !self.active.is_empty();
+            let mut change = None;
+            let mut changed = |k: &Pk, old: Option<&Arc<Doc>>, new: Option<&Arc<Doc>>| {
+                if keep {
+                    change = Some(Change { seq, table: e.table, key: k.clone(), old: old.cloned(), new: new.cloned() });
+                }
+            };
+            match (t.rows.entry(key), new) {
+                (Entry::Vacant(v), new) => {
+                    if new.is_none()
+                        && self.rows_from.contains_key(&e.table)
+                        && let Some(gone) = self.open_deleted.as_mut()
+                    {
+                        gone.entry(e.table).or_default().insert(v.key().clone());
+                    }
+                    if maintain {
+                        reindex(&mut t.indexes, &t.alters, v.key(), None, new.as_ref(), picks.take());
+                    }
+                    changed(v.key(), None, new.as_ref());
+                    if !history_done {
+                        push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(v.key()), hist);
+                    }
+                    if let Some(d) = new {
+                        v.insert(d);
+                    }
+                }
+                (Entry::Occupied(mut o), Some(d)) => {
+                    let old = o.insert(d.clone());
+                    if maintain {
+                        reindex(&mut t.indexes, &t.alters, o.key(), Some(&old), Some(&d), picks.take());
+                    }
+                    changed(o.key(), Some(&old), Some(&d));
+                    if !history_done {
+                        push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(o.key()), hist);
+                    }
+                }
+                (Entry::Occupied(o), None) => {
+                    let (k, old) = o.remove_entry();
+                    if self.rows_from.contains_key(&e.table)
+                        && let Some(gone) = self.open_deleted.as_mut()
+                    {
+                        gone.entry(e.table).or_default().insert(k.clone());
+                    }
+                    if maintain {
+                        reindex(&mut t.indexes, &t.alters, &k, Some(&old), None, None);
+                    }
+                    changed(&k, Some(&old), None);
+                    if !history_done {
+                        push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(&k), hist);
+                    }
+                }
+            }
+            if let Some(c) = change {
+                self.changes.push_back(c);
+            }
+        }
+        Ok(())
+    }
+
+    /// Replace table `id`'s history at or before `h` by one folded entry per
+    /// row live at `h` (the keys of the horizon snapshot).
+    pub(super) fn fold_history<'k>(&mut self, id: u32, h: u64, live_at_h: impl Iterator<Item = &'k Pk>) {
+        let ci = self.commits.partition_point(|c| c.first_seq <= h).saturating_sub(1) as u32;
+        let Some(t) = self.tables.get_mut(&id) else { return };
+        for hist in t.history.values_mut() {
+            hist.to_vec_mut().retain(|e| e.seq > h);
+        }
+        for k in live_at_h {
+            t.history
+                .entry(k)
+                .to_vec_mut()
+                .insert(0, Hist { seq: h, op: Op::Insert, commit: ci, idx: 0, folded: true });
+        }
+        t.history.retain_nonempty();
+        t.snapshots.retain(|(s, _)| *s >= h);
+    }
+}
+
+/// One event as [`State::apply_events`] takes it.
+pub(super) struct Applied {
+    pub(super) op: Op,
+    pub(super) table: u32,
+    pub(super) key: Option<Pk>,
+    /// The key as the history map holds it, for an event replayed at open
+    /// whose row comes from a snapshot (no [`Pk`] is made for it).
+    pub(super) hkey: Option<HKey>,
+    pub(super) doc: Option<Arc<Doc>>,
+    /// Its indexed fields, picked when it was staged.
+    pub(super) picks: Option<Picks>,
+}
