@@ -332,7 +332,7 @@ impl Db {
     pub(crate) fn select_current(&self, st: &State, id: u32, sel: &Select) -> Result<Vec<Value>> {
         let Some(t) = st.tables.get(&id) else { return crate::query::eval::run_select(sel, std::iter::empty()) };
         if let Some(f) = &sel.filter
-            && let Some(keys) = crate::table::index::plan(f, &t.indexes)
+            && let Some(keys) = crate::query::plan::plan(f, &t.indexes)
         {
             let docs: Vec<Arc<Doc>> = keys.iter().filter_map(|k| t.rows.get(k)).map(|d| t.view(d, u64::MAX)).collect();
             return crate::query::eval::run_select(sel, docs.into_iter());

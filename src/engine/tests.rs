@@ -13,7 +13,7 @@ fn rows_read_at_open_are_checked_and_indexed() {
     check_rows_and_index("table \"t\"", &mut t, &[], Vec::new()).unwrap();
     let ix = &t.indexes["s"];
     assert_eq!(ix.len(), 3);
-    let hits = ix.candidates(crate::query::ast::CmpOp::Eq, &Value::from("v1")).unwrap();
+    let hits = ix.candidates(crate::table::index::Probe::Eq, &Value::from("v1")).unwrap();
     assert_eq!(hits.len(), 1667);
     assert!(hits.iter().all(|k| matches!(k, Pk::Int(i) if i % 3 == 1)));
 
@@ -112,7 +112,7 @@ fn reopened_with_snapshot(picked: Option<&[Option<IKey>]>) -> Db {
 fn hits(db: &Db, v: &str) -> usize {
     let r = db.read();
     let t = &r.tables[&r.table("t").unwrap().id];
-    t.indexes["s"].candidates(crate::query::ast::CmpOp::Eq, &Value::from(v)).map_or(0, |h| h.len())
+    t.indexes["s"].candidates(crate::table::index::Probe::Eq, &Value::from(v)).map_or(0, |h| h.len())
 }
 
 #[test]

@@ -4,7 +4,6 @@
 //! index can only narrow a scan, never change its answer.
 
 use super::Pk;
-use crate::query::ast::{CmpOp, Expr};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -124,8 +123,10 @@ impl Index {
         }
     }
 
-    /// Candidate keys for `field op lit`, or `None` if the index cannot help.
-    pub fn candidates(&self, op: CmpOp, lit: &Value) -> Option<BTreeSet<Pk>> {
+    /// Keys of the rows whose value is `lit` ([`Probe::Eq`]), or of `lit`'s
+    /// type and at most / at least `lit`; `None` if `lit` is not indexable.
+    /// (Bounds are inclusive: the caller re-checks a strict comparison.)
+    pub fn candidates(&self, probe: Probe, lit: &Value) -> Option<BTreeSet<Pk>> {
         let k = ikey(lit)?;
         let (type_lo, type_hi) = match &k {
             IKey::Bool(_) => (IKey::Bool(false), Bound::Included(IKey::Bool(true))),
@@ -133,37 +134,28 @@ impl Index {
             IKey::Str(_) => (IKey::Str("".into()), Bound::Unbounded),
         };
         let mut out = BTreeSet::new();
-        match op {
-            CmpOp::Eq => {
+        match probe {
+            Probe::Eq => {
                 if let Some(s) = self.map.get(&k) {
                     out.extend(s.iter().cloned());
                 }
             }
-            CmpOp::Lt | CmpOp::Le => self.range(Bound::Included(type_lo), Bound::Included(k), &mut out),
-            CmpOp::Gt | CmpOp::Ge => self.range(Bound::Included(k), type_hi, &mut out),
-            CmpOp::Ne => return None,
+            Probe::AtMost => self.range(Bound::Included(type_lo), Bound::Included(k), &mut out),
+            Probe::AtLeast => self.range(Bound::Included(k), type_hi, &mut out),
         }
         Some(out)
     }
 }
 
-/// Candidate keys for a `WHERE` from the first top-level conjunct an index
-/// can answer (`=`, `IN`, `<`, `<=`, `>`, `>=` on an indexed field), or
-/// `None` when no index applies.
-pub fn plan(e: &Expr, indexes: &BTreeMap<String, Index>) -> Option<BTreeSet<Pk>> {
-    match e {
-        Expr::And(a, b) => plan(a, indexes).or_else(|| plan(b, indexes)),
-        Expr::Cmp(p, op, lit) if p.len() == 1 => indexes.get(&p[0])?.candidates(*op, lit),
-        Expr::In(p, lits) if p.len() == 1 => {
-            let ix = indexes.get(&p[0])?;
-            let mut out = BTreeSet::new();
-            for l in lits {
-                out.extend(ix.candidates(CmpOp::Eq, l)?);
-            }
-            Some(out)
-        }
-        _ => None,
-    }
+/// What an index lookup asks for (see [`Index::candidates`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Rows whose value equals the literal.
+    Eq,
+    /// Rows whose value is of the literal's type and at most it.
+    AtMost,
+    /// Rows whose value is of the literal's type and at least it.
+    AtLeast,
 }
 
 #[cfg(test)]
