@@ -461,31 +461,7 @@ impl Store {
     /// replacement and the new position of every record, in order.
     pub fn reencrypt_file(&self, file_id: u64) -> Result<(u64, Vec<RecordPos>)> {
         self.audit_prepare()?;
-        let info = self
-            .files()
-            .into_iter()
-            .find(|f| f.file_id == file_id)
-            .ok_or_else(|| Error::NotFound(format!("file {file_id:016x}")))?;
-        if !matches!(info.state, FileState::Sealed { .. })
-            || self.lock_inner().writers.values().any(|w| w.header.file_id == file_id)
-        {
-            return Err(Error::InvalidArgument(format!("{} is still being written", info.name)));
-        }
-        let mut b = {
-            let mut guard = self.lock_inner();
-            let inner = &mut *guard;
-            let (writer, entry, path) =
-                self.new_file(inner, info.kind, info.stream, info.ordinal, info.meta.clone(), true)?;
-            FileBuilder::new(self, writer, entry, path)
-        };
-        let positions = b.with_write_behind(|b| {
-            let mut positions = Vec::new();
-            self.read_file(file_id, |_, rec| {
-                positions.push(b.append(rec)?);
-                Ok(())
-            })?;
-            Ok(positions)
-        })?;
+        let SealedCopy { info, builder: b, positions, .. } = self.copy_sealed(file_id, |_| Ok(None))?;
         let pending = b.finish()?;
         let new_id = pending.file_id();
         let len = info.state.sealed_len();
