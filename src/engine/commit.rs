@@ -428,4 +428,59 @@ impl Db {
     pub fn soft_delete(&self, table: &str, key: &Pk) -> Result<u64> {
         self.write(|w| w.soft_delete(table, key))
     }
+
+    /// The indexes the schema changes of `commit` (about to apply) will
+    /// build, built now from the current rows under the read lock (the
+    /// caller, the group-commit leader, keeps every other writer out).
+    pub(super) fn prebuild_indexes(&self, commit: &Commit) -> Vec<Prebuilt> {
+        let st = self.read();
+        let mut out = Vec::new();
+        // Indexed columns per table as the commit's earlier changes leave them.
+        let mut indexed: FastMap<u32, Vec<String>> = FastMap::default();
+        for (i, e) in commit.events.iter().enumerate() {
+            if e.op != Op::Alter {
+                continue;
+            }
+            let Some(Ok(alter)) = e.doc.as_ref().map(|d| serde_json::from_value::<Alter>(d.to_value())) else {
+                continue;
+            };
+            let Some(t) = st.tables.get(&e.table) else { continue };
+            let cols = indexed.entry(e.table).or_insert_with(|| t.indexes.keys().cloned().collect());
+            let effect = alter.index_effect(|c| cols.iter().any(|x| x == c));
+            if let Some(d) = effect.drop {
+                cols.retain(|c| c != d);
+            }
+            let Some(column) = effect.rebuild else { continue };
+            if !cols.iter().any(|c| c == column) {
+                cols.push(column.to_string());
+            }
+            // The commit's changes before this one: rows it writes are
+            // indexed as the change applies; its schema changes apply here.
+            let before = &commit.events[..i];
+            let skip: FastSet<&Pk> =
+                before.iter().filter(|x| x.table == e.table).filter_map(|x| x.key.as_ref()).collect();
+            let alters: Vec<(u64, Alter)> = before
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.table == e.table && x.op == Op::Alter)
+                .filter_map(|(j, x)| {
+                    Some((commit.first_seq + j as u64, serde_json::from_value(x.doc.as_ref()?.to_value()).ok()?))
+                })
+                .chain(std::iter::once((commit.first_seq + i as u64, alter.clone())))
+                .collect();
+            let index = Index::from_pairs(t.rows.iter().filter(|(k, _)| !skip.contains(k)).map(|(k, d)| {
+                let mut v = t.view_value(d, u64::MAX);
+                apply_between(&alters, 0, u64::MAX, &mut v);
+                (v.get(column).cloned(), k.clone())
+            }));
+            out.push(Prebuilt {
+                table: e.table,
+                seq: commit.first_seq + i as u64,
+                column: column.to_string(),
+                index,
+                skip: skip.into_iter().cloned().collect(),
+            });
+        }
+        out
+    }
 }

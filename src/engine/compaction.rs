@@ -138,17 +138,7 @@ impl Db {
                 Ok(changed.then(|| c.encode()))
             })?;
             if let Some(positions) = rewritten {
-                let mut st = self.s.state.write().unwrap_or_else(|p| p.into_inner());
-                let mut idx: Vec<usize> =
-                    (0..st.commits.len()).filter(|i| st.commits[*i].pos.file_id == f.file_id).collect();
-                idx.sort_by_key(|i| st.commits[*i].pos.offset);
-                if idx.len() != positions.len() {
-                    return Err(Error::corrupted(&f.name, 0, "rewritten segment holds a different number of commits"));
-                }
-                for (i, p) in idx.into_iter().zip(positions) {
-                    st.commits[i].pos = p;
-                }
-                drop(st);
+                self.write_state().remap_commits(f.file_id, &f.name, &positions)?;
                 let mut cache = self.s.cache.lock().unwrap_or_else(|p| p.into_inner());
                 cache.map.clear();
                 cache.bytes = 0;

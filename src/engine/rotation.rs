@@ -180,7 +180,7 @@ impl Db {
             r => r?,
         };
         let r = match f.kind {
-            FileKind::Segment | FileKind::Wal => self.remap_commits(f.file_id, &f.name, &positions),
+            FileKind::Segment | FileKind::Wal => self.write_state().remap_commits(f.file_id, &f.name, &positions),
             FileKind::Snapshot => {
                 let mut st = self.write_state();
                 for t in st.tables.values_mut() {
@@ -196,19 +196,5 @@ impl Db {
         };
         self.s.store.release(f.file_id);
         r
-    }
-
-    /// Point the commits stored in file `old` at their positions in its rewrite.
-    pub(super) fn remap_commits(&self, old: u64, name: &str, positions: &[RecordPos]) -> Result<()> {
-        let mut st = self.write_state();
-        let mut idx: Vec<usize> = (0..st.commits.len()).filter(|i| st.commits[*i].pos.file_id == old).collect();
-        idx.sort_by_key(|i| st.commits[*i].pos.offset);
-        if idx.len() != positions.len() {
-            return Err(Error::corrupted(name, 0, "rewritten file holds a different number of commits"));
-        }
-        for (i, p) in idx.into_iter().zip(positions) {
-            st.commits[i].pos = *p;
-        }
-        Ok(())
     }
 }

@@ -194,6 +194,20 @@ pub(crate) struct Prebuilt {
 }
 
 impl State {
+    /// Point the commits stored in file `old` at their positions in its
+    /// rewrite (`positions`, in file order).
+    pub(super) fn remap_commits(&mut self, old: u64, name: &str, positions: &[RecordPos]) -> Result<()> {
+        let mut idx: Vec<usize> = (0..self.commits.len()).filter(|i| self.commits[*i].pos.file_id == old).collect();
+        idx.sort_by_key(|i| self.commits[*i].pos.offset);
+        if idx.len() != positions.len() {
+            return Err(Error::corrupted(name, 0, "rewritten file holds a different number of commits"));
+        }
+        for (i, p) in idx.into_iter().zip(positions) {
+            self.commits[i].pos = *p;
+        }
+        Ok(())
+    }
+
     pub(crate) fn table(&self, name: &str) -> Result<&TableDef> {
         self.names
             .get(name)
@@ -400,43 +414,30 @@ impl State {
                 alter.apply_def(def).map_err(|m| Error::Query(format!("schema change at seq {seq}: {m}")))?;
                 t.schema.push((seq, def.clone()));
                 t.alters.push((seq, alter.clone()));
-                match &alter {
-                    Alter::DropColumn { column } | Alter::DropIndex { column } => {
-                        t.indexes.remove(column);
-                    }
-                    Alter::CreateIndex { column: c }
-                    | Alter::AddColumn { column: c, default: Some(_) }
-                    | Alter::RenameColumn { to: c, .. } => {
-                        let column = c;
-                        // A rename's index is built anew: rows that had the
-                        // new name already keep their own value.
-                        let renamed = match &alter {
-                            Alter::RenameColumn { column: from, .. } => t.indexes.remove(from).is_some(),
-                            _ => false,
-                        };
-                        if matches!(alter, Alter::CreateIndex { .. }) || renamed || t.indexes.contains_key(column) {
-                            // While opening, indexes are built once the replay is over.
-                            let pre = self
-                                .prebuilt
-                                .iter()
-                                .position(|p| p.table == e.table && p.seq == seq && p.column == *column)
-                                .map(|i| self.prebuilt.swap_remove(i));
-                            let ix = match pre {
-                                _ if !self.maintain_indexes => Index::default(),
-                                Some(mut p) => {
-                                    for k in p.skip {
-                                        if let Some(d) = t.rows.get(&k) {
-                                            p.index.add_value(t.view_field(d, column).as_ref(), &k);
-                                        }
-                                    }
-                                    p.index
+                let effect = alter.index_effect(|c| t.indexes.contains_key(c));
+                if let Some(c) = effect.drop {
+                    t.indexes.remove(c);
+                }
+                if let Some(column) = effect.rebuild {
+                    // While opening, indexes are built once the replay is over.
+                    let pre = self
+                        .prebuilt
+                        .iter()
+                        .position(|p| p.table == e.table && p.seq == seq && p.column == column)
+                        .map(|i| self.prebuilt.swap_remove(i));
+                    let ix = match pre {
+                        _ if !self.maintain_indexes => Index::default(),
+                        Some(mut p) => {
+                            for k in p.skip {
+                                if let Some(d) = t.rows.get(&k) {
+                                    p.index.add_value(t.view_field(d, column).as_ref(), &k);
                                 }
-                                None => t.build_index(column),
-                            };
-                            t.indexes.insert(column.clone(), ix);
+                            }
+                            p.index
                         }
-                    }
-                    Alter::AddColumn { default: None, .. } => {}
+                        None => t.build_index(column),
+                    };
+                    t.indexes.insert(column.to_string(), ix);
                 }
                 continue;
             }

@@ -64,7 +64,45 @@ pub enum Alter {
     },
 }
 
+/// What a schema change does to a table's secondary indexes
+/// ([`Alter::index_effect`]): first the index on `drop` goes, then the index
+/// on `rebuild` is built anew from the rows, read through the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEffect<'a> {
+    /// The column whose index goes away.
+    pub drop: Option<&'a str>,
+    /// The column whose index is built from the rows.
+    pub rebuild: Option<&'a str>,
+}
+
 impl Alter {
+    /// What this change does to the indexes, given which columns are indexed
+    /// before it: `DROP COLUMN` and `DROP INDEX` drop the column's index;
+    /// `CREATE INDEX` builds one; `ADD COLUMN ... DEFAULT` rebuilds an index on
+    /// the column (rows without it now read the default); `RENAME COLUMN a TO
+    /// b` drops `a`'s index and, if `a` or `b` was indexed, builds `b`'s anew
+    /// (rows that had `b` already keep their own value).
+    pub fn index_effect(&self, indexed: impl Fn(&str) -> bool) -> IndexEffect<'_> {
+        let none = IndexEffect { drop: None, rebuild: None };
+        match self {
+            Alter::DropColumn { column } | Alter::DropIndex { column } => {
+                IndexEffect { drop: Some(column), rebuild: None }
+            }
+            Alter::CreateIndex { column } => IndexEffect { drop: None, rebuild: Some(column) },
+            Alter::AddColumn { column, default: Some(_) } if indexed(column) => {
+                IndexEffect { drop: None, rebuild: Some(column) }
+            }
+            Alter::AddColumn { .. } => none,
+            Alter::RenameColumn { column, to } => {
+                let had = indexed(column);
+                IndexEffect {
+                    drop: had.then_some(column.as_str()),
+                    rebuild: (had || indexed(to)).then_some(to.as_str()),
+                }
+            }
+        }
+    }
+
     /// Whether this change changes how documents read.
     pub fn changes_documents(&self) -> bool {
         matches!(
@@ -283,5 +321,23 @@ mod tests {
         let mut d = json!({"tier": null});
         apply_between(&alters, 0, 10, &mut d);
         assert_eq!(d, json!({"tier": "free"}));
+    }
+
+    #[test]
+    fn which_change_rebuilds_which_index() {
+        let indexed = |cols: &'static [&'static str]| move |c: &str| cols.contains(&c);
+        let a = |s: &str| Alter::DropColumn { column: s.into() };
+        assert_eq!(a("x").index_effect(indexed(&["x"])), IndexEffect { drop: Some("x"), rebuild: None });
+        let c = Alter::CreateIndex { column: "y".into() };
+        assert_eq!(c.index_effect(indexed(&[])), IndexEffect { drop: None, rebuild: Some("y") });
+        let d = Alter::AddColumn { column: "y".into(), default: Some(Value::from(1)) };
+        assert_eq!(d.index_effect(indexed(&["y"])).rebuild, Some("y"));
+        assert_eq!(d.index_effect(indexed(&[])).rebuild, None, "no index on the column: nothing to rebuild");
+        let n = Alter::AddColumn { column: "y".into(), default: None };
+        assert_eq!(n.index_effect(indexed(&["y"])), IndexEffect { drop: None, rebuild: None });
+        let r = Alter::RenameColumn { column: "a".into(), to: "b".into() };
+        assert_eq!(r.index_effect(indexed(&["a"])), IndexEffect { drop: Some("a"), rebuild: Some("b") });
+        assert_eq!(r.index_effect(indexed(&["b"])), IndexEffect { drop: None, rebuild: Some("b") });
+        assert_eq!(r.index_effect(indexed(&[])), IndexEffect { drop: None, rebuild: None });
     }
 }
