@@ -112,6 +112,10 @@ pub enum Error {
     /// The store was opened read-only.
     #[error("the database was opened read-only")]
     ReadOnly,
+    /// An invariant of DriftDB's own code was broken: a bug, never bad input
+    /// (which gets one of the other variants). Nothing more was written.
+    #[error("internal error (a bug in DriftDB; please report it): {0}")]
+    Internal(String),
     /// A transaction conflicted with one that committed after it began;
     /// nothing of it was written. Retrying it may succeed.
     #[error("transaction conflict (retry the transaction): {0}")]
@@ -139,7 +143,8 @@ impl Error {
             | Error::AlreadyExists(_)
             | Error::ReadOnly
             | Error::Query(_)
-            | Error::Constraint(_) => 1,
+            | Error::Constraint(_)
+            | Error::Internal(_) => 1,
         }
     }
 

@@ -2,6 +2,23 @@
 
 use super::*;
 
+/// The `SELECT` of `query()` (on a database or a transaction).
+pub(super) fn select_of(driftql: &str) -> Result<Select> {
+    match crate::query::parse_one(driftql)? {
+        Stmt::Select(sel) => Ok(sel),
+        _ => Err(Error::Query("query() runs a SELECT; use execute() for other statements".into())),
+    }
+}
+
+/// Result rows deserialized into the caller's type.
+pub(super) fn rows_as<T: serde::de::DeserializeOwned>(rows: Vec<Value>) -> Result<Vec<T>> {
+    rows.into_iter()
+        .map(|v| {
+            serde_json::from_value(v).map_err(|e| Error::Query(format!("row does not fit the requested type: {e}")))
+        })
+        .collect()
+}
+
 /// The outcome of an `EXPECT` whose query returned `got`.
 pub(super) fn expect_outcome(stmt: &Stmt, got: Value, op: crate::query::ast::CmpOp, value: &Value) -> Result<Outcome> {
     if crate::query::eval::compare(&got, op, value) {
@@ -14,47 +31,13 @@ pub(super) fn expect_outcome(stmt: &Stmt, got: Value, op: crate::query::ast::Cmp
 impl Db {
     /// Run a DriftQL query and deserialize its rows.
     pub fn query<T: serde::de::DeserializeOwned>(&self, driftql: &str) -> Result<Vec<T>> {
-        let stmt = crate::query::parse_one(driftql)?;
-        let Stmt::Select(sel) = stmt else {
-            return Err(Error::Query("query() runs a SELECT; use execute() for other statements".into()));
-        };
-        self.select(&sel)?
-            .into_iter()
-            .map(|v| {
-                serde_json::from_value(v).map_err(|e| Error::Query(format!("row does not fit the requested type: {e}")))
-            })
-            .collect()
+        rows_as(self.select(&select_of(driftql)?)?)
     }
 
     /// Execute one statement (outside any transaction: `BEGIN`, `COMMIT` and
     /// `ROLLBACK` belong in a script run by [`Db::execute`]).
     pub fn execute_stmt(&self, stmt: &Stmt) -> Result<Outcome> {
-        Ok(match stmt {
-            Stmt::Begin(_) | Stmt::Commit | Stmt::Rollback => {
-                return Err(Error::Query(format!(
-                    "{stmt} is only valid in a script (Db::execute) or through Db::begin"
-                )));
-            }
-            Stmt::CreateTable { name, pk, indexes } => {
-                let idx: Vec<&str> = indexes.iter().map(String::as_str).collect();
-                Outcome::Committed(self.create_table(name, pk, &idx)?)
-            }
-            Stmt::Insert { table, doc } => Outcome::Committed(self.insert(table, Value::Object(doc.clone()))?),
-            Stmt::Patch { table, key, set } => Outcome::Committed(self.patch(table, key, set.clone())?),
-            Stmt::SoftDelete { table, key } => Outcome::Committed(self.soft_delete(table, key)?),
-            Stmt::Select(sel) => Outcome::Rows(self.select(sel)?),
-            Stmt::ShowTables => Outcome::Tables(self.tables()),
-            Stmt::Describe { table, as_of: None } => Outcome::Tables(vec![self.describe(table)?]),
-            Stmt::Describe { table, as_of: Some(a) } => Outcome::Tables(vec![self.describe_at(table, a)?]),
-            Stmt::Alter { table, alter } => Outcome::Committed(self.write(|t| t.alter(table, alter.clone()))?),
-            Stmt::Expect { query, op, value } => {
-                let got = crate::query::eval::single_value(&self.select(query)?)?;
-                expect_outcome(stmt, got, *op, value)?
-            }
-            Stmt::ShowDrift { table, key } => Outcome::Drift(self.history(table, key)?),
-            Stmt::Snapshot { table } => Outcome::Snapshot(self.snapshot(table)?),
-            Stmt::Compact { table, before } => Outcome::Compacted(self.compact(table, before.as_ref())?),
-        })
+        self.run(None, stmt)
     }
 
     /// Execute a script. Outside a transaction each write statement is its
@@ -127,38 +110,69 @@ impl Db {
 
     /// One statement inside a script's transaction.
     pub(crate) fn execute_in(&self, t: &mut Txn<'_>, s: &Stmt) -> Result<Outcome> {
-        Ok(match s {
-            Stmt::CreateTable { name, pk, indexes } => {
-                let idx: Vec<&str> = indexes.iter().map(String::as_str).collect();
-                t.create_table(name, pk, &idx)?;
-                Outcome::Staged
+        self.run(Some(t), s)
+    }
+
+    /// The statement interpreter: against the database itself (`txn`
+    /// `None`: each write is its own commit) or inside a transaction (writes
+    /// are staged; `SHOW DRIFT`, `SHOW TABLES` and `DESCRIBE ... AS OF` read
+    /// committed data; `SNAPSHOT` and `COMPACT` are refused).
+    fn run(&self, txn: Option<&mut Txn<'_>>, stmt: &Stmt) -> Result<Outcome> {
+        if let Some(op) = write_op(stmt) {
+            return match txn {
+                Some(t) => t.stage(op).map(|()| Outcome::Staged),
+                None => self.write(|t| t.stage(op)).map(Outcome::Committed),
+            };
+        }
+        let mut txn = txn;
+        let select = |txn: &mut Option<&mut Txn<'_>>, sel: &Select| match txn {
+            Some(t) => t.select(sel),
+            None => self.select(sel),
+        };
+        Ok(match stmt {
+            Stmt::Begin(_) | Stmt::Commit | Stmt::Rollback => {
+                return Err(Error::Query(format!(
+                    "{stmt} is only valid in a script (Db::execute) or through Db::begin"
+                )));
             }
-            Stmt::Insert { table, doc } => {
-                t.insert(table, Value::Object(doc.clone()))?;
-                Outcome::Staged
+            Stmt::Snapshot { .. } | Stmt::Compact { .. } if txn.is_some() => {
+                return Err(Error::Query(format!("{stmt} is not allowed inside a transaction")));
             }
-            Stmt::Patch { table, key, set } => {
-                t.patch(table, key, set.clone())?;
-                Outcome::Staged
-            }
-            Stmt::SoftDelete { table, key } => {
-                t.soft_delete(table, key)?;
-                Outcome::Staged
-            }
-            Stmt::Select(sel) => Outcome::Rows(t.select(sel)?),
-            Stmt::Alter { table, alter } => {
-                t.alter(table, alter.clone())?;
-                Outcome::Staged
-            }
+            Stmt::Select(sel) => Outcome::Rows(select(&mut txn, sel)?),
             Stmt::Expect { query, op, value } => {
-                let got = crate::query::eval::single_value(&t.select(query)?)?;
-                expect_outcome(s, got, *op, value)?
+                let got = crate::query::eval::single_value(&select(&mut txn, query)?)?;
+                expect_outcome(stmt, got, *op, value)?
             }
-            Stmt::Describe { table, as_of: None } => Outcome::Tables(vec![t.describe(table)?]),
-            Stmt::Snapshot { .. } | Stmt::Compact { .. } => {
-                return Err(Error::Query(format!("{s} is not allowed inside a transaction")));
+            Stmt::Describe { table, as_of: None } => Outcome::Tables(vec![match &txn {
+                Some(t) => t.describe(table)?,
+                None => self.describe(table)?,
+            }]),
+            Stmt::Describe { table, as_of: Some(a) } => Outcome::Tables(vec![self.describe_at(table, a)?]),
+            Stmt::ShowTables => Outcome::Tables(self.tables()),
+            Stmt::ShowDrift { table, key } => Outcome::Drift(self.history(table, key)?),
+            Stmt::Snapshot { table } => Outcome::Snapshot(self.snapshot(table)?),
+            Stmt::Compact { table, before } => Outcome::Compacted(self.compact(table, before.as_ref())?),
+            Stmt::CreateTable { .. }
+            | Stmt::Insert { .. }
+            | Stmt::Patch { .. }
+            | Stmt::SoftDelete { .. }
+            | Stmt::Alter { .. } => {
+                return Err(Error::Internal(format!("{stmt} has no operation to stage")));
             }
-            other => self.execute_stmt(other)?,
         })
     }
+}
+
+/// The operation a write statement stages (`None` for every other statement).
+fn write_op(stmt: &Stmt) -> Option<TxnOp> {
+    Some(match stmt {
+        Stmt::CreateTable { name, pk, indexes } => {
+            TxnOp::CreateTable { name: name.clone(), pk: pk.clone(), indexes: indexes.clone() }
+        }
+        Stmt::Insert { table, doc } => TxnOp::Insert { table: table.clone(), doc: Value::Object(doc.clone()) },
+        Stmt::Patch { table, key, set } => TxnOp::Patch { table: table.clone(), key: key.clone(), set: set.clone() },
+        Stmt::SoftDelete { table, key } => TxnOp::SoftDelete { table: table.clone(), key: key.clone() },
+        Stmt::Alter { table, alter } => TxnOp::Alter { table: table.clone(), alter: alter.clone() },
+        _ => return None,
+    })
 }

@@ -31,7 +31,7 @@ pub(crate) enum Hists {
 
 /// A table's history map, taken out while a commit's entries for it
 /// (in event order) are added on another thread.
-pub(super) type HistoryWork = (u32, RowHistory, Vec<(HKey, Hist)>);
+pub(super) type HistoryWork = (u32, RowHistory, Vec<(Pk, Hist)>);
 
 impl Default for Hists {
     fn default() -> Hists {
@@ -76,52 +76,6 @@ pub(super) fn unreachable_hists() -> ! {
     panic!("history list is not a vector")
 }
 
-/// A row key as the history map holds it: inline when short, so that
-/// building the map (a million entries at open) neither allocates per key
-/// nor follows a pointer to hash or compare one.
-#[derive(Clone, PartialEq, Eq)]
-pub(super) enum HKey {
-    Int(i64),
-    Short(u8, [u8; HKEY_INLINE]),
-    Long(Box<str>),
-}
-
-pub(super) const HKEY_INLINE: usize = 22;
-
-impl std::hash::Hash for HKey {
-    // One write per key, not one per part (equal keys have equal parts).
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        match self {
-            HKey::Int(i) => h.write_i64(*i),
-            HKey::Short(n, b) => {
-                let mut buf = [0u8; HKEY_INLINE + 1];
-                buf[0] = *n;
-                buf[1..].copy_from_slice(b);
-                h.write(&buf)
-            }
-            HKey::Long(s) => h.write(s.as_bytes()),
-        }
-    }
-}
-
-impl HKey {
-    pub(super) fn of(k: &Pk) -> HKey {
-        HKey::of_ref(k.as_key_ref())
-    }
-
-    pub(super) fn of_ref(k: crate::table::KeyRef<'_>) -> HKey {
-        match k {
-            crate::table::KeyRef::Int(i) => HKey::Int(i),
-            crate::table::KeyRef::Str(s) if s.len() <= HKEY_INLINE => {
-                let mut b = [0u8; HKEY_INLINE];
-                b[..s.len()].copy_from_slice(s.as_bytes());
-                HKey::Short(s.len() as u8, b)
-            }
-            crate::table::KeyRef::Str(s) => HKey::Long(s.into()),
-        }
-    }
-}
-
 /// Every row's history, by key, in shards picked by a hash of the key that
 /// is independent of each shard's own: opening a database groups its
 /// history entries by shard first and then builds one shard at a time,
@@ -131,7 +85,7 @@ impl HKey {
 pub(crate) struct RowHistory {
     pub(super) pick: foldhash::quality::RandomState,
     /// Empty until the first entry, then `HIST_SHARDS` maps.
-    pub(super) shards: Vec<FastMap<HKey, Hists>>,
+    pub(super) shards: Vec<FastMap<Pk, Hists>>,
 }
 
 /// Shards of a [`RowHistory`].
@@ -143,36 +97,34 @@ pub(super) const PARALLEL_APPLY: u64 = 256;
 
 impl RowHistory {
     /// The shard of key `k`.
-    pub(super) fn shard_of(&self, k: &HKey) -> usize {
+    pub(super) fn shard_of(&self, k: &Pk) -> usize {
         use std::hash::BuildHasher;
         (self.pick.hash_one(k) >> 56) as usize % HIST_SHARDS
     }
 
     pub(crate) fn get(&self, k: &Pk) -> Option<&Hists> {
-        let k = HKey::of(k);
-        self.shards.get(self.shard_of(&k))?.get(&k)
+        self.shards.get(self.shard_of(k))?.get(k)
     }
 
     /// The shards, made on first use.
-    pub(super) fn shards_mut(&mut self) -> &mut [FastMap<HKey, Hists>] {
+    pub(super) fn shards_mut(&mut self) -> &mut [FastMap<Pk, Hists>] {
         if self.shards.is_empty() {
             self.shards = (0..HIST_SHARDS).map(|_| FastMap::default()).collect();
         }
         &mut self.shards
     }
 
-    pub(super) fn shard_mut(&mut self, k: &HKey) -> &mut FastMap<HKey, Hists> {
+    pub(super) fn shard_mut(&mut self, k: &Pk) -> &mut FastMap<Pk, Hists> {
         let i = self.shard_of(k);
         &mut self.shards_mut()[i]
     }
 
-    pub(super) fn push_key(&mut self, k: HKey, h: Hist) {
+    pub(super) fn push_key(&mut self, k: Pk, h: Hist) {
         self.shard_mut(&k).entry(k).or_default().push(h);
     }
 
     pub(super) fn entry(&mut self, k: &Pk) -> &mut Hists {
-        let k = HKey::of(k);
-        self.shard_mut(&k).entry(k).or_default()
+        self.shard_mut(k).entry(k.clone()).or_default()
     }
 
     pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut Hists> {
@@ -192,7 +144,7 @@ impl RowHistory {
 
     /// Add entries that all belong to shard `i` (see [`RowHistory::shard_of`]),
     /// in the order of their events.
-    pub(super) fn fill_shard(&mut self, i: usize, entries: Vec<(HKey, Hist)>) {
+    pub(super) fn fill_shard(&mut self, i: usize, entries: Vec<(Pk, Hist)>) {
         if entries.is_empty() {
             return;
         }
@@ -207,10 +159,10 @@ impl RowHistory {
 /// Record a history entry: in the table's map, or, while opening, in the
 /// batch for the thread that builds the maps.
 pub(super) fn push_history(
-    open: &mut Option<Vec<(u32, HKey, Hist)>>,
+    open: &mut Option<Vec<(u32, Pk, Hist)>>,
     history: &mut RowHistory,
     table: u32,
-    k: HKey,
+    k: Pk,
     h: Hist,
 ) {
     match open {

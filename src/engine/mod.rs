@@ -52,6 +52,7 @@ mod validate;
 
 use batch::*;
 use commit::*;
+use exec::{rows_as, select_of};
 use history::*;
 use open::*;
 use reads::*;

@@ -35,7 +35,7 @@ pub(super) fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec:
         // A row a snapshot covers only needs its history indexed: no key made.
         let covered = st.rows_from.get(&e.table).is_some_and(|from| seq <= *from);
         let (key, hkey) = match e.key {
-            Some(k) if covered => (None, Some(HKey::of_ref(k))),
+            Some(k) if covered => (None, Some(k.to_pk())),
             k => (k.map(crate::table::KeyRef::to_pk), None),
         };
         events.push(Applied { op: e.op, table: e.table, key, hkey, doc, picks: None });
@@ -399,12 +399,12 @@ impl Db {
         };
         // The history maps are built on a third thread, from batches of
         // entries the replay hands it in order.
-        type HistBatch = Vec<(u32, HKey, Hist)>;
+        type HistBatch = Vec<(u32, Pk, Hist)>;
         const HIST_BATCH: usize = 16 * 1024;
         let build_history = move |rx: std::sync::mpsc::Receiver<HistBatch>| {
             // Entries are grouped by table and shard as they come (appends
             // only), and each shard is built once the log is read.
-            type Parts = (RowHistory, Vec<Vec<(HKey, Hist)>>);
+            type Parts = (RowHistory, Vec<Vec<(Pk, Hist)>>);
             let mut parts: FastMap<u32, Parts> = FastMap::default();
             let new_parts = |id: u32| -> Parts {
                 let per_shard = room.get(&id).map_or(0, |n| n / HIST_SHARDS + n / HIST_SHARDS / 8);

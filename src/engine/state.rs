@@ -157,7 +157,7 @@ pub(crate) struct State {
     pub(super) open_rows: Option<FastMap<u32, LogWrites>>,
     /// While opening: history entries not yet handed to the thread that
     /// builds the history maps (see [`Db::open`]).
-    pub(super) open_history: Option<Vec<(u32, HKey, Hist)>>,
+    pub(super) open_history: Option<Vec<(u32, Pk, Hist)>>,
     /// Indexes built for a commit's schema changes before it applies
     /// (without the write lock): see [`Db::prebuild_indexes`].
     pub(super) prebuilt: Vec<Prebuilt>,
@@ -317,7 +317,7 @@ impl State {
                     }
                 };
                 if let Some((_, _, entries)) = work.get_mut(at) {
-                    entries.push((HKey::of(k), hist));
+                    entries.push((k.clone(), hist));
                 }
             }
             let fill = |work: &mut Vec<HistoryWork>| {
@@ -449,7 +449,7 @@ impl State {
                 // Opening: the row's state is in the table's snapshot.
                 match (e.hkey, &e.key) {
                     (Some(h), _) => push_history(&mut self.open_history, &mut t.history, e.table, h, hist),
-                    (None, Some(k)) => push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(k), hist),
+                    (None, Some(k)) => push_history(&mut self.open_history, &mut t.history, e.table, k.clone(), hist),
                     (None, None) => return Err(Error::Query(format!("event at seq {seq} has no key"))),
                 }
                 continue;
@@ -465,7 +465,7 @@ impl State {
             };
             if let Some(open_rows) = self.open_rows.as_mut() {
                 // Opening (no index is maintained, no transaction is open).
-                let hk = HKey::of(&key);
+                let hk = key.clone();
                 // The snapshot's row, if it has one, is gone.
                 if new.is_none()
                     && self.rows_from.contains_key(&e.table)
@@ -509,7 +509,7 @@ impl State {
                     }
                     changed(v.key(), None, new.as_ref());
                     if !history_done {
-                        push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(v.key()), hist);
+                        push_history(&mut self.open_history, &mut t.history, e.table, v.key().clone(), hist);
                     }
                     if let Some(d) = new {
                         v.insert(d);
@@ -522,7 +522,7 @@ impl State {
                     }
                     changed(o.key(), Some(&old), Some(&d));
                     if !history_done {
-                        push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(o.key()), hist);
+                        push_history(&mut self.open_history, &mut t.history, e.table, o.key().clone(), hist);
                     }
                 }
                 (Entry::Occupied(o), None) => {
@@ -537,7 +537,7 @@ impl State {
                     }
                     changed(&k, Some(&old), None);
                     if !history_done {
-                        push_history(&mut self.open_history, &mut t.history, e.table, HKey::of(&k), hist);
+                        push_history(&mut self.open_history, &mut t.history, e.table, k.clone(), hist);
                     }
                 }
             }
@@ -574,7 +574,7 @@ pub(super) struct Applied {
     pub(super) key: Option<Pk>,
     /// The key as the history map holds it, for an event replayed at open
     /// whose row comes from a snapshot (no [`Pk`] is made for it).
-    pub(super) hkey: Option<HKey>,
+    pub(super) hkey: Option<Pk>,
     pub(super) doc: Option<Arc<Doc>>,
     /// Its indexed fields, picked when it was staged.
     pub(super) picks: Option<Picks>,

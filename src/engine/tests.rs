@@ -26,7 +26,7 @@ fn rows_read_at_open_are_checked_and_indexed() {
 
 #[test]
 fn history_keys_of_every_length_around_the_inline_limit_stay_distinct() {
-    let mut keys: Vec<Pk> = (0..=HKEY_INLINE + 2).map(|n| Pk::Str("k".repeat(n).into())).collect();
+    let mut keys: Vec<Pk> = (0..=crate::table::event::KEY_INLINE + 2).map(|n| Pk::Str("k".repeat(n).into())).collect();
     // Same bytes up to the padding, and a key that is all padding.
     keys.push(Pk::Str("k\0".into()));
     keys.push(Pk::Str("\0".into()));
@@ -34,10 +34,7 @@ fn history_keys_of_every_length_around_the_inline_limit_stay_distinct() {
     let mut h = RowHistory::default();
     for (i, k) in keys.iter().enumerate() {
         for j in 0..=i {
-            h.push_key(
-                HKey::of(k),
-                Hist { seq: (i * 100 + j) as u64, op: Op::Patch, commit: 0, idx: 0, folded: false },
-            );
+            h.push_key(k.clone(), Hist { seq: (i * 100 + j) as u64, op: Op::Patch, commit: 0, idx: 0, folded: false });
         }
     }
     assert_eq!(h.len(), keys.len());
@@ -45,7 +42,7 @@ fn history_keys_of_every_length_around_the_inline_limit_stay_distinct() {
         let got: Vec<u64> = h.get(k).map(|v| v.iter().map(|e| e.seq).collect()).unwrap_or_default();
         assert_eq!(got, (0..=i).map(|j| (i * 100 + j) as u64).collect::<Vec<_>>(), "{k:?}");
     }
-    assert!(h.get(&Pk::Str("k".repeat(HKEY_INLINE + 3).into())).is_none());
+    assert!(h.get(&Pk::Str("k".repeat(crate::table::event::KEY_INLINE + 3).into())).is_none());
     assert!(h.get(&Pk::Int(1)).is_none());
 }
 
@@ -56,14 +53,14 @@ fn history_built_shard_by_shard_equals_history_built_event_by_event() {
     // event in turn gives.
     let mut one = RowHistory::default();
     let mut by_shard = RowHistory::default();
-    let mut parts: Vec<Vec<(HKey, Hist)>> = vec![Vec::new(); HIST_SHARDS];
+    let mut parts: Vec<Vec<(Pk, Hist)>> = vec![Vec::new(); HIST_SHARDS];
     let key = |i: u64| {
         if i.is_multiple_of(3) { Pk::Int(i as i64 % 700) } else { Pk::Str(format!("user-{:05}", i % 900).into()) }
     };
     for i in 0..5000u64 {
         let h = Hist { seq: i + 1, op: Op::Patch, commit: i as u32, idx: 0, folded: false };
-        one.push_key(HKey::of(&key(i)), h);
-        let k = HKey::of(&key(i));
+        one.push_key(key(i), h);
+        let k = key(i);
         parts[by_shard.shard_of(&k)].push((k, h));
     }
     for (i, p) in parts.into_iter().enumerate() {

@@ -88,7 +88,7 @@ impl<'db> Txn<'db> {
     /// must not be live. The text is checked and stored as given, without
     /// building a parsed document: the fast path for data that arrives as
     /// JSON. Reads return it parsed, exactly as [`Txn::insert`] of the
-    /// parsed value would (a field given twice keeps its last value). The
+    /// parsed value would; a field given twice is refused. The
     /// text is kept as given, whitespace included, in memory and on disk:
     /// compact text is the cheaper to store.
     pub fn insert_json(&mut self, table: &str, json: impl Into<String>) -> Result<()> {
@@ -251,15 +251,8 @@ impl<'db> Txn<'db> {
 
     /// Run a DriftQL `SELECT` inside the transaction and deserialize its rows.
     pub fn query<T: serde::de::DeserializeOwned>(&mut self, driftql: &str) -> Result<Vec<T>> {
-        let Stmt::Select(sel) = crate::query::parse_one(driftql)? else {
-            return Err(Error::Query("query() runs a SELECT".into()));
-        };
-        self.select(&sel)?
-            .into_iter()
-            .map(|v| {
-                serde_json::from_value(v).map_err(|e| Error::Query(format!("row does not fit the requested type: {e}")))
-            })
-            .collect()
+        let sel = select_of(driftql)?;
+        rows_as(self.select(&sel)?)
     }
 
     /// Commit: returns the sequence number of the transaction's last event

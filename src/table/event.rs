@@ -40,22 +40,16 @@ impl Ord for Pk {
 }
 
 impl std::hash::Hash for Pk {
-    /// The variant, then the integer or the key's bytes (a `Pk` is never
-    /// looked up as another type, so its hash only has to agree with its
-    /// own equality: the bytes are hashed as they are, with no check of
-    /// the inline bytes' UTF-8 on every hash).
+    /// One write per key: the integer, or a short string's length and
+    /// zero-padded bytes as one buffer, or a long string's bytes (a `Pk` is
+    /// never looked up as another type, so its hash only has to agree with
+    /// its own equality, and a string's representation is fixed by its
+    /// length; no check of the inline bytes' UTF-8 on every hash).
     #[inline]
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
         match self {
-            Pk::Int(i) => {
-                h.write_u8(0);
-                h.write_i64(*i);
-            }
-            Pk::Str(s) => {
-                h.write_u8(1);
-                h.write(s.as_bytes());
-                h.write_u8(0xff);
-            }
+            Pk::Int(i) => h.write_i64(*i),
+            Pk::Str(s) => s.hash_inline(h),
         }
     }
 }
@@ -85,7 +79,7 @@ enum KeyRepr {
 }
 
 /// The longest key kept inline.
-const KEY_INLINE: usize = 22;
+pub(crate) const KEY_INLINE: usize = 22;
 
 impl KeyStr {
     fn new(s: &str) -> KeyStr {
@@ -113,6 +107,23 @@ impl KeyStr {
         match &self.0 {
             KeyRepr::Inline { len, buf } => buf.get(..usize::from(*len)).unwrap_or_default(),
             KeyRepr::Heap(s) => s.as_bytes(),
+        }
+    }
+}
+
+impl KeyStr {
+    /// Hash the key in one write (see `Pk`'s `Hash`): equal keys have the
+    /// same representation, since it depends on the length alone.
+    #[inline]
+    fn hash_inline<H: std::hash::Hasher>(&self, h: &mut H) {
+        match &self.0 {
+            KeyRepr::Inline { len, buf } => {
+                let mut b = [0u8; KEY_INLINE + 1];
+                b[0] = *len;
+                b[1..].copy_from_slice(buf);
+                h.write(&b)
+            }
+            KeyRepr::Heap(s) => h.write(s.as_bytes()),
         }
     }
 }
