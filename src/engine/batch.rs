@@ -70,10 +70,36 @@ pub(crate) struct Batch {
     pub pick_names: Vec<(u32, Arc<[String]>)>,
 }
 
-/// The values of a document's indexed fields `names` (`None`: missing).
+/// A row's indexed fields, picked from its document (`None`: missing), in
+/// the order of the field list they were picked for: one kept inline (a
+/// table with one index: no allocation per row), more in a vector. As JSON
+/// values when a commit stages a row ([`Picks`]), as index keys when a
+/// snapshot row is read at open.
+#[derive(Clone)]
+pub(crate) enum Picked<T> {
+    One(Option<T>),
+    Many(Vec<Option<T>>),
+}
+
+impl<T> Picked<T> {
+    pub(super) fn from_vec(mut v: Vec<Option<T>>) -> Picked<T> {
+        if v.len() == 1 { Picked::One(v.pop().flatten()) } else { Picked::Many(v) }
+    }
+
+    /// The value of field `i`, taken out.
+    pub(super) fn take(&mut self, i: usize) -> Option<T> {
+        match self {
+            Picked::One(v) if i == 0 => v.take(),
+            Picked::One(_) => None,
+            Picked::Many(v) => v.get_mut(i).and_then(Option::take),
+        }
+    }
+}
+
+/// The values of a staged document's indexed fields `names`.
 pub(crate) struct Picks {
     pub names: Arc<[String]>,
-    pub values: Vec<Option<Value>>,
+    pub values: Picked<Value>,
 }
 
 impl Picks {
@@ -83,7 +109,7 @@ impl Picks {
             .iter()
             .map(|f| {
                 let i = self.names.iter().position(|x| x == f)?;
-                Some(self.values.get_mut(i).and_then(Option::take))
+                Some(self.values.take(i))
             })
             .collect()
     }
@@ -355,7 +381,7 @@ impl Batch {
                 Some((_, n)) if n.iter().eq(def.indexes.iter()) => n.clone(),
                 _ => Arc::from(def.indexes.as_slice()),
             };
-            Picks { names, values: picked.drain(1..).collect() }
+            Picks { names, values: Picked::from_vec(picked.drain(1..).collect()) }
         });
         if let Some(p) = &indexed
             && !self.pick_names.iter().any(|(t, n)| *t == id && Arc::ptr_eq(n, &p.names))

@@ -46,31 +46,6 @@ pub(super) fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec:
     Ok(ci)
 }
 
-/// A row's indexed fields as the index keys them (`None`: missing, or not
-/// indexable), in the order of the field list they were picked for: one
-/// kept inline (a table with one index: no allocation per row), more in a
-/// vector.
-#[derive(Clone)]
-pub(super) enum Picked {
-    One(Option<IKey>),
-    Many(Vec<Option<IKey>>),
-}
-
-impl Picked {
-    pub(super) fn from_vec(mut v: Vec<Option<IKey>>) -> Picked {
-        if v.len() == 1 { Picked::One(v.pop().flatten()) } else { Picked::Many(v) }
-    }
-
-    /// The value of field `i`, taken out.
-    pub(super) fn take(&mut self, i: usize) -> Option<IKey> {
-        match self {
-            Picked::One(v) if i == 0 => v.take(),
-            Picked::One(_) => None,
-            Picked::Many(v) => v.get_mut(i).and_then(Option::take),
-        }
-    }
-}
-
 /// The index keys of picked field values.
 pub(super) fn ikeys(vals: Vec<Option<Value>>) -> Vec<Option<IKey>> {
     vals.into_iter().map(|v| v.and_then(crate::table::index::ikey_owned)).collect()
@@ -85,21 +60,21 @@ pub(super) fn check_rows_and_index(
     name: &str,
     t: &mut TableData,
     pre_fields: &[String],
-    pre: Vec<Option<Picked>>,
+    pre: Vec<Option<Picked<IKey>>>,
 ) -> Result<()> {
     let fields: Vec<String> = t.indexes.keys().cloned().collect();
     let f: Vec<&str> = fields.iter().map(String::as_str).collect();
     // Where each field is in what was picked before (all of them, or unused).
     let at: Option<Vec<usize>> = fields.iter().map(|x| pre_fields.iter().position(|p| p == x)).collect();
     let mut pre = pre.into_iter();
-    let mut rows: Vec<(&Pk, &Arc<Doc>, Option<Picked>)> =
+    let mut rows: Vec<(&Pk, &Arc<Doc>, Option<Picked<IKey>>)> =
         t.rows.iter().map(|(k, d)| (k, d, pre.next().flatten().filter(|_| at.is_some()))).collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
     // Each part of the rows (in key order) is checked and grouped by field
     // value on its own thread; the parts' groups, joined in order, stay in
     // key order.
     type Groups = Vec<BTreeMap<crate::table::index::IKey, Vec<Pk>>>;
-    let pick = |part: &mut [(&Pk, &Arc<Doc>, Option<Picked>)]| -> Result<Groups> {
+    let pick = |part: &mut [(&Pk, &Arc<Doc>, Option<Picked<IKey>>)]| -> Result<Groups> {
         let mut groups: Groups = f.iter().map(|_| BTreeMap::new()).collect();
         let add = |g: &mut BTreeMap<IKey, Vec<Pk>>, ik: IKey, k: &Pk| match g.get_mut(&ik) {
             Some(pks) => pks.push(k.clone()),
@@ -231,7 +206,7 @@ pub(super) struct Loaded {
     pub(super) table: u32,
     pub(super) fields: Vec<String>,
     pub(super) rows: Vec<(Pk, Arc<Doc>)>,
-    pub(super) picks: Vec<Option<Picked>>,
+    pub(super) picks: Vec<Option<Picked<IKey>>>,
 }
 
 /// A table's rows at open: those the log wrote after its snapshot
@@ -240,10 +215,10 @@ pub(super) struct Loaded {
 /// the snapshot row's `picks` (none for the rows the log wrote).
 pub(super) fn merge_rows(
     snap: Vec<(Pk, Arc<Doc>)>,
-    picks: Vec<Option<Picked>>,
+    picks: Vec<Option<Picked<IKey>>>,
     written: Vec<(Pk, Arc<Doc>)>,
     gone: Option<&FastSet<Pk>>,
-) -> (Rows, Vec<Option<Picked>>) {
+) -> (Rows, Vec<Option<Picked<IKey>>>) {
     if written.is_empty() && gone.is_none_or(|g| g.is_empty()) {
         return (snap.into_iter().collect(), picks);
     }
@@ -366,7 +341,7 @@ impl Db {
                     let f: Vec<&str> = fields.iter().map(String::as_str).collect();
                     // A row that fails here is checked again, and reported,
                     // if it is still current once the log is replayed.
-                    let pick = |part: &[(Pk, Arc<Doc>)]| -> Vec<Option<Picked>> {
+                    let pick = |part: &[(Pk, Arc<Doc>)]| -> Vec<Option<Picked<IKey>>> {
                         part.iter()
                             .map(|(_, d)| {
                                 crate::table::doc::check(d.text(), &f).ok().map(|v| Picked::from_vec(ikeys(v)))
@@ -505,7 +480,7 @@ impl Db {
                 (id, writes.into_iter().filter_map(|(k, d)| Some((k, d?))).collect())
             })
             .collect();
-        let mut picked: HashMap<u32, (Vec<String>, Vec<Option<Picked>>)> = HashMap::new();
+        let mut picked: HashMap<u32, (Vec<String>, Vec<Option<Picked<IKey>>>)> = HashMap::new();
         for l in loaded? {
             let t = st.tables.entry(l.table).or_default();
             let w = written.remove(&l.table).unwrap_or_default();
