@@ -155,18 +155,3 @@ impl RowHistory {
         }
     }
 }
-
-/// Record a history entry: in the table's map, or, while opening, in the
-/// batch for the thread that builds the maps.
-pub(super) fn push_history(
-    open: &mut Option<Vec<(u32, Pk, Hist)>>,
-    history: &mut RowHistory,
-    table: u32,
-    k: Pk,
-    h: Hist,
-) {
-    match open {
-        Some(batch) => batch.push((table, k, h)),
-        None => history.push_key(k, h),
-    }
-}

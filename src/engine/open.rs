@@ -18,6 +18,8 @@ pub(super) fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec:
     // Documents stay text (checked once the replay is over, for the rows
     // still current); events a table's snapshot already covers need none.
     let mut events = Vec::with_capacity(c.events.len());
+    let rows_from = st.opening.as_ref().map(|o| &o.rows_from);
+    let from = |table: u32| rows_from.and_then(|r| r.get(&table)).copied();
     for (i, e) in c.events.into_iter().enumerate() {
         let seq = c.first_seq + i as u64;
         let doc = match e.op {
@@ -27,13 +29,13 @@ pub(super) fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec:
                 })?)),
                 None => None,
             },
-            _ if st.rows_from.get(&e.table).is_none_or(|from| seq > *from) => {
+            _ if from(e.table).is_none_or(|from| seq > from) => {
                 e.doc.map(|t| Arc::new(Doc::from_text_unchecked(t).at(seq)))
             }
             _ => None,
         };
         // A row a snapshot covers only needs its history indexed: no key made.
-        let covered = st.rows_from.get(&e.table).is_some_and(|from| seq <= *from);
+        let covered = from(e.table).is_some_and(|from| seq <= from);
         let (key, hkey) = match e.key {
             Some(k) if covered => (None, Some(k.to_pk())),
             k => (k.map(crate::table::KeyRef::to_pk), None),
@@ -45,6 +47,9 @@ pub(super) fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec:
         .map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))?;
     Ok(ci)
 }
+
+/// A row's indexed fields, as the index keys them.
+pub(super) type RowKeys = Picked<IKey>;
 
 /// The index keys of picked field values.
 pub(super) fn ikeys(vals: Vec<Option<Value>>) -> Vec<Option<IKey>> {
@@ -60,21 +65,21 @@ pub(super) fn check_rows_and_index(
     name: &str,
     t: &mut TableData,
     pre_fields: &[String],
-    pre: Vec<Option<Picked<IKey>>>,
+    pre: Vec<Option<RowKeys>>,
 ) -> Result<()> {
     let fields: Vec<String> = t.indexes.keys().cloned().collect();
     let f: Vec<&str> = fields.iter().map(String::as_str).collect();
     // Where each field is in what was picked before (all of them, or unused).
     let at: Option<Vec<usize>> = fields.iter().map(|x| pre_fields.iter().position(|p| p == x)).collect();
     let mut pre = pre.into_iter();
-    let mut rows: Vec<(&Pk, &Arc<Doc>, Option<Picked<IKey>>)> =
+    let mut rows: Vec<(&Pk, &Arc<Doc>, Option<RowKeys>)> =
         t.rows.iter().map(|(k, d)| (k, d, pre.next().flatten().filter(|_| at.is_some()))).collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
     // Each part of the rows (in key order) is checked and grouped by field
     // value on its own thread; the parts' groups, joined in order, stay in
     // key order.
     type Groups = Vec<BTreeMap<crate::table::index::IKey, Vec<Pk>>>;
-    let pick = |part: &mut [(&Pk, &Arc<Doc>, Option<Picked<IKey>>)]| -> Result<Groups> {
+    let pick = |part: &mut [(&Pk, &Arc<Doc>, Option<RowKeys>)]| -> Result<Groups> {
         let mut groups: Groups = f.iter().map(|_| BTreeMap::new()).collect();
         let add = |g: &mut BTreeMap<IKey, Vec<Pk>>, ik: IKey, k: &Pk| match g.get_mut(&ik) {
             Some(pks) => pks.push(k.clone()),
@@ -206,7 +211,7 @@ pub(super) struct Loaded {
     pub(super) table: u32,
     pub(super) fields: Vec<String>,
     pub(super) rows: Vec<(Pk, Arc<Doc>)>,
-    pub(super) picks: Vec<Option<Picked<IKey>>>,
+    pub(super) picks: Vec<Option<RowKeys>>,
 }
 
 /// A table's rows at open: those the log wrote after its snapshot
@@ -215,10 +220,10 @@ pub(super) struct Loaded {
 /// the snapshot row's `picks` (none for the rows the log wrote).
 pub(super) fn merge_rows(
     snap: Vec<(Pk, Arc<Doc>)>,
-    picks: Vec<Option<Picked<IKey>>>,
+    picks: Vec<Option<RowKeys>>,
     written: Vec<(Pk, Arc<Doc>)>,
     gone: Option<&FastSet<Pk>>,
-) -> (Rows, Vec<Option<Picked<IKey>>>) {
+) -> (Rows, Vec<Option<RowKeys>>) {
     if written.is_empty() && gone.is_none_or(|g| g.is_empty()) {
         return (snap.into_iter().collect(), picks);
     }
@@ -251,7 +256,7 @@ impl Db {
             key,
             CreateOptions { argon2: opts.argon2, allow_weak_kdf: opts.allow_weak_kdf, store: opts.store },
         )?;
-        Ok(Db::from_store(store, State { next_seq: 1, maintain_indexes: true, ..State::default() }, opts_rest))
+        Ok(Db::from_store(store, State { next_seq: 1, ..State::default() }, opts_rest))
     }
 
     /// Open a database: the key is checked first; then every table's latest
@@ -272,266 +277,24 @@ impl Db {
             // as it recovers; a read-only one does no recovery.
             store.check_unlisted()?;
         }
+        // 1. The snapshots: registered, and the latest of each table chosen.
         let mut st = State { next_seq: 1, ..State::default() };
-        let mut metas = HashMap::new();
-        // Bytes of the log, and of each snapshot file: to size the history map.
-        let files = store.files();
-        let log_bytes: u64 = files
-            .iter()
-            .filter(|f| f.stream == EVENTS_STREAM || f.stream == WAL_STREAM)
-            .map(|f| f.state.sealed_len())
-            .sum();
-        for f in files {
-            if f.kind != FileKind::Snapshot || f.stream < SNAPSHOT_STREAM_BASE {
-                continue;
-            }
-            let m = SnapMeta::decode(&f.meta)
-                .map_err(|e| Error::corrupted(&f.name, 0, format!("snapshot metadata: {}", e.reason)))?;
-            st.tables.entry(m.table).or_default().snapshots.push((m.seq, f.file_id));
-            metas.insert(f.file_id, (m, f.state.sealed_len()));
+        let plan = SnapshotPlan::read(&store, &mut st)?;
+        let mut opening = Opening::default();
+        for (id, seq, _, _) in &plan.latest {
+            opening.rows_from.insert(*id, *seq);
         }
-        let mut latest = Vec::new();
-        let mut room: HashMap<u32, usize> = HashMap::new();
-        for (id, t) in st.tables.iter_mut() {
-            t.snapshots.sort_unstable();
-            if let Some(&(seq, file)) = t.snapshots.last() {
-                let (rows, fields, bytes) =
-                    metas.remove(&file).map_or((0, Vec::new(), 0), |(m, bytes)| (m.rows, m.indexes, bytes));
-                // Every row of the snapshot has a history, and so may each
-                // event of the log (a snapshot row's size as a guess of an
-                // event's): room for them at once, not regrown on the way.
-                let per_row = bytes / rows.max(1);
-                let events = if per_row >= 32 { log_bytes / per_row } else { 0 };
-                room.insert(*id, rows.max(events).min(1 << 26) as usize);
-                latest.push((*id, seq, file, fields));
-            }
-        }
-        for (id, seq, _, _) in &latest {
-            st.rows_from.insert(*id, *seq);
-        }
-        // The latest snapshots load on a second thread while this one
-        // replays the log (and their rows are checked there, picking the
-        // fields the table indexed at the snapshot): the rows the log
-        // writes after a snapshot go to the table's row map, the keys it
-        // deletes are noted, and the snapshot's rows fill in the rest once
-        // both are done.
-        st.open_deleted = Some(FastMap::default());
-        st.open_rows = Some(FastMap::default());
+        st.opening = Some(opening);
+        // 2. The latest snapshots load on a second thread while this one
+        // replays the log, and the history maps are built on a third.
         let mut writer = WriterState::default();
         let wal_files = store.stream_files(WAL_STREAM).len();
-        let load_all = || -> Result<Vec<Loaded>> {
-            latest
-                .iter()
-                .map(|(id, seq, file, fields)| {
-                    let SnapRows { rows, fields: stored, picked } = load_snapshot_rows(&store, *file, *seq, false)?;
-                    // Rows that carry their indexed values are not parsed:
-                    // their record is authenticated, and their text was
-                    // checked before it was written.
-                    if stored > 0 && stored == fields.len() && picked.len() == rows.len() * stored {
-                        let mut values = picked.into_iter();
-                        let picks = rows
-                            .iter()
-                            .map(|_| match stored {
-                                1 => Some(Picked::One(values.next().flatten())),
-                                _ => Some(Picked::Many(values.by_ref().take(stored).collect())),
-                            })
-                            .collect();
-                        return Ok(Loaded { table: *id, fields: fields.clone(), rows, picks });
-                    }
-                    let f: Vec<&str> = fields.iter().map(String::as_str).collect();
-                    // A row that fails here is checked again, and reported,
-                    // if it is still current once the log is replayed.
-                    let pick = |part: &[(Pk, Arc<Doc>)]| -> Vec<Option<Picked<IKey>>> {
-                        part.iter()
-                            .map(|(_, d)| {
-                                crate::table::doc::check(d.text(), &f).ok().map(|v| Picked::from_vec(ikeys(v)))
-                            })
-                            .collect()
-                    };
-                    // In two halves, the second on a thread of its own: this
-                    // thread is the longest of the open, and the replay's
-                    // thread finishes first and leaves a core free.
-                    let picks = match (f.is_empty(), rows.len() >= 4096) {
-                        (true, _) => Vec::new(),
-                        (false, false) => pick(&rows),
-                        (false, true) => {
-                            let (a, b) = rows.split_at(rows.len() / 2);
-                            std::thread::scope(|s| {
-                                let second = s.spawn(|| pick(b));
-                                let mut picks = pick(a);
-                                match second.join() {
-                                    Ok(p) => picks.extend(p),
-                                    // Not picked: checked again once the log is replayed.
-                                    Err(_) => picks.resize(rows.len(), None),
-                                }
-                                picks
-                            })
-                        }
-                    };
-                    Ok(Loaded { table: *id, fields: fields.clone(), rows, picks })
-                })
-                .collect()
-        };
-        // The history maps are built on a third thread, from batches of
-        // entries the replay hands it in order.
-        type HistBatch = Vec<(u32, Pk, Hist)>;
-        const HIST_BATCH: usize = 16 * 1024;
-        let build_history = move |rx: std::sync::mpsc::Receiver<HistBatch>| {
-            // Entries are grouped by table and shard as they come (appends
-            // only), and each shard is built once the log is read.
-            type Parts = (RowHistory, Vec<Vec<(Pk, Hist)>>);
-            let mut parts: FastMap<u32, Parts> = FastMap::default();
-            let new_parts = |id: u32| -> Parts {
-                let per_shard = room.get(&id).map_or(0, |n| n / HIST_SHARDS + n / HIST_SHARDS / 8);
-                (RowHistory::default(), (0..HIST_SHARDS).map(|_| Vec::with_capacity(per_shard)).collect())
-            };
-            for batch in rx {
-                for (id, k, h) in batch {
-                    let (rh, shards) = parts.entry(id).or_insert_with(|| new_parts(id));
-                    let i = rh.shard_of(&k);
-                    if let Some(v) = shards.get_mut(i) {
-                        v.push((k, h));
-                    }
-                }
-            }
-            let mut maps: FastMap<u32, RowHistory> = FastMap::default();
-            for (id, (mut rh, shards)) in parts {
-                for (i, entries) in shards.into_iter().enumerate() {
-                    rh.fill_shard(i, entries);
-                }
-                maps.insert(id, rh);
-            }
-            maps
-        };
-        // The history thread goes on building the maps while this thread
-        // merges the rows and checks them (it is joined last).
-        let (tx, rx) = std::sync::mpsc::sync_channel::<HistBatch>(4);
-        let historian =
-            std::thread::Builder::new().name("driftdb-open-history".into()).spawn(move || build_history(rx));
-        let (replayed, loaded) = std::thread::scope(|s| {
-            let loader = std::thread::Builder::new().name("driftdb-open".into()).spawn_scoped(s, load_all);
-            let mut tx = historian.is_ok().then_some(tx);
-            if tx.is_some() {
-                st.open_history = Some(Vec::with_capacity(HIST_BATCH));
-            }
-            let hand_over = |st: &mut State, all: bool| {
-                if let (Some(tx), Some(b)) = (&tx, st.open_history.as_mut())
-                    && (all || b.len() >= HIST_BATCH)
-                {
-                    // A closed channel means the thread is gone: its join reports it.
-                    let _ = tx.send(std::mem::replace(b, Vec::with_capacity(HIST_BATCH)));
-                }
-            };
-            let replayed = (|| -> Result<()> {
-                store.read_stream(EVENTS_STREAM, |pos, rec| {
-                    replay_record(&mut st, FileKind::Segment, pos, rec)?;
-                    hand_over(&mut st, false);
-                    Ok(())
-                })?;
-                // Then the commits the WAL holds beyond the segments (a WAL file
-                // already checkpointed may still be there if a crash came before
-                // its deletion: its commits are skipped).
-                store.read_stream(WAL_STREAM, |pos, rec| {
-                    let name = crate::format::file_name(pos.file_id, FileKind::Wal);
-                    let c = Commit::decode_headers(rec)
-                        .map_err(|e| Error::corrupted(&name, pos.offset, format!("commit record: {}", e.reason)))?;
-                    let end = c.first_seq + c.events.len() as u64;
-                    if end <= st.next_seq {
-                        return Ok(());
-                    }
-                    if c.first_seq < st.next_seq {
-                        return Err(Error::tampered(
-                            &name,
-                            pos.offset,
-                            format!("commit @seq:{} overlaps the segments' last commit", c.first_seq),
-                        ));
-                    }
-                    let ci = replay_record(&mut st, FileKind::Wal, pos, rec)?;
-                    hand_over(&mut st, false);
-                    writer.pending_bytes += rec.len() as u64;
-                    writer.pending.push((ci, rec.to_vec()));
-                    Ok(())
-                })?;
-                Ok(())
-            })();
-            hand_over(&mut st, true);
-            drop(tx.take()); // the history thread ends
-            let loaded = match loader {
-                Ok(h) => {
-                    h.join().unwrap_or_else(|_| Err(Error::Poisoned("the snapshot loading thread panicked".into())))
-                }
-                Err(_) => load_all(),
-            };
-            (replayed, loaded)
-        });
-        let with_history = st.open_history.take().is_some();
-        replayed?;
-        let deleted = st.open_deleted.take().unwrap_or_default();
-        // The rows the log wrote, in key order: each key's last write (a
-        // stable sort keeps a key's writes in log order, and finds the runs
-        // a log in key order is made of), unless it is a delete.
-        let mut written: FastMap<u32, Vec<(Pk, Arc<Doc>)>> = st
-            .open_rows
-            .take()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(id, mut writes)| {
-                settle_writes(&mut writes);
-                (id, writes.into_iter().filter_map(|(k, d)| Some((k, d?))).collect())
-            })
-            .collect();
-        let mut picked: HashMap<u32, (Vec<String>, Vec<Option<Picked<IKey>>>)> = HashMap::new();
-        for l in loaded? {
-            let t = st.tables.entry(l.table).or_default();
-            let w = written.remove(&l.table).unwrap_or_default();
-            let (rows, picks) = merge_rows(l.rows, l.picks, w, deleted.get(&l.table));
-            t.rows = rows;
-            picked.insert(l.table, (l.fields, picks));
-        }
-        for (id, w) in written {
-            st.tables.entry(id).or_default().rows = w.into_iter().collect();
-        }
-        let latest = st.latest_seq();
-        if let Some((id, from)) = st.rows_from.iter().find(|(_, f)| **f > latest) {
-            return Err(Error::tampered(
-                "keyring",
-                0,
-                format!("a snapshot of table {id} is at @seq:{from}, past the end of the event log (@seq:{latest})"),
-            ));
-        }
-        for (id, t) in st.tables.iter_mut() {
-            let name = st.defs.get(id).map_or_else(|| format!("table {id}"), |d| format!("table {:?}", d.name));
-            let (fields, picks) = picked.remove(id).unwrap_or_default();
-            check_rows_and_index(&name, t, &fields, picks)?;
-        }
-        let histories = match historian {
-            Ok(h) => h.join().map_err(|_| Error::Poisoned("the history thread panicked".into()))?,
-            Err(_) => FastMap::default(),
-        };
-        if with_history {
-            for (id, h) in histories {
-                st.tables.entry(id).or_default().history = h;
-            }
-        }
-        let horizons: Vec<(u32, u64, Option<u64>)> = st
-            .tables
-            .iter()
-            .filter(|(_, t)| t.horizon > 0)
-            .map(|(id, t)| (*id, t.horizon, t.snapshots.iter().find(|(s, _)| *s == t.horizon).map(|(_, f)| *f)))
-            .collect();
-        for (id, h, snap) in horizons {
-            let snap = snap.ok_or_else(|| {
-                Error::tampered(
-                    "keyring",
-                    0,
-                    format!("the snapshot at the compaction horizon @seq:{h} of table {id} is missing"),
-                )
-            })?;
-            let rows = load_snapshot(&store, snap, h)?;
-            st.fold_history(id, h, rows.keys());
-        }
-        st.rows_from.clear();
-        st.maintain_indexes = true;
+        let (loaded, histories) = replay(&store, &mut st, &plan, &mut writer)?;
+        // 3. The rows merged, checked and indexed; the histories and the
+        // compaction horizons put in place.
+        let opening = st.opening.take().unwrap_or_default();
+        settle(&store, &mut st, opening, loaded, histories)?;
+        // 4. The WAL checkpointed, and an interrupted re-encryption resumed.
         let db = Db::from_store(store, st, opts);
         if wal_files > 0 && !db.s.store.options().read_only {
             let mut w = db.lock_writer();
@@ -591,4 +354,298 @@ impl Db {
             owner: true,
         }
     }
+}
+
+/// The latest snapshot of every table, chosen before the replay.
+pub(super) struct SnapshotPlan {
+    /// (table, sequence number, file, the fields its rows carry values of).
+    pub(super) latest: Vec<(u32, u64, u64, Vec<String>)>,
+    /// How many history entries each table will have, about: room made at once.
+    pub(super) room: HashMap<u32, usize>,
+}
+
+impl SnapshotPlan {
+    /// Register every snapshot file in `st` (oldest first per table) and
+    /// pick each table's latest.
+    pub(super) fn read(store: &Store, st: &mut State) -> Result<SnapshotPlan> {
+        let mut metas = HashMap::new();
+        // Bytes of the log, and of each snapshot file: to size the history map.
+        let files = store.files();
+        let log_bytes: u64 = files
+            .iter()
+            .filter(|f| f.stream == EVENTS_STREAM || f.stream == WAL_STREAM)
+            .map(|f| f.state.sealed_len())
+            .sum();
+        for f in files {
+            if f.kind != FileKind::Snapshot || f.stream < SNAPSHOT_STREAM_BASE {
+                continue;
+            }
+            let m = SnapMeta::decode(&f.meta)
+                .map_err(|e| Error::corrupted(&f.name, 0, format!("snapshot metadata: {}", e.reason)))?;
+            st.tables.entry(m.table).or_default().snapshots.push((m.seq, f.file_id));
+            metas.insert(f.file_id, (m, f.state.sealed_len()));
+        }
+        let mut latest = Vec::new();
+        let mut room: HashMap<u32, usize> = HashMap::new();
+        for (id, t) in st.tables.iter_mut() {
+            t.snapshots.sort_unstable();
+            if let Some(&(seq, file)) = t.snapshots.last() {
+                let (rows, fields, bytes) =
+                    metas.remove(&file).map_or((0, Vec::new(), 0), |(m, bytes)| (m.rows, m.indexes, bytes));
+                // Every row of the snapshot has a history, and so may each
+                // event of the log (a snapshot row's size as a guess of an
+                // event's): room for them at once, not regrown on the way.
+                let per_row = bytes / rows.max(1);
+                let events = if per_row >= 32 { log_bytes / per_row } else { 0 };
+                room.insert(*id, rows.max(events).min(1 << 26) as usize);
+                latest.push((*id, seq, file, fields));
+            }
+        }
+        Ok(SnapshotPlan { latest, room })
+    }
+}
+
+/// Load the latest snapshot of every table, with each row's indexed fields:
+/// the values a record carries (its text was checked before it was
+/// written, and the record is authenticated, so it is not parsed), or else
+/// picked from the checked text (rows that fail here are checked again,
+/// and reported, if they are still current once the log is replayed).
+fn load_latest(store: &Store, latest: &[(u32, u64, u64, Vec<String>)]) -> Result<Vec<Loaded>> {
+    latest
+        .iter()
+        .map(|(id, seq, file, fields)| {
+            let SnapRows { rows, fields: stored, picked } = load_snapshot_rows(store, *file, *seq, false)?;
+            if stored > 0 && stored == fields.len() && picked.len() == rows.len() * stored {
+                let mut values = picked.into_iter();
+                let picks = rows
+                    .iter()
+                    .map(|_| match stored {
+                        1 => Some(Picked::One(values.next().flatten())),
+                        _ => Some(Picked::Many(values.by_ref().take(stored).collect())),
+                    })
+                    .collect();
+                return Ok(Loaded { table: *id, fields: fields.clone(), rows, picks });
+            }
+            let f: Vec<&str> = fields.iter().map(String::as_str).collect();
+            let pick = |part: &[(Pk, Arc<Doc>)]| -> Vec<Option<RowKeys>> {
+                part.iter()
+                    .map(|(_, d)| crate::table::doc::check(d.text(), &f).ok().map(|v| Picked::from_vec(ikeys(v))))
+                    .collect()
+            };
+            // In two halves, the second on a thread of its own: this
+            // thread is the longest of the open, and the replay's
+            // thread finishes first and leaves a core free.
+            let picks = match (f.is_empty(), rows.len() >= 4096) {
+                (true, _) => Vec::new(),
+                (false, false) => pick(&rows),
+                (false, true) => {
+                    let (a, b) = rows.split_at(rows.len() / 2);
+                    std::thread::scope(|s| {
+                        let second = s.spawn(|| pick(b));
+                        let mut picks = pick(a);
+                        match second.join() {
+                            Ok(p) => picks.extend(p),
+                            // Not picked: checked again once the log is replayed.
+                            Err(_) => picks.resize(rows.len(), None),
+                        }
+                        picks
+                    })
+                }
+            };
+            Ok(Loaded { table: *id, fields: fields.clone(), rows, picks })
+        })
+        .collect()
+}
+
+/// History entries handed from the replay to the thread that builds the maps.
+type HistBatch = Vec<(u32, Pk, Hist)>;
+/// Entries in one such batch.
+const HIST_BATCH: usize = 16 * 1024;
+
+/// The history maps, from the batches of entries the replay hands over in
+/// log order: grouped by table and shard as they come (appends only), and
+/// each shard built once the log is read.
+fn build_histories(rx: std::sync::mpsc::Receiver<HistBatch>, room: HashMap<u32, usize>) -> FastMap<u32, RowHistory> {
+    type Parts = (RowHistory, Vec<Vec<(Pk, Hist)>>);
+    let mut parts: FastMap<u32, Parts> = FastMap::default();
+    let new_parts = |id: u32| -> Parts {
+        let per_shard = room.get(&id).map_or(0, |n| n / HIST_SHARDS + n / HIST_SHARDS / 8);
+        (RowHistory::default(), (0..HIST_SHARDS).map(|_| Vec::with_capacity(per_shard)).collect())
+    };
+    for batch in rx {
+        for (id, k, h) in batch {
+            let (rh, shards) = parts.entry(id).or_insert_with(|| new_parts(id));
+            let i = rh.shard_of(&k);
+            if let Some(v) = shards.get_mut(i) {
+                v.push((k, h));
+            }
+        }
+    }
+    let mut maps: FastMap<u32, RowHistory> = FastMap::default();
+    for (id, (mut rh, shards)) in parts {
+        for (i, entries) in shards.into_iter().enumerate() {
+            rh.fill_shard(i, entries);
+        }
+        maps.insert(id, rh);
+    }
+    maps
+}
+
+/// The thread building the history maps, still at work while the rows are
+/// merged and checked (`None`: it could not start, and the replay put the
+/// entries in the maps itself).
+type Histories = Option<std::thread::JoinHandle<FastMap<u32, RowHistory>>>;
+
+/// Replay the log (the segments, then what the WAL holds beyond them) into
+/// `st` while the latest snapshots load on a second thread and the history
+/// maps are built on a third. The WAL's commits go to `writer` (to be
+/// checkpointed). Returns the loaded snapshots and the history thread.
+fn replay(
+    store: &Store,
+    st: &mut State,
+    plan: &SnapshotPlan,
+    writer: &mut WriterState,
+) -> Result<(Vec<Loaded>, Histories)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<HistBatch>(4);
+    let room = plan.room.clone();
+    let historian =
+        std::thread::Builder::new().name("driftdb-open-history".into()).spawn(move || build_histories(rx, room));
+    let (replayed, loaded) = std::thread::scope(|s| {
+        let loader = std::thread::Builder::new()
+            .name("driftdb-open".into())
+            .spawn_scoped(s, || load_latest(store, &plan.latest));
+        let mut tx = historian.is_ok().then_some(tx);
+        if tx.is_some()
+            && let Some(o) = st.opening.as_mut()
+        {
+            o.history = Some(Vec::with_capacity(HIST_BATCH));
+        }
+        let hand_over = |st: &mut State, all: bool| {
+            if let (Some(tx), Some(b)) = (&tx, st.opening.as_mut().and_then(|o| o.history.as_mut()))
+                && (all || b.len() >= HIST_BATCH)
+            {
+                // A closed channel means the thread is gone: its join reports it.
+                let _ = tx.send(std::mem::replace(b, Vec::with_capacity(HIST_BATCH)));
+            }
+        };
+        let replayed = replay_log(store, st, writer, &hand_over);
+        hand_over(st, true);
+        drop(tx.take()); // the history thread ends
+        let loaded = match loader {
+            Ok(h) => h.join().unwrap_or_else(|_| Err(Error::Poisoned("the snapshot loading thread panicked".into()))),
+            Err(_) => load_latest(store, &plan.latest),
+        };
+        (replayed, loaded)
+    });
+    replayed?;
+    Ok((loaded?, historian.ok()))
+}
+
+/// Replay the segments, then the commits the WAL holds beyond them (a WAL
+/// file already checkpointed may still be there if a crash came before its
+/// deletion: its commits are skipped). `hand_over` passes history entries
+/// on to the thread that builds the maps.
+fn replay_log(
+    store: &Store,
+    st: &mut State,
+    writer: &mut WriterState,
+    hand_over: &dyn Fn(&mut State, bool),
+) -> Result<()> {
+    store.read_stream(EVENTS_STREAM, |pos, rec| {
+        replay_record(st, FileKind::Segment, pos, rec)?;
+        hand_over(st, false);
+        Ok(())
+    })?;
+    store.read_stream(WAL_STREAM, |pos, rec| {
+        let name = crate::format::file_name(pos.file_id, FileKind::Wal);
+        let c = Commit::decode_headers(rec)
+            .map_err(|e| Error::corrupted(&name, pos.offset, format!("commit record: {}", e.reason)))?;
+        let end = c.first_seq + c.events.len() as u64;
+        if end <= st.next_seq {
+            return Ok(());
+        }
+        if c.first_seq < st.next_seq {
+            return Err(Error::tampered(
+                &name,
+                pos.offset,
+                format!("commit @seq:{} overlaps the segments' last commit", c.first_seq),
+            ));
+        }
+        let ci = replay_record(st, FileKind::Wal, pos, rec)?;
+        hand_over(st, false);
+        writer.pending_bytes += rec.len() as u64;
+        writer.pending.push((ci, rec.to_vec()));
+        Ok(())
+    })
+}
+
+/// After the replay: every table's rows (the log's writes over its
+/// snapshot's rows), checked and indexed; the histories; and the history
+/// folded at each compaction horizon.
+fn settle(store: &Store, st: &mut State, opening: Opening, loaded: Vec<Loaded>, histories: Histories) -> Result<()> {
+    let with_history = opening.history.is_some();
+    let deleted = opening.deleted;
+    // The rows the log wrote, in key order: each key's last write (a
+    // stable sort keeps a key's writes in log order, and finds the runs
+    // a log in key order is made of), unless it is a delete.
+    let mut written: FastMap<u32, Vec<(Pk, Arc<Doc>)>> = opening
+        .rows
+        .into_iter()
+        .map(|(id, mut writes)| {
+            settle_writes(&mut writes);
+            (id, writes.into_iter().filter_map(|(k, d)| Some((k, d?))).collect())
+        })
+        .collect();
+    let mut picked: HashMap<u32, (Vec<String>, Vec<Option<RowKeys>>)> = HashMap::new();
+    for l in loaded {
+        let t = st.tables.entry(l.table).or_default();
+        let w = written.remove(&l.table).unwrap_or_default();
+        let (rows, picks) = merge_rows(l.rows, l.picks, w, deleted.get(&l.table));
+        t.rows = rows;
+        picked.insert(l.table, (l.fields, picks));
+    }
+    for (id, w) in written {
+        st.tables.entry(id).or_default().rows = w.into_iter().collect();
+    }
+    let latest = st.latest_seq();
+    if let Some((id, from)) = opening.rows_from.iter().find(|(_, f)| **f > latest) {
+        return Err(Error::tampered(
+            "keyring",
+            0,
+            format!("a snapshot of table {id} is at @seq:{from}, past the end of the event log (@seq:{latest})"),
+        ));
+    }
+    for (id, t) in st.tables.iter_mut() {
+        let name = st.defs.get(id).map_or_else(|| format!("table {id}"), |d| format!("table {:?}", d.name));
+        let (fields, picks) = picked.remove(id).unwrap_or_default();
+        check_rows_and_index(&name, t, &fields, picks)?;
+    }
+    // Joined last: it went on building the maps while the rows were checked.
+    let histories = match histories {
+        Some(h) => h.join().map_err(|_| Error::Poisoned("the history thread panicked".into()))?,
+        None => FastMap::default(),
+    };
+    if with_history {
+        for (id, h) in histories {
+            st.tables.entry(id).or_default().history = h;
+        }
+    }
+    let horizons: Vec<(u32, u64, Option<u64>)> = st
+        .tables
+        .iter()
+        .filter(|(_, t)| t.horizon > 0)
+        .map(|(id, t)| (*id, t.horizon, t.snapshots.iter().find(|(s, _)| *s == t.horizon).map(|(_, f)| *f)))
+        .collect();
+    for (id, h, snap) in horizons {
+        let snap = snap.ok_or_else(|| {
+            Error::tampered(
+                "keyring",
+                0,
+                format!("the snapshot at the compaction horizon @seq:{h} of table {id} is missing"),
+            )
+        })?;
+        let rows = load_snapshot(store, snap, h)?;
+        st.fold_history(id, h, rows.keys());
+    }
+    Ok(())
 }

@@ -142,25 +142,57 @@ pub(crate) struct State {
     pub(super) active: BTreeMap<u64, usize>,
     /// Row changes after the oldest open transaction's snapshot, in order.
     pub(crate) changes: VecDeque<Change>,
-    /// Rows of table `t` up to this sequence number came from a snapshot:
-    /// replay only indexes their history.
-    pub(super) rows_from: FastMap<u32, u64>,
-    /// Maintain indexes as events apply (off while opening; built after).
-    pub(super) maintain_indexes: bool,
-    /// While opening: keys the log deletes after their table's snapshot
-    /// (whose rows are merged in once the replay is over).
-    pub(super) open_deleted: Option<FastMap<u32, FastSet<Pk>>>,
-    /// While opening: what the log writes to each table's rows, in log
-    /// order (`None`: a delete), put in key order once it is read (an
-    /// insert into a large ordered map compares the key with every key of
-    /// each node on its path; a log is mostly in key order already).
-    pub(super) open_rows: Option<FastMap<u32, LogWrites>>,
-    /// While opening: history entries not yet handed to the thread that
-    /// builds the history maps (see [`Db::open`]).
-    pub(super) open_history: Option<Vec<(u32, Pk, Hist)>>,
     /// Indexes built for a commit's schema changes before it applies
     /// (without the write lock): see [`Db::prebuild_indexes`].
     pub(super) prebuilt: Vec<Prebuilt>,
+    /// While the database is being opened (and only then): what the replay
+    /// of the log gathers for the rows and histories built at its end. No
+    /// index is maintained meanwhile.
+    pub(super) opening: Option<Opening>,
+}
+
+/// What opening gathers while it replays the log (see [`Db::open`]).
+#[derive(Default)]
+pub(super) struct Opening {
+    /// Rows of table `t` up to this sequence number came from a snapshot:
+    /// replay only notes their history.
+    pub(super) rows_from: FastMap<u32, u64>,
+    /// Keys the log deletes after their table's snapshot (whose rows are
+    /// merged in once the replay is over).
+    pub(super) deleted: FastMap<u32, FastSet<Pk>>,
+    /// What the log writes to each table's rows, in log order (`None`: a
+    /// delete), put in key order once it is read (an insert into a large
+    /// ordered map compares the key with every key of each node on its
+    /// path; a log is mostly in key order already).
+    pub(super) rows: FastMap<u32, LogWrites>,
+    /// History entries not yet handed to the thread that builds the
+    /// history maps (`None`: no such thread; they go into the maps).
+    pub(super) history: Option<Vec<(u32, Pk, Hist)>>,
+}
+
+impl Opening {
+    /// Record a history entry: in the batch for the thread that builds the
+    /// maps, or (without one) in the table's map.
+    pub(super) fn history_entry(&mut self, history: &mut RowHistory, table: u32, k: Pk, h: Hist) {
+        match self.history.as_mut() {
+            Some(batch) => batch.push((table, k, h)),
+            None => history.push_key(k, h),
+        }
+    }
+}
+
+/// An event of the (authenticated) log that does not make sense: written by
+/// a bug, never by input.
+fn log_error(seq: u64, msg: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("the event at @seq:{seq}: {msg}"))
+}
+
+/// Where an event is: its sequence number, commit and place in the commit.
+#[derive(Clone, Copy)]
+pub(super) struct EventAt {
+    pub(super) seq: u64,
+    pub(super) commit: u32,
+    pub(super) idx: u32,
 }
 
 /// What the log writes to a table's rows while opening, in log order
@@ -296,8 +328,7 @@ impl State {
         // entries go into the history maps on a thread of their own while
         // this one updates the rows and the indexes.
         let plain = n >= PARALLEL_APPLY
-            && self.maintain_indexes
-            && self.open_history.is_none()
+            && self.opening.is_none()
             && events.iter().all(|e| {
                 matches!(e.op, Op::Insert | Op::Patch | Op::SoftDelete)
                     && e.key.is_some()
@@ -377,173 +408,153 @@ impl State {
         history_done: bool,
     ) -> Result<()> {
         for (i, e) in events.into_iter().enumerate() {
-            let seq = first_seq + i as u64;
-            if e.op == Op::CreateTable {
-                let v = e.doc.as_ref().map_or(Value::Null, |d| d.to_value());
-                let mut def: TableDef = serde_json::from_value(v)
-                    .map_err(|err| Error::Query(format!("bad table definition at seq {seq}: {err}")))?;
-                def.id = e.table;
-                def.created_seq = seq;
-                self.names.insert(def.name.clone(), def.id);
-                let t = self.tables.entry(e.table).or_default();
-                t.schema.push((seq, def.clone()));
-                self.defs.insert(def.id, def);
-                for f in &self.defs[&e.table].indexes {
-                    t.indexes.entry(f.clone()).or_default();
+            let at = EventAt { seq: first_seq + i as u64, commit: ci, idx: i as u32 };
+            match e.op {
+                Op::CreateTable => self.apply_create_table(at.seq, &e)?,
+                Op::Compact => {
+                    let h = e.doc.as_ref().and_then(|d| d.get("horizon")).and_then(Value::as_u64).unwrap_or(0);
+                    if let Some(t) = self.tables.get_mut(&e.table) {
+                        t.horizon = t.horizon.max(h);
+                    }
                 }
-                self.next_table_id = self.next_table_id.max(e.table + 1);
-                continue;
+                Op::Folded => {}
+                Op::Alter => self.apply_alter(at.seq, &e)?,
+                Op::Insert | Op::Patch | Op::SoftDelete => self.apply_row(at, e, share, history_done)?,
             }
-            if e.op == Op::Compact {
-                let h = e.doc.as_ref().and_then(|d| d.get("horizon")).and_then(Value::as_u64).unwrap_or(0);
-                if let Some(t) = self.tables.get_mut(&e.table) {
-                    t.horizon = t.horizon.max(h);
-                }
-                continue;
-            }
-            if e.op == Op::Folded {
-                continue;
-            }
-            if e.op == Op::Alter {
-                let v = e.doc.as_ref().map_or(Value::Null, |d| d.to_value());
-                let alter: Alter = serde_json::from_value(v)
-                    .map_err(|err| Error::Query(format!("bad schema change at seq {seq}: {err}")))?;
-                let (Some(def), Some(t)) = (self.defs.get_mut(&e.table), self.tables.get_mut(&e.table)) else {
-                    return Err(Error::Query(format!("schema change at seq {seq} names an unknown table")));
-                };
-                alter.apply_def(def).map_err(|m| Error::Query(format!("schema change at seq {seq}: {m}")))?;
-                t.schema.push((seq, def.clone()));
-                t.alters.push((seq, alter.clone()));
-                let effect = alter.index_effect(|c| t.indexes.contains_key(c));
-                if let Some(c) = effect.drop {
-                    t.indexes.remove(c);
-                }
-                if let Some(column) = effect.rebuild {
-                    // While opening, indexes are built once the replay is over.
-                    let pre = self
-                        .prebuilt
-                        .iter()
-                        .position(|p| p.table == e.table && p.seq == seq && p.column == column)
-                        .map(|i| self.prebuilt.swap_remove(i));
-                    let ix = match pre {
-                        _ if !self.maintain_indexes => Index::default(),
-                        Some(mut p) => {
-                            for k in p.skip {
-                                if let Some(d) = t.rows.get(&k) {
-                                    p.index.add_value(t.view_field(d, column).as_ref(), &k);
-                                }
-                            }
-                            p.index
+        }
+        Ok(())
+    }
+
+    /// A `CREATE TABLE` event.
+    fn apply_create_table(&mut self, seq: u64, e: &Applied) -> Result<()> {
+        let v = e.doc.as_ref().map_or(Value::Null, |d| d.to_value());
+        let mut def: TableDef =
+            serde_json::from_value(v).map_err(|err| log_error(seq, format!("bad table definition: {err}")))?;
+        def.id = e.table;
+        def.created_seq = seq;
+        self.names.insert(def.name.clone(), def.id);
+        let t = self.tables.entry(e.table).or_default();
+        t.schema.push((seq, def.clone()));
+        for f in &def.indexes {
+            t.indexes.entry(f.clone()).or_default();
+        }
+        self.defs.insert(def.id, def);
+        self.next_table_id = self.next_table_id.max(e.table + 1);
+        Ok(())
+    }
+
+    /// A schema change: the definition, and the indexes it drops or
+    /// rebuilds (with an index prebuilt for it, if there is one).
+    fn apply_alter(&mut self, seq: u64, e: &Applied) -> Result<()> {
+        let v = e.doc.as_ref().map_or(Value::Null, |d| d.to_value());
+        let alter: Alter =
+            serde_json::from_value(v).map_err(|err| log_error(seq, format!("bad schema change: {err}")))?;
+        let (Some(def), Some(t)) = (self.defs.get_mut(&e.table), self.tables.get_mut(&e.table)) else {
+            return Err(log_error(seq, "a schema change names an unknown table"));
+        };
+        alter.apply_def(def).map_err(|m| log_error(seq, format!("schema change: {m}")))?;
+        t.schema.push((seq, def.clone()));
+        t.alters.push((seq, alter.clone()));
+        let effect = alter.index_effect(|c| t.indexes.contains_key(c));
+        if let Some(c) = effect.drop {
+            t.indexes.remove(c);
+        }
+        if let Some(column) = effect.rebuild {
+            let pre = self
+                .prebuilt
+                .iter()
+                .position(|p| p.table == e.table && p.seq == seq && p.column == column)
+                .map(|i| self.prebuilt.swap_remove(i));
+            let ix = match pre {
+                // While opening, indexes are built once the replay is over.
+                _ if self.opening.is_some() => Index::default(),
+                Some(mut p) => {
+                    for k in p.skip {
+                        if let Some(d) = t.rows.get(&k) {
+                            p.index.add_value(t.view_field(d, column).as_ref(), &k);
                         }
-                        None => t.build_index(column),
-                    };
-                    t.indexes.insert(column.to_string(), ix);
+                    }
+                    p.index
                 }
-                continue;
-            }
-            let Some(t) = self.tables.get_mut(&e.table) else {
-                return Err(Error::Query(format!("event at seq {seq} names an unknown table")));
+                None => t.build_index(column),
             };
-            let hist = Hist { seq, op: e.op, commit: ci, idx: i as u32, folded: false };
-            if self.rows_from.get(&e.table).is_some_and(|from| seq <= *from) {
-                // Opening: the row's state is in the table's snapshot.
-                match (e.hkey, &e.key) {
-                    (Some(h), _) => push_history(&mut self.open_history, &mut t.history, e.table, h, hist),
-                    (None, Some(k)) => push_history(&mut self.open_history, &mut t.history, e.table, k.clone(), hist),
-                    (None, None) => return Err(Error::Query(format!("event at seq {seq} has no key"))),
-                }
-                continue;
-            }
-            let Some(key) = e.key else {
-                return Err(Error::Query(format!("event at seq {seq} has no key")));
+            t.indexes.insert(column.to_string(), ix);
+        }
+        Ok(())
+    }
+
+    /// An insert, patch or soft delete: while opening, noted for the rows
+    /// and histories built once the log is read; live, the row map, the
+    /// indexes, the history and the change log of open transactions.
+    fn apply_row(&mut self, at: EventAt, e: Applied, share: u64, history_done: bool) -> Result<()> {
+        let seq = at.seq;
+        let Some(t) = self.tables.get_mut(&e.table) else {
+            return Err(log_error(seq, "an event names an unknown table"));
+        };
+        let hist = Hist { seq, op: e.op, commit: at.commit, idx: at.idx, folded: false };
+        if let Some(o) = self.opening.as_mut()
+            && o.rows_from.get(&e.table).is_some_and(|from| seq <= *from)
+        {
+            // The row's state is in the table's snapshot: only its history is noted.
+            let key = match (e.hkey, e.key) {
+                (Some(h), _) => h,
+                (None, Some(k)) => k,
+                (None, None) => return Err(log_error(seq, "a row event has no key")),
             };
-            t.since_events += 1;
-            t.since_bytes += share;
-            let new = match e.op {
-                Op::Insert | Op::Patch => Some(e.doc.unwrap_or_else(|| Arc::new(Doc::from_value(Value::Null).at(seq)))),
-                _ => None,
-            };
-            if let Some(open_rows) = self.open_rows.as_mut() {
-                // Opening (no index is maintained, no transaction is open).
-                let hk = key.clone();
+            o.history_entry(&mut t.history, e.table, key, hist);
+            return Ok(());
+        }
+        let Some(key) = e.key else {
+            return Err(log_error(seq, "a row event has no key"));
+        };
+        t.since_events += 1;
+        t.since_bytes += share;
+        let new = match e.op {
+            Op::Insert | Op::Patch => Some(e.doc.unwrap_or_else(|| Arc::new(Doc::from_value(Value::Null).at(seq)))),
+            _ => None,
+        };
+        if let Some(o) = self.opening.as_mut() {
+            // No index is maintained and no transaction is open.
+            if new.is_none() && o.rows_from.contains_key(&e.table) {
                 // The snapshot's row, if it has one, is gone.
-                if new.is_none()
-                    && self.rows_from.contains_key(&e.table)
-                    && let Some(gone) = self.open_deleted.as_mut()
-                {
-                    gone.entry(e.table).or_default().insert(key.clone());
-                }
-                let writes = open_rows.entry(e.table).or_default();
-                writes.push((key, new));
-                // Superseded writes are dropped now and then, so that a log
-                // that rewrites the same rows does not pile them all up.
-                if writes.len() >= 1 << 20 && writes.len().is_power_of_two() {
-                    settle_writes(writes);
-                }
-                if !history_done {
-                    push_history(&mut self.open_history, &mut t.history, e.table, hk, hist);
-                }
-                continue;
+                o.deleted.entry(e.table).or_default().insert(key.clone());
             }
-            // One lookup; the key moves into the row map (or is dropped for a
-            // delete), its other uses borrow it.
-            let maintain = self.maintain_indexes;
-            let mut picks = e.picks;
-            let keep = !self.active.is_empty();
-            let mut change = None;
-            let mut changed = |k: &Pk, old: Option<&Arc<Doc>>, new: Option<&Arc<Doc>>| {
-                if keep {
-                    change = Some(Change { seq, table: e.table, key: k.clone(), old: old.cloned(), new: new.cloned() });
-                }
-            };
-            match (t.rows.entry(key), new) {
-                (Entry::Vacant(v), new) => {
-                    if new.is_none()
-                        && self.rows_from.contains_key(&e.table)
-                        && let Some(gone) = self.open_deleted.as_mut()
-                    {
-                        gone.entry(e.table).or_default().insert(v.key().clone());
-                    }
-                    if maintain {
-                        reindex(&mut t.indexes, &t.alters, v.key(), None, new.as_ref(), picks.take());
-                    }
-                    changed(v.key(), None, new.as_ref());
-                    if !history_done {
-                        push_history(&mut self.open_history, &mut t.history, e.table, v.key().clone(), hist);
-                    }
-                    if let Some(d) = new {
-                        v.insert(d);
-                    }
-                }
-                (Entry::Occupied(mut o), Some(d)) => {
-                    let old = o.insert(d.clone());
-                    if maintain {
-                        reindex(&mut t.indexes, &t.alters, o.key(), Some(&old), Some(&d), picks.take());
-                    }
-                    changed(o.key(), Some(&old), Some(&d));
-                    if !history_done {
-                        push_history(&mut self.open_history, &mut t.history, e.table, o.key().clone(), hist);
-                    }
-                }
-                (Entry::Occupied(o), None) => {
-                    let (k, old) = o.remove_entry();
-                    if self.rows_from.contains_key(&e.table)
-                        && let Some(gone) = self.open_deleted.as_mut()
-                    {
-                        gone.entry(e.table).or_default().insert(k.clone());
-                    }
-                    if maintain {
-                        reindex(&mut t.indexes, &t.alters, &k, Some(&old), None, None);
-                    }
-                    changed(&k, Some(&old), None);
-                    if !history_done {
-                        push_history(&mut self.open_history, &mut t.history, e.table, k.clone(), hist);
-                    }
-                }
+            if !history_done {
+                o.history_entry(&mut t.history, e.table, key.clone(), hist);
             }
-            if let Some(c) = change {
-                self.changes.push_back(c);
+            let writes = o.rows.entry(e.table).or_default();
+            writes.push((key, new));
+            // Superseded writes are dropped now and then, so that a log
+            // that rewrites the same rows does not pile them all up.
+            if writes.len() >= 1 << 20 && writes.len().is_power_of_two() {
+                settle_writes(writes);
             }
+            return Ok(());
+        }
+        // One lookup; the key moves into the row map (or is dropped for a
+        // delete), its other uses borrow it.
+        let old = match (t.rows.entry(key.clone()), &new) {
+            (Entry::Vacant(v), Some(d)) => {
+                v.insert(d.clone());
+                None
+            }
+            (Entry::Vacant(_), None) => None,
+            (Entry::Occupied(mut o), Some(d)) => Some(o.insert(d.clone())),
+            (Entry::Occupied(o), None) => Some(o.remove()),
+        };
+        reindex(
+            &mut t.indexes,
+            &t.alters,
+            &key,
+            old.as_ref(),
+            new.as_ref(),
+            if new.is_some() { e.picks } else { None },
+        );
+        if !history_done {
+            t.history.push_key(key.clone(), hist);
+        }
+        if !self.active.is_empty() {
+            self.changes.push_back(Change { seq, table: e.table, key, old, new });
         }
         Ok(())
     }
