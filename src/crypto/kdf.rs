@@ -77,6 +77,24 @@ impl Argon2Params {
         Ok(())
     }
 
+    /// Check the parameters of a new passphrase: within the bounds, at least
+    /// the floor (unless `allow_weak`), and at most the memory an open
+    /// allows (`max_kib`), so that the database opens without raising it.
+    pub fn check_new(&self, allow_weak: bool, max_kib: u32) -> Result<()> {
+        self.validate()?;
+        if !allow_weak {
+            self.check_strength()?;
+        }
+        if self.m_cost_kib > max_kib {
+            return Err(Error::InvalidArgument(format!(
+                "Argon2id with {} MiB is above the {} MiB an open allows by default; every open would need --max-kdf-memory-mib",
+                self.m_cost_kib / 1024,
+                max_kib / 1024
+            )));
+        }
+        Ok(())
+    }
+
     /// Check the parameters are within the accepted bounds.
     pub fn validate(&self) -> Result<()> {
         if self.t_cost == 0 || self.t_cost > Self::MAX_T_COST {

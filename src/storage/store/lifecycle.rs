@@ -85,17 +85,7 @@ impl Store {
         }
         let material = key.material()?;
         if matches!(material, Material::Passphrase(_)) {
-            opts.argon2.validate()?;
-            if !opts.allow_weak_kdf {
-                opts.argon2.check_strength()?;
-            }
-            if opts.argon2.m_cost_kib > opts.store.max_kdf_memory_kib {
-                return Err(Error::InvalidArgument(format!(
-                    "Argon2id with {} MiB is above the {} MiB an open allows by default; every open would need --max-kdf-memory-mib",
-                    opts.argon2.m_cost_kib / 1024,
-                    opts.store.max_kdf_memory_kib / 1024
-                )));
-            }
+            opts.argon2.check_new(opts.allow_weak_kdf, opts.store.max_kdf_memory_kib)?;
         }
         vfs.create_dir_all(&dir).map_err(|e| Error::io("creating directory", &dir, e))?;
         let lock = match take_lock(vfs.as_ref(), &dir, true) {

@@ -3,6 +3,21 @@
 
 use super::*;
 
+/// A file left active by a crash: (id, kind, name, path, what its scan found).
+type CrashLeft = (u64, FileKind, String, PathBuf, ScanOutcome);
+
+/// What recovery's checks found, for its changes to act on.
+struct RecoveryPlan {
+    /// Torn tails to cut: (path, name, offset, why).
+    torn_cuts: Vec<(PathBuf, String, u64, String)>,
+    /// Files left active by a crash.
+    new_states: Vec<CrashLeft>,
+    /// Every file the manifest does not list, sorted (no evidence among them).
+    strays: Vec<crate::storage::strays::Stray>,
+    /// A `keyring.tmp` is left from an interrupted keyring write.
+    keyring_tmp: bool,
+}
+
 impl Store {
     /// Recovery at open: check every listed file is present with its
     /// recorded length, scan files left active by a crash, classify every
@@ -11,15 +26,26 @@ impl Store {
     /// the unexplained, cut torn tails and seal the crash-left files through
     /// the manifest. A check that fails changes nothing on disk.
     pub(super) fn recover(&self) -> Result<Vec<RecoveryEvent>> {
-        use crate::storage::strays::{self, Known, Stray};
-        let vfs = self.opts.vfs.clone();
-        let mut events = Vec::new();
         let mut guard = self.lock_inner();
         let inner = &mut *guard;
-        let names = vfs.read_dir(&self.dir).map_err(|e| Error::io("listing", &self.dir, e))?;
-        let live: HashMap<u64, FileKind> = inner.body.files.iter().map(|f| (f.file_id, f.kind)).collect();
+        let plan = self.recovery_checks(inner)?;
+        let mut events = self.sort_out_strays(inner, &plan)?;
+        for (path, name, off, why) in plan.torn_cuts {
+            let f = self.opts.vfs.open(&path, OpenMode::ReadWrite).map_err(|e| Error::io("opening", &path, e))?;
+            f.set_len(off).and_then(|()| f.sync_data()).map_err(|e| Error::io("truncating torn tail of", &path, e))?;
+            events.push(RecoveryEvent::TruncatedTornTail { file: name, offset: off, reason: why });
+        }
+        events.extend(self.seal_crash_left(inner, plan.new_states)?);
+        Ok(events)
+    }
 
-        // Phase 1: checks only.
+    /// Recovery's first phase, which changes nothing: every listed file
+    /// present with its length, files left active scanned, and every file
+    /// the manifest does not list sorted (an unexplained one is an error).
+    fn recovery_checks(&self, inner: &mut Inner) -> Result<RecoveryPlan> {
+        use crate::storage::strays::{self, Known, Stray};
+        let vfs = self.opts.vfs.clone();
+        let names = vfs.read_dir(&self.dir).map_err(|e| Error::io("listing", &self.dir, e))?;
         let mut torn_cuts = Vec::new();
         let mut new_states = Vec::new();
         let entries = inner.body.files.clone();
@@ -56,7 +82,7 @@ impl Store {
             }
         }
         let known = Known {
-            live: live.clone(),
+            live: inner.body.files.iter().map(|f| (f.file_id, f.kind)).collect(),
             building: inner.building.clone(),
             removed: inner.removed.clone(),
             mark: (!inner.legacy).then_some(inner.body.next_id),
@@ -78,18 +104,27 @@ impl Store {
                 ),
             ));
         }
+        let keyring_tmp = names.iter().any(|n| n == KEYRING_TMP);
+        Ok(RecoveryPlan { torn_cuts, new_states, strays, keyring_tmp })
+    }
 
-        // Phase 2: changes.
+    /// Remove the known leftovers (and a leftover `keyring.tmp`) and
+    /// quarantine the unexplained files; the keyring then forgets the
+    /// leftovers it listed. A leftover that cannot be removed (or set
+    /// aside) stays where it is, and listed: the next open tries again. It
+    /// blocks nothing.
+    fn sort_out_strays(&self, inner: &mut Inner, plan: &RecoveryPlan) -> Result<Vec<RecoveryEvent>> {
+        use crate::storage::strays::{self, Stray};
+        let vfs = self.opts.vfs.clone();
+        let mut events = Vec::new();
         let mut dir_changed = false;
-        if names.iter().any(|n| n == KEYRING_TMP) {
+        if plan.keyring_tmp {
             let p = self.dir.join(KEYRING_TMP);
             vfs.remove_file(&p).map_err(|e| Error::io("removing", &p, e))?;
             dir_changed = true;
         }
-        // A leftover that cannot be removed (or set aside) stays where it
-        // is, and listed: the next open tries again. It blocks nothing.
         let mut kept = std::collections::HashSet::new();
-        for st in strays {
+        for st in plan.strays.iter().cloned() {
             let id = match &st {
                 Stray::Leftover { name, .. } | Stray::Quarantine { name, .. } | Stray::Evidence { name, .. } => {
                     parse_file_name(name).map(|(id, _)| id)
@@ -128,41 +163,46 @@ impl Store {
         // was never created): the next keyring write forgets them.
         inner.building.retain(|id, _| kept.contains(id));
         inner.removed.retain(|id, _| kept.contains(id));
-        for (path, name, off, why) in torn_cuts {
-            let f = vfs.open(&path, OpenMode::ReadWrite).map_err(|e| Error::io("opening", &path, e))?;
-            f.set_len(off).and_then(|()| f.sync_data()).map_err(|e| Error::io("truncating torn tail of", &path, e))?;
-            events.push(RecoveryEvent::TruncatedTornTail { file: name, offset: off, reason: why });
-        }
+        Ok(events)
+    }
+
+    /// Seal every file left active by a crash through the manifest (or
+    /// remove it if it holds no record), in one keyring write, which also
+    /// records what [`Store::sort_out_strays`] changed and rewrites a
+    /// format-2 keyring as format 3, so that from here on every file is
+    /// accounted for.
+    fn seal_crash_left(&self, inner: &mut Inner, new_states: Vec<CrashLeft>) -> Result<Vec<RecoveryEvent>> {
+        let vfs = self.opts.vfs.clone();
+        let mut events = Vec::new();
         let listed_leftovers = !inner.header.public.building.is_empty() || !inner.header.public.removed.is_empty();
-        // A format-2 keyring is rewritten as format 3 now, so that from here
-        // on every file is accounted for.
-        if !new_states.is_empty() || listed_leftovers || inner.legacy {
-            let mut body = inner.body.clone();
-            let mut drop_files = Vec::new();
-            for (id, kind, name, path, out) in new_states {
-                if out.frames == 0 {
-                    body.files.retain(|f| f.file_id != id);
-                    inner.removed.insert(id, kind);
-                    drop_files.push(id);
-                    events.push(RecoveryEvent::RemovedEmpty { file: name });
-                } else if let Some(m) = body.files.iter_mut().find(|m| m.file_id == id) {
-                    // What the crashed session wrote after its last fsync may
-                    // still be only in the page cache: make the length the
-                    // manifest is about to record durable first.
-                    vfs.open(&path, OpenMode::ReadWrite)
-                        .and_then(|f| f.sync_data())
-                        .map_err(|e| Error::io("syncing", &path, e))?;
-                    m.state = FileState::Sealed { frames: out.frames, len: out.end, final_frame: out.final_frame };
-                    events.push(RecoveryEvent::Sealed { file: name, frames: out.frames });
-                }
-            }
-            self.persist(inner, body)?;
-            for id in &drop_files {
-                inner.keys.remove(id);
-            }
-            // Listed as removed: a deletion that fails is tried again later.
-            let _ = self.delete_removed(inner, &drop_files);
+        if new_states.is_empty() && !listed_leftovers && !inner.legacy {
+            return Ok(events);
         }
+        let mut body = inner.body.clone();
+        let mut drop_files = Vec::new();
+        for (id, kind, name, path, out) in new_states {
+            if out.frames == 0 {
+                body.files.retain(|f| f.file_id != id);
+                inner.removed.insert(id, kind);
+                drop_files.push(id);
+                events.push(RecoveryEvent::RemovedEmpty { file: name });
+            } else if let Some(m) = body.files.iter_mut().find(|m| m.file_id == id) {
+                // What the crashed session wrote after its last fsync may
+                // still be only in the page cache: make the length the
+                // manifest is about to record durable first.
+                vfs.open(&path, OpenMode::ReadWrite)
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| Error::io("syncing", &path, e))?;
+                m.state = FileState::Sealed { frames: out.frames, len: out.end, final_frame: out.final_frame };
+                events.push(RecoveryEvent::Sealed { file: name, frames: out.frames });
+            }
+        }
+        self.persist(inner, body)?;
+        for id in &drop_files {
+            inner.keys.remove(id);
+        }
+        // Listed as removed: a deletion that fails is tried again later.
+        let _ = self.delete_removed(inner, &drop_files);
         Ok(events)
     }
 

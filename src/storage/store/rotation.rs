@@ -10,6 +10,10 @@ use crate::format::keyring::{AuditHead, RotationState};
 /// The stream of the key audit log.
 pub const AUDIT_STREAM: u32 = 3;
 
+/// A new master key: its spec, the key, its check value, and a description
+/// of its source.
+type DerivedMaster = (MasterSpec, SecretKey, [u8; keyring::KCV_LEN], String);
+
 /// Choices about the new master key of a rotation.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NewMaster {
@@ -297,52 +301,13 @@ impl Store {
 
     /// [`Store::begin_rotation`] with every choice about the new master key.
     pub fn begin_rotation_with(&self, new_key: Option<&KeySource>, o: &NewMaster, reencrypt: bool) -> Result<u32> {
-        let argon2 = o.argon2;
         // Derive the new master key (Argon2 for a passphrase: slow) before
         // taking the lock; its salt is fresh, so nothing depends on the state.
-        let mut same_passphrase = false;
-        let derived = match new_key {
-            None => None,
+        let (derived, same_passphrase) = match new_key {
+            None => (None, false),
             Some(k) => {
-                let material = k.material()?;
-                if k.is_command() {
-                    // A command that prints a fresh key each time would lock
-                    // the database for good: it must print the same key twice.
-                    let again = k.material()?;
-                    let same = match (&material, &again) {
-                        (Material::Key(a), Material::Key(b)) => ct_eq(a.expose(), b.expose()),
-                        _ => false,
-                    };
-                    if !same {
-                        return Err(Error::KeySource(
-                            "the new key command printed a different key when run a second time; a command that makes a new key on every run would lock the database for good (make it print the stored key)".into(),
-                        ));
-                    }
-                }
-                let spec = match &material {
-                    Material::Key(_) => MasterSpec::Key,
-                    Material::Passphrase(_) => {
-                        argon2.validate()?;
-                        if !o.allow_weak_kdf {
-                            argon2.check_strength()?;
-                        }
-                        if argon2.m_cost_kib > self.opts.max_kdf_memory_kib {
-                            return Err(Error::InvalidArgument(format!(
-                                "Argon2id with {} MiB is above the {} MiB an open allows by default; every open would need --max-kdf-memory-mib",
-                                argon2.m_cost_kib / 1024,
-                                self.opts.max_kdf_memory_kib / 1024
-                            )));
-                        }
-                        same_passphrase = self.refuse_known_passphrase(&material, argon2, o.retune_kdf)?;
-                        let mut salt = [0u8; 16];
-                        crate::crypto::random_bytes(&mut salt)?;
-                        MasterSpec::Passphrase { params: argon2, salt }
-                    }
-                };
-                let m =
-                    master_for(&material, &spec)?.ok_or_else(|| Error::KeySource("key material mismatch".into()))?;
-                let kcv = keyring::key_check_value(&m, &self.db_id);
-                Some((spec, m, kcv, k.describe()))
+                let (d, same) = self.derive_new_master(k, o)?;
+                (Some(d), same)
             }
         };
         self.audit_prepare()?;
@@ -453,6 +418,41 @@ impl Store {
             let _ = self.seal_writer(inner, &mut w);
         }
         Ok(version)
+    }
+
+    /// The new master key of a rotation from `k`: its spec (a fresh salt for
+    /// a passphrase), the key, its check value and the source's description;
+    /// and whether it is the current passphrase with new Argon2id parameters.
+    fn derive_new_master(&self, k: &KeySource, o: &NewMaster) -> Result<(DerivedMaster, bool)> {
+        let material = k.material()?;
+        if k.is_command() {
+            // A command that prints a fresh key each time would lock
+            // the database for good: it must print the same key twice.
+            let again = k.material()?;
+            let same = match (&material, &again) {
+                (Material::Key(a), Material::Key(b)) => ct_eq(a.expose(), b.expose()),
+                _ => false,
+            };
+            if !same {
+                return Err(Error::KeySource(
+                    "the new key command printed a different key when run a second time; a command that makes a new key on every run would lock the database for good (make it print the stored key)".into(),
+                ));
+            }
+        }
+        let mut same_passphrase = false;
+        let spec = match &material {
+            Material::Key(_) => MasterSpec::Key,
+            Material::Passphrase(_) => {
+                o.argon2.check_new(o.allow_weak_kdf, self.opts.max_kdf_memory_kib)?;
+                same_passphrase = self.refuse_known_passphrase(&material, o.argon2, o.retune_kdf)?;
+                let mut salt = [0u8; 16];
+                crate::crypto::random_bytes(&mut salt)?;
+                MasterSpec::Passphrase { params: o.argon2, salt }
+            }
+        };
+        let m = master_for(&material, &spec)?.ok_or_else(|| Error::KeySource("key material mismatch".into()))?;
+        let kcv = keyring::key_check_value(&m, &self.db_id);
+        Ok(((spec, m, kcv, k.describe()), same_passphrase))
     }
 
     /// Rewrite one live sealed file under a fresh data key (same records,
