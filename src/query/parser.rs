@@ -76,209 +76,174 @@ fn lex(src: &str) -> Result<Vec<Token>> {
             continue;
         }
         if c.is_whitespace() {
-            {
-                let n = 1;
-                adv(&chars, &mut i, &mut line, &mut col, n);
-            }
+            adv(&chars, &mut i, &mut line, &mut col, 1);
             continue;
         }
         if c == '-' && chars.get(i + 1) == Some(&'-') {
-            while i < chars.len() && chars[i] != '\n' {
-                {
-                    let n = 1;
-                    adv(&chars, &mut i, &mut line, &mut col, n);
-                }
-            }
-            continue;
-        }
-        if c == ';' {
-            out.push(Token { tok: Tok::Sep, line: tl, col: tc, nl: std::mem::take(&mut nl) });
-            {
-                let n = 1;
-                adv(&chars, &mut i, &mut line, &mut col, n);
-            }
-            continue;
-        }
-        if c == '{' {
-            // A JSON object: find its end, honouring strings, then let serde_json parse it.
-            let (mut j, mut d, mut in_str, mut esc) = (i, 0i32, false, false);
-            while j < chars.len() {
-                let ch = chars[j];
-                if in_str {
-                    if esc {
-                        esc = false;
-                    } else if ch == '\\' {
-                        esc = true;
-                    } else if ch == '"' {
-                        in_str = false;
-                    }
-                } else if ch == '"' {
-                    in_str = true;
-                } else if ch == '{' || ch == '[' {
-                    d += 1;
-                } else if ch == '}' || ch == ']' {
-                    d -= 1;
-                    if d == 0 {
-                        break;
-                    }
-                }
-                j += 1;
-            }
-            if j >= chars.len() {
-                return Err(err(tl, tc, "unterminated JSON object: expected `}`"));
-            }
-            let text: String = chars[i..=j].iter().collect();
-            let v: Value = crate::table::doc::parse_strict(&text).map_err(|e| {
-                // serde_json counts bytes within the line; report characters.
-                let line_text = text.lines().nth(e.line().saturating_sub(1)).unwrap_or("");
-                let mut byte = e.column().saturating_sub(1).min(line_text.len());
-                while !line_text.is_char_boundary(byte) {
-                    byte -= 1;
-                }
-                let chars_before = line_text[..byte].chars().count();
-                let (l, c2) = (tl + e.line() - 1, if e.line() == 1 { tc + chars_before } else { chars_before + 1 });
-                err(l, c2, format!("invalid JSON: {e}"))
-            })?;
-            {
-                let n = j + 1 - i;
-                adv(&chars, &mut i, &mut line, &mut col, n);
-            }
-            out.push(Token { tok: Tok::Json(v), line: tl, col: tc, nl: std::mem::take(&mut nl) });
-            continue;
-        }
-        if c == '"' || c == '\'' {
-            // Find the closing quote, then decode the escapes as JSON does
-            // (\" \\ \/ \b \f \n \r \t \uXXXX; in '...' also \'). Unknown escapes are errors.
-            let q = c;
-            let mut j = i + 1;
-            let mut json = String::from("\"");
-            loop {
-                let Some(&ch) = chars.get(j) else {
-                    return Err(err(tl, tc, format!("unterminated string: expected closing {q}")));
-                };
-                if ch == '\\' {
-                    let Some(&n) = chars.get(j + 1) else {
-                        return Err(err(tl, tc, "unterminated string"));
-                    };
-                    if q == '\'' && n == '\'' {
-                        json.push('\'');
-                    } else {
-                        json.push('\\');
-                        json.push(n);
-                    }
-                    j += 2;
-                    continue;
-                }
-                if ch == q {
-                    break;
-                }
-                if ch == '"' {
-                    json.push_str("\\\"");
-                } else {
-                    json.push(ch);
-                }
-                j += 1;
-            }
-            json.push('"');
-            let s: String =
-                serde_json::from_str(&json).map_err(|e| err(tl, tc, format!("invalid string literal: {e}")))?;
-            {
-                let n = j + 1 - i;
-                adv(&chars, &mut i, &mut line, &mut col, n);
-            }
-            out.push(Token { tok: Tok::Str(s), line: tl, col: tc, nl: std::mem::take(&mut nl) });
-            continue;
-        }
-        if c.is_ascii_digit() || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
-            let mut j = i + 1;
-            while j < chars.len() && (chars[j].is_ascii_alphanumeric() || matches!(chars[j], '.' | '+' | '-')) {
-                if matches!(chars[j], '+' | '-') && !matches!(chars[j - 1], 'e' | 'E') {
-                    break;
-                }
-                j += 1;
-            }
-            let text: String = chars[i..j].iter().collect();
-            let n: serde_json::Number =
-                serde_json::from_str(&text).map_err(|_| err(tl, tc, format!("malformed number `{text}`")))?;
-            {
-                let n = j - i;
-                adv(&chars, &mut i, &mut line, &mut col, n);
-            }
-            out.push(Token { tok: Tok::Num(n), line: tl, col: tc, nl: std::mem::take(&mut nl) });
-            continue;
-        }
-        if c == '@' {
-            let mut j = i + 1;
-            while j < chars.len() && (chars[j].is_ascii_alphanumeric() || chars[j] == ':') {
-                j += 1;
-            }
-            let text: String = chars[i..j].iter().collect();
-            let lower = text.to_ascii_lowercase();
-            let tok = if lower == "@now" {
-                Tok::AtNow
-            } else if let Some(n) = lower.strip_prefix("@seq:") {
-                Tok::AtSeq(
-                    n.parse()
-                        .map_err(|_| err(tl, tc, format!("malformed `{text}`: expected @seq:N with N a number")))?,
-                )
-            } else {
-                return Err(err(tl, tc, format!("unknown `{text}`: expected @seq:N or @now")));
-            };
-            {
-                let n = j - i;
-                adv(&chars, &mut i, &mut line, &mut col, n);
-            }
-            out.push(Token { tok, line: tl, col: tc, nl: std::mem::take(&mut nl) });
-            continue;
-        }
-        if c.is_alphabetic() || c == '_' {
-            let mut j = i + 1;
-            while j < chars.len() && (chars[j].is_alphanumeric() || chars[j] == '_') {
-                j += 1;
-            }
-            let text: String = chars[i..j].iter().collect();
-            {
-                let n = j - i;
-                adv(&chars, &mut i, &mut line, &mut col, n);
-            }
-            out.push(Token { tok: Tok::Word(text), line: tl, col: tc, nl: std::mem::take(&mut nl) });
-            continue;
-        }
-        let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
-        let sym = match two.as_str() {
-            "!=" => Some("!="),
-            "<=" => Some("<="),
-            ">=" => Some(">="),
-            "<>" => Some("!="),
-            _ => None,
-        };
-        if let Some(s) = sym {
-            {
-                let n = 2;
-                adv(&chars, &mut i, &mut line, &mut col, n);
-            }
-            out.push(Token { tok: Tok::Sym(s), line: tl, col: tc, nl: std::mem::take(&mut nl) });
-            continue;
-        }
-        let sym = match c {
-            '(' => "(",
-            ')' => ")",
-            ',' => ",",
-            '*' => "*",
-            '=' => "=",
-            '<' => "<",
-            '>' => ">",
-            '.' => ".",
-            _ => return Err(err(tl, tc, format!("unexpected character {c:?}"))),
-        };
-        {
-            let n = 1;
+            let n = chars[i..].iter().take_while(|ch| **ch != '\n').count();
             adv(&chars, &mut i, &mut line, &mut col, n);
+            continue;
         }
-        out.push(Token { tok: Tok::Sym(sym), line: tl, col: tc, nl: std::mem::take(&mut nl) });
+        let (tok, n) = match c {
+            ';' => (Tok::Sep, 1),
+            '{' => lex_json(&chars, i, tl, tc)?,
+            '"' | '\'' => lex_string(&chars, i, tl, tc)?,
+            '@' => lex_point(&chars, i, tl, tc)?,
+            c if c.is_ascii_digit() || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) => {
+                lex_number(&chars, i, tl, tc)?
+            }
+            c if c.is_alphabetic() || c == '_' => {
+                let n = chars[i..].iter().take_while(|ch| ch.is_alphanumeric() || **ch == '_').count();
+                (Tok::Word(chars[i..i + n].iter().collect()), n)
+            }
+            _ => lex_symbol(&chars, i, tl, tc)?,
+        };
+        adv(&chars, &mut i, &mut line, &mut col, n);
+        out.push(Token { tok, line: tl, col: tc, nl: std::mem::take(&mut nl) });
     }
     out.push(Token { tok: Tok::Eof, line, col, nl });
     Ok(out)
+}
+
+/// A JSON object starting at `chars[i]`: its end found (honouring strings),
+/// then parsed (a repeated key refused). Returns the token and its length.
+fn lex_json(chars: &[char], i: usize, tl: usize, tc: usize) -> Result<(Tok, usize)> {
+    let (mut j, mut d, mut in_str, mut esc) = (i, 0i32, false, false);
+    while j < chars.len() {
+        let ch = chars[j];
+        if in_str {
+            if esc {
+                esc = false;
+            } else if ch == '\\' {
+                esc = true;
+            } else if ch == '"' {
+                in_str = false;
+            }
+        } else if ch == '"' {
+            in_str = true;
+        } else if ch == '{' || ch == '[' {
+            d += 1;
+        } else if ch == '}' || ch == ']' {
+            d -= 1;
+            if d == 0 {
+                break;
+            }
+        }
+        j += 1;
+    }
+    if j >= chars.len() {
+        return Err(err(tl, tc, "unterminated JSON object: expected `}`"));
+    }
+    let text: String = chars[i..=j].iter().collect();
+    let v: Value = crate::table::doc::parse_strict(&text).map_err(|e| {
+        // serde_json counts bytes within the line; report characters.
+        let line_text = text.lines().nth(e.line().saturating_sub(1)).unwrap_or("");
+        let mut byte = e.column().saturating_sub(1).min(line_text.len());
+        while !line_text.is_char_boundary(byte) {
+            byte -= 1;
+        }
+        let chars_before = line_text[..byte].chars().count();
+        let (l, c2) = (tl + e.line() - 1, if e.line() == 1 { tc + chars_before } else { chars_before + 1 });
+        err(l, c2, format!("invalid JSON: {e}"))
+    })?;
+    Ok((Tok::Json(v), j + 1 - i))
+}
+
+/// A string in `"..."` or `'...'` starting at `chars[i]`: its escapes
+/// decoded as JSON does (\" \\ \/ \b \f \n \r \t \uXXXX; in '...' also
+/// \'); an unknown escape is an error.
+fn lex_string(chars: &[char], i: usize, tl: usize, tc: usize) -> Result<(Tok, usize)> {
+    let q = chars[i];
+    let mut j = i + 1;
+    let mut json = String::from("\"");
+    loop {
+        let Some(&ch) = chars.get(j) else {
+            return Err(err(tl, tc, format!("unterminated string: expected closing {q}")));
+        };
+        if ch == '\\' {
+            let Some(&n) = chars.get(j + 1) else {
+                return Err(err(tl, tc, "unterminated string"));
+            };
+            if q == '\'' && n == '\'' {
+                json.push('\'');
+            } else {
+                json.push('\\');
+                json.push(n);
+            }
+            j += 2;
+            continue;
+        }
+        if ch == q {
+            break;
+        }
+        if ch == '"' {
+            json.push_str("\\\"");
+        } else {
+            json.push(ch);
+        }
+        j += 1;
+    }
+    json.push('"');
+    let s: String = serde_json::from_str(&json).map_err(|e| err(tl, tc, format!("invalid string literal: {e}")))?;
+    Ok((Tok::Str(s), j + 1 - i))
+}
+
+/// A number starting at `chars[i]`, as JSON writes numbers.
+fn lex_number(chars: &[char], i: usize, tl: usize, tc: usize) -> Result<(Tok, usize)> {
+    let mut j = i + 1;
+    while j < chars.len() && (chars[j].is_ascii_alphanumeric() || matches!(chars[j], '.' | '+' | '-')) {
+        if matches!(chars[j], '+' | '-') && !matches!(chars[j - 1], 'e' | 'E') {
+            break;
+        }
+        j += 1;
+    }
+    let text: String = chars[i..j].iter().collect();
+    let n: serde_json::Number =
+        serde_json::from_str(&text).map_err(|_| err(tl, tc, format!("malformed number `{text}`")))?;
+    Ok((Tok::Num(n), j - i))
+}
+
+/// `@seq:N` or `@now` starting at `chars[i]`.
+fn lex_point(chars: &[char], i: usize, tl: usize, tc: usize) -> Result<(Tok, usize)> {
+    let n = 1 + chars[i + 1..].iter().take_while(|ch| ch.is_ascii_alphanumeric() || **ch == ':').count();
+    let text: String = chars[i..i + n].iter().collect();
+    let lower = text.to_ascii_lowercase();
+    let tok = if lower == "@now" {
+        Tok::AtNow
+    } else if let Some(num) = lower.strip_prefix("@seq:") {
+        Tok::AtSeq(
+            num.parse().map_err(|_| err(tl, tc, format!("malformed `{text}`: expected @seq:N with N a number")))?,
+        )
+    } else {
+        return Err(err(tl, tc, format!("unknown `{text}`: expected @seq:N or @now")));
+    };
+    Ok((tok, n))
+}
+
+/// An operator or punctuation starting at `chars[i]`.
+fn lex_symbol(chars: &[char], i: usize, tl: usize, tc: usize) -> Result<(Tok, usize)> {
+    let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
+    let sym = match two.as_str() {
+        "!=" | "<>" => Some("!="),
+        "<=" => Some("<="),
+        ">=" => Some(">="),
+        _ => None,
+    };
+    if let Some(s) = sym {
+        return Ok((Tok::Sym(s), 2));
+    }
+    let sym = match chars[i] {
+        '(' => "(",
+        ')' => ")",
+        ',' => ",",
+        '*' => "*",
+        '=' => "=",
+        '<' => "<",
+        '>' => ">",
+        '.' => ".",
+        c => return Err(err(tl, tc, format!("unexpected character {c:?}"))),
+    };
+    Ok((Tok::Sym(sym), 1))
 }
 
 struct Parser {
