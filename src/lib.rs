@@ -23,6 +23,7 @@ pub mod fuzzing;
 pub mod migrate;
 pub mod query;
 pub mod storage;
+mod sync;
 pub mod table;
 
 pub use crypto::kdf::Argon2Params;

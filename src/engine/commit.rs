@@ -3,6 +3,7 @@
 //! write-ahead log with one fsync, applies it, and wakes every waiter.
 
 use super::*;
+use crate::sync::Locked;
 
 /// What the writer lock guards: the commits in the WAL not yet checkpointed.
 #[derive(Default)]
@@ -52,7 +53,7 @@ impl Drop for WriterGuard<'_> {
         drop(self.guard.take());
         // A committer that queued while the lock was held found it taken
         // and parked (see [`Db::submit`]): wake one to lead.
-        if let Some((_, r)) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).first() {
+        if let Some((_, r)) = self.queue.locked().first() {
             r.slot.wake();
         }
     }
@@ -102,7 +103,7 @@ pub(super) struct Flusher {
 
 impl Db {
     pub(super) fn lock_writer(&self) -> WriterGuard<'_> {
-        WriterGuard { guard: Some(self.s.writer.lock().unwrap_or_else(|p| p.into_inner())), queue: &self.s.queue }
+        WriterGuard { guard: Some(self.s.writer.locked()), queue: &self.s.queue }
     }
 
     pub(super) fn try_lock_writer(&self) -> Option<WriterGuard<'_>> {
@@ -145,9 +146,9 @@ impl Db {
         let slot = req.slot.clone();
         let take = || slot.take();
         let me = std::thread::current().id();
-        self.s.queue.lock().unwrap_or_else(|p| p.into_inner()).push((me, req));
+        self.s.queue.locked().push((me, req));
         {
-            let mut g = self.s.gather.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = self.s.gather.locked();
             if let Some(i) = g.awaited.iter().position(|t| *t == me) {
                 g.awaited.swap_remove(i);
                 if g.awaited.is_empty() {
@@ -194,13 +195,13 @@ impl Db {
     /// the next groups do not wait.
     pub(super) fn gather(&self) -> Vec<Request> {
         let (expected, limit) = {
-            let mut g = self.s.gather.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = self.s.gather.locked();
             // Not worth a wait when an fsync is nearly free.
             let limit = if g.cooldown > 0 || g.sync_micros < 50 { 0 } else { g.sync_micros.min(2_000) };
             g.cooldown = g.cooldown.saturating_sub(1);
             (std::mem::take(&mut g.last), Duration::from_micros(limit))
         };
-        let mut q = self.s.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = self.s.queue.locked();
         // The expected committers not queued yet.
         let absent = |q: &Vec<(std::thread::ThreadId, Request)>| -> Vec<std::thread::ThreadId> {
             expected.iter().filter(|t| !q.iter().any(|(u, _)| u == *t)).copied().collect()
@@ -211,20 +212,20 @@ impl Db {
         if !limit.is_zero() && before > 0 {
             let deadline = std::time::Instant::now() + limit;
             // Set under the queue lock: a committer queued later finds itself here.
-            self.s.gather.lock().unwrap_or_else(|p| p.into_inner()).awaited = absent(&q);
+            self.s.gather.locked().awaited = absent(&q);
             while missing(&q) > 0 {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 if left.is_zero() {
                     break;
                 }
-                q = self.s.arrived.wait_timeout(q, left).unwrap_or_else(|p| p.into_inner()).0;
+                q = crate::sync::wait_timeout(&self.s.arrived, q, left);
             }
             idle = missing(&q) == before;
-            self.s.gather.lock().unwrap_or_else(|p| p.into_inner()).awaited.clear();
+            self.s.gather.locked().awaited.clear();
         }
         let taken = std::mem::take(&mut *q);
         drop(q);
-        let mut g = self.s.gather.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.s.gather.locked();
         if idle {
             g.cooldown = 4;
         }
@@ -312,7 +313,7 @@ impl Db {
             let t = std::time::Instant::now();
             failure = self.s.store.sync_stream(WAL_STREAM).err();
             let us = t.elapsed().as_micros().min(1_000_000) as u64;
-            let mut g = self.s.gather.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = self.s.gather.locked();
             g.sync_micros = if g.sync_micros == 0 { us } else { (g.sync_micros * 3 + us) / 4 };
         }
         if let Some(e) = failure {

@@ -2,6 +2,7 @@
 //! remove the folded documents from the sealed log segments.
 
 use super::*;
+use crate::sync::{Locked, RwLocked};
 
 impl Db {
     /// What `COMPACT table BEFORE before` would fold: the horizon it would
@@ -90,7 +91,7 @@ impl Db {
                     patch: None,
                 }],
             )?;
-            let mut st = self.s.state.write().unwrap_or_else(|p| p.into_inner());
+            let mut st = self.s.state.write_locked();
             st.fold_history(id, h, baseline.keys());
         }
         let h = h.max(current);
@@ -108,7 +109,7 @@ impl Db {
     /// Remove the documents of table `id`'s events at or before `h` from the
     /// sealed log segments, and its snapshots older than `h`.
     pub(super) fn reclaim(&self, id: u32, h: u64) -> Result<()> {
-        let _m = self.s.maint.lock().unwrap_or_else(|p| p.into_inner());
+        let _m = self.s.maint.locked();
         let active: Vec<u64> = self
             .s
             .store
@@ -139,7 +140,7 @@ impl Db {
             })?;
             if let Some(positions) = rewritten {
                 self.write_state().remap_commits(f.file_id, &f.name, &positions)?;
-                let mut cache = self.s.cache.lock().unwrap_or_else(|p| p.into_inner());
+                let mut cache = self.s.cache.locked();
                 cache.map.clear();
                 cache.bytes = 0;
             }

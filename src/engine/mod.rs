@@ -17,6 +17,7 @@
 
 use crate::query::ast::{AsOf, Expr, Select, Stmt};
 use crate::storage::store::{CreateOptions, Edit, RecordPos, Store, StoreOptions};
+use crate::sync::{Locked, RwLocked};
 use crate::table::Isolation;
 use crate::table::index::{IKey, Index};
 use crate::table::schema::{Alter, any_between, apply_between};
@@ -128,7 +129,7 @@ impl Drop for Db {
         }
         let _ = self.stop_rotation();
         self.wait_snapshots();
-        let flusher = self.s.flusher.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let flusher = self.s.flusher.locked().take();
         if let Some(mut f) = flusher {
             let _ = f.stop.send(());
             if let Some(t) = f.thread.take() {
@@ -171,7 +172,7 @@ impl Db {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.s.state.read().unwrap_or_else(|p| p.into_inner())
+        self.s.state.read_locked()
     }
 
     pub(crate) fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -179,7 +180,7 @@ impl Db {
     }
 
     fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.s.state.write().unwrap_or_else(|p| p.into_inner())
+        self.s.state.write_locked()
     }
 
     /// The latest committed sequence number (0 for an empty database).

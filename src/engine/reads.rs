@@ -2,6 +2,7 @@
 //! and a row's history.
 
 use super::*;
+use crate::sync::Locked;
 
 /// What a read of the past needs: the snapshot to start from and the commits after it.
 pub(super) struct ReplayPlan {
@@ -133,7 +134,7 @@ impl Db {
     /// The rows of table `id` at its compaction horizon.
     pub(super) fn baseline(&self, st: &State, id: u32) -> Result<Arc<Rows>> {
         let t = st.tables.get(&id).ok_or_else(|| Error::NotFound(format!("table {id}")))?;
-        if let Some((h, rows)) = self.s.baselines.lock().unwrap_or_else(|p| p.into_inner()).get(&id)
+        if let Some((h, rows)) = self.s.baselines.locked().get(&id)
             && *h == t.horizon
         {
             return Ok(rows.clone());
@@ -145,13 +146,13 @@ impl Db {
             .map(|(_, f)| *f)
             .ok_or_else(|| Error::NotFound(format!("snapshot at the horizon of table {id}")))?;
         let rows = Arc::new(load_snapshot(&self.s.store, file, t.horizon)?);
-        self.s.baselines.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (t.horizon, rows.clone()));
+        self.s.baselines.locked().insert(id, (t.horizon, rows.clone()));
         Ok(rows)
     }
 
     /// A decoded commit, from the cache or from disk (no state lock needed).
     pub(super) fn load_commit_meta(&self, ci: u32, meta: CommitMeta) -> Result<Arc<Commit>> {
-        if let Some((c, _)) = self.s.cache.lock().unwrap_or_else(|p| p.into_inner()).map.get(&ci) {
+        if let Some((c, _)) = self.s.cache.locked().map.get(&ci) {
             return Ok(c.clone());
         }
         let rec = self.s.store.read_record(meta.pos)?;
@@ -161,7 +162,7 @@ impl Db {
             return Err(Error::tampered(&name, meta.pos.offset, "commit record changed since it was read"));
         }
         let c = Arc::new(c);
-        let mut cache = self.s.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.s.cache.locked();
         while cache.bytes + rec.len() > CACHE_BYTES {
             let Some(k) = cache.map.keys().next().copied() else { break };
             if let Some((_, n)) = cache.map.remove(&k) {
@@ -183,7 +184,7 @@ impl Db {
 
     /// One event: from the cache, or by decoding just that event of its commit.
     pub(super) fn event(&self, st: &State, h: Hist) -> Result<Event> {
-        if let Some((c, _)) = self.s.cache.lock().unwrap_or_else(|p| p.into_inner()).map.get(&h.commit) {
+        if let Some((c, _)) = self.s.cache.locked().map.get(&h.commit) {
             return c.events.get(h.idx as usize).cloned().ok_or_else(|| Error::NotFound(format!("event {}", h.seq)));
         }
         let (rec, meta, name) = self.read_commit_record(st, h.commit)?;

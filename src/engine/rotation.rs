@@ -2,6 +2,7 @@
 //! re-encryption that rewrites every file and repoints what refers to it.
 
 use super::*;
+use crate::sync::Locked;
 
 impl Db {
     /// Rotate the master key: every data key is re-wrapped under a new
@@ -26,7 +27,7 @@ impl Db {
             // No file rewrite in flight: a file begun under the old master
             // key must not be committed after the re-wrap.
             self.wait_snapshots();
-            let _m = self.s.maint.lock().unwrap_or_else(|p| p.into_inner());
+            let _m = self.s.maint.locked();
             // The WAL's commits into the segments first: no file the
             // re-encryption rewrites is one a commit position points into
             // while it is still being written.
@@ -117,14 +118,14 @@ impl Db {
             r
         });
         match spawned {
-            Ok(t) => *self.s.rotator.lock().unwrap_or_else(|p| p.into_inner()) = Some(t),
+            Ok(t) => *self.s.rotator.locked() = Some(t),
             Err(_) => self.s.rotating.store(false, Ordering::SeqCst),
         }
     }
 
     /// Wait for the background re-encryption to end; its outcome.
     pub fn wait_for_rotation(&self) -> Result<()> {
-        let t = self.s.rotator.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let t = self.s.rotator.locked().take();
         match t {
             Some(t) => t.join().unwrap_or_else(|_| Err(Error::Poisoned("the re-encryption thread panicked".into()))),
             None => Ok(()),
@@ -173,7 +174,7 @@ impl Db {
     /// Re-encrypt one file and point everything that refers to it at its
     /// replacement before the old file is deleted.
     pub(super) fn reencrypt_one(&self, f: &crate::storage::store::FileInfo) -> Result<()> {
-        let _m = self.s.maint.lock().unwrap_or_else(|p| p.into_inner());
+        let _m = self.s.maint.locked();
         let (new_id, positions) = match self.s.store.reencrypt_file(f.file_id) {
             // Replaced meanwhile (merged or compacted): under a fresh key already.
             Err(Error::NotFound(_)) => return Ok(()),

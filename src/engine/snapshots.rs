@@ -2,6 +2,7 @@
 //! since the last one are due.
 
 use super::*;
+use crate::sync::{Locked, RwLocked};
 
 impl Db {
     /// Write automatic snapshots of tables `due` on a thread of their own,
@@ -12,7 +13,7 @@ impl Db {
     /// written (compaction, an explicit snapshot, a key rotation, closing)
     /// waits for it first, under the writer lock, so that no new one starts.
     pub(super) fn snapshot_in_background(&self, due: Vec<u32>) {
-        let mut sn = self.s.snapshotter.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sn = self.s.snapshotter.locked();
         for t in due {
             if !sn.pending.contains(&t) {
                 sn.pending.push(t);
@@ -49,14 +50,14 @@ impl Db {
         struct NotRunning<'a>(&'a Mutex<Snapshotter>);
         impl Drop for NotRunning<'_> {
             fn drop(&mut self) {
-                let mut sn = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                let mut sn = self.0.locked();
                 sn.running = false;
             }
         }
         let _guard = NotRunning(&self.s.snapshotter);
         loop {
             let todo = {
-                let mut sn = self.s.snapshotter.lock().unwrap_or_else(|p| p.into_inner());
+                let mut sn = self.s.snapshotter.locked();
                 if sn.pending.is_empty() {
                     sn.running = false;
                     return;
@@ -88,7 +89,7 @@ impl Db {
     /// Wait for the automatic snapshots being written, if any (writer lock
     /// held, or the last handle dropping: no group adds more meanwhile).
     pub(super) fn wait_snapshots(&self) {
-        let h = self.s.snapshotter.lock().unwrap_or_else(|p| p.into_inner()).thread.take();
+        let h = self.s.snapshotter.locked().thread.take();
         if let Some(h) = h
             && h.join().is_err()
         {
@@ -207,7 +208,7 @@ impl Db {
         let pending = b.finish()?;
         let file_id = pending.file_id();
         self.s.store.commit(crate::storage::store::Edit { add: vec![pending], ..Default::default() })?;
-        let mut st = self.s.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.s.state.write_locked();
         if let Some(t) = st.tables.get_mut(&id) {
             t.snapshots.push((seq, file_id));
             t.snapshots.sort_unstable();

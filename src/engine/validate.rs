@@ -2,6 +2,7 @@
 //! conflict checks of each isolation level.
 
 use super::*;
+use crate::sync::Locked;
 
 /// Where the group-commit leader puts a request's outcome, and the thread
 /// waiting for it (woken on its own, so that answering a group does not
@@ -22,17 +23,17 @@ impl SlotCell {
 
     /// Store the outcome (the waiter is woken by [`SlotCell::wake`]).
     pub fn set(&self, r: Result<u64>) {
-        *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        *self.result.locked() = Some(r);
     }
 
     /// Store the outcome unless there is one already.
     pub fn set_if_empty(&self, r: Result<u64>) {
-        self.result.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(r);
+        self.result.locked().get_or_insert(r);
     }
 
     /// Take the outcome, if there is one yet.
     pub fn take(&self) -> Option<Result<u64>> {
-        self.result.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.result.locked().take()
     }
 
     /// Wake the waiting thread (to take its outcome, or to lead the next group).

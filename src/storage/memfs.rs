@@ -9,6 +9,7 @@
 //! had been killed.
 
 use super::vfs::{LockGuard, OpenMode, Vfs, VfsFile};
+use crate::sync::Locked;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -83,11 +84,11 @@ impl MemFs {
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.locked()
 }
 
 fn lockd(m: &Mutex<Data>) -> MutexGuard<'_, Data> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.locked()
 }
 
 /// Count one mutating operation against [`Faults::ops_left`].

@@ -2,6 +2,7 @@
 //! the atomic manifest edits that add and remove files.
 
 use super::*;
+use crate::sync::Locked;
 
 /// A file written completely but not yet in the manifest; [`Store::commit`] adds it.
 /// Dropped uncommitted, its file is removed.
@@ -35,7 +36,7 @@ pub(super) type Abandoned = Arc<Mutex<Vec<u64>>>;
 
 pub(super) fn abandon(list: &Abandoned, vfs: &dyn Vfs, path: &Path, id: u64) {
     if vfs.remove_file(path).is_ok() || !vfs.exists(path).unwrap_or(true) {
-        list.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+        list.locked().push(id);
     }
 }
 

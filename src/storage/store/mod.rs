@@ -32,6 +32,7 @@ use crate::format::keyring::{
     MasterState, PublicManifest,
 };
 use crate::format::{DB_ID_LEN, FileKind, file_name, parse_file_name};
+use crate::sync::Locked;
 use crate::{Error, Result};
 use files::*;
 pub use files::{FileBuilder, PendingFile};
@@ -348,7 +349,7 @@ impl Drop for Store {
 
 impl Store {
     fn lock_inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.locked()
     }
 
     /// The data directory.

@@ -2,6 +2,7 @@
 //! deletion of files a committed change removed.
 
 use super::*;
+use crate::sync::Locked;
 
 /// Read the keyring file with a size cap.
 pub(crate) fn read_keyring_bytes(vfs: &dyn Vfs, path: &Path) -> Result<Vec<u8>> {
@@ -78,14 +79,14 @@ impl Store {
         // Files given up since the last write were unlinked: that is made
         // durable before the keyring stops listing them as being written
         // (else a crash could bring back a file nothing explains).
-        let abandoned = std::mem::take(&mut *self.abandoned.lock().unwrap_or_else(|p| p.into_inner()));
+        let abandoned = std::mem::take(&mut *self.abandoned.locked());
         if !abandoned.is_empty() {
             if vfs.sync_dir(&self.dir).is_ok() {
                 for id in &abandoned {
                     inner.building.remove(id);
                 }
             } else {
-                self.abandoned.lock().unwrap_or_else(|p| p.into_inner()).extend(abandoned);
+                self.abandoned.locked().extend(abandoned);
             }
         }
         header.version = keyring::KEYRING_VERSION;
