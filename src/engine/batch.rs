@@ -158,13 +158,13 @@ impl Batch {
     pub fn overlay_view(&self, k: &(u32, Pk)) -> Option<Option<Value>> {
         let i = *self.overlay.get(k)?;
         let mut doc = self.overlay_doc(k)?;
-        self.apply_staged(k.0, Some(i), &mut doc);
+        self.through_staged_alters(k.0, Some(i), &mut doc);
         Some(doc)
     }
 
-    /// Apply this batch's schema changes to table `id` after event `after`
-    /// (all of them for `None`) to a document.
-    pub fn apply_staged(&self, id: u32, after: Option<usize>, doc: &mut Option<Value>) {
+    /// A document read through this batch's schema changes to table `id`
+    /// after event `after` (all of them for `None`).
+    pub fn through_staged_alters(&self, id: u32, after: Option<usize>, doc: &mut Option<Value>) {
         if let Some(Value::Object(m)) = doc {
             for (_, _, a) in self.alters.iter().filter(|(i, t, _)| *t == id && after.is_none_or(|x| *i > x)) {
                 a.apply_doc(m);
@@ -196,7 +196,7 @@ impl Batch {
             return Ok(None);
         }
         let mut doc = v.current(id, key)?;
-        self.apply_staged(id, None, &mut doc);
+        self.through_staged_alters(id, None, &mut doc);
         Ok(doc)
     }
 
@@ -211,7 +211,7 @@ impl Batch {
     }
 
     /// Check and add one change.
-    pub fn apply(&mut self, v: &dyn View, op: TxnOp) -> Result<()> {
+    pub fn stage(&mut self, v: &dyn View, op: TxnOp) -> Result<()> {
         match op {
             TxnOp::CreateTable { name, pk, indexes } => self.create_table(v, &name, &pk, &indexes),
             TxnOp::Insert { table, doc } => self.insert(v, &table, doc),

@@ -8,7 +8,7 @@ impl Db {
     /// WAL files go only after the segments holding their commits are synced,
     /// and opening skips WAL commits the segments already hold.
     pub(super) fn checkpoint(&self, w: &mut WriterState) -> Result<()> {
-        let wal_files = self.s.store.stream_files(WAL_STREAM);
+        let wal_files = self.shared.store.stream_files(WAL_STREAM);
         if wal_files.is_empty() && w.pending.is_empty() {
             return Ok(());
         }
@@ -17,7 +17,7 @@ impl Db {
             // A retry in this session would copy commits the segments may
             // already hold: refuse writes instead; the next open checkpoints
             // from what the disk holds.
-            self.s.store.poison_with(e);
+            self.shared.store.poison_with(e);
         }
         r
     }
@@ -25,23 +25,23 @@ impl Db {
     pub(super) fn checkpoint_steps(&self, w: &mut WriterState) -> Result<()> {
         // Seal (and sync) the WAL's current file: every WAL file is then
         // fully covered by what is copied below.
-        self.s.store.seal_stream(WAL_STREAM)?;
+        self.shared.store.seal_stream(WAL_STREAM)?;
         let mut moved = Vec::with_capacity(w.pending.len());
         for (ci, rec) in &w.pending {
-            moved.push((*ci, self.s.store.append(EVENTS_STREAM, FileKind::Segment, rec)?));
+            moved.push((*ci, self.shared.store.append(EVENTS_STREAM, FileKind::Segment, rec)?));
         }
-        self.s.store.sync_stream(EVENTS_STREAM)?;
+        self.shared.store.sync_stream(EVENTS_STREAM)?;
         {
-            let mut st = self.write_state();
+            let mut st = self.state_mut();
             for (ci, pos) in moved {
                 if let Some(c) = st.commits.get_mut(ci as usize) {
                     c.pos = pos;
                 }
             }
         }
-        let remove: Vec<u64> = self.s.store.stream_files(WAL_STREAM).iter().map(|f| f.file_id).collect();
+        let remove: Vec<u64> = self.shared.store.stream_files(WAL_STREAM).iter().map(|f| f.file_id).collect();
         w.pending.clear();
         w.pending_bytes = 0;
-        self.s.store.commit(Edit { remove, ..Default::default() })
+        self.shared.store.commit(Edit { remove, ..Default::default() })
     }
 }

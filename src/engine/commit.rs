@@ -103,26 +103,26 @@ pub(super) struct Flusher {
 
 impl Db {
     pub(super) fn lock_writer(&self) -> WriterGuard<'_> {
-        WriterGuard { guard: Some(self.s.writer.locked()), queue: &self.s.queue }
+        WriterGuard { guard: Some(self.shared.writer.locked()), queue: &self.shared.queue }
     }
 
     pub(super) fn try_lock_writer(&self) -> Option<WriterGuard<'_>> {
-        let guard = match self.s.writer.try_lock() {
+        let guard = match self.shared.writer.try_lock() {
             Ok(g) => g,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        Some(WriterGuard { guard: Some(guard), queue: &self.s.queue })
+        Some(WriterGuard { guard: Some(guard), queue: &self.shared.queue })
     }
 
     /// Begin a transaction.
     pub fn begin(&self, iso: Isolation) -> Txn<'_> {
         if iso == Isolation::ReadCommitted {
-            return Txn::new(self, iso, self.read().latest_seq(), false);
+            return Txn::new(self, iso, self.state().latest_seq(), false);
         }
         // Registered under the write lock, so that every change after the
         // snapshot is kept for the transaction's reads and validation.
-        let mut st = self.write_state();
+        let mut st = self.state_mut();
         let snapshot = st.latest_seq();
         *st.active.entry(snapshot).or_default() += 1;
         Txn::new(self, iso, snapshot, true)
@@ -130,7 +130,7 @@ impl Db {
 
     /// A transaction with snapshot `snapshot` ended.
     pub(crate) fn unregister(&self, snapshot: u64) {
-        let mut st = self.write_state();
+        let mut st = self.state_mut();
         if let Some(n) = st.active.get_mut(&snapshot) {
             *n -= 1;
             if *n == 0 {
@@ -146,13 +146,13 @@ impl Db {
         let slot = req.slot.clone();
         let take = || slot.take();
         let me = std::thread::current().id();
-        self.s.queue.locked().push((me, req));
+        self.shared.queue.locked().push((me, req));
         {
-            let mut g = self.s.gather.locked();
+            let mut g = self.shared.gather.locked();
             if let Some(i) = g.awaited.iter().position(|t| *t == me) {
                 g.awaited.swap_remove(i);
                 if g.awaited.is_empty() {
-                    self.s.arrived.notify_all();
+                    self.shared.arrived.notify_all();
                 }
             }
         }
@@ -195,13 +195,13 @@ impl Db {
     /// the next groups do not wait.
     pub(super) fn gather(&self) -> Vec<Request> {
         let (expected, limit) = {
-            let mut g = self.s.gather.locked();
+            let mut g = self.shared.gather.locked();
             // Not worth a wait when an fsync is nearly free.
             let limit = if g.cooldown > 0 || g.sync_micros < 50 { 0 } else { g.sync_micros.min(2_000) };
             g.cooldown = g.cooldown.saturating_sub(1);
             (std::mem::take(&mut g.last), Duration::from_micros(limit))
         };
-        let mut q = self.s.queue.locked();
+        let mut q = self.shared.queue.locked();
         // The expected committers not queued yet.
         let absent = |q: &Vec<(std::thread::ThreadId, Request)>| -> Vec<std::thread::ThreadId> {
             expected.iter().filter(|t| !q.iter().any(|(u, _)| u == *t)).copied().collect()
@@ -212,20 +212,20 @@ impl Db {
         if !limit.is_zero() && before > 0 {
             let deadline = std::time::Instant::now() + limit;
             // Set under the queue lock: a committer queued later finds itself here.
-            self.s.gather.locked().awaited = absent(&q);
+            self.shared.gather.locked().awaited = absent(&q);
             while missing(&q) > 0 {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 if left.is_zero() {
                     break;
                 }
-                q = crate::sync::wait_timeout(&self.s.arrived, q, left);
+                q = crate::sync::wait_timeout(&self.shared.arrived, q, left);
             }
             idle = missing(&q) == before;
-            self.s.gather.locked().awaited.clear();
+            self.shared.gather.locked().awaited.clear();
         }
         let taken = std::mem::take(&mut *q);
         drop(q);
-        let mut g = self.s.gather.locked();
+        let mut g = self.shared.gather.locked();
         if idle {
             g.cooldown = 4;
         }
@@ -239,13 +239,13 @@ impl Db {
     pub(super) fn run_group(&self, w: &mut WriterState, reqs: Vec<Request>) {
         // Should anything below panic, no committer of the group stays
         // parked: each gets its outcome, or an error, and is woken.
-        let _unwind = WakeOnUnwind(&self.s.store, reqs.iter().map(|r| r.slot.clone()).collect());
+        let _unwind = WakeOnUnwind(&self.shared.store, reqs.iter().map(|r| r.slot.clone()).collect());
         let set = |slot: &Slot, r: Result<u64>| {
             slot.set(r);
             slot.wake();
         };
         let accepted = {
-            let st = self.read();
+            let st = self.state();
             let mut g = GroupView::new(&st);
             for req in reqs {
                 g.index_written();
@@ -261,7 +261,7 @@ impl Db {
                 } else {
                     let mut b = Batch { system: batch.system, ..Batch::default() };
                     let rebuilt =
-                        batch.into_ops(&st).and_then(|ops| ops.into_iter().try_for_each(|op| b.apply(&g, op)));
+                        batch.into_ops(&st).and_then(|ops| ops.into_iter().try_for_each(|op| b.stage(&g, op)));
                     if let Err(e) = rebuilt {
                         set(&slot, Err(e));
                         continue;
@@ -304,23 +304,23 @@ impl Db {
         }
         // The group's records go to the WAL in one write.
         let records: Vec<&[u8]> = built.iter().map(|(_, bytes, _, _)| bytes.as_slice()).collect();
-        let (positions, mut failure) = match self.s.store.append_many(WAL_STREAM, FileKind::Wal, &records) {
+        let (positions, mut failure) = match self.shared.store.append_many(WAL_STREAM, FileKind::Wal, &records) {
             Ok(p) => (p, None),
             Err(e) => (Vec::new(), Some(e)),
         };
         drop(records);
-        if failure.is_none() && self.s.opts.durability == Durability::Immediate {
+        if failure.is_none() && self.shared.opts.durability == Durability::Immediate {
             let t = std::time::Instant::now();
-            failure = self.s.store.sync_stream(WAL_STREAM).err();
+            failure = self.shared.store.sync_stream(WAL_STREAM).err();
             let us = t.elapsed().as_micros().min(1_000_000) as u64;
-            let mut g = self.s.gather.locked();
+            let mut g = self.shared.gather.locked();
             g.sync_micros = if g.sync_micros == 0 { us } else { (g.sync_micros * 3 + us) / 4 };
         }
         if let Some(e) = failure {
             // Nothing of the group is acknowledged or applied, though part
             // of it may be on disk: the store refuses writes from now on
             // (reopen recovers, and decides from what the disk holds).
-            self.s.store.poison_with(&e);
+            self.shared.store.poison_with(&e);
             let msg = e.to_string();
             let mut first = Some(e);
             for (_, _, slot, _) in built {
@@ -332,14 +332,14 @@ impl Db {
         let mut due: Vec<u32> = Vec::new();
         let mut answered: Vec<Slot> = Vec::with_capacity(built.len());
         {
-            let mut guard = Some(self.write_state());
+            let mut guard = Some(self.state_mut());
             for ((mut commit, bytes, slot, picks), pos) in built.into_iter().zip(positions) {
                 // A schema change that builds an index builds it first,
                 // under the read lock only: readers go on meanwhile.
                 if commit.events.iter().any(|e| e.op == Op::Alter) {
                     drop(guard.take());
                     let pre = self.prebuild_indexes(&commit);
-                    guard = Some(self.write_state());
+                    guard = Some(self.state_mut());
                     if let Some(st) = guard.as_mut() {
                         st.prebuilt = pre;
                     }
@@ -347,7 +347,7 @@ impl Db {
                 let Some(st) = guard.as_mut() else { break };
                 let ci = st.commits.len() as u32;
                 // Woken once the state is released (they would wait for it).
-                let r = st.apply(&mut commit, picks, bytes.len(), pos);
+                let r = st.apply_commit(&mut commit, picks, bytes.len(), pos);
                 let failed = r.is_err();
                 slot.set(r.map(|()| st.latest_seq()));
                 answered.push(slot);
@@ -358,7 +358,7 @@ impl Db {
                 w.pending_bytes += bytes.len() as u64;
                 w.pending.push((ci, bytes));
                 for e in &commit.events {
-                    if !due.contains(&e.table) && st.snapshot_due(e.table, &self.s.opts) {
+                    if !due.contains(&e.table) && st.snapshot_due(e.table, &self.shared.opts) {
                         due.push(e.table);
                     }
                 }
@@ -368,7 +368,7 @@ impl Db {
         for slot in answered {
             slot.wake();
         }
-        if w.pending_bytes >= self.s.opts.checkpoint_bytes {
+        if w.pending_bytes >= self.shared.opts.checkpoint_bytes {
             // The commits are durable in the WAL: a failed checkpoint only
             // leaves them there (and the store refuses writes until reopened).
             let _ = self.checkpoint(w);
@@ -434,7 +434,7 @@ impl Db {
     /// build, built now from the current rows under the read lock (the
     /// caller, the group-commit leader, keeps every other writer out).
     pub(super) fn prebuild_indexes(&self, commit: &Commit) -> Vec<Prebuilt> {
-        let st = self.read();
+        let st = self.state();
         let mut out = Vec::new();
         // Indexed columns per table as the commit's earlier changes leave them.
         let mut indexed: FastMap<u32, Vec<String>> = FastMap::default();

@@ -9,15 +9,15 @@ impl Db {
     /// move to, and the table's events (inserts, patches, soft deletes) it
     /// would fold and keep. Nothing changes.
     pub fn compaction_preview(&self, table: &str, before: &AsOf) -> Result<CompactionPreview> {
-        let st = self.read();
+        let st = self.state();
         let def = st.table(table)?;
         let t = st.tables.get(&def.id).ok_or_else(|| Error::NotFound(format!("table {table}")))?;
         let horizon = resolve(&st, before)?.max(t.horizon);
         let (mut fold, mut keep) = (0u64, 0u64);
         for m in &t.history.shards {
             for hs in m.values() {
-                for h in hs.iter().filter(|h| !h.folded) {
-                    if h.seq <= horizon { fold += 1 } else { keep += 1 }
+                for e in hs.iter().filter(|e| !e.folded) {
+                    if e.seq <= horizon { fold += 1 } else { keep += 1 }
                 }
             }
         }
@@ -45,41 +45,41 @@ impl Db {
     pub fn compact(&self, table: &str, before: Option<&AsOf>) -> Result<u64> {
         let mut w = self.lock_writer();
         self.wait_snapshots();
-        let (id, h, current) = {
-            let st = self.read();
+        let (id, horizon, current) = {
+            let st = self.state();
             let def = st.table(table)?;
             let current = st.tables.get(&def.id).map_or(0, |t| t.horizon);
-            let h = match before {
+            let horizon = match before {
                 None => current,
                 Some(a) => resolve(&st, a)?,
             };
             if let Some(oldest) = st.active.keys().next()
-                && h > *oldest
+                && horizon > *oldest
             {
                 return Err(Error::Query(format!(
-                    "a transaction that reads the database as of @seq:{oldest} is open; COMPACT {table:?} cannot move the horizon past it (to @seq:{h}) until it ends"
+                    "a transaction that reads the database as of @seq:{oldest} is open; COMPACT {table:?} cannot move the horizon past it (to @seq:{horizon}) until it ends"
                 )));
             }
-            (def.id, h, current)
+            (def.id, horizon, current)
         };
-        if h > current {
+        if horizon > current {
             let rows: Vec<(Pk, Arc<Doc>)> = {
-                let st = self.read();
+                let st = self.state();
                 let t = st.tables.get(&id).ok_or_else(|| Error::NotFound(format!("table {table}")))?;
-                if t.snapshots.iter().any(|(s, _)| *s == h) {
+                if t.snapshots.iter().any(|(s, _)| *s == horizon) {
                     Vec::new()
                 } else {
-                    self.rows_at(&st, id, t, h)?.into_iter().collect()
+                    self.rows_at(&st, id, t, horizon)?.into_iter().collect()
                 }
             };
-            let has = self.read().tables.get(&id).is_some_and(|t| t.snapshots.iter().any(|(s, _)| *s == h));
+            let has = self.state().tables.get(&id).is_some_and(|t| t.snapshots.iter().any(|(s, _)| *s == horizon));
             if !has {
-                self.write_snapshot(id, h, &rows, (u64::MAX, u64::MAX))?;
+                self.write_snapshot(id, horizon, &rows, (u64::MAX, u64::MAX))?;
             }
             let baseline = {
-                let st = self.read();
+                let st = self.state();
                 let t = st.tables.get(&id).ok_or_else(|| Error::NotFound(format!("table {table}")))?;
-                self.rows_at(&st, id, t, h)?
+                self.rows_at(&st, id, t, horizon)?
             };
             self.commit_locked(
                 &mut w,
@@ -87,51 +87,52 @@ impl Db {
                     op: Op::Compact,
                     table: id,
                     key: None,
-                    doc: Some(Arc::new(Doc::from_value(serde_json::json!({ "horizon": h })))),
+                    doc: Some(Arc::new(Doc::from_value(serde_json::json!({ "horizon": horizon })))),
                     patch: None,
                 }],
             )?;
-            let mut st = self.s.state.write_locked();
-            st.fold_history(id, h, baseline.keys());
+            let mut st = self.shared.state.write_locked();
+            st.fold_history(id, horizon, baseline.keys());
         }
-        let h = h.max(current);
-        if h == 0 {
+        let horizon = horizon.max(current);
+        if horizon == 0 {
             return Ok(0);
         }
         // Every commit into sealed segments first, so that all of them can
         // be rewritten.
         self.checkpoint(&mut w)?;
-        self.s.store.seal_stream(EVENTS_STREAM)?;
-        self.reclaim(id, h)?;
-        Ok(h)
+        self.shared.store.seal_stream(EVENTS_STREAM)?;
+        self.reclaim(id, horizon)?;
+        Ok(horizon)
     }
 
-    /// Remove the documents of table `id`'s events at or before `h` from the
-    /// sealed log segments, and its snapshots older than `h`.
-    pub(super) fn reclaim(&self, id: u32, h: u64) -> Result<()> {
-        let _m = self.s.maint.locked();
+    /// Remove the documents of table `id`'s events at or before `horizon` from the
+    /// sealed log segments, and its snapshots older than `horizon`.
+    pub(super) fn reclaim(&self, id: u32, horizon: u64) -> Result<()> {
+        let _rewriting = self.shared.rewriting.locked();
         let active: Vec<u64> = self
-            .s
+            .shared
             .store
             .stream_files(EVENTS_STREAM)
             .into_iter()
             .filter(|f| !matches!(f.state, crate::format::keyring::FileState::Sealed { .. }))
             .map(|f| f.file_id)
             .collect();
-        for f in self.s.store.stream_files(EVENTS_STREAM) {
+        for f in self.shared.store.stream_files(EVENTS_STREAM) {
             if active.contains(&f.file_id) {
                 continue;
             }
-            let starts_before = self.read().commits.iter().any(|c| c.pos.file_id == f.file_id && c.first_seq <= h);
+            let starts_before =
+                self.state().commits.iter().any(|c| c.pos.file_id == f.file_id && c.first_seq <= horizon);
             if !starts_before {
                 continue;
             }
-            let rewritten = self.s.store.rewrite_file(f.file_id, |rec| {
+            let rewritten = self.shared.store.rewrite_file(f.file_id, |rec| {
                 let mut c = Commit::decode(rec).map_err(|e| Error::corrupted(&f.name, 0, e.reason))?;
                 let mut changed = false;
                 for (i, e) in c.events.iter_mut().enumerate() {
                     let seq = c.first_seq + i as u64;
-                    if e.table == id && seq <= h && matches!(e.op, Op::Insert | Op::Patch | Op::SoftDelete) {
+                    if e.table == id && seq <= horizon && matches!(e.op, Op::Insert | Op::Patch | Op::SoftDelete) {
                         *e = Event { op: Op::Folded, table: id, key: None, doc: None, patch: None };
                         changed = true;
                     }
@@ -139,23 +140,23 @@ impl Db {
                 Ok(changed.then(|| c.encode()))
             })?;
             if let Some(positions) = rewritten {
-                self.write_state().remap_commits(f.file_id, &f.name, &positions)?;
-                let mut cache = self.s.cache.locked();
+                self.state_mut().remap_commits(f.file_id, &f.name, &positions)?;
+                let mut cache = self.shared.cache.locked();
                 cache.map.clear();
                 cache.bytes = 0;
             }
         }
         let old: Vec<u64> = self
-            .s
+            .shared
             .store
             .files()
             .into_iter()
             .filter(|f| f.stream == SNAPSHOT_STREAM_BASE + id)
-            .filter(|f| SnapMeta::decode(&f.meta).is_ok_and(|m| m.seq < h))
+            .filter(|f| SnapMeta::decode(&f.meta).is_ok_and(|m| m.seq < horizon))
             .map(|f| f.file_id)
             .collect();
         if !old.is_empty() {
-            self.s.store.commit(crate::storage::store::Edit { remove: old, ..Default::default() })?;
+            self.shared.store.commit(crate::storage::store::Edit { remove: old, ..Default::default() })?;
         }
         Ok(())
     }

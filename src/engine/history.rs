@@ -3,19 +3,31 @@
 
 use super::*;
 
+/// A commit of the log, as the engine keeps it in memory: where its record
+/// is, and which sequence numbers and commit time it holds.
 #[derive(Clone, Copy)]
 pub(super) struct CommitMeta {
+    /// The sequence number of its first event.
     pub(super) first_seq: u64,
+    /// Its events.
     pub(super) len: u32,
+    /// Its commit time (microseconds since the Unix epoch).
     pub(super) time: i64,
+    /// Its record in the segments or the WAL.
     pub(super) pos: RecordPos,
 }
 
+/// One event of a row's history: which event it is (read back from the log
+/// when its document is needed).
 #[derive(Clone, Copy)]
-pub(crate) struct Hist {
+pub(crate) struct EventRef {
+    /// Its sequence number.
     pub(crate) seq: u64,
+    /// What it did to the row.
     pub(super) op: Op,
+    /// Its commit (an index into the state's commits).
     pub(super) commit: u32,
+    /// Its place in the commit.
     pub(super) idx: u32,
     /// The row's state at the table's compaction horizon (`seq` is the
     /// horizon); its document is in the horizon snapshot.
@@ -24,54 +36,54 @@ pub(crate) struct Hist {
 
 /// A row's history, oldest first: most rows have one event, kept inline.
 #[derive(Clone)]
-pub(crate) enum Hists {
-    One(Hist),
-    Many(Vec<Hist>),
+pub(crate) enum EventRefs {
+    One(EventRef),
+    Many(Vec<EventRef>),
 }
 
 /// A table's history map, taken out while a commit's entries for it
 /// (in event order) are added on another thread.
-pub(super) type HistoryWork = (u32, RowHistory, Vec<(Pk, Hist)>);
+pub(super) type HistoryWork = (u32, RowHistory, Vec<(Pk, EventRef)>);
 
-impl Default for Hists {
-    fn default() -> Hists {
-        Hists::Many(Vec::new())
+impl Default for EventRefs {
+    fn default() -> EventRefs {
+        EventRefs::Many(Vec::new())
     }
 }
 
-impl std::ops::Deref for Hists {
-    type Target = [Hist];
-    fn deref(&self) -> &[Hist] {
+impl std::ops::Deref for EventRefs {
+    type Target = [EventRef];
+    fn deref(&self) -> &[EventRef] {
         match self {
-            Hists::One(h) => std::slice::from_ref(h),
-            Hists::Many(v) => v,
+            EventRefs::One(h) => std::slice::from_ref(h),
+            EventRefs::Many(v) => v,
         }
     }
 }
 
-impl Hists {
-    pub(super) fn push(&mut self, h: Hist) {
+impl EventRefs {
+    pub(super) fn push(&mut self, h: EventRef) {
         match self {
-            Hists::Many(v) if v.is_empty() => *self = Hists::One(h),
-            Hists::Many(v) => v.push(h),
-            Hists::One(first) => *self = Hists::Many(vec![*first, h]),
+            EventRefs::Many(v) if v.is_empty() => *self = EventRefs::One(h),
+            EventRefs::Many(v) => v.push(h),
+            EventRefs::One(first) => *self = EventRefs::Many(vec![*first, h]),
         }
     }
 
-    pub(super) fn to_vec_mut(&mut self) -> &mut Vec<Hist> {
-        if let Hists::One(h) = *self {
-            *self = Hists::Many(vec![h]);
+    pub(super) fn to_vec_mut(&mut self) -> &mut Vec<EventRef> {
+        if let EventRefs::One(h) = *self {
+            *self = EventRefs::Many(vec![h]);
         }
         match self {
-            Hists::Many(v) => v,
-            Hists::One(_) => unreachable_hists(),
+            EventRefs::Many(v) => v,
+            EventRefs::One(_) => unreachable_event_refs(),
         }
     }
 }
 
 #[allow(clippy::panic)]
 #[cold]
-pub(super) fn unreachable_hists() -> ! {
+pub(super) fn unreachable_event_refs() -> ! {
     // `to_vec_mut` has just made it `Many`.
     panic!("history list is not a vector")
 }
@@ -85,7 +97,7 @@ pub(super) fn unreachable_hists() -> ! {
 pub(crate) struct RowHistory {
     pub(super) pick: foldhash::quality::RandomState,
     /// Empty until the first entry, then `HIST_SHARDS` maps.
-    pub(super) shards: Vec<FastMap<Pk, Hists>>,
+    pub(super) shards: Vec<FastMap<Pk, EventRefs>>,
 }
 
 /// Shards of a [`RowHistory`].
@@ -102,32 +114,32 @@ impl RowHistory {
         (self.pick.hash_one(k) >> 56) as usize % HIST_SHARDS
     }
 
-    pub(crate) fn get(&self, k: &Pk) -> Option<&Hists> {
+    pub(crate) fn get(&self, k: &Pk) -> Option<&EventRefs> {
         self.shards.get(self.shard_of(k))?.get(k)
     }
 
     /// The shards, made on first use.
-    pub(super) fn shards_mut(&mut self) -> &mut [FastMap<Pk, Hists>] {
+    pub(super) fn shards_mut(&mut self) -> &mut [FastMap<Pk, EventRefs>] {
         if self.shards.is_empty() {
             self.shards = (0..HIST_SHARDS).map(|_| FastMap::default()).collect();
         }
         &mut self.shards
     }
 
-    pub(super) fn shard_mut(&mut self, k: &Pk) -> &mut FastMap<Pk, Hists> {
+    pub(super) fn shard_mut(&mut self, k: &Pk) -> &mut FastMap<Pk, EventRefs> {
         let i = self.shard_of(k);
         &mut self.shards_mut()[i]
     }
 
-    pub(super) fn push_key(&mut self, k: Pk, h: Hist) {
+    pub(super) fn push_key(&mut self, k: Pk, h: EventRef) {
         self.shard_mut(&k).entry(k).or_default().push(h);
     }
 
-    pub(super) fn entry(&mut self, k: &Pk) -> &mut Hists {
+    pub(super) fn entry(&mut self, k: &Pk) -> &mut EventRefs {
         self.shard_mut(k).entry(k.clone()).or_default()
     }
 
-    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut Hists> {
+    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut EventRefs> {
         self.shards.iter_mut().flat_map(|m| m.values_mut())
     }
 
@@ -144,7 +156,7 @@ impl RowHistory {
 
     /// Add entries that all belong to shard `i` (see [`RowHistory::shard_of`]),
     /// in the order of their events.
-    pub(super) fn fill_shard(&mut self, i: usize, entries: Vec<(Pk, Hist)>) {
+    pub(super) fn fill_shard(&mut self, i: usize, entries: Vec<(Pk, EventRef)>) {
         if entries.is_empty() {
             return;
         }

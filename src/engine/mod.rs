@@ -73,7 +73,7 @@ pub const WAL_STREAM: u32 = 2;
 
 /// An embedded DriftDB database.
 pub struct Db {
-    s: Arc<Shared>,
+    shared: Arc<Shared>,
     /// The application's handle (not a background thread's): dropping it
     /// stops and joins the background threads.
     owner: bool,
@@ -98,8 +98,10 @@ pub(crate) struct Shared {
     baselines: Mutex<HashMap<u32, (u64, Arc<Rows>)>>,
     opts: Options,
     flusher: Mutex<Option<Flusher>>,
-    /// Taken for each file rewrite (compaction, re-encryption).
-    maint: Mutex<()>,
+    /// Held while a sealed file is rewritten and what refers to it is
+    /// repointed (compaction's reclaiming, re-encryption, the start of a
+    /// rotation): one rewrite at a time, and none across a rotation's start.
+    rewriting: Mutex<()>,
     /// The background re-encryption, if one was started.
     rotator: Mutex<Option<std::thread::JoinHandle<Result<()>>>>,
     /// Set to stop the background re-encryption between two files.
@@ -129,7 +131,7 @@ impl Drop for Db {
         }
         let _ = self.stop_rotation();
         self.wait_snapshots();
-        let flusher = self.s.flusher.locked().take();
+        let flusher = self.shared.flusher.locked().take();
         if let Some(mut f) = flusher {
             let _ = f.stop.send(());
             if let Some(t) = f.thread.take() {
@@ -155,12 +157,12 @@ const CACHE_BYTES: usize = 64 << 20;
 impl Db {
     /// A handle for a background thread (does not stop anything when dropped).
     fn background_handle(&self) -> Db {
-        Db { s: self.s.clone(), owner: false }
+        Db { shared: self.shared.clone(), owner: false }
     }
 
     /// The underlying store (files, keys, verification).
     pub fn store(&self) -> &Store {
-        &self.s.store
+        &self.shared.store
     }
 
     /// The keyring's generation, incremented on every keyring write. Keep
@@ -168,35 +170,33 @@ impl Db {
     /// it as [`Options::expect_generation`] on the next open: an older copy
     /// of the whole directory put back in place is then refused.
     pub fn keyring_generation(&self) -> u64 {
-        self.s.store.keyring_generation()
+        self.shared.store.keyring_generation()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.s.state.read_locked()
+    /// The in-memory state, for reading (never held across an fsync).
+    pub(crate) fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.shared.state.read_locked()
     }
 
-    pub(crate) fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.read()
-    }
-
-    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.s.state.write_locked()
+    /// The in-memory state, for changing it.
+    fn state_mut(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.shared.state.write_locked()
     }
 
     /// The latest committed sequence number (0 for an empty database).
     pub fn latest_seq(&self) -> u64 {
-        self.read().latest_seq()
+        self.state().latest_seq()
     }
 
     /// Close the database: checkpoint the write-ahead log and seal the open files.
     pub fn close(self) -> Result<()> {
         self.wait_snapshots();
         let rotation = self.stop_rotation();
-        if !self.s.store.options().read_only && self.s.store.poisoned().is_none() {
+        if !self.shared.store.options().read_only && self.shared.store.poisoned().is_none() {
             let mut w = self.lock_writer();
             self.checkpoint(&mut w)?;
         }
-        self.s.store.close_shared()?;
+        self.shared.store.close_shared()?;
         rotation
     }
 }

@@ -43,7 +43,7 @@ pub(super) fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec:
         events.push(Applied { op: e.op, table: e.table, key, hkey, doc, picks: None });
     }
     let ci = st.commits.len() as u32;
-    st.apply_events(c.first_seq, c.time_micros, events, pos, rec.len())
+    st.apply_record(c.first_seq, c.time_micros, events, pos, rec.len())
         .map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))?;
     Ok(ci)
 }
@@ -296,7 +296,7 @@ impl Db {
         settle(&store, &mut st, opening, loaded, histories)?;
         // 4. The WAL checkpointed, and an interrupted re-encryption resumed.
         let db = Db::from_store(store, st, opts);
-        if wal_files > 0 && !db.s.store.options().read_only {
+        if wal_files > 0 && !db.shared.store.options().read_only {
             let mut w = db.lock_writer();
             *w = writer;
             // Housekeeping: if it cannot be done now (a full disk, say),
@@ -308,7 +308,10 @@ impl Db {
         } else {
             *db.lock_writer() = writer;
         }
-        if db.s.opts.resume_rotation && !db.s.store.options().read_only && db.s.store.poisoned().is_none() {
+        if db.shared.opts.resume_rotation
+            && !db.shared.store.options().read_only
+            && db.shared.store.poisoned().is_none()
+        {
             db.start_reencryption(None);
         }
         Ok(db)
@@ -334,7 +337,7 @@ impl Db {
             _ => None,
         };
         Db {
-            s: Arc::new(Shared {
+            shared: Arc::new(Shared {
                 store,
                 state: RwLock::new(state),
                 writer: Mutex::new(WriterState::default()),
@@ -345,7 +348,7 @@ impl Db {
                 baselines: Mutex::new(HashMap::new()),
                 opts,
                 flusher: Mutex::new(flusher),
-                maint: Mutex::new(()),
+                rewriting: Mutex::new(()),
                 rotator: Mutex::new(None),
                 stop: std::sync::atomic::AtomicBool::new(false),
                 rotating: std::sync::atomic::AtomicBool::new(false),
@@ -458,15 +461,18 @@ fn load_latest(store: &Store, latest: &[(u32, u64, u64, Vec<String>)]) -> Result
 }
 
 /// History entries handed from the replay to the thread that builds the maps.
-type HistBatch = Vec<(u32, Pk, Hist)>;
+type EventRefBatch = Vec<(u32, Pk, EventRef)>;
 /// Entries in one such batch.
 const HIST_BATCH: usize = 16 * 1024;
 
 /// The history maps, from the batches of entries the replay hands over in
 /// log order: grouped by table and shard as they come (appends only), and
 /// each shard built once the log is read.
-fn build_histories(rx: std::sync::mpsc::Receiver<HistBatch>, room: HashMap<u32, usize>) -> FastMap<u32, RowHistory> {
-    type Parts = (RowHistory, Vec<Vec<(Pk, Hist)>>);
+fn build_histories(
+    rx: std::sync::mpsc::Receiver<EventRefBatch>,
+    room: HashMap<u32, usize>,
+) -> FastMap<u32, RowHistory> {
+    type Parts = (RowHistory, Vec<Vec<(Pk, EventRef)>>);
     let mut parts: FastMap<u32, Parts> = FastMap::default();
     let new_parts = |id: u32| -> Parts {
         let per_shard = room.get(&id).map_or(0, |n| n / HIST_SHARDS + n / HIST_SHARDS / 8);
@@ -506,7 +512,7 @@ fn replay(
     plan: &SnapshotPlan,
     writer: &mut WriterState,
 ) -> Result<(Vec<Loaded>, Histories)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<HistBatch>(4);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<EventRefBatch>(4);
     let room = plan.room.clone();
     let historian =
         std::thread::Builder::new().name("driftdb-open-history".into()).spawn(move || build_histories(rx, room));

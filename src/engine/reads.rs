@@ -86,7 +86,7 @@ pub(super) fn table_at<'a>(st: &'a State, table: &str, seq: u64) -> Result<&'a T
 impl Db {
     /// The current document of a row.
     pub fn get(&self, table: &str, key: &Pk) -> Result<Option<Value>> {
-        let st = self.read();
+        let st = self.state();
         let def = st.table(table)?;
         let Some(t) = st.tables.get(&def.id) else { return Ok(None) };
         Ok(t.rows.get(key).map(|d| t.view_value(d, u64::MAX)))
@@ -94,7 +94,7 @@ impl Db {
 
     /// The document of a row as of sequence number `seq`.
     pub fn get_as_of(&self, table: &str, key: &Pk, seq: u64) -> Result<Option<Value>> {
-        let st = self.read();
+        let st = self.state();
         let seq = resolve(&st, &AsOf::Seq(seq))?;
         let def = table_at(&st, table, seq)?;
         let Some(t) = st.tables.get(&def.id) else { return Ok(None) };
@@ -111,7 +111,7 @@ impl Db {
         self.doc_at(&st, def.id, key, h, seq)
     }
 
-    pub(super) fn doc_at(&self, st: &State, id: u32, key: &Pk, h: &[Hist], seq: u64) -> Result<Option<Value>> {
+    pub(super) fn doc_at(&self, st: &State, id: u32, key: &Pk, h: &[EventRef], seq: u64) -> Result<Option<Value>> {
         let n = h.partition_point(|e| e.seq <= seq);
         if n == 0 {
             return Ok(None);
@@ -134,7 +134,7 @@ impl Db {
     /// The rows of table `id` at its compaction horizon.
     pub(super) fn baseline(&self, st: &State, id: u32) -> Result<Arc<Rows>> {
         let t = st.tables.get(&id).ok_or_else(|| Error::NotFound(format!("table {id}")))?;
-        if let Some((h, rows)) = self.s.baselines.locked().get(&id)
+        if let Some((h, rows)) = self.shared.baselines.locked().get(&id)
             && *h == t.horizon
         {
             return Ok(rows.clone());
@@ -145,24 +145,24 @@ impl Db {
             .find(|(s, _)| *s == t.horizon)
             .map(|(_, f)| *f)
             .ok_or_else(|| Error::NotFound(format!("snapshot at the horizon of table {id}")))?;
-        let rows = Arc::new(load_snapshot(&self.s.store, file, t.horizon)?);
-        self.s.baselines.locked().insert(id, (t.horizon, rows.clone()));
+        let rows = Arc::new(load_snapshot(&self.shared.store, file, t.horizon)?);
+        self.shared.baselines.locked().insert(id, (t.horizon, rows.clone()));
         Ok(rows)
     }
 
     /// A decoded commit, from the cache or from disk (no state lock needed).
     pub(super) fn load_commit_meta(&self, ci: u32, meta: CommitMeta) -> Result<Arc<Commit>> {
-        if let Some((c, _)) = self.s.cache.locked().map.get(&ci) {
+        if let Some((c, _)) = self.shared.cache.locked().map.get(&ci) {
             return Ok(c.clone());
         }
-        let rec = self.s.store.read_record(meta.pos)?;
+        let rec = self.shared.store.read_record(meta.pos)?;
         let name = crate::format::file_name(meta.pos.file_id, FileKind::Segment);
         let c = Commit::decode(&rec).map_err(|e| Error::corrupted(&name, meta.pos.offset, e.reason))?;
         if c.first_seq != meta.first_seq || c.events.len() as u32 != meta.len {
             return Err(Error::tampered(&name, meta.pos.offset, "commit record changed since it was read"));
         }
         let c = Arc::new(c);
-        let mut cache = self.s.cache.locked();
+        let mut cache = self.shared.cache.locked();
         while cache.bytes + rec.len() > CACHE_BYTES {
             let Some(k) = cache.map.keys().next().copied() else { break };
             if let Some((_, n)) = cache.map.remove(&k) {
@@ -178,13 +178,13 @@ impl Db {
 
     pub(super) fn read_commit_record(&self, st: &State, ci: u32) -> Result<(Vec<u8>, CommitMeta, String)> {
         let meta = *st.commits.get(ci as usize).ok_or_else(|| Error::NotFound(format!("commit {ci}")))?;
-        let rec = self.s.store.read_record(meta.pos)?;
+        let rec = self.shared.store.read_record(meta.pos)?;
         Ok((rec, meta, crate::format::file_name(meta.pos.file_id, FileKind::Segment)))
     }
 
     /// One event: from the cache, or by decoding just that event of its commit.
-    pub(super) fn event(&self, st: &State, h: Hist) -> Result<Event> {
-        if let Some((c, _)) = self.s.cache.locked().map.get(&h.commit) {
+    pub(super) fn event(&self, st: &State, h: EventRef) -> Result<Event> {
+        if let Some((c, _)) = self.shared.cache.locked().map.get(&h.commit) {
             return c.events.get(h.idx as usize).cloned().ok_or_else(|| Error::NotFound(format!("event {}", h.seq)));
         }
         let (rec, meta, name) = self.read_commit_record(st, h.commit)?;
@@ -198,7 +198,7 @@ impl Db {
 
     /// A row's whole history, oldest first.
     pub fn history(&self, table: &str, key: &Pk) -> Result<Vec<HistoryEntry>> {
-        let st = self.read();
+        let st = self.state();
         let def = st.table(table)?;
         let Some(h) = st.tables.get(&def.id).and_then(|t| t.history.get(key)) else {
             return Err(Error::NotFound(format!("no row with key {key} in table {table:?}, now or ever")));
@@ -218,18 +218,18 @@ impl Db {
 
     /// Every table, in name order.
     pub fn tables(&self) -> Vec<TableDef> {
-        let st = self.read();
+        let st = self.state();
         st.names.values().filter_map(|id| st.defs.get(id).cloned()).collect()
     }
 
     /// A table's definition.
     pub fn describe(&self, table: &str) -> Result<TableDef> {
-        self.read().table(table).cloned()
+        self.state().table(table).cloned()
     }
 
     /// A table's definition as of a point in history (columns, indexes).
     pub fn describe_at(&self, table: &str, as_of: &AsOf) -> Result<TableDef> {
-        let st = self.read();
+        let st = self.state();
         let seq = resolve(&st, as_of)?;
         let def = table_at(&st, table, seq)?;
         let mut d = st.tables.get(&def.id).and_then(|t| t.def_at(seq)).unwrap_or(def).clone();
@@ -245,7 +245,7 @@ impl Db {
     pub fn scan(&self, table: &str, as_of: Option<&AsOf>) -> Result<Vec<Arc<Doc>>> {
         for attempt in 0..8 {
             let plan = {
-                let st = self.read();
+                let st = self.state();
                 let latest = st.latest_seq();
                 let seq = match as_of {
                     None => latest,
@@ -277,7 +277,7 @@ impl Db {
     pub(super) fn replay(&self, plan: ReplayPlan) -> Result<Rows> {
         let id = plan.table;
         let mut rows = match plan.snapshot {
-            Some((seq, file)) => load_snapshot(&self.s.store, file, seq)?,
+            Some((seq, file)) => load_snapshot(&self.shared.store, file, seq)?,
             None => BTreeMap::new(),
         };
         for (ci, meta) in plan.commits {
@@ -316,7 +316,7 @@ impl Db {
     /// range predicate on an indexed field reads only the candidate rows.
     pub fn select(&self, sel: &Select) -> Result<Vec<Value>> {
         {
-            let st = self.read();
+            let st = self.state();
             let current = match &sel.as_of {
                 None => true,
                 Some(a) => resolve(&st, a)? == st.latest_seq(),
@@ -343,7 +343,7 @@ impl Db {
 
     /// The sequence number an `AS OF` names now.
     pub(crate) fn resolve_as_of(&self, a: &AsOf) -> Result<u64> {
-        resolve(&self.read(), a)
+        resolve(&self.state(), a)
     }
 
     /// A row as of `seq`, for a transaction registered at `seq` or earlier:

@@ -27,7 +27,7 @@ impl Db {
             // No file rewrite in flight: a file begun under the old master
             // key must not be committed after the re-wrap.
             self.wait_snapshots();
-            let _m = self.s.maint.locked();
+            let _rewriting = self.shared.rewriting.locked();
             // The WAL's commits into the segments first: no file the
             // re-encryption rewrites is one a commit position points into
             // while it is still being written.
@@ -37,7 +37,7 @@ impl Db {
                 allow_weak_kdf: o.allow_weak_kdf,
                 retune_kdf: o.retune_kdf,
             };
-            self.s.store.begin_rotation_with(new_key, &nm, !o.rewrap_only)?
+            self.shared.store.begin_rotation_with(new_key, &nm, !o.rewrap_only)?
         };
         if !o.rewrap_only && o.background {
             self.start_reencryption(o.throttle_bytes_per_sec);
@@ -47,7 +47,7 @@ impl Db {
 
     /// Keys and the progress of the current or last re-encryption.
     pub fn rotation_status(&self) -> RotationStatus {
-        let store = &self.s.store;
+        let store = &self.shared.store;
         let keys = store.key_versions();
         let rotation = match store.rotation() {
             None => RotationProgress { state: "idle", files_done: 0, files_total: 0, bytes_done: 0, bytes_total: 0 },
@@ -56,7 +56,7 @@ impl Db {
                 let left_bytes: u64 = pending.iter().map(|f| f.state.sealed_len()).sum();
                 let state = if r.finished_unix != 0 {
                     "complete"
-                } else if self.s.rotating.load(std::sync::atomic::Ordering::SeqCst) {
+                } else if self.shared.rotating.load(std::sync::atomic::Ordering::SeqCst) {
                     "running"
                 } else {
                     "interrupted"
@@ -93,39 +93,41 @@ impl Db {
         mut progress: impl FnMut(&RotationStatus),
     ) -> Result<()> {
         use std::sync::atomic::Ordering;
-        if self.s.rotating.swap(true, Ordering::SeqCst) {
+        if self.shared.rotating.swap(true, Ordering::SeqCst) {
             return Err(Error::InvalidArgument("a re-encryption is already running".into()));
         }
         let r = self.reencrypt_all(throttle_bytes_per_sec, &mut progress);
-        self.s.rotating.store(false, Ordering::SeqCst);
+        self.shared.rotating.store(false, Ordering::SeqCst);
         r
     }
 
     /// Start the background re-encryption (if files remain and none runs).
     pub(super) fn start_reencryption(&self, throttle: Option<u64>) {
         use std::sync::atomic::Ordering;
-        if self.s.store.rotation_pending().is_empty() && self.s.store.rotation().is_none_or(|r| r.finished_unix != 0) {
+        if self.shared.store.rotation_pending().is_empty()
+            && self.shared.store.rotation().is_none_or(|r| r.finished_unix != 0)
+        {
             return;
         }
-        if self.s.rotating.swap(true, Ordering::SeqCst) {
+        if self.shared.rotating.swap(true, Ordering::SeqCst) {
             return;
         }
-        self.s.stop.store(false, Ordering::SeqCst);
+        self.shared.stop.store(false, Ordering::SeqCst);
         let h = self.background_handle();
         let spawned = std::thread::Builder::new().name("driftdb-reencrypt".into()).spawn(move || {
             let r = h.reencrypt_all(throttle, &mut |_| {});
-            h.s.rotating.store(false, Ordering::SeqCst);
+            h.shared.rotating.store(false, Ordering::SeqCst);
             r
         });
         match spawned {
-            Ok(t) => *self.s.rotator.locked() = Some(t),
-            Err(_) => self.s.rotating.store(false, Ordering::SeqCst),
+            Ok(t) => *self.shared.rotator.locked() = Some(t),
+            Err(_) => self.shared.rotating.store(false, Ordering::SeqCst),
         }
     }
 
     /// Wait for the background re-encryption to end; its outcome.
     pub fn wait_for_rotation(&self) -> Result<()> {
-        let t = self.s.rotator.locked().take();
+        let t = self.shared.rotator.locked().take();
         match t {
             Some(t) => t.join().unwrap_or_else(|_| Err(Error::Poisoned("the re-encryption thread panicked".into()))),
             None => Ok(()),
@@ -134,22 +136,22 @@ impl Db {
 
     /// Stop the background re-encryption after the file in progress.
     pub(super) fn stop_rotation(&self) -> Result<()> {
-        self.s.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.wait_for_rotation()
     }
 
     pub(super) fn reencrypt_all(&self, throttle: Option<u64>, progress: &mut dyn FnMut(&RotationStatus)) -> Result<()> {
         let t0 = std::time::Instant::now();
         let mut bytes = 0u64;
-        let stopped = || self.s.stop.load(std::sync::atomic::Ordering::SeqCst);
+        let stopped = || self.shared.stop.load(std::sync::atomic::Ordering::SeqCst);
         loop {
             if stopped() {
                 return Ok(());
             }
-            let Some(f) = self.s.store.rotation_pending().into_iter().next() else {
+            let Some(f) = self.shared.store.rotation_pending().into_iter().next() else {
                 // A rotation started meanwhile may have added files: end
                 // only when none is left.
-                if self.s.store.finish_rotation()? || self.s.store.rotation_pending().is_empty() {
+                if self.shared.store.finish_rotation()? || self.shared.store.rotation_pending().is_empty() {
                     break;
                 }
                 continue;
@@ -174,16 +176,16 @@ impl Db {
     /// Re-encrypt one file and point everything that refers to it at its
     /// replacement before the old file is deleted.
     pub(super) fn reencrypt_one(&self, f: &crate::storage::store::FileInfo) -> Result<()> {
-        let _m = self.s.maint.locked();
-        let (new_id, positions) = match self.s.store.reencrypt_file(f.file_id) {
+        let _rewriting = self.shared.rewriting.locked();
+        let (new_id, positions) = match self.shared.store.reencrypt_file(f.file_id) {
             // Replaced meanwhile (merged or compacted): under a fresh key already.
             Err(Error::NotFound(_)) => return Ok(()),
             r => r?,
         };
         let r = match f.kind {
-            FileKind::Segment | FileKind::Wal => self.write_state().remap_commits(f.file_id, &f.name, &positions),
+            FileKind::Segment | FileKind::Wal => self.state_mut().remap_commits(f.file_id, &f.name, &positions),
             FileKind::Snapshot => {
-                let mut st = self.write_state();
+                let mut st = self.state_mut();
                 for t in st.tables.values_mut() {
                     for s in t.snapshots.iter_mut() {
                         if s.1 == f.file_id {
@@ -195,7 +197,7 @@ impl Db {
             }
             _ => Ok(()),
         };
-        self.s.store.release(f.file_id);
+        self.shared.store.release(f.file_id);
         r
     }
 }

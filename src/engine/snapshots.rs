@@ -13,7 +13,7 @@ impl Db {
     /// written (compaction, an explicit snapshot, a key rotation, closing)
     /// waits for it first, under the writer lock, so that no new one starts.
     pub(super) fn snapshot_in_background(&self, due: Vec<u32>) {
-        let mut sn = self.s.snapshotter.locked();
+        let mut sn = self.shared.snapshotter.locked();
         for t in due {
             if !sn.pending.contains(&t) {
                 sn.pending.push(t);
@@ -54,10 +54,10 @@ impl Db {
                 sn.running = false;
             }
         }
-        let _guard = NotRunning(&self.s.snapshotter);
+        let _guard = NotRunning(&self.shared.snapshotter);
         loop {
             let todo = {
-                let mut sn = self.s.snapshotter.locked();
+                let mut sn = self.shared.snapshotter.locked();
                 if sn.pending.is_empty() {
                     sn.running = false;
                     return;
@@ -65,7 +65,7 @@ impl Db {
                 std::mem::take(&mut sn.pending)
             };
             for t in todo {
-                if self.read().snapshot_due(t, &self.s.opts) {
+                if self.state().snapshot_due(t, &self.shared.opts) {
                     self.auto_snapshot(t);
                 }
             }
@@ -78,7 +78,7 @@ impl Db {
     pub(super) fn auto_snapshot(&self, t: u32) {
         if let Err(e) = self.snapshot_now(t) {
             log::warn!(target: "driftdb::snapshot", "automatic snapshot of table {t} failed: {e}");
-            let mut st = self.write_state();
+            let mut st = self.state_mut();
             if let Some(td) = st.tables.get_mut(&t) {
                 td.since_events = 0;
                 td.since_bytes = 0;
@@ -89,7 +89,7 @@ impl Db {
     /// Wait for the automatic snapshots being written, if any (writer lock
     /// held, or the last handle dropping: no group adds more meanwhile).
     pub(super) fn wait_snapshots(&self) {
-        let h = self.s.snapshotter.locked().thread.take();
+        let h = self.shared.snapshotter.locked().thread.take();
         if let Some(h) = h
             && h.join().is_err()
         {
@@ -109,7 +109,7 @@ impl Db {
     pub fn snapshot(&self, table: &str) -> Result<u64> {
         let _w = self.lock_writer();
         self.wait_snapshots();
-        let id = self.read().table(table)?.id;
+        let id = self.state().table(table)?.id;
         self.snapshot_now(id)
     }
 
@@ -118,7 +118,7 @@ impl Db {
     /// [`Db::snapshot_in_background`]).
     pub(super) fn snapshot_now(&self, id: u32) -> Result<u64> {
         let (seq, rows, counted) = {
-            let st = self.read();
+            let st = self.state();
             let seq = st.latest_seq();
             let Some(t) = st.tables.get(&id) else { return Ok(seq) };
             if t.snapshots.last().is_some_and(|(s, _)| *s == seq) {
@@ -145,13 +145,13 @@ impl Db {
         // durability every commit was synced before it applied, so there is
         // nothing to sync (and no second fsync of the WAL beside the leader's,
         // which could take a write-back error the leader then would not see).
-        if self.s.opts.durability != Durability::Immediate {
-            self.s.store.sync_stream(WAL_STREAM)?;
+        if self.shared.opts.durability != Durability::Immediate {
+            self.shared.store.sync_stream(WAL_STREAM)?;
         }
         // The fields the table indexed at `seq`, so that opening can index
         // the rows as it loads them (not listed if unusually long).
         let mut indexes =
-            self.read().tables.get(&id).and_then(|t| t.def_at(seq)).map(|d| d.indexes.clone()).unwrap_or_default();
+            self.state().tables.get(&id).and_then(|t| t.def_at(seq)).map(|d| d.indexes.clone()).unwrap_or_default();
         if !crate::table::snapshot::fields_fit(&indexes) {
             indexes.clear();
         }
@@ -160,7 +160,7 @@ impl Db {
         let names: Vec<&str> = indexes.iter().map(String::as_str).collect();
         let m = if names.len() <= crate::table::snapshot::MAX_PICKED_FIELDS { names.len() } else { 0 };
         let meta = SnapMeta { table: id, seq, rows: rows.len() as u64, indexes: indexes.clone() };
-        let mut b = self.s.store.build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode())?;
+        let mut b = self.shared.store.build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode())?;
         // Records of about RECORD_TARGET bytes, by the rows' real encoded size
         // (a single row larger than a record gets a record of its own).
         b.with_write_behind(|b| {
@@ -207,8 +207,8 @@ impl Db {
         })?;
         let pending = b.finish()?;
         let file_id = pending.file_id();
-        self.s.store.commit(crate::storage::store::Edit { add: vec![pending], ..Default::default() })?;
-        let mut st = self.s.state.write_locked();
+        self.shared.store.commit(crate::storage::store::Edit { add: vec![pending], ..Default::default() })?;
+        let mut st = self.shared.state.write_locked();
         if let Some(t) = st.tables.get_mut(&id) {
             t.snapshots.push((seq, file_id));
             t.snapshots.sort_unstable();
@@ -222,7 +222,7 @@ impl Db {
 
     /// Snapshots of a table: sequence numbers, oldest first.
     pub fn snapshots(&self, table: &str) -> Result<Vec<u64>> {
-        let st = self.read();
+        let st = self.state();
         let id = st.table(table)?.id;
         Ok(st.tables.get(&id).map(|t| t.snapshots.iter().map(|(s, _)| *s).collect()).unwrap_or_default())
     }

@@ -167,13 +167,13 @@ pub(super) struct Opening {
     pub(super) rows: FastMap<u32, LogWrites>,
     /// History entries not yet handed to the thread that builds the
     /// history maps (`None`: no such thread; they go into the maps).
-    pub(super) history: Option<Vec<(u32, Pk, Hist)>>,
+    pub(super) history: Option<Vec<(u32, Pk, EventRef)>>,
 }
 
 impl Opening {
     /// Record a history entry: in the batch for the thread that builds the
     /// maps, or (without one) in the table's map.
-    pub(super) fn history_entry(&mut self, history: &mut RowHistory, table: u32, k: Pk, h: Hist) {
+    pub(super) fn history_entry(&mut self, history: &mut RowHistory, table: u32, k: Pk, h: EventRef) {
         match self.history.as_mut() {
             Some(batch) => batch.push((table, k, h)),
             None => history.push_key(k, h),
@@ -277,7 +277,7 @@ impl State {
     /// Apply a commit just written at `pos` as a record of `rec_len` bytes.
     /// Rows keep the documents' text as staged (no parsed tree); documents
     /// and keys are moved out of `c`.
-    pub(super) fn apply(
+    pub(super) fn apply_commit(
         &mut self,
         c: &mut Commit,
         picks: Vec<(usize, Picks)>,
@@ -308,11 +308,11 @@ impl State {
                 Applied { op: e.op, table: e.table, key: e.key.take(), hkey: None, doc, picks }
             })
             .collect();
-        self.apply_events(c.first_seq, c.time_micros, events, pos, rec_len)
+        self.apply_record(c.first_seq, c.time_micros, events, pos, rec_len)
     }
 
     /// Apply the events of one commit found at `pos` (`rec_len` bytes on disk).
-    pub(super) fn apply_events(
+    pub(super) fn apply_record(
         &mut self,
         first_seq: u64,
         time_micros: i64,
@@ -338,7 +338,7 @@ impl State {
             let mut work: Vec<HistoryWork> = Vec::new();
             for (i, e) in events.iter().enumerate() {
                 let Some(k) = &e.key else { continue };
-                let hist = Hist { seq: first_seq + i as u64, op: e.op, commit: ci, idx: i as u32, folded: false };
+                let hist = EventRef { seq: first_seq + i as u64, op: e.op, commit: ci, idx: i as u32, folded: false };
                 let at = match work.iter().position(|(t, _, _)| *t == e.table) {
                     Some(at) => at,
                     None => {
@@ -364,7 +364,7 @@ impl State {
                 let w = &mut work;
                 let spawned = std::thread::Builder::new().name("driftdb-apply".into()).spawn_scoped(s, || fill(w));
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.apply_rows(first_seq, ci, events, share, true)
+                    self.apply_events(first_seq, ci, events, share, true)
                 }));
                 let filled = match spawned {
                     Ok(h) => Some(h.join()),
@@ -389,17 +389,17 @@ impl State {
                 Err(p) => std::panic::resume_unwind(p),
             }
         } else {
-            self.apply_rows(first_seq, ci, events, share, false)?;
+            self.apply_events(first_seq, ci, events, share, false)?;
         }
         self.next_seq = first_seq + n;
         self.last_time = self.last_time.max(time_micros);
         Ok(())
     }
 
-    /// The loop of [`State::apply_events`]: event `i` is at `first_seq + i`
+    /// The loop of [`State::apply_record`]: event `i` is at `first_seq + i`
     /// in commit `ci`; `history_done` when its history entries are recorded
     /// elsewhere.
-    pub(super) fn apply_rows(
+    pub(super) fn apply_events(
         &mut self,
         first_seq: u64,
         ci: u32,
@@ -491,7 +491,7 @@ impl State {
         let Some(t) = self.tables.get_mut(&e.table) else {
             return Err(log_error(seq, "an event names an unknown table"));
         };
-        let hist = Hist { seq, op: e.op, commit: at.commit, idx: at.idx, folded: false };
+        let hist = EventRef { seq, op: e.op, commit: at.commit, idx: at.idx, folded: false };
         if let Some(o) = self.opening.as_mut()
             && o.rows_from.get(&e.table).is_some_and(|from| seq <= *from)
         {
@@ -571,14 +571,14 @@ impl State {
             t.history
                 .entry(k)
                 .to_vec_mut()
-                .insert(0, Hist { seq: h, op: Op::Insert, commit: ci, idx: 0, folded: true });
+                .insert(0, EventRef { seq: h, op: Op::Insert, commit: ci, idx: 0, folded: true });
         }
         t.history.retain_nonempty();
         t.snapshots.retain(|(s, _)| *s >= h);
     }
 }
 
-/// One event as [`State::apply_events`] takes it.
+/// One event as [`State::apply_record`] takes it.
 pub(super) struct Applied {
     pub(super) op: Op,
     pub(super) table: u32,

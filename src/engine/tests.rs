@@ -34,7 +34,10 @@ fn history_keys_of_every_length_around_the_inline_limit_stay_distinct() {
     let mut h = RowHistory::default();
     for (i, k) in keys.iter().enumerate() {
         for j in 0..=i {
-            h.push_key(k.clone(), Hist { seq: (i * 100 + j) as u64, op: Op::Patch, commit: 0, idx: 0, folded: false });
+            h.push_key(
+                k.clone(),
+                EventRef { seq: (i * 100 + j) as u64, op: Op::Patch, commit: 0, idx: 0, folded: false },
+            );
         }
     }
     assert_eq!(h.len(), keys.len());
@@ -53,12 +56,12 @@ fn history_built_shard_by_shard_equals_history_built_event_by_event() {
     // event in turn gives.
     let mut one = RowHistory::default();
     let mut by_shard = RowHistory::default();
-    let mut parts: Vec<Vec<(Pk, Hist)>> = vec![Vec::new(); HIST_SHARDS];
+    let mut parts: Vec<Vec<(Pk, EventRef)>> = vec![Vec::new(); HIST_SHARDS];
     let key = |i: u64| {
         if i.is_multiple_of(3) { Pk::Int(i as i64 % 700) } else { Pk::Str(format!("user-{:05}", i % 900).into()) }
     };
     for i in 0..5000u64 {
-        let h = Hist { seq: i + 1, op: Op::Patch, commit: i as u32, idx: 0, folded: false };
+        let h = EventRef { seq: i + 1, op: Op::Patch, commit: i as u32, idx: 0, folded: false };
         one.push_key(key(i), h);
         let k = key(i);
         parts[by_shard.shard_of(&k)].push((k, h));
@@ -95,7 +98,7 @@ fn reopened_with_snapshot(picked: Option<&[Option<IKey>]>) -> Db {
             (Pk::Int(i), format!(r#"{{"id":{i},"s":"x"}}"#).into_bytes())
         })
         .collect();
-    let id = db.read().table("t").unwrap().id;
+    let id = db.state().table("t").unwrap().id;
     let meta = SnapMeta { table: id, seq: db.latest_seq(), rows: 3, indexes: vec!["s".into()] };
     let mut b = db.store().build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode()).unwrap();
     let rows: Vec<(&Pk, Vec<u8>)> = docs.iter().map(|(k, d)| (k, d.clone())).collect();
@@ -107,7 +110,7 @@ fn reopened_with_snapshot(picked: Option<&[Option<IKey>]>) -> Db {
 }
 
 fn hits(db: &Db, v: &str) -> usize {
-    let r = db.read();
+    let r = db.state();
     let t = &r.tables[&r.table("t").unwrap().id];
     t.indexes["s"].candidates(crate::table::index::Probe::Eq, &Value::from(v)).map_or(0, |h| h.len())
 }
@@ -161,8 +164,8 @@ fn snapshots_written_by_the_database_carry_each_rows_indexed_values() {
     db.insert("t", serde_json::json!({"id": 2, "s": [1], "n": 2.5})).unwrap();
     db.insert("t", serde_json::json!({"id": 3, "n": true})).unwrap();
     db.snapshot("t").unwrap();
-    let id = db.read().table("t").unwrap().id;
-    let file = db.read().tables[&id].snapshots.last().unwrap().1;
+    let id = db.state().table("t").unwrap().id;
+    let file = db.state().tables[&id].snapshots.last().unwrap().1;
     let got = load_snapshot_rows(db.store(), file, 0, true).unwrap();
     assert_eq!(got.fields, 2);
     let num = |f: f64| crate::table::index::ikey(&Value::from(f));
@@ -185,7 +188,7 @@ fn a_snapshot_whose_rows_are_out_of_key_order_is_refused_at_open() {
     }
     // A snapshot (authentic: written with the key) whose rows are not in
     // key order, as only a faulty writer could make it.
-    let id = db.read().table("t").unwrap().id;
+    let id = db.state().table("t").unwrap().id;
     let seq = db.latest_seq();
     let meta = SnapMeta { table: id, seq, rows: 2, indexes: vec!["s".into()] };
     let mut b = db.store().build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode()).unwrap();

@@ -56,7 +56,7 @@ impl<'db> Txn<'db> {
 
     /// Run `f` with the view this transaction reads through.
     pub(super) fn with_view<R>(&self, f: impl FnOnce(&dyn View, &State) -> Result<R>) -> Result<R> {
-        let st = self.db.read_state();
+        let st = self.db.state();
         match self.iso {
             Isolation::ReadCommitted => f(&GroupView::new(&st), &st),
             _ => f(&SnapshotView { db: self.db, st: &st, seq: self.snapshot }, &st),
@@ -65,7 +65,7 @@ impl<'db> Txn<'db> {
 
     pub(super) fn stage(&mut self, op: TxnOp) -> Result<()> {
         let mut local = std::mem::take(&mut self.local);
-        let r = self.with_view(|v, _| local.apply(v, op));
+        let r = self.with_view(|v, _| local.stage(v, op));
         self.local = local;
         r
     }
@@ -123,7 +123,7 @@ impl<'db> Txn<'db> {
 
     /// Rows this transaction writes, per table name (its own new tables included).
     pub(crate) fn written_rows(&self) -> BTreeMap<String, u64> {
-        let st = self.db.read_state();
+        let st = self.db.state();
         let mut out = BTreeMap::new();
         for (t, _) in self.local.overlay.keys() {
             let name = self
@@ -212,7 +212,7 @@ impl<'db> Txn<'db> {
                     return d;
                 }
                 let mut v = Some(d.to_value());
-                local.apply_staged(def.id, None, &mut v);
+                local.through_staged_alters(def.id, None, &mut v);
                 Arc::new(Doc::from_value(v.unwrap_or(Value::Null)))
             };
             let mut c = committed.peekable();
