@@ -197,9 +197,9 @@ impl Db {
         let (expected, limit) = {
             let mut g = self.shared.gather.locked();
             // Not worth a wait when an fsync is nearly free.
-            let limit = if g.cooldown > 0 || g.sync_micros < 50 { 0 } else { g.sync_micros.min(2_000) };
+            let limit = policy::gather_wait(g.cooldown, g.sync_micros);
             g.cooldown = g.cooldown.saturating_sub(1);
-            (std::mem::take(&mut g.last), Duration::from_micros(limit))
+            (std::mem::take(&mut g.last), limit)
         };
         let mut q = self.shared.queue.locked();
         // The expected committers not queued yet.
@@ -227,7 +227,7 @@ impl Db {
         drop(q);
         let mut g = self.shared.gather.locked();
         if idle {
-            g.cooldown = 4;
+            g.cooldown = policy::COOLDOWN_AFTER_IDLE_WAIT;
         }
         g.last = taken.iter().map(|(t, _)| *t).collect();
         taken.into_iter().map(|(_, r)| r).collect()
@@ -314,7 +314,7 @@ impl Db {
             failure = self.shared.store.sync_stream(WAL_STREAM).err();
             let us = t.elapsed().as_micros().min(1_000_000) as u64;
             let mut g = self.shared.gather.locked();
-            g.sync_micros = if g.sync_micros == 0 { us } else { (g.sync_micros * 3 + us) / 4 };
+            g.sync_micros = policy::sync_average(g.sync_micros, us);
         }
         if let Some(e) = failure {
             // Nothing of the group is acknowledged or applied, though part
@@ -368,7 +368,7 @@ impl Db {
         for slot in answered {
             slot.wake();
         }
-        if w.pending_bytes >= self.shared.opts.checkpoint_bytes {
+        if policy::checkpoint_due(w.pending_bytes, self.shared.opts.checkpoint_bytes) {
             // The commits are durable in the WAL: a failed checkpoint only
             // leaves them there (and the store refuses writes until reopened).
             let _ = self.checkpoint(w);

@@ -42,6 +42,7 @@ mod history;
 mod open;
 mod options;
 mod outcome;
+mod policy;
 mod reads;
 mod rotation;
 mod snapshots;

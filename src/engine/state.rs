@@ -257,9 +257,13 @@ impl State {
     /// snapshot, so that the cost of snapshots stays linear in the events.
     pub(super) fn snapshot_due(&self, id: u32, opts: &Options) -> bool {
         let Some(t) = self.tables.get(&id) else { return false };
-        let rows = t.rows.len() as u64;
-        t.since_events >= opts.snapshot_every_events.max(rows.saturating_sub(t.since_events))
-            || (t.since_bytes >= opts.snapshot_every_bytes && t.since_events >= rows / 2)
+        policy::snapshot_due(
+            t.rows.len() as u64,
+            t.since_events,
+            t.since_bytes,
+            opts.snapshot_every_events,
+            opts.snapshot_every_bytes,
+        )
     }
 
     /// Forget the changes no open transaction can need.
