@@ -14,16 +14,22 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+// The layers, lowest first (docs/DESIGN.md; tests/layers.rs keeps them):
+// error → crypto → format → storage → table → query → engine → migrate.
+mod error;
+mod sync;
+
 pub mod crypto;
 mod engine;
-pub mod error;
+/// The on-disk encodings (frames, headers, the keyring, the audit log):
+/// for tests, benchmarks and fuzzing; not an API.
+#[doc(hidden)]
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod migrate;
 pub mod query;
 pub mod storage;
-mod sync;
 pub mod table;
 
 pub use crypto::kdf::Argon2Params;

@@ -2,8 +2,10 @@
 //!
 //! Every key lives in a [`keys::SecretKey`]: wiped on drop, never printable.
 
+/// AES-256-GCM on two backends (for the benchmarks' cross-check; not an API).
+#[doc(hidden)]
 pub mod aead;
-pub mod kdf;
+pub(crate) mod kdf;
 pub mod keys;
 pub mod keysource;
 

@@ -2,9 +2,9 @@
 //! keyring store with its manifest, crash recovery and verification.
 
 pub mod memfs;
-pub mod segment;
+pub(crate) mod segment;
 pub mod store;
-pub mod strays;
+pub(crate) mod strays;
 pub mod verify;
 pub mod vfs;
 

@@ -57,6 +57,7 @@ pub struct Index {
 
 impl Index {
     /// Record `pk` under the value of `field` in `doc`.
+    #[cfg(test)]
     pub fn add(&mut self, field: &str, doc: &Value, pk: &Pk) {
         self.add_value(doc.get(field), pk);
     }
@@ -102,19 +103,10 @@ impl Index {
         }
     }
 
-    /// Forget `pk` under the value of `field` in `doc`.
-    pub fn remove(&mut self, field: &str, doc: &Value, pk: &Pk) {
-        self.remove_value(doc.get(field), pk);
-    }
-
     /// Number of distinct values.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.len()
-    }
-
-    /// Whether the index is empty.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 
     fn range(&self, lo: Bound<IKey>, hi: Bound<IKey>, out: &mut BTreeSet<Pk>) {

@@ -1,11 +1,11 @@
 //! Tables of JSON documents: primary keys, events, commits, the catalog.
 
 pub mod doc;
-pub mod event;
-pub mod index;
-pub mod isolation;
+pub(crate) mod event;
+pub(crate) mod index;
+pub(crate) mod isolation;
 pub mod schema;
-pub mod snapshot;
+pub(crate) mod snapshot;
 pub mod time;
 
 pub use doc::Doc;
