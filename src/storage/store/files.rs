@@ -40,6 +40,14 @@ pub(super) fn abandon(list: &Abandoned, vfs: &dyn Vfs, path: &Path, id: u64) {
     }
 }
 
+/// Where a new file goes: its kind, stream, place in the stream, and metadata.
+pub(super) struct Place {
+    pub(super) kind: FileKind,
+    pub(super) stream: u32,
+    pub(super) ordinal: u64,
+    pub(super) meta: Vec<u8>,
+}
+
 /// A file reserved by [`Store::reserve_file`].
 pub(super) struct Reserved {
     pub(super) entry: FileEntry,
@@ -195,13 +203,10 @@ impl Store {
     pub(super) fn new_file(
         &self,
         inner: &mut Inner,
-        kind: FileKind,
-        stream: u32,
-        ordinal: u64,
-        meta: Vec<u8>,
+        place: Place,
         building: bool,
     ) -> Result<(FileWriter, FileEntry, PathBuf)> {
-        let r = self.reserve_file(inner, kind, stream, ordinal, meta, building)?;
+        let r = self.reserve_file(inner, place, building)?;
         let w = match FileWriter::create(self.opts.vfs.as_ref(), &r.path, r.name, r.header, r.key.clone()) {
             Ok(w) => w,
             Err(e) => {
@@ -219,15 +224,8 @@ impl Store {
     /// id is below the keyring's mark before this returns (the mark moves
     /// ahead [`ID_RESERVE`] ids at a time), and a write-once file is
     /// recorded as being written.
-    pub(super) fn reserve_file(
-        &self,
-        inner: &mut Inner,
-        kind: FileKind,
-        stream: u32,
-        ordinal: u64,
-        meta: Vec<u8>,
-        building: bool,
-    ) -> Result<Reserved> {
+    pub(super) fn reserve_file(&self, inner: &mut Inner, place: Place, building: bool) -> Result<Reserved> {
+        let Place { kind, stream, ordinal, meta } = place;
         self.check_writable(inner)?;
         let file_id = inner.alloc;
         let key_id = file_id + 1;
@@ -270,7 +268,7 @@ impl Store {
             let mut guard = self.lock_inner();
             let inner = &mut *guard;
             let ordinal = Self::next_ordinal(inner, stream);
-            self.reserve_file(inner, kind, stream, ordinal, meta, true)?
+            self.reserve_file(inner, Place { kind, stream, ordinal, meta }, true)?
         };
         // The header is written and synced without the store's lock held
         // (appends and WAL syncs go on meanwhile): the file is nobody

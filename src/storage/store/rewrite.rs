@@ -57,8 +57,11 @@ impl Store {
         let mut builder = {
             let mut guard = self.lock_inner();
             let inner = &mut *guard;
-            let (writer, entry, path) =
-                self.new_file(inner, info.kind, info.stream, info.ordinal, info.meta.clone(), true)?;
+            let (writer, entry, path) = self.new_file(
+                inner,
+                Place { kind: info.kind, stream: info.stream, ordinal: info.ordinal, meta: info.meta.clone() },
+                true,
+            )?;
             FileBuilder::new(self, writer, entry, path)
         };
         let mut changed = false;
@@ -133,8 +136,11 @@ impl Store {
                 let mut b = {
                     let mut guard = self.lock_inner();
                     let inner = &mut *guard;
-                    let (writer, mut entry, path) =
-                        self.new_file(inner, first.kind, s, first.ordinal, first.meta.clone(), true)?;
+                    let (writer, mut entry, path) = self.new_file(
+                        inner,
+                        Place { kind: first.kind, stream: s, ordinal: first.ordinal, meta: first.meta.clone() },
+                        true,
+                    )?;
                     entry.ordinal = first.ordinal;
                     FileBuilder::new(self, writer, entry, path)
                 };

@@ -84,7 +84,7 @@ impl Store {
                 self.seal_writer(inner, &mut w)?;
             }
             let ordinal = Self::next_ordinal(inner, stream);
-            let (w, entry, _) = self.new_file(inner, kind, stream, ordinal, Vec::new(), false)?;
+            let (w, entry, _) = self.new_file(inner, Place { kind, stream, ordinal, meta: Vec::new() }, false)?;
             let mut body = inner.body.clone();
             body.files.push(entry);
             // On failure the store is latched and the new keyring may or may
