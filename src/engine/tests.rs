@@ -26,7 +26,7 @@ fn rows_read_at_open_are_checked_and_indexed() {
 
 #[test]
 fn history_keys_of_every_length_around_the_inline_limit_stay_distinct() {
-    let mut keys: Vec<Pk> = (0..=crate::table::event::KEY_INLINE + 2).map(|n| Pk::Str("k".repeat(n).into())).collect();
+    let mut keys: Vec<Pk> = (0..=crate::table::key::KEY_INLINE + 2).map(|n| Pk::Str("k".repeat(n).into())).collect();
     // Same bytes up to the padding, and a key that is all padding.
     keys.push(Pk::Str("k\0".into()));
     keys.push(Pk::Str("\0".into()));
@@ -45,7 +45,7 @@ fn history_keys_of_every_length_around_the_inline_limit_stay_distinct() {
         let got: Vec<u64> = h.get(k).map(|v| v.iter().map(|e| e.seq).collect()).unwrap_or_default();
         assert_eq!(got, (0..=i).map(|j| (i * 100 + j) as u64).collect::<Vec<_>>(), "{k:?}");
     }
-    assert!(h.get(&Pk::Str("k".repeat(crate::table::event::KEY_INLINE + 3).into())).is_none());
+    assert!(h.get(&Pk::Str("k".repeat(crate::table::key::KEY_INLINE + 3).into())).is_none());
     assert!(h.get(&Pk::Int(1)).is_none());
 }
 
