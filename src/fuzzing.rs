@@ -201,6 +201,41 @@ pub fn snapshot(data: &[u8]) {
     }
 }
 
+/// Sorted-run payloads (data block, index partition, footer, run metadata)
+/// and order-preserving key components: whatever decodes re-encodes to the
+/// same bytes, and a decoded block finds each of its keys.
+pub fn run(data: &[u8]) {
+    use crate::format::run::key::{KeyReader, Part, put_int, put_str};
+    use crate::format::run::{BlockBuilder, DataBlock, Footer, IndexPartition, RunMeta};
+    if let Ok(b) = DataBlock::decode(data.to_vec()) {
+        let mut again = BlockBuilder::new();
+        for i in 0..b.len() {
+            again.add(b.key(i), b.value(i));
+            assert_eq!(b.seek(b.key(i)), i, "a block's key is not found where it is");
+        }
+        assert_eq!(again.finish(), data, "a decoded block encodes differently");
+    }
+    if let Ok(p) = IndexPartition::decode(data) {
+        assert_eq!(p.encode(), data, "a decoded index partition encodes differently");
+    }
+    if let Ok(f) = Footer::decode(data) {
+        assert_eq!(f.encode(), data, "a decoded footer encodes differently");
+        assert!(f.first_key.as_slice() <= f.last_key());
+    }
+    if let Ok(m) = RunMeta::decode(data) {
+        assert_eq!(m.encode(), data, "decoded run metadata encodes differently");
+    }
+    let mut r = KeyReader::new(data);
+    let mut again = Vec::new();
+    while let Ok(p) = r.part() {
+        match p {
+            Part::Int(i) => put_int(&mut again, i),
+            Part::Str(s) => put_str(&mut again, &s),
+        }
+        assert_eq!(&again[..], &data[..r.pos()], "a key component encodes differently");
+    }
+}
+
 /// DriftQL: whatever parses prints as DriftQL that parses to the same tree.
 pub fn driftql(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -460,6 +495,7 @@ mod tests {
             ("aead_roundtrip", aead_roundtrip),
             ("manifest", manifest),
             ("snapshot", snapshot),
+            ("run", run),
             ("driftql", driftql),
             ("model", model),
         ] {
@@ -641,6 +677,40 @@ mod tests {
             Some(IKey::Bool(true)),
         ];
         put("snapshot", "seed-picked", &encode_rows(&rows, Some((2, &picked))));
+        {
+            use crate::format::run::key::{put_desc_u64, put_int, put_str, put_u32};
+            use crate::format::run::{BlockBuilder, Bloom, Footer, Handle, IndexPartition, RunMeta};
+            let k = |pk: &[u8], seq: u64| {
+                let mut k = vec![1];
+                put_u32(&mut k, 1);
+                put_str(&mut k, pk);
+                put_desc_u64(&mut k, seq);
+                k
+            };
+            let mut b = BlockBuilder::new();
+            b.add(&k(b"a", 9), b"{\"id\":\"a\"}");
+            b.add(&k(b"a", 3), b"");
+            b.add(&k(b"a\0b", 3), b"x");
+            put("run", "block", &b.finish());
+            let h = |f: u64| Handle { frame: f, offset: 32 + 200 * f, len: 100 };
+            let part =
+                IndexPartition { blocks: vec![(k(b"a", 3), h(0)), (k(b"b", 1), h(1))], bloom: Bloom::build(&[1, 2]) };
+            put("run", "partition", &part.encode());
+            let footer = Footer {
+                entries: 3,
+                blocks: 2,
+                min_seq: 1,
+                max_seq: 9,
+                first_key: k(b"a", 9),
+                partitions: vec![(k(b"b", 1), h(2))],
+            };
+            put("run", "footer", &footer.encode());
+            put("run", "meta", &RunMeta { level: 1, footer: h(3), entries: 3, min_seq: 1, max_seq: 9 }.encode());
+            let mut parts = Vec::new();
+            put_int(&mut parts, -5);
+            put_str(&mut parts, b"x\0y");
+            put("run", "key", &parts);
+        }
         put(
             "model",
             "seed0",

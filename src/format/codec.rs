@@ -28,6 +28,14 @@ impl Writer {
     pub fn bytes(&mut self, v: &[u8]) {
         self.buf.extend_from_slice(v);
     }
+    /// Append an unsigned LEB128 varint (7 bits a byte, low bits first).
+    pub fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
+    }
     /// Append a u32 length then the bytes.
     pub fn blob(&mut self, v: &[u8]) {
         // Callers bound every blob far below 4 GiB.
@@ -117,6 +125,31 @@ impl<'a> Reader<'a> {
     #[inline]
     pub fn u64(&mut self, what: &str) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.array(what)?))
+    }
+    /// Read an unsigned LEB128 varint written by [`Writer::varint`]: at most
+    /// ten bytes, and only the shortest encoding of its value (so that every
+    /// value has one encoding and what decodes re-encodes to the same bytes).
+    #[inline]
+    pub fn varint(&mut self, what: &str) -> Result<u64, DecodeError> {
+        let at = self.pos;
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.u8(what)?;
+            if i == 9 && b > 1 {
+                return Err(DecodeError { offset: at, reason: format!("{what} varint overflows 64 bits") });
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                if b == 0 && i > 0 {
+                    return Err(DecodeError {
+                        offset: at,
+                        reason: format!("{what} varint is not in its shortest form"),
+                    });
+                }
+                return Ok(v);
+            }
+        }
+        Err(DecodeError { offset: at, reason: format!("{what} varint longer than ten bytes") })
     }
     /// Read a u32-length-prefixed blob of at most `max` bytes (checked before use).
     #[inline]

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod frame;
 pub mod header;
 pub mod keyring;
+pub mod run;
 
 /// The format version in every data file header this build writes and reads
 /// (the keyring has its own: [`keyring::KEYRING_VERSION`]). The database
@@ -35,6 +36,8 @@ pub enum FileKind {
     Catalog = 6,
     /// The key audit log.
     AuditLog = 7,
+    /// A sorted run (`run::`): entries in blocks, index partitions, footer.
+    Run = 8,
 }
 
 impl FileKind {
@@ -48,6 +51,7 @@ impl FileKind {
             5 => FileKind::Index,
             6 => FileKind::Catalog,
             7 => FileKind::AuditLog,
+            8 => FileKind::Run,
             _ => return None,
         })
     }
@@ -62,14 +66,23 @@ impl FileKind {
             FileKind::Index => "idx",
             FileKind::Catalog => "cat",
             FileKind::AuditLog => "audit",
+            FileKind::Run => "run",
         }
     }
 
     /// Parse a data-file extension.
     pub fn from_extension(ext: &str) -> Option<Self> {
-        [FileKind::Segment, FileKind::Wal, FileKind::Snapshot, FileKind::Index, FileKind::Catalog, FileKind::AuditLog]
-            .into_iter()
-            .find(|k| k.extension() == ext)
+        [
+            FileKind::Segment,
+            FileKind::Wal,
+            FileKind::Snapshot,
+            FileKind::Index,
+            FileKind::Catalog,
+            FileKind::AuditLog,
+            FileKind::Run,
+        ]
+        .into_iter()
+        .find(|k| k.extension() == ext)
     }
 }
 
