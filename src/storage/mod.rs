@@ -2,6 +2,7 @@
 //! keyring store with its manifest, crash recovery and verification.
 
 pub mod memfs;
+pub mod runs;
 pub(crate) mod segment;
 pub mod store;
 pub(crate) mod strays;

@@ -140,6 +140,17 @@ impl<'s> FileBuilder<'s> {
         Ok(RecordPos { file_id: self.entry.file_id, index, offset })
     }
 
+    /// Replace the metadata the manifest will record for this file, for a
+    /// file whose metadata depends on what was written into it (where a
+    /// run's footer is). It takes effect when the file is committed.
+    pub fn set_meta(&mut self, meta: Vec<u8>) -> Result<()> {
+        if meta.len() > keyring::MAX_FILE_META {
+            return Err(Error::InvalidArgument("file metadata too large".into()));
+        }
+        self.entry.meta = meta;
+        Ok(())
+    }
+
     /// Seal and sync the file; it joins the manifest on [`Store::commit`].
     pub fn finish(mut self) -> Result<PendingFile> {
         let (frames, len) = self.writer.finish()?;

@@ -113,3 +113,85 @@ impl Store {
             .map_err(|_| Error::tampered(&name, pos.offset, format!("frame {} failed authentication", pos.index)))
     }
 }
+
+/// A sealed file held open for reads of single frames at known places
+/// (a run's blocks): one positioned read and one authentication a frame.
+pub struct SealedFile {
+    file_id: u64,
+    name: String,
+    file: Box<dyn VfsFile>,
+    key: Arc<FrameKey>,
+    len: u64,
+}
+
+impl SealedFile {
+    /// Its file id.
+    pub fn file_id(&self) -> u64 {
+        self.file_id
+    }
+    /// Its file name (for error messages).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The payload of the data frame `index` at `offset`, whose payload is
+    /// `payload_len` bytes: CRC checked, then authenticated as that frame
+    /// of this file (so a position that names any other frame fails).
+    pub fn read_frame(&self, index: u64, offset: u64, payload_len: usize) -> Result<Vec<u8>> {
+        use crate::format::frame::{FRAME_HEADER_LEN, decode_frame};
+        let total = FRAME_HEADER_LEN + payload_len + crate::crypto::aead::TAG_LEN;
+        if payload_len > MAX_PAYLOAD || offset.saturating_add(total as u64) > self.len {
+            return Err(Error::corrupted(
+                &self.name,
+                offset,
+                format!("frame {index} of {payload_len} bytes extends past the end of the file"),
+            ));
+        }
+        let mut buf = vec![0u8; total];
+        self.file.read_exact_at(&mut buf, offset).map_err(|e| Error::io("reading", Path::new(&self.name), e))?;
+        let raw = decode_frame(&buf).map_err(|e| Error::corrupted(&self.name, offset, e.to_string()))?;
+        if raw.encoded_len() != total || raw.is_last() || raw.is_sync_marker() {
+            return Err(Error::corrupted(
+                &self.name,
+                offset,
+                format!("no data frame {index} of {payload_len} bytes here"),
+            ));
+        }
+        self.key
+            .open(index, &raw)
+            .map_err(|_| Error::tampered(&self.name, offset, format!("frame {index} failed authentication")))
+    }
+}
+
+impl Store {
+    /// Open a live sealed file for [`SealedFile::read_frame`].
+    pub fn open_sealed(&self, file_id: u64) -> Result<SealedFile> {
+        let (entry, key) = {
+            let mut guard = self.lock_inner();
+            let inner = &mut *guard;
+            let entry = self.entry(inner, file_id)?;
+            let key = self.frame_key(inner, &entry)?;
+            (entry, key)
+        };
+        let name = file_name(entry.file_id, entry.kind);
+        let FileState::Sealed { len, .. } = entry.state else {
+            return Err(Error::InvalidArgument(format!("{name} is not sealed")));
+        };
+        let path = self.dir.join(&name);
+        let file = match self.opts.vfs.open(&path, OpenMode::Read) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::tampered(&name, 0, "file listed in the manifest is missing"));
+            }
+            Err(e) => return Err(Error::io("opening", &path, e)),
+        };
+        let on_disk = file.len().map_err(|e| Error::io("reading the length of", &path, e))?;
+        if on_disk != len {
+            return Err(Error::tampered(
+                &name,
+                on_disk.min(len),
+                format!("file is {on_disk} bytes, the manifest says {len}"),
+            ));
+        }
+        Ok(SealedFile { file_id, name, file, key, len })
+    }
+}
