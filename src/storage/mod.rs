@@ -6,6 +6,7 @@ pub mod runs;
 pub(crate) mod segment;
 pub mod store;
 pub(crate) mod strays;
+pub mod tree;
 pub mod verify;
 pub mod vfs;
 

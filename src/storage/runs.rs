@@ -10,7 +10,7 @@
 //! decoded, and every decoder checks what it reads, so a damaged run is an
 //! error naming the file and offset, never a wrong answer.
 
-use super::store::{FileBuilder, PendingFile, SealedFile, Store};
+use super::store::{FileBuilder, FileInfo, PendingFile, SealedFile, Store};
 use crate::format::FileKind;
 use crate::format::run::{
     BLOCK_TARGET, BlockBuilder, Bloom, DataBlock, Footer, Handle, IndexPartition, MAX_ENTRY_KEY, MAX_RUN_PAYLOAD,
@@ -178,6 +178,7 @@ pub struct RunWriter<'s> {
     blocks: u64,
     min_seq: u64,
     max_seq: u64,
+    bytes: u64,
 }
 
 impl Store {
@@ -200,6 +201,7 @@ impl Store {
             blocks: 0,
             min_seq: u64::MAX,
             max_seq: 0,
+            bytes: 0,
         })
     }
 }
@@ -208,6 +210,11 @@ impl RunWriter<'_> {
     /// Entries added so far.
     pub fn entries(&self) -> u64 {
         self.entries
+    }
+
+    /// Payload bytes written or pending so far (about the file's size).
+    pub fn bytes(&self) -> u64 {
+        self.bytes + self.block.len() as u64
     }
 
     /// Add an entry. `filter_key` (a prefix of `key`, or `None` for no
@@ -249,6 +256,7 @@ impl RunWriter<'_> {
         let last = self.block.last_key().to_vec();
         let payload = self.block.finish();
         let pos = self.b.append(&payload)?;
+        self.bytes += payload.len() as u64;
         self.fence_bytes += last.len() + 12;
         self.fences.push((last, Handle { frame: pos.index, offset: pos.offset, len: payload.len() as u32 }));
         self.blocks += 1;
@@ -268,6 +276,7 @@ impl RunWriter<'_> {
         let last = part.blocks.last().map(|(k, _)| k.clone()).unwrap_or_default();
         let payload = part.encode();
         let pos = self.b.append(&payload)?;
+        self.bytes += payload.len() as u64;
         self.partitions.push((last, Handle { frame: pos.index, offset: pos.offset, len: payload.len() as u32 }));
         Ok(())
     }
@@ -323,6 +332,12 @@ impl Run {
             .into_iter()
             .find(|f| f.file_id == file_id)
             .ok_or_else(|| Error::NotFound(format!("run {file_id:016x} is not in the manifest")))?;
+        Run::open_listed(store, &info, cache)
+    }
+
+    /// [`Run::open`] for a file whose manifest entry the caller has.
+    pub fn open_listed(store: &Store, info: &FileInfo, cache: Arc<BlockCache>) -> Result<Run> {
+        let file_id = info.file_id;
         if info.kind != FileKind::Run {
             return Err(Error::InvalidArgument(format!("{} is not a run", info.name)));
         }
@@ -343,6 +358,10 @@ impl Run {
     /// Its file id.
     pub fn file_id(&self) -> u64 {
         self.file.file_id()
+    }
+    /// Its file's length in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.file.len()
     }
     /// Its manifest metadata.
     pub fn meta(&self) -> &RunMeta {

@@ -133,6 +133,14 @@ impl SealedFile {
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+    /// Whether it is empty (never, for a sealed file).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
     /// The payload of the data frame `index` at `offset`, whose payload is
     /// `payload_len` bytes: CRC checked, then authenticated as that frame
     /// of this file (so a position that names any other frame fails).

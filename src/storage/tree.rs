@@ -1,0 +1,696 @@
+//! A log-structured merge tree of sorted runs: entries go into an in-memory
+//! *memtable*; a full memtable is frozen and flushed into a level-0 run;
+//! runs are merged into deeper levels (leveled: level *n+1* holds about ten
+//! times level *n*, and below level 0 the runs of a level do not overlap).
+//!
+//! The tree stores byte keys and values and knows nothing of tables: a
+//! [`KeyShape`] tells it, for each key, the prefix its runs' filters are
+//! asked about and the sequence number that key carries. Entries are never
+//! overwritten or deleted: a newer version is a new key (the layer above
+//! puts the sequence number in it), so a reader that ignores keys newer
+//! than its point in time reads a consistent state however flushes and
+//! merges move entries meanwhile.
+//!
+//! Durability is the caller's: the memtable is what the caller's
+//! write-ahead log has and the runs do not yet. [`Tree::flushed_seq`] says
+//! up to where the runs hold everything. A run joins the manifest in one
+//! atomic edit, and a merge swaps its inputs for its outputs in one, so a
+//! crash leaves either the old runs or the new ones.
+//!
+//! Readers take a [`TreeView`] (the memtables and runs of one moment, held
+//! by reference counts): a flush or merge that replaces them does not wait
+//! for readers, and files it deletes stay readable through the handles the
+//! readers' runs hold.
+
+use super::runs::{BlockCache, Run, RunCursor};
+use super::store::{Edit, Store};
+use crate::format::FileKind;
+use crate::format::keyring::FileState;
+use crate::format::run::RunMeta;
+use crate::sync::{Locked, RwLocked};
+use crate::{Error, Result};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// For an entry key: the length of the prefix its filter is asked about
+/// (`None`: no filter entry) and the sequence number it carries.
+pub type KeyShape = fn(&[u8]) -> (Option<usize>, u64);
+
+/// How a tree sizes its memtable, levels and runs.
+#[derive(Clone, Copy, Debug)]
+pub struct TreeOptions {
+    /// The stream its runs are files of.
+    pub stream: u32,
+    /// What its keys carry.
+    pub shape: KeyShape,
+    /// A memtable holding this many bytes of keys and values is due to be
+    /// flushed ([`Tree::flush_due`]).
+    pub memtable_bytes: usize,
+    /// Level 0 is merged into level 1 once it holds this many runs.
+    pub l0_runs: usize,
+    /// Level 1's target size; each deeper level's is ten times the one above.
+    pub level1_bytes: u64,
+    /// A merge starts a new output run once one reaches this size.
+    pub run_bytes: u64,
+    /// Merges write at most this many bytes a second (0: no limit), so
+    /// that readers keep most of the disk.
+    pub merge_bytes_per_sec: u64,
+}
+
+impl Default for TreeOptions {
+    fn default() -> Self {
+        TreeOptions {
+            stream: 0,
+            shape: seq_suffix_shape,
+            memtable_bytes: 8 << 20,
+            l0_runs: 4,
+            level1_bytes: 64 << 20,
+            run_bytes: 32 << 20,
+            merge_bytes_per_sec: 0,
+        }
+    }
+}
+
+/// The shape of keys that end with a sequence number written by
+/// `put_desc_u64`: the filter is asked about everything before it.
+pub fn seq_suffix_shape(key: &[u8]) -> (Option<usize>, u64) {
+    match key.len().checked_sub(8) {
+        Some(n) => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&key[n..]);
+            (Some(n), !u64::from_be_bytes(b))
+        }
+        None => (None, 0),
+    }
+}
+
+/// A memtable: sorted entries, their bytes and sequence range.
+struct Mem {
+    map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+    bytes: AtomicUsize,
+    max_seq: AtomicU64,
+}
+
+impl Mem {
+    fn new() -> Arc<Mem> {
+        Arc::new(Mem { map: RwLock::new(BTreeMap::new()), bytes: AtomicUsize::new(0), max_seq: AtomicU64::new(0) })
+    }
+    fn is_empty(&self) -> bool {
+        self.map.read_locked().is_empty()
+    }
+}
+
+/// The memtables and runs of one moment.
+#[derive(Clone)]
+struct Version {
+    active: Arc<Mem>,
+    /// Frozen memtables, newest first, waiting to be flushed.
+    frozen: Vec<Arc<Mem>>,
+    /// Level-0 runs, newest first (they may overlap).
+    l0: Vec<Arc<Run>>,
+    /// Levels 1.. : runs in key order, not overlapping.
+    levels: Vec<Vec<Arc<Run>>>,
+}
+
+/// What a tree holds and has done.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TreeStats {
+    /// Runs per level (level 0 first).
+    pub runs: Vec<usize>,
+    /// Bytes of run files per level.
+    pub bytes: Vec<u64>,
+    /// Bytes in memtables (active and frozen).
+    pub memtable_bytes: usize,
+    /// Flushes done since it was opened.
+    pub flushes: u64,
+    /// Merges done since it was opened.
+    pub merges: u64,
+    /// Bytes written by merges since it was opened.
+    pub merged_bytes: u64,
+}
+
+/// A log-structured merge tree (see the module docs).
+pub struct Tree {
+    opts: TreeOptions,
+    cache: Arc<BlockCache>,
+    version: RwLock<Arc<Version>>,
+    flushing: Mutex<()>,
+    merging: Mutex<()>,
+    flushes: AtomicU64,
+    merges: AtomicU64,
+    merged_bytes: AtomicU64,
+}
+
+fn overlaps(r: &Run, lo: &[u8], hi: &[u8]) -> bool {
+    r.first_key() <= hi && r.last_key() >= lo
+}
+
+impl Tree {
+    /// Open the tree whose runs are the live run files of `opts.stream`.
+    pub fn open(store: &Store, cache: Arc<BlockCache>, opts: TreeOptions) -> Result<Tree> {
+        let mut l0 = Vec::new();
+        let mut levels: Vec<Vec<Arc<Run>>> = Vec::new();
+        for f in store.files() {
+            if f.kind != FileKind::Run || f.stream != opts.stream {
+                continue;
+            }
+            let run = Arc::new(Run::open_listed(store, &f, cache.clone())?);
+            match run.meta().level {
+                0 => l0.push(run),
+                n => {
+                    let n = n as usize;
+                    if levels.len() < n {
+                        levels.resize_with(n, Vec::new);
+                    }
+                    levels[n - 1].push(run);
+                }
+            }
+        }
+        l0.sort_by_key(|r| std::cmp::Reverse((r.meta().max_seq, r.file_id())));
+        for (i, level) in levels.iter_mut().enumerate() {
+            level.sort_by(|a, b| a.first_key().cmp(b.first_key()));
+            if let Some(w) = level.windows(2).find(|w| w[0].last_key() >= w[1].first_key()) {
+                return Err(Error::tampered(
+                    super::store::KEYRING_FILE,
+                    0,
+                    format!("runs {:016x} and {:016x} of level {} overlap", w[0].file_id(), w[1].file_id(), i + 1),
+                ));
+            }
+        }
+        let v = Version { active: Mem::new(), frozen: Vec::new(), l0, levels };
+        Ok(Tree {
+            opts,
+            cache,
+            version: RwLock::new(Arc::new(v)),
+            flushing: Mutex::new(()),
+            merging: Mutex::new(()),
+            flushes: AtomicU64::new(0),
+            merges: AtomicU64::new(0),
+            merged_bytes: AtomicU64::new(0),
+        })
+    }
+
+    fn current(&self) -> Arc<Version> {
+        self.version.read_locked().clone()
+    }
+
+    /// The cache its runs read through.
+    pub fn cache(&self) -> &Arc<BlockCache> {
+        &self.cache
+    }
+
+    /// Add entries (each key new, or the same entry again) to the memtable.
+    /// Returns whether a flush is now due.
+    pub fn insert<'a>(&self, entries: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> bool {
+        // The version stays read-locked while the entries go in, so no
+        // flush can freeze (and write out) this memtable halfway.
+        let version = self.version.read_locked();
+        let active = &version.active;
+        let mut added = 0usize;
+        let mut max_seq = 0u64;
+        {
+            let mut map = active.map.write_locked();
+            for (k, v) in entries {
+                max_seq = max_seq.max((self.opts.shape)(k).1);
+                if map.insert(k.to_vec(), v.to_vec()).is_none() {
+                    added += k.len() + v.len() + 32;
+                }
+            }
+        }
+        active.max_seq.fetch_max(max_seq, Relaxed);
+        let total = active.bytes.fetch_add(added, Relaxed) + added;
+        total >= self.opts.memtable_bytes
+    }
+
+    /// Whether the memtable holds its budget or frozen memtables wait.
+    pub fn flush_due(&self) -> bool {
+        let v = self.current();
+        !v.frozen.is_empty() || v.active.bytes.load(Relaxed) >= self.opts.memtable_bytes
+    }
+
+    /// Whether a merge is due.
+    pub fn merge_due(&self) -> bool {
+        self.pick_merge(&self.current()).is_some()
+    }
+
+    /// Every sequence number up to this one that was inserted is in runs
+    /// (0: no run). The caller's log before it need not be replayed.
+    pub fn flushed_seq(&self) -> u64 {
+        let v = self.current();
+        v.l0.iter().chain(v.levels.iter().flatten()).map(|r| r.meta().max_seq).max().unwrap_or(0)
+    }
+
+    /// Sizes and counters.
+    pub fn stats(&self) -> TreeStats {
+        let v = self.current();
+        let mut runs = vec![v.l0.len()];
+        let mut bytes = vec![v.l0.iter().map(|r| r.file_len()).sum()];
+        for l in &v.levels {
+            runs.push(l.len());
+            bytes.push(l.iter().map(|r| r.file_len()).sum());
+        }
+        TreeStats {
+            runs,
+            bytes,
+            memtable_bytes: std::iter::once(&v.active).chain(&v.frozen).map(|m| m.bytes.load(Relaxed)).sum(),
+            flushes: self.flushes.load(Relaxed),
+            merges: self.merges.load(Relaxed),
+            merged_bytes: self.merged_bytes.load(Relaxed),
+        }
+    }
+
+    /// The memtables and runs as they are now, for reads.
+    pub fn view(&self) -> TreeView {
+        TreeView { v: self.current() }
+    }
+
+    /// Freeze the memtable (if it holds anything) and flush every frozen
+    /// memtable, oldest first, into a level-0 run each. Returns the runs
+    /// written. A failure leaves the memtable frozen (still read) for the
+    /// next flush to write.
+    pub fn flush(&self, store: &Store) -> Result<Vec<RunMeta>> {
+        let _one = self.flushing.locked();
+        {
+            let mut v = self.version.write_locked();
+            if !v.active.is_empty() {
+                let mut nv = (**v).clone();
+                let old = std::mem::replace(&mut nv.active, Mem::new());
+                nv.frozen.insert(0, old);
+                *v = Arc::new(nv);
+            }
+        }
+        let mut written = Vec::new();
+        while let Some(mem) = self.current().frozen.last().cloned() {
+            let run = {
+                let map = mem.map.read_locked();
+                let mut w = store.build_run(self.opts.stream, 0)?;
+                for (k, v) in map.iter() {
+                    let (f, seq) = (self.opts.shape)(k);
+                    w.add(k, v, f.map(|n| &k[..n]), seq)?;
+                }
+                let (pending, meta) = w.finish()?;
+                let id = pending.file_id();
+                store.commit(Edit { add: vec![pending], ..Edit::default() })?;
+                written.push(meta);
+                Arc::new(Run::open(store, id, self.cache.clone())?)
+            };
+            let mut v = self.version.write_locked();
+            let mut nv = (**v).clone();
+            nv.frozen.retain(|m| !Arc::ptr_eq(m, &mem));
+            nv.l0.insert(0, run);
+            *v = Arc::new(nv);
+            self.flushes.fetch_add(1, Relaxed);
+        }
+        Ok(written)
+    }
+
+    fn level_target(&self, n: usize) -> u64 {
+        // Level 1's target, ten times more each level below.
+        let mut t = self.opts.level1_bytes.max(1);
+        for _ in 1..n {
+            t = t.saturating_mul(10);
+        }
+        t
+    }
+
+    /// The inputs and the output level of the merge due, if one is.
+    fn pick_merge(&self, v: &Version) -> Option<(Vec<Arc<Run>>, usize)> {
+        if v.l0.len() >= self.opts.l0_runs.max(1) {
+            let lo = v.l0.iter().map(|r| r.first_key()).min()?;
+            let hi = v.l0.iter().map(|r| r.last_key()).max()?;
+            let mut inputs: Vec<Arc<Run>> = v.l0.clone();
+            if let Some(l1) = v.levels.first() {
+                inputs.extend(l1.iter().filter(|r| overlaps(r, lo, hi)).cloned());
+            }
+            return Some((inputs, 1));
+        }
+        for (i, level) in v.levels.iter().enumerate() {
+            let n = i + 1;
+            let bytes: u64 = level.iter().map(|r| r.file_len()).sum();
+            if bytes <= self.level_target(n) || level.is_empty() {
+                continue;
+            }
+            // The run with the most entries of the level moves down.
+            let pick = level.iter().max_by_key(|r| r.file_len())?.clone();
+            let mut inputs = vec![pick.clone()];
+            if let Some(next) = v.levels.get(n) {
+                inputs.extend(next.iter().filter(|r| overlaps(r, pick.first_key(), pick.last_key())).cloned());
+            }
+            return Some((inputs, n + 1));
+        }
+        None
+    }
+
+    /// Do one merge if one is due. Returns whether one was done.
+    pub fn merge_once(&self, store: &Store) -> Result<bool> {
+        let _one = self.merging.locked();
+        let Some((inputs, out_level)) = self.pick_merge(&self.current()) else { return Ok(false) };
+        let started = std::time::Instant::now();
+        let mut cursors = Vec::with_capacity(inputs.len());
+        for r in &inputs {
+            cursors.push(Source::Run(r.first()?));
+        }
+        let mut it = Merged::new(cursors, None);
+        let mut outputs = Vec::new();
+        let mut w = None;
+        let mut written = 0u64;
+        let mut checked = 0u64;
+        while it.valid() {
+            let k = it.key();
+            let (f, seq) = (self.opts.shape)(k);
+            let wr = match &mut w {
+                Some(wr) => wr,
+                None => w.insert(store.build_run(self.opts.stream, out_level.min(255) as u8)?),
+            };
+            wr.add(k, it.value(), f.map(|n| &k[..n]), seq)?;
+            if wr.bytes() >= self.opts.run_bytes
+                && let Some(done) = w.take()
+            {
+                written += done.bytes();
+                outputs.push(done.finish()?);
+            }
+            let so_far = written + w.as_ref().map_or(0, |w| w.bytes());
+            if so_far >> 20 > checked >> 20 {
+                checked = so_far;
+                self.throttle(started, checked);
+            }
+            it.advance()?;
+        }
+        if let Some(done) = w.take() {
+            written += done.bytes();
+            outputs.push(done.finish()?);
+        }
+        let ids: Vec<u64> = outputs.iter().map(|(p, _)| p.file_id()).collect();
+        store.commit(Edit {
+            add: outputs.into_iter().map(|(p, _)| p).collect(),
+            remove: inputs.iter().map(|r| r.file_id()).collect(),
+            root: None,
+        })?;
+        let mut opened = Vec::with_capacity(ids.len());
+        for id in ids {
+            opened.push(Arc::new(Run::open(store, id, self.cache.clone())?));
+        }
+        let gone: Vec<u64> = inputs.iter().map(|r| r.file_id()).collect();
+        {
+            let mut v = self.version.write_locked();
+            let mut nv = (**v).clone();
+            nv.l0.retain(|r| !gone.contains(&r.file_id()));
+            for l in nv.levels.iter_mut() {
+                l.retain(|r| !gone.contains(&r.file_id()));
+            }
+            if nv.levels.len() < out_level {
+                nv.levels.resize_with(out_level, Vec::new);
+            }
+            let level = &mut nv.levels[out_level - 1];
+            level.extend(opened);
+            level.sort_by(|a, b| a.first_key().cmp(b.first_key()));
+            while nv.levels.last().is_some_and(Vec::is_empty) {
+                nv.levels.pop();
+            }
+            *v = Arc::new(nv);
+        }
+        for r in &inputs {
+            self.cache.forget_file(r.file_id(), r.frames());
+        }
+        self.merges.fetch_add(1, Relaxed);
+        self.merged_bytes.fetch_add(written, Relaxed);
+        Ok(true)
+    }
+
+    fn throttle(&self, started: std::time::Instant, written: u64) {
+        let rate = self.opts.merge_bytes_per_sec;
+        if rate == 0 {
+            return;
+        }
+        let due = std::time::Duration::from_secs_f64(written as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait.min(std::time::Duration::from_secs(1)));
+        }
+    }
+
+    /// A run of this tree was rewritten as `new_id` (a re-encryption): read
+    /// the new file from now on.
+    pub fn replace_run(&self, store: &Store, old_id: u64, new_id: u64) -> Result<()> {
+        let run = Arc::new(Run::open(store, new_id, self.cache.clone())?);
+        let mut v = self.version.write_locked();
+        let mut nv = (**v).clone();
+        for r in nv.l0.iter_mut().chain(nv.levels.iter_mut().flatten()) {
+            if r.file_id() == old_id {
+                self.cache.forget_file(old_id, r.frames());
+                *r = run.clone();
+            }
+        }
+        *v = Arc::new(nv);
+        Ok(())
+    }
+
+    /// Whether `file_id` is one of its runs now.
+    pub fn holds_run(&self, file_id: u64) -> bool {
+        let v = self.current();
+        v.l0.iter().chain(v.levels.iter().flatten()).any(|r| r.file_id() == file_id)
+    }
+}
+
+/// Whether a manifest entry is a sealed run of `stream`.
+pub fn is_run_of(f: &super::store::FileInfo, stream: u32) -> bool {
+    f.kind == FileKind::Run && f.stream == stream && matches!(f.state, FileState::Sealed { .. })
+}
+
+/// The memtables and runs of one moment (see [`Tree::view`]).
+pub struct TreeView {
+    v: Arc<Version>,
+}
+
+impl TreeView {
+    /// The first entry at or after `key` that begins with `prefix` (which
+    /// `key` begins with, and which is a filter prefix of the tree's keys,
+    /// or `None` to search without filters).
+    pub fn seek(&self, key: &[u8], prefix: Option<&[u8]>) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let starts = |k: &[u8]| prefix.is_none_or(|p| k.starts_with(p));
+        let mut best: Option<(Vec<u8>, Vec<u8>)> = None;
+        let mut consider = |k: &[u8], v: &[u8]| {
+            if starts(k) && best.as_ref().is_none_or(|(b, _)| k < b.as_slice()) {
+                best = Some((k.to_vec(), v.to_vec()));
+            }
+        };
+        for m in std::iter::once(&self.v.active).chain(&self.v.frozen) {
+            let map = m.map.read_locked();
+            if let Some((k, v)) = map.range::<[u8], _>((Bound::Included(key), Bound::Unbounded)).next() {
+                consider(k, v);
+            }
+        }
+        for r in &self.v.l0 {
+            if let Some(c) = r.seek(key, prefix)?
+                && c.valid()
+            {
+                consider(c.key(), c.value());
+            }
+        }
+        for level in &self.v.levels {
+            let i = level.partition_point(|r| r.last_key() < key);
+            if let Some(r) = level.get(i)
+                && let Some(c) = r.seek(key, prefix)?
+                && c.valid()
+            {
+                consider(c.key(), c.value());
+            }
+        }
+        Ok(best)
+    }
+
+    /// Every entry from `start` (inclusive) to `end` (exclusive; `None`:
+    /// to the end), in key order, each once.
+    pub fn range(&self, start: &[u8], end: Option<&[u8]>) -> Result<Merged> {
+        let mut sources = Vec::new();
+        for m in std::iter::once(&self.v.active).chain(&self.v.frozen) {
+            sources.push(Source::Mem(MemCursor::new(m.clone(), start, end)));
+        }
+        for r in &self.v.l0 {
+            if let Some(c) = r.seek(start, None)? {
+                sources.push(Source::Run(c));
+            }
+        }
+        for level in &self.v.levels {
+            let i = level.partition_point(|r| r.last_key() < start);
+            if let Some(r) = level.get(i)
+                && let Some(c) = r.seek(start, None)?
+            {
+                sources.push(Source::Level(LevelCursor { runs: level.clone(), i, c }));
+            }
+        }
+        Ok(Merged::new(sources, end.map(<[u8]>::to_vec)))
+    }
+}
+
+/// Entries of a memtable read a batch at a time, so that no lock is held
+/// between calls (entries are only ever added, and those added meanwhile
+/// are newer than the reader, who ignores them or sees them: both are
+/// consistent).
+struct MemCursor {
+    mem: Arc<Mem>,
+    buf: std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
+    from: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+    done: bool,
+}
+
+const MEM_BATCH: usize = 256;
+
+impl MemCursor {
+    fn new(mem: Arc<Mem>, start: &[u8], end: Option<&[u8]>) -> MemCursor {
+        let mut c = MemCursor {
+            mem,
+            buf: Default::default(),
+            from: Some(start.to_vec()),
+            end: end.map(<[u8]>::to_vec),
+            done: false,
+        };
+        c.refill(true);
+        c
+    }
+    fn refill(&mut self, inclusive: bool) {
+        let Some(from) = self.from.take() else {
+            self.done = true;
+            return;
+        };
+        let map = self.mem.map.read_locked();
+        let lo = if inclusive { Bound::Included(from.as_slice()) } else { Bound::Excluded(from.as_slice()) };
+        for (k, v) in map.range::<[u8], _>((lo, Bound::Unbounded)).take(MEM_BATCH) {
+            if self.end.as_deref().is_some_and(|e| k.as_slice() >= e) {
+                break;
+            }
+            self.buf.push_back((k.clone(), v.clone()));
+        }
+        if self.buf.len() < MEM_BATCH {
+            self.done = true;
+        }
+        self.from = self.buf.back().map(|(k, _)| k.clone());
+    }
+    fn valid(&self) -> bool {
+        !self.buf.is_empty()
+    }
+    fn key(&self) -> &[u8] {
+        self.buf.front().map(|(k, _)| k.as_slice()).unwrap_or_default()
+    }
+    fn value(&self) -> &[u8] {
+        self.buf.front().map(|(_, v)| v.as_slice()).unwrap_or_default()
+    }
+    fn advance(&mut self) {
+        self.buf.pop_front();
+        if self.buf.is_empty() && !self.done {
+            self.refill(false);
+        }
+    }
+}
+
+/// The runs of one level read as one: when a run ends, the next begins.
+struct LevelCursor {
+    runs: Vec<Arc<Run>>,
+    i: usize,
+    c: RunCursor,
+}
+
+impl LevelCursor {
+    fn advance(&mut self) -> Result<()> {
+        self.c.advance()?;
+        while !self.c.valid() && self.i + 1 < self.runs.len() {
+            self.i += 1;
+            self.c = self.runs[self.i].first()?;
+        }
+        Ok(())
+    }
+}
+
+enum Source {
+    Mem(MemCursor),
+    Run(RunCursor),
+    Level(LevelCursor),
+}
+
+impl Source {
+    fn valid(&self) -> bool {
+        match self {
+            Source::Mem(c) => c.valid(),
+            Source::Run(c) => c.valid(),
+            Source::Level(c) => c.c.valid(),
+        }
+    }
+    fn key(&self) -> &[u8] {
+        match self {
+            Source::Mem(c) => c.key(),
+            Source::Run(c) => c.key(),
+            Source::Level(c) => c.c.key(),
+        }
+    }
+    fn value(&self) -> &[u8] {
+        match self {
+            Source::Mem(c) => c.value(),
+            Source::Run(c) => c.value(),
+            Source::Level(c) => c.c.value(),
+        }
+    }
+    fn advance(&mut self) -> Result<()> {
+        match self {
+            Source::Mem(c) => {
+                c.advance();
+                Ok(())
+            }
+            Source::Run(c) => c.advance(),
+            Source::Level(c) => c.advance(),
+        }
+    }
+}
+
+/// Entries of several sources merged in key order, each key once (from the
+/// first source holding it: the newest).
+pub struct Merged {
+    sources: Vec<Source>,
+    cur: Option<usize>,
+    end: Option<Vec<u8>>,
+}
+
+impl Merged {
+    fn new(sources: Vec<Source>, end: Option<Vec<u8>>) -> Merged {
+        let mut m = Merged { sources, cur: None, end };
+        m.pick();
+        m
+    }
+    fn pick(&mut self) {
+        let mut cur: Option<usize> = None;
+        for (i, s) in self.sources.iter().enumerate() {
+            if s.valid() && cur.is_none_or(|c| s.key() < self.sources[c].key()) {
+                cur = Some(i);
+            }
+        }
+        self.cur = cur.filter(|&c| self.end.as_deref().is_none_or(|e| self.sources[c].key() < e));
+    }
+    /// Whether it is at an entry.
+    pub fn valid(&self) -> bool {
+        self.cur.is_some()
+    }
+    /// The entry's key (empty past the end).
+    pub fn key(&self) -> &[u8] {
+        self.cur.map_or(&[][..], |c| self.sources[c].key())
+    }
+    /// The entry's value (empty past the end).
+    pub fn value(&self) -> &[u8] {
+        self.cur.map_or(&[][..], |c| self.sources[c].value())
+    }
+    /// Move to the next key.
+    pub fn advance(&mut self) -> Result<()> {
+        let Some(c) = self.cur else { return Ok(()) };
+        let k = self.sources[c].key().to_vec();
+        for s in self.sources.iter_mut() {
+            if s.valid() && s.key() == k.as_slice() {
+                s.advance()?;
+            }
+        }
+        self.pick();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
