@@ -272,6 +272,10 @@ pub fn model(data: &[u8]) {
     let opts = || Options {
         store: StoreOptions { vfs: std::sync::Arc::new(fs.clone()), segment_size: 1024, ..Default::default() },
         snapshot_every_events: 5,
+        // A version tree of many small runs read through a cache that
+        // cannot hold them: flushes, merges and evictions all the time.
+        memtable_bytes: 256,
+        cache_bytes: 4 << 10,
         ..Default::default()
     };
     let Ok(mut db) = Db::create("/db", &key_of(key_byte), opts()) else { return };

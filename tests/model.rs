@@ -52,6 +52,10 @@ fn opts(fs: &MemFs, snap_every: u64) -> Options {
     Options {
         store: StoreOptions { vfs: Arc::new(fs.clone()), segment_size: 2048, ..Default::default() },
         snapshot_every_events: snap_every,
+        // The version tree in many small runs, through a cache that
+        // cannot hold them.
+        memtable_bytes: 512,
+        cache_bytes: 8 << 10,
         ..Default::default()
     }
 }

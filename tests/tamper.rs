@@ -1,5 +1,6 @@
 //! Tamper sweep: a small database with every file kind written so far (log
-//! segments, the write-ahead log, snapshots, the key audit log, the keyring); for each file, bytes are flipped at
+//! segments, the write-ahead log, snapshots, the key audit log, the version
+//! tree's runs, the keyring); for each file, bytes are flipped at
 //! many positions (every byte of small files), then the database is opened
 //! and everything read: each read returns exactly the original data or an
 //! error, never other data and never a panic.
@@ -18,6 +19,10 @@ fn key() -> KeySource {
 fn opts(fs: &MemFs) -> Options {
     Options {
         store: StoreOptions { vfs: Arc::new(fs.clone()), segment_size: 2048, ..Default::default() },
+        // Several runs in the version tree, read through a cache too small
+        // to keep them.
+        memtable_bytes: 1024,
+        cache_bytes: 8 << 10,
         ..Default::default()
     }
 }
@@ -98,6 +103,7 @@ fn flipped_bytes_give_the_original_data_or_an_error() {
             && kinds.contains("wal")
             && kinds.contains("snap")
             && kinds.contains("audit")
+            && kinds.contains("run")
             && kinds.contains("keyring"),
         "{kinds:?}"
     );

@@ -330,6 +330,7 @@ impl Db {
             return;
         }
         let mut due: Vec<u32> = Vec::new();
+        let mut wake_tree = false;
         let mut answered: Vec<Slot> = Vec::with_capacity(built.len());
         {
             let mut guard = Some(self.state_mut());
@@ -355,6 +356,10 @@ impl Db {
                     continue;
                 }
                 st.prebuilt.clear();
+                if st.versions_due {
+                    st.versions_due = false;
+                    wake_tree = true;
+                }
                 w.pending_bytes += bytes.len() as u64;
                 w.pending.push((ci, bytes));
                 for e in &commit.events {
@@ -367,6 +372,17 @@ impl Db {
         // Wake the committers answered above before the housekeeping below.
         for slot in answered {
             slot.wake();
+        }
+        if wake_tree {
+            self.wake_tree_worker();
+            // Back-pressure: commits faster than the worker writes their
+            // versions out wait for it here, so the memtable stays bounded.
+            if let Some(tree) = &self.shared.versions
+                && tree.memtable_bytes() as u64 > self.shared.opts.memtable_bytes.saturating_mul(4)
+                && let Err(e) = versions::flush(&self.shared.store, tree)
+            {
+                log::warn!("flushing row versions: {e}");
+            }
         }
         if policy::checkpoint_due(w.pending_bytes, self.shared.opts.checkpoint_bytes) {
             // The commits are durable in the WAL: a failed checkpoint only

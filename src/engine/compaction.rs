@@ -13,14 +13,7 @@ impl Db {
         let def = st.table(table)?;
         let t = st.tables.get(&def.id).ok_or_else(|| Error::NotFound(format!("table {table}")))?;
         let horizon = resolve(&st, before)?.max(t.horizon);
-        let (mut fold, mut keep) = (0u64, 0u64);
-        for m in &t.history.shards {
-            for hs in m.values() {
-                for e in hs.iter().filter(|e| !e.folded) {
-                    if e.seq <= horizon { fold += 1 } else { keep += 1 }
-                }
-            }
-        }
+        let (fold, keep) = super::versions::count_versions(self.tree()?, t.shape(), def.id, horizon)?;
         Ok(CompactionPreview {
             horizon,
             current_horizon: t.horizon,
@@ -92,7 +85,10 @@ impl Db {
                 }],
             )?;
             let mut st = self.shared.state.write_locked();
-            st.fold_history(id, horizon, baseline.keys());
+            st.fold_history(id, horizon);
+            if let (Some(tree), Some(t)) = (&self.shared.versions, st.tables.get_mut(&id)) {
+                super::versions::fold(tree, t, id, horizon, &baseline);
+            }
         }
         let horizon = horizon.max(current);
         if horizon == 0 {
@@ -103,6 +99,11 @@ impl Db {
         self.checkpoint(&mut w)?;
         self.shared.store.seal_stream(EVENTS_STREAM)?;
         self.reclaim(id, horizon)?;
+        // The log is durable (checkpointed above): the versions the fold
+        // hides leave the version tree's runs.
+        if let Some(tree) = &self.shared.versions {
+            super::versions::reclaim(tree, &self.shared.store, id, horizon)?;
+        }
         Ok(horizon)
     }
 
@@ -141,9 +142,6 @@ impl Db {
             })?;
             if let Some(positions) = rewritten {
                 self.state_mut().remap_commits(f.file_id, &f.name, &positions)?;
-                let mut cache = self.shared.cache.locked();
-                cache.map.clear();
-                cache.bytes = 0;
             }
         }
         let old: Vec<u64> = self

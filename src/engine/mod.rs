@@ -10,10 +10,11 @@
 //! event segments (stream [`EVENTS_STREAM`]), syncs them and deletes the WAL
 //! files; opening replays whatever the WAL holds beyond the segments.
 //!
-//! Current rows live in memory; the history of each row is indexed in memory
-//! by sequence number and read back from the log, so any past state can be
-//! reconstructed. Readers take a read lock on that state and never wait for
-//! an fsync.
+//! Current rows live in memory. Every version of every row is also in the
+//! version tree (`versions.rs`): encrypted sorted runs on disk read through
+//! a bounded cache, so that any past state, and any row's history, is read
+//! from there. Readers take a read lock on the state and never wait for an
+//! fsync.
 
 use crate::query::ast::{AsOf, Expr, Select, Stmt};
 use crate::storage::store::{CreateOptions, Edit, RecordPos, Store, StoreOptions};
@@ -51,6 +52,7 @@ mod state;
 mod tests;
 mod txn;
 mod validate;
+mod versions;
 
 use batch::*;
 use commit::*;
@@ -94,9 +96,6 @@ pub(crate) struct Shared {
     arrived: std::sync::Condvar,
     /// What the next leader expects to gather (see [`Db::gather`]).
     gather: Mutex<Gather>,
-    cache: Mutex<CommitCache>,
-    /// Rows at each table's compaction horizon, loaded on first use.
-    baselines: Mutex<HashMap<u32, (u64, Arc<Rows>)>>,
     opts: Options,
     flusher: Mutex<Option<Flusher>>,
     /// Held while a sealed file is rewritten and what refers to it is
@@ -112,6 +111,12 @@ pub(crate) struct Shared {
     /// The thread writing automatic snapshots, if one was started (see
     /// [`Db::snapshot_in_background`]).
     snapshotter: Mutex<Snapshotter>,
+    /// The version tree (every row version, see `versions.rs`).
+    versions: Option<Arc<crate::storage::tree::Tree>>,
+    /// The thread flushing and merging it, if one was started.
+    tree_worker: Mutex<Option<versions::TreeWorker>>,
+    /// Set to stop that thread.
+    tree_worker_stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The automatic snapshots to write, and the thread writing them.
@@ -132,6 +137,7 @@ impl Drop for Db {
         }
         let _ = self.stop_rotation();
         self.wait_snapshots();
+        self.stop_tree_worker();
         let flusher = self.shared.flusher.locked().take();
         if let Some(mut f) = flusher {
             let _ = f.stop.send(());
@@ -144,16 +150,6 @@ impl Drop for Db {
 
 /// A table's rows, in key order.
 type Rows = BTreeMap<Pk, Arc<Doc>>;
-
-/// Decoded commits, bounded by the bytes of their records.
-#[derive(Default)]
-struct CommitCache {
-    map: HashMap<u32, (Arc<Commit>, usize)>,
-    bytes: usize,
-}
-
-/// Bytes of log records kept decoded in the commit cache.
-const CACHE_BYTES: usize = 64 << 20;
 
 impl Db {
     /// A handle for a background thread (does not stop anything when dropped).
@@ -174,6 +170,17 @@ impl Db {
         self.shared.store.keyring_generation()
     }
 
+    /// What the version tree's cache of decrypted blocks holds and has
+    /// done (hits, misses, evictions, bytes).
+    pub fn cache_stats(&self) -> crate::storage::runs::CacheStats {
+        self.shared.versions.as_ref().map(|t| t.cache().stats()).unwrap_or_default()
+    }
+
+    /// The version tree's runs per level, its memtable, its flushes and merges.
+    pub fn version_tree_stats(&self) -> crate::storage::tree::TreeStats {
+        self.shared.versions.as_ref().map(|t| t.stats()).unwrap_or_default()
+    }
+
     /// The in-memory state, for reading (never held across an fsync).
     pub(crate) fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.shared.state.read_locked()
@@ -189,13 +196,38 @@ impl Db {
         self.state().latest_seq()
     }
 
-    /// Close the database: checkpoint the write-ahead log and seal the open files.
+    /// Stop (and join) the version tree's worker.
+    fn stop_tree_worker(&self) {
+        self.shared.tree_worker_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let worker = self.shared.tree_worker.locked().take();
+        if let Some(mut w) = worker {
+            let _ = w.wake.try_send(());
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Wake the version tree's worker if the memtable is due to be flushed.
+    pub(super) fn wake_tree_worker(&self) {
+        if let Some(w) = self.shared.tree_worker.locked().as_ref() {
+            let _ = w.wake.try_send(());
+        }
+    }
+
+    /// Close the database: checkpoint the write-ahead log, write the row
+    /// versions still in memory into the version tree's runs, and seal the
+    /// open files.
     pub fn close(self) -> Result<()> {
         self.wait_snapshots();
         let rotation = self.stop_rotation();
+        self.stop_tree_worker();
         if !self.shared.store.options().read_only && self.shared.store.poisoned().is_none() {
             let mut w = self.lock_writer();
             self.checkpoint(&mut w)?;
+            if let Some(tree) = &self.shared.versions {
+                tree.flush(&self.shared.store)?;
+            }
         }
         self.shared.store.close_shared()?;
         rotation

@@ -18,6 +18,10 @@ pub(super) fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec:
     // Documents stay text (checked once the replay is over, for the rows
     // still current); events a table's snapshot already covers need none.
     let mut events = Vec::with_capacity(c.events.len());
+    // Row versions the tree's runs do not hold yet go into its memtable.
+    let want_versions = st.versions.is_some();
+    let versions_from = st.versions_from;
+    let mut versions = Vec::new();
     let rows_from = st.opening.as_ref().map(|o| &o.rows_from);
     let from = |table: u32| rows_from.and_then(|r| r.get(&table)).copied();
     for (i, e) in c.events.into_iter().enumerate() {
@@ -34,15 +38,22 @@ pub(super) fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec:
             }
             _ => None,
         };
-        // A row a snapshot covers only needs its history indexed: no key made.
+        // A row a snapshot covers needs no key made, unless its version
+        // goes into the tree.
         let covered = from(e.table).is_some_and(|from| seq <= from);
-        let (key, hkey) = match e.key {
-            Some(k) if covered => (None, Some(k.to_pk())),
-            k => (k.map(crate::table::KeyRef::to_pk), None),
-        };
-        events.push(Applied { op: e.op, table: e.table, key, hkey, doc, picks: None });
+        let to_tree = want_versions && seq > versions_from;
+        let pk = if covered && !to_tree { None } else { e.key.map(crate::table::KeyRef::to_pk) };
+        if to_tree
+            && let Some(k) = &pk
+            && let Some(v) = super::versions::entry(e.table, k, seq, e.op, e.doc)
+        {
+            versions.push(v);
+        }
+        let key = if covered { None } else { pk };
+        events.push(Applied { op: e.op, table: e.table, key, doc, picks: None });
     }
     let ci = st.commits.len() as u32;
+    st.version_batch = versions;
     st.apply_record(c.first_seq, c.time_micros, events, pos, rec.len())
         .map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))?;
     Ok(ci)
@@ -256,7 +267,8 @@ impl Db {
             key,
             CreateOptions { argon2: opts.argon2, allow_weak_kdf: opts.allow_weak_kdf, store: opts.store },
         )?;
-        Ok(Db::from_store(store, State { next_seq: 1, ..State::default() }, opts_rest))
+        let tree = super::versions::open_tree(&store, &opts_rest)?;
+        Ok(Db::from_store(store, State { next_seq: 1, versions: Some(tree), ..State::default() }, opts_rest))
     }
 
     /// Open a database: the key is checked first; then every table's latest
@@ -278,7 +290,8 @@ impl Db {
             store.check_unlisted()?;
         }
         // 1. The snapshots: registered, and the latest of each table chosen.
-        let mut st = State { next_seq: 1, ..State::default() };
+        let tree = super::versions::open_tree(&store, &opts)?;
+        let mut st = State { next_seq: 1, versions_from: tree.flushed_seq(), versions: Some(tree), ..State::default() };
         let plan = SnapshotPlan::read(&store, &mut st)?;
         let mut opening = Opening::default();
         for (id, seq, _, _) in &plan.latest {
@@ -286,14 +299,14 @@ impl Db {
         }
         st.opening = Some(opening);
         // 2. The latest snapshots load on a second thread while this one
-        // replays the log, and the history maps are built on a third.
+        // replays the log (and gives the version tree what its runs lack).
         let mut writer = WriterState::default();
         let wal_files = store.stream_files(WAL_STREAM).len();
-        let (loaded, histories) = replay(&store, &mut st, &plan, &mut writer)?;
-        // 3. The rows merged, checked and indexed; the histories and the
-        // compaction horizons put in place.
+        let loaded = replay(&store, &mut st, &plan, &mut writer)?;
+        // 3. The rows merged, checked and indexed; the compaction horizons
+        // put in place.
         let opening = st.opening.take().unwrap_or_default();
-        settle(&store, &mut st, opening, loaded, histories)?;
+        settle(&store, &mut st, opening, loaded)?;
         // 4. The WAL checkpointed, and an interrupted re-encryption resumed.
         let db = Db::from_store(store, st, opts);
         if wal_files > 0 && !db.shared.store.options().read_only {
@@ -317,8 +330,17 @@ impl Db {
         Ok(db)
     }
 
-    pub(super) fn from_store(store: Store, state: State, opts: Options) -> Db {
+    pub(super) fn from_store(store: Store, mut state: State, opts: Options) -> Db {
         let store = Arc::new(store);
+        state.versions_due = false;
+        let versions = state.versions.clone();
+        let worker_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let worker = match &versions {
+            Some(tree) if !store.options().read_only => {
+                super::versions::start_worker(store.clone(), tree.clone(), worker_stop.clone())
+            }
+            _ => None,
+        };
         let flusher = match opts.durability {
             Durability::RelaxedSyncEvery(every) if !store.options().read_only => {
                 let (stop, rx) = std::sync::mpsc::channel::<()>();
@@ -344,8 +366,6 @@ impl Db {
                 queue: Mutex::new(Vec::new()),
                 arrived: std::sync::Condvar::new(),
                 gather: Mutex::new(Gather::default()),
-                cache: Mutex::new(CommitCache::default()),
-                baselines: Mutex::new(HashMap::new()),
                 opts,
                 flusher: Mutex::new(flusher),
                 rewriting: Mutex::new(()),
@@ -353,6 +373,9 @@ impl Db {
                 stop: std::sync::atomic::AtomicBool::new(false),
                 rotating: std::sync::atomic::AtomicBool::new(false),
                 snapshotter: Mutex::new(Snapshotter::default()),
+                versions,
+                tree_worker: Mutex::new(worker),
+                tree_worker_stop: worker_stop,
             }),
             owner: true,
         }
@@ -363,8 +386,6 @@ impl Db {
 pub(super) struct SnapshotPlan {
     /// (table, sequence number, file, the fields its rows carry values of).
     pub(super) latest: Vec<(u32, u64, u64, Vec<String>)>,
-    /// How many history entries each table will have, about: room made at once.
-    pub(super) room: HashMap<u32, usize>,
 }
 
 impl SnapshotPlan {
@@ -372,39 +393,24 @@ impl SnapshotPlan {
     /// pick each table's latest.
     pub(super) fn read(store: &Store, st: &mut State) -> Result<SnapshotPlan> {
         let mut metas = HashMap::new();
-        // Bytes of the log, and of each snapshot file: to size the history map.
-        let files = store.files();
-        let log_bytes: u64 = files
-            .iter()
-            .filter(|f| f.stream == EVENTS_STREAM || f.stream == WAL_STREAM)
-            .map(|f| f.state.sealed_len())
-            .sum();
-        for f in files {
+        for f in store.files() {
             if f.kind != FileKind::Snapshot || f.stream < SNAPSHOT_STREAM_BASE {
                 continue;
             }
             let m = SnapMeta::decode(&f.meta)
                 .map_err(|e| Error::corrupted(&f.name, 0, format!("snapshot metadata: {}", e.reason)))?;
             st.tables.entry(m.table).or_default().snapshots.push((m.seq, f.file_id));
-            metas.insert(f.file_id, (m, f.state.sealed_len()));
+            metas.insert(f.file_id, m);
         }
         let mut latest = Vec::new();
-        let mut room: HashMap<u32, usize> = HashMap::new();
         for (id, t) in st.tables.iter_mut() {
             t.snapshots.sort_unstable();
             if let Some(&(seq, file)) = t.snapshots.last() {
-                let (rows, fields, bytes) =
-                    metas.remove(&file).map_or((0, Vec::new(), 0), |(m, bytes)| (m.rows, m.indexes, bytes));
-                // Every row of the snapshot has a history, and so may each
-                // event of the log (a snapshot row's size as a guess of an
-                // event's): room for them at once, not regrown on the way.
-                let per_row = bytes / rows.max(1);
-                let events = if per_row >= 32 { log_bytes / per_row } else { 0 };
-                room.insert(*id, rows.max(events).min(1 << 26) as usize);
+                let fields = metas.remove(&file).map_or(Vec::new(), |m| m.indexes);
                 latest.push((*id, seq, file, fields));
             }
         }
-        Ok(SnapshotPlan { latest, room })
+        Ok(SnapshotPlan { latest })
     }
 }
 
@@ -460,83 +466,15 @@ fn load_latest(store: &Store, latest: &[(u32, u64, u64, Vec<String>)]) -> Result
         .collect()
 }
 
-/// History entries handed from the replay to the thread that builds the maps.
-type EventRefBatch = Vec<(u32, Pk, EventRef)>;
-/// Entries in one such batch.
-const HIST_BATCH: usize = 16 * 1024;
-
-/// The history maps, from the batches of entries the replay hands over in
-/// log order: grouped by table and shard as they come (appends only), and
-/// each shard built once the log is read.
-fn build_histories(
-    rx: std::sync::mpsc::Receiver<EventRefBatch>,
-    room: HashMap<u32, usize>,
-) -> FastMap<u32, RowHistory> {
-    type Parts = (RowHistory, Vec<Vec<(Pk, EventRef)>>);
-    let mut parts: FastMap<u32, Parts> = FastMap::default();
-    let new_parts = |id: u32| -> Parts {
-        let per_shard = room.get(&id).map_or(0, |n| n / HIST_SHARDS + n / HIST_SHARDS / 8);
-        (RowHistory::default(), (0..HIST_SHARDS).map(|_| Vec::with_capacity(per_shard)).collect())
-    };
-    for batch in rx {
-        for (id, k, h) in batch {
-            let (rh, shards) = parts.entry(id).or_insert_with(|| new_parts(id));
-            let i = rh.shard_of(&k);
-            if let Some(v) = shards.get_mut(i) {
-                v.push((k, h));
-            }
-        }
-    }
-    let mut maps: FastMap<u32, RowHistory> = FastMap::default();
-    for (id, (mut rh, shards)) in parts {
-        for (i, entries) in shards.into_iter().enumerate() {
-            rh.fill_shard(i, entries);
-        }
-        maps.insert(id, rh);
-    }
-    maps
-}
-
-/// The thread building the history maps, still at work while the rows are
-/// merged and checked (`None`: it could not start, and the replay put the
-/// entries in the maps itself).
-type Histories = Option<std::thread::JoinHandle<FastMap<u32, RowHistory>>>;
-
 /// Replay the log (the segments, then what the WAL holds beyond them) into
-/// `st` while the latest snapshots load on a second thread and the history
-/// maps are built on a third. The WAL's commits go to `writer` (to be
-/// checkpointed). Returns the loaded snapshots and the history thread.
-fn replay(
-    store: &Store,
-    st: &mut State,
-    plan: &SnapshotPlan,
-    writer: &mut WriterState,
-) -> Result<(Vec<Loaded>, Histories)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<EventRefBatch>(4);
-    let room = plan.room.clone();
-    let historian =
-        std::thread::Builder::new().name("driftdb-open-history".into()).spawn(move || build_histories(rx, room));
+/// `st` while the latest snapshots load on a second thread. The WAL's
+/// commits go to `writer` (to be checkpointed). Returns the loaded snapshots.
+fn replay(store: &Store, st: &mut State, plan: &SnapshotPlan, writer: &mut WriterState) -> Result<Vec<Loaded>> {
     let (replayed, loaded) = std::thread::scope(|s| {
         let loader = std::thread::Builder::new()
             .name("driftdb-open".into())
             .spawn_scoped(s, || load_latest(store, &plan.latest));
-        let mut tx = historian.is_ok().then_some(tx);
-        if tx.is_some()
-            && let Some(o) = st.opening.as_mut()
-        {
-            o.history = Some(Vec::with_capacity(HIST_BATCH));
-        }
-        let hand_over = |st: &mut State, all: bool| {
-            if let (Some(tx), Some(b)) = (&tx, st.opening.as_mut().and_then(|o| o.history.as_mut()))
-                && (all || b.len() >= HIST_BATCH)
-            {
-                // A closed channel means the thread is gone: its join reports it.
-                let _ = tx.send(std::mem::replace(b, Vec::with_capacity(HIST_BATCH)));
-            }
-        };
-        let replayed = replay_log(store, st, writer, &hand_over);
-        hand_over(st, true);
-        drop(tx.take()); // the history thread ends
+        let replayed = replay_log(store, st, writer);
         let loaded = match loader {
             Ok(h) => h.join().unwrap_or_else(|_| Err(Error::Poisoned("the snapshot loading thread panicked".into()))),
             Err(_) => load_latest(store, &plan.latest),
@@ -544,23 +482,16 @@ fn replay(
         (replayed, loaded)
     });
     replayed?;
-    Ok((loaded?, historian.ok()))
+    loaded
 }
 
 /// Replay the segments, then the commits the WAL holds beyond them (a WAL
 /// file already checkpointed may still be there if a crash came before its
-/// deletion: its commits are skipped). `hand_over` passes history entries
-/// on to the thread that builds the maps.
-fn replay_log(
-    store: &Store,
-    st: &mut State,
-    writer: &mut WriterState,
-    hand_over: &dyn Fn(&mut State, bool),
-) -> Result<()> {
+/// deletion: its commits are skipped).
+fn replay_log(store: &Store, st: &mut State, writer: &mut WriterState) -> Result<()> {
     store.read_stream(EVENTS_STREAM, |pos, rec| {
         replay_record(st, FileKind::Segment, pos, rec)?;
-        hand_over(st, false);
-        Ok(())
+        flush_versions_while_opening(store, st)
     })?;
     store.read_stream(WAL_STREAM, |pos, rec| {
         let name = crate::format::file_name(pos.file_id, FileKind::Wal);
@@ -578,18 +509,30 @@ fn replay_log(
             ));
         }
         let ci = replay_record(st, FileKind::Wal, pos, rec)?;
-        hand_over(st, false);
+        flush_versions_while_opening(store, st)?;
         writer.pending_bytes += rec.len() as u64;
         writer.pending.push((ci, rec.to_vec()));
         Ok(())
     })
 }
 
+/// While opening: write the tree's memtable out once it is full (the log
+/// it comes from is durable), unless the store is read-only (then the
+/// versions the runs lack stay in memory).
+fn flush_versions_while_opening(store: &Store, st: &mut State) -> Result<()> {
+    if st.versions_due && !store.options().read_only {
+        st.versions_due = false;
+        if let Some(tree) = &st.versions {
+            tree.flush(store)?;
+        }
+    }
+    Ok(())
+}
+
 /// After the replay: every table's rows (the log's writes over its
-/// snapshot's rows), checked and indexed; the histories; and the history
-/// folded at each compaction horizon.
-fn settle(store: &Store, st: &mut State, opening: Opening, loaded: Vec<Loaded>, histories: Histories) -> Result<()> {
-    let with_history = opening.history.is_some();
+/// snapshot's rows), checked and indexed; and the version tree folded at
+/// each compaction horizon.
+fn settle(store: &Store, st: &mut State, opening: Opening, loaded: Vec<Loaded>) -> Result<()> {
     let deleted = opening.deleted;
     // The rows the log wrote, in key order: each key's last write (a
     // stable sort keeps a key's writes in log order, and finds the runs
@@ -626,16 +569,6 @@ fn settle(store: &Store, st: &mut State, opening: Opening, loaded: Vec<Loaded>, 
         let (fields, picks) = picked.remove(id).unwrap_or_default();
         check_rows_and_index(&name, t, &fields, picks)?;
     }
-    // Joined last: it went on building the maps while the rows were checked.
-    let histories = match histories {
-        Some(h) => h.join().map_err(|_| Error::Poisoned("the history thread panicked".into()))?,
-        None => FastMap::default(),
-    };
-    if with_history {
-        for (id, h) in histories {
-            st.tables.entry(id).or_default().history = h;
-        }
-    }
     let horizons: Vec<(u32, u64, Option<u64>)> = st
         .tables
         .iter()
@@ -651,7 +584,33 @@ fn settle(store: &Store, st: &mut State, opening: Opening, loaded: Vec<Loaded>, 
             )
         })?;
         let rows = load_snapshot(store, snap, h)?;
-        st.fold_history(id, h, rows.keys());
+        st.fold_history(id, h);
+        // The version tree: folded at this horizon already, or folded now
+        // (and, unless read-only, the versions the fold hides reclaimed).
+        if let Some(tree) = st.versions.clone() {
+            let marker = super::versions::folded_at(&tree, id)?;
+            let Some(t) = st.tables.get_mut(&id) else { continue };
+            if marker >= h {
+                t.folded_at = marker;
+            } else {
+                super::versions::fold(&tree, t, id, h, &rows);
+                if !store.options().read_only {
+                    super::versions::reclaim(&tree, store, id, h)?;
+                }
+            }
+        }
+    }
+    if let Some(tree) = &st.versions
+        && tree.flushed_seq() > latest
+    {
+        return Err(Error::tampered(
+            "keyring",
+            0,
+            format!(
+                "the version tree holds a version at @seq:{}, past the end of the event log (@seq:{latest})",
+                tree.flushed_seq()
+            ),
+        ));
     }
     Ok(())
 }

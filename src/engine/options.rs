@@ -49,6 +49,13 @@ pub struct Options {
     /// place is refused ([`Error::RolledBack`]). The same as
     /// [`StoreOptions::expect_generation`]; the larger of the two applies.
     pub expect_generation: Option<u64>,
+    /// Bytes of decrypted blocks of the version tree kept in memory (a
+    /// hard limit: reads beyond it decrypt again). 64 MiB by default.
+    pub cache_bytes: u64,
+    /// Row versions not yet in the version tree's sorted runs are held in
+    /// memory; once they take this many bytes they are written out in the
+    /// background. 8 MiB by default.
+    pub memtable_bytes: u64,
 }
 
 impl Default for Options {
@@ -63,6 +70,8 @@ impl Default for Options {
             resume_rotation: true,
             allow_weak_kdf: false,
             expect_generation: None,
+            cache_bytes: 64 << 20,
+            memtable_bytes: 8 << 20,
         }
     }
 }

@@ -2,36 +2,6 @@
 //! and a row's history.
 
 use super::*;
-use crate::sync::Locked;
-
-/// What a read of the past needs: the snapshot to start from and the commits after it.
-pub(super) struct ReplayPlan {
-    pub(super) table: u32,
-    /// The snapshot to start from: (sequence number, file id).
-    pub(super) snapshot: Option<(u64, u64)>,
-    pub(super) commits: Vec<(u32, CommitMeta)>,
-    /// The point read.
-    pub(super) seq: u64,
-    /// The table's schema changes up to `seq` (documents read through them).
-    pub(super) alters: Vec<(u64, Alter)>,
-}
-
-pub(super) fn replay_plan(st: &State, id: u32, t: &TableData, seq: u64) -> ReplayPlan {
-    let si = t.snapshots.partition_point(|(s, _)| *s <= seq);
-    let (snapshot, from) = match si.checked_sub(1).map(|i| t.snapshots[i]) {
-        Some((s, file)) => (Some((s, file)), s),
-        None => (None, 0),
-    };
-    let alters = t.alters.iter().take_while(|(s, _)| *s <= seq).cloned().collect();
-    let start = st.commits.partition_point(|c| c.first_seq <= from);
-    let commits = st.commits[start..]
-        .iter()
-        .enumerate()
-        .take_while(|(_, c)| c.first_seq <= seq)
-        .map(|(i, c)| ((start + i) as u32, *c))
-        .collect();
-    ReplayPlan { table: id, snapshot, commits, seq, alters }
-}
 
 /// The sequence number an `AS OF` names: the end of the last commit at or
 /// before it. Beyond the latest sequence, in the future, or before the first
@@ -92,126 +62,59 @@ impl Db {
         Ok(t.rows.get(key).map(|d| t.view_value(d, u64::MAX)))
     }
 
-    /// The document of a row as of sequence number `seq`.
+    /// The document of a row as of sequence number `seq`: its newest
+    /// version at or before `seq` in the version tree (one block read).
     pub fn get_as_of(&self, table: &str, key: &Pk, seq: u64) -> Result<Option<Value>> {
         let st = self.state();
         let seq = resolve(&st, &AsOf::Seq(seq))?;
         let def = table_at(&st, table, seq)?;
         let Some(t) = st.tables.get(&def.id) else { return Ok(None) };
-        let Some(h) = t.history.get(key) else { return Ok(None) };
-        if let Some(e) = h.last().filter(|e| e.seq <= seq && !e.folded) {
-            // Unchanged since: the current row is the answer, unless it was
-            // read from a snapshot taken after `seq` and a schema change
-            // between its write and that snapshot shaped it.
-            let d = t.rows.get(key);
-            if d.is_none_or(|d| d.seq() <= seq || !any_between(&t.alters, e.seq, d.seq())) {
-                return Ok(d.map(|d| t.view_value(d, seq)));
-            }
-        }
-        self.doc_at(&st, def.id, key, h, seq)
+        self.version_value(t, def.id, key, seq)
     }
 
-    pub(super) fn doc_at(&self, st: &State, id: u32, key: &Pk, h: &[EventRef], seq: u64) -> Result<Option<Value>> {
-        let n = h.partition_point(|e| e.seq <= seq);
-        if n == 0 {
-            return Ok(None);
-        }
-        let e = h[n - 1];
-        if e.op == Op::SoftDelete {
-            return Ok(None);
-        }
-        let Some(t) = st.tables.get(&id) else { return Ok(None) };
-        if e.folded {
-            return Ok(self.baseline(st, id)?.get(key).map(|d| t.view_value(d, seq)));
-        }
-        let mut doc = self.event(st, e)?.doc.map(|d| d.to_value());
-        if let Some(v) = &mut doc {
-            apply_between(&t.alters, e.seq, seq, v);
-        }
-        Ok(doc)
+    /// The version tree.
+    pub(super) fn tree(&self) -> Result<&crate::storage::tree::Tree> {
+        self.shared.versions.as_deref().ok_or_else(|| Error::Internal("the database has no version tree".into()))
     }
 
-    /// The rows of table `id` at its compaction horizon.
-    pub(super) fn baseline(&self, st: &State, id: u32) -> Result<Arc<Rows>> {
-        let t = st.tables.get(&id).ok_or_else(|| Error::NotFound(format!("table {id}")))?;
-        if let Some((h, rows)) = self.shared.baselines.locked().get(&id)
-            && *h == t.horizon
-        {
-            return Ok(rows.clone());
+    /// Row `key` of table `id` (its state `t`) as of `seq`, read through
+    /// the schema changes up to `seq`.
+    pub(super) fn version_value(&self, t: &TableData, id: u32, key: &Pk, seq: u64) -> Result<Option<Value>> {
+        match versions::version_at(self.tree()?, t.shape(), id, key, seq)? {
+            Some(f) if f.op.is_live() => f.value_at(t.shape(), seq),
+            _ => Ok(None),
         }
-        let file = t
-            .snapshots
-            .iter()
-            .find(|(s, _)| *s == t.horizon)
-            .map(|(_, f)| *f)
-            .ok_or_else(|| Error::NotFound(format!("snapshot at the horizon of table {id}")))?;
-        let rows = Arc::new(load_snapshot(&self.shared.store, file, t.horizon)?);
-        self.shared.baselines.locked().insert(id, (t.horizon, rows.clone()));
-        Ok(rows)
     }
 
-    /// A decoded commit, from the cache or from disk (no state lock needed).
-    pub(super) fn load_commit_meta(&self, ci: u32, meta: CommitMeta) -> Result<Arc<Commit>> {
-        if let Some((c, _)) = self.shared.cache.locked().map.get(&ci) {
-            return Ok(c.clone());
-        }
-        let rec = self.shared.store.read_record(meta.pos)?;
-        let name = crate::format::file_name(meta.pos.file_id, FileKind::Segment);
-        let c = Commit::decode(&rec).map_err(|e| Error::corrupted(&name, meta.pos.offset, e.reason))?;
-        if c.first_seq != meta.first_seq || c.events.len() as u32 != meta.len {
-            return Err(Error::tampered(&name, meta.pos.offset, "commit record changed since it was read"));
-        }
-        let c = Arc::new(c);
-        let mut cache = self.shared.cache.locked();
-        while cache.bytes + rec.len() > CACHE_BYTES {
-            let Some(k) = cache.map.keys().next().copied() else { break };
-            if let Some((_, n)) = cache.map.remove(&k) {
-                cache.bytes -= n;
-            }
-        }
-        cache.bytes += rec.len();
-        if let Some((_, old)) = cache.map.insert(ci, (c.clone(), rec.len())) {
-            cache.bytes -= old;
-        }
-        Ok(c)
-    }
-
-    pub(super) fn read_commit_record(&self, st: &State, ci: u32) -> Result<(Vec<u8>, CommitMeta, String)> {
-        let meta = *st.commits.get(ci as usize).ok_or_else(|| Error::NotFound(format!("commit {ci}")))?;
-        let rec = self.shared.store.read_record(meta.pos)?;
-        Ok((rec, meta, crate::format::file_name(meta.pos.file_id, FileKind::Segment)))
-    }
-
-    /// One event: from the cache, or by decoding just that event of its commit.
-    pub(super) fn event(&self, st: &State, h: EventRef) -> Result<Event> {
-        if let Some((c, _)) = self.shared.cache.locked().map.get(&h.commit) {
-            return c.events.get(h.idx as usize).cloned().ok_or_else(|| Error::NotFound(format!("event {}", h.seq)));
-        }
-        let (rec, meta, name) = self.read_commit_record(st, h.commit)?;
-        let (first, n, e) =
-            Commit::decode_one(&rec, h.idx as usize).map_err(|e| Error::corrupted(&name, meta.pos.offset, e.reason))?;
-        if first != meta.first_seq || n as u32 != meta.len {
-            return Err(Error::tampered(&name, meta.pos.offset, "commit record changed since it was read"));
-        }
-        Ok(e)
-    }
-
-    /// A row's whole history, oldest first.
+    /// A row's whole history, oldest first (one range of the version
+    /// tree); a row folded by `COMPACT` starts with its state at the
+    /// horizon, as `COMPACTED`.
     pub fn history(&self, table: &str, key: &Pk) -> Result<Vec<HistoryEntry>> {
         let st = self.state();
         let def = st.table(table)?;
-        let Some(h) = st.tables.get(&def.id).and_then(|t| t.history.get(key)) else {
-            return Err(Error::NotFound(format!("no row with key {key} in table {table:?}, now or ever")));
+        let found = match st.tables.get(&def.id) {
+            Some(t) => versions::row_versions(self.tree()?, t.shape(), def.id, key)?,
+            None => Vec::new(),
         };
-        let mut out = Vec::with_capacity(h.len());
-        for e in h.iter() {
-            let (op, doc) = if e.folded {
-                ("COMPACTED", self.baseline(&st, def.id)?.get(key).map(|d| d.to_value()).unwrap_or(Value::Null))
-            } else {
-                (e.op.name(), self.event(&st, *e)?.doc.map_or(Value::Null, |d| d.to_value()))
+        if found.is_empty() {
+            return Err(Error::NotFound(format!("no row with key {key} in table {table:?}, now or ever")));
+        }
+        let mut out = Vec::with_capacity(found.len());
+        for f in found {
+            let op = match f.op {
+                crate::table::version::VersionOp::Insert => Op::Insert.name(),
+                crate::table::version::VersionOp::Patch => Op::Patch.name(),
+                crate::table::version::VersionOp::SoftDelete => Op::SoftDelete.name(),
+                crate::table::version::VersionOp::Folded => "COMPACTED",
             };
-            let time = st.commits.get(e.commit as usize).map(|c| c.time).unwrap_or(0);
-            out.push(HistoryEntry { seq: e.seq, time: format_rfc3339(time), op, doc });
+            let doc = match &f.text {
+                Some(text) => serde_json::from_str(text)
+                    .map_err(|e| Error::Internal(format!("a row version at @seq:{} does not parse: {e}", f.seq)))?,
+                None => Value::Null,
+            };
+            let ci = st.commits.partition_point(|c| c.first_seq <= f.seq);
+            let time = ci.checked_sub(1).and_then(|i| st.commits.get(i)).map_or(0, |c| c.time);
+            out.push(HistoryEntry { seq: f.seq, time: format_rfc3339(time), op, doc });
         }
         Ok(out)
     }
@@ -243,73 +146,29 @@ impl Db {
     /// A read of the past plans its replay under the state lock and reads
     /// the files without it, so writers are not held up by long reads.
     pub fn scan(&self, table: &str, as_of: Option<&AsOf>) -> Result<Vec<Arc<Doc>>> {
-        for attempt in 0..8 {
-            let plan = {
-                let st = self.state();
-                let latest = st.latest_seq();
-                let seq = match as_of {
-                    None => latest,
-                    Some(a) => resolve(&st, a)?,
-                };
-                let def = table_at(&st, table, seq)?;
-                let Some(t) = st.tables.get(&def.id) else { return Ok(Vec::new()) };
-                if seq == latest {
-                    return Ok(t.rows.values().map(|d| t.view(d, u64::MAX)).collect());
-                }
-                replay_plan(&st, def.id, t, seq)
+        let (id, seq, alters, folded_at) = {
+            let st = self.state();
+            let latest = st.latest_seq();
+            let seq = match as_of {
+                None => latest,
+                Some(a) => resolve(&st, a)?,
             };
-            match self.replay(plan) {
-                // A concurrent compaction may have replaced a file the plan named: plan again.
-                Err(Error::NotFound(_)) if attempt < 7 => continue,
-                r => return Ok(r?.into_values().collect()),
+            let def = table_at(&st, table, seq)?;
+            let Some(t) = st.tables.get(&def.id) else { return Ok(Vec::new()) };
+            if seq == latest {
+                return Ok(t.rows.values().map(|d| t.view(d, u64::MAX)).collect());
             }
-        }
-        Err(Error::NotFound(format!("table {table:?} kept changing under the read")))
-    }
-
-    /// A table's rows at `seq` (a commit boundary): its nearest snapshot at
-    /// or before `seq`, then the log's commits after it, up to `seq`.
-    pub(super) fn rows_at(&self, st: &State, id: u32, t: &TableData, seq: u64) -> Result<Rows> {
-        self.replay(replay_plan(st, id, t, seq))
-    }
-
-    /// Carry out a replay plan; needs no lock on the state.
-    pub(super) fn replay(&self, plan: ReplayPlan) -> Result<Rows> {
-        let id = plan.table;
-        let mut rows = match plan.snapshot {
-            Some((seq, file)) => load_snapshot(&self.shared.store, file, seq)?,
-            None => BTreeMap::new(),
+            let alters: Vec<(u64, Alter)> = t.alters.iter().take_while(|(s, _)| *s <= seq).cloned().collect();
+            (def.id, seq, alters, t.folded_at)
         };
-        for (ci, meta) in plan.commits {
-            let c = self.load_commit_meta(ci, meta)?;
-            for (i, e) in c.events.iter().enumerate().filter(|(_, e)| e.table == id) {
-                let seq = c.first_seq + i as u64;
-                if seq > plan.seq {
-                    break;
-                }
-                let Some(k) = &e.key else { continue };
-                match e.op {
-                    Op::Insert | Op::Patch => {
-                        let d = Doc::from_value(e.doc.as_ref().map_or(Value::Null, |d| d.to_value())).at(seq);
-                        rows.insert(k.clone(), Arc::new(d));
-                    }
-                    Op::SoftDelete => {
-                        rows.remove(k);
-                    }
-                    Op::CreateTable | Op::Compact | Op::Folded | Op::Alter => {}
-                }
-            }
-        }
-        if plan.alters.iter().any(|(_, a)| a.changes_documents()) {
-            for d in rows.values_mut() {
-                if any_between(&plan.alters, d.seq(), plan.seq) {
-                    let mut v = d.to_value();
-                    apply_between(&plan.alters, d.seq(), plan.seq, &mut v);
-                    *d = Arc::new(Doc::from_value(v));
-                }
-            }
-        }
-        Ok(rows)
+        // The versions of the past do not change: read without the lock.
+        let shape = versions::Shape { alters: &alters, folded_at };
+        Ok(versions::rows_at(self.tree()?, shape, id, seq)?.into_values().collect())
+    }
+
+    /// A table's rows at `seq` (a commit boundary), from the version tree.
+    pub(super) fn rows_at(&self, _st: &State, id: u32, t: &TableData, seq: u64) -> Result<Rows> {
+        versions::rows_at(self.tree()?, t.shape(), id, seq)
     }
 
     /// Run a `SELECT`. A current read whose `WHERE` has an `=`, `IN` or
@@ -350,8 +209,7 @@ impl Db {
     /// the current document unless the row changed after `seq`.
     pub(crate) fn doc_at_snapshot(&self, st: &State, id: u32, key: &Pk, seq: u64) -> Result<Option<Value>> {
         let Some(t) = st.tables.get(&id) else { return Ok(None) };
-        let Some(h) = t.history.get(key) else { return Ok(None) };
-        if h.last().is_none_or(|e| e.seq <= seq) {
+        if versions::newest_seq(self.tree()?, t.shape(), id, key)?.is_none_or(|s| s <= seq) {
             return Ok(t.rows.get(key).map(|d| t.view_value(d, seq)));
         }
         // The oldest change after the snapshot holds the row as it was.
@@ -359,7 +217,7 @@ impl Db {
         if let Some(c) = st.changes.range(from..).find(|c| c.table == id && &c.key == key) {
             return Ok(c.old.as_ref().map(|d| t.view_value(d, seq)));
         }
-        self.doc_at(st, id, key, h, seq)
+        self.version_value(t, id, key, seq)
     }
 
     /// Table `id`'s rows as of `seq`, for a transaction registered at `seq`

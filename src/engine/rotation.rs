@@ -177,6 +177,21 @@ impl Db {
     /// replacement before the old file is deleted.
     pub(super) fn reencrypt_one(&self, f: &crate::storage::store::FileInfo) -> Result<()> {
         let _rewriting = self.shared.rewriting.locked();
+        if f.kind == FileKind::Run
+            && let Some(tree) = &self.shared.versions
+        {
+            let store = &self.shared.store;
+            let r = tree.replace_run_with(store, f.file_id, || store.reencrypt_file(f.file_id).map(|(id, _)| id));
+            return match r {
+                // Replaced meanwhile (merged): under a fresh key already.
+                Err(Error::NotFound(_)) => Ok(()),
+                Err(e) => Err(e),
+                Ok(_) => {
+                    store.release(f.file_id);
+                    Ok(())
+                }
+            };
+        }
         let (new_id, positions) = match self.shared.store.reencrypt_file(f.file_id) {
             // Replaced meanwhile (merged or compacted): under a fresh key already.
             Err(Error::NotFound(_)) => return Ok(()),

@@ -6,7 +6,6 @@ use super::*;
 #[derive(Default)]
 pub(crate) struct TableData {
     pub(crate) rows: BTreeMap<Pk, Arc<Doc>>,
-    pub(crate) history: RowHistory,
     /// Secondary indexes of the current rows, by field.
     pub(super) indexes: BTreeMap<String, Index>,
     /// Snapshots: (sequence number, file id), oldest first.
@@ -16,6 +15,10 @@ pub(crate) struct TableData {
     pub(super) since_bytes: u64,
     /// History at or before this sequence number was folded by `COMPACT` (0: none).
     pub(super) horizon: u64,
+    /// The version tree holds this table's rows folded at this horizon
+    /// (0: none): its versions at or before it, except the folded ones,
+    /// are not read (see `versions.rs`).
+    pub(super) folded_at: u64,
     /// Schema changes, in order: (sequence number, change).
     pub(crate) alters: Vec<(u64, Alter)>,
     /// The definition after its creation and after each schema change:
@@ -149,13 +152,22 @@ pub(crate) struct State {
     /// of the log gathers for the rows and histories built at its end. No
     /// index is maintained meanwhile.
     pub(super) opening: Option<Opening>,
+    /// The version tree the applied commits' row versions go into.
+    pub(super) versions: Option<Arc<crate::storage::tree::Tree>>,
+    /// While opening: versions up to this sequence number are in the
+    /// tree's runs already (not replayed into it).
+    pub(super) versions_from: u64,
+    /// Set when the tree's memtable is due to be flushed.
+    pub(super) versions_due: bool,
+    /// The versions of the commit being applied.
+    pub(super) version_batch: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// What opening gathers while it replays the log (see [`Db::open`]).
 #[derive(Default)]
 pub(super) struct Opening {
     /// Rows of table `t` up to this sequence number came from a snapshot:
-    /// replay only notes their history.
+    /// replay skips their events (but for the version tree).
     pub(super) rows_from: FastMap<u32, u64>,
     /// Keys the log deletes after their table's snapshot (whose rows are
     /// merged in once the replay is over).
@@ -165,20 +177,6 @@ pub(super) struct Opening {
     /// ordered map compares the key with every key of each node on its
     /// path; a log is mostly in key order already).
     pub(super) rows: FastMap<u32, LogWrites>,
-    /// History entries not yet handed to the thread that builds the
-    /// history maps (`None`: no such thread; they go into the maps).
-    pub(super) history: Option<Vec<(u32, Pk, EventRef)>>,
-}
-
-impl Opening {
-    /// Record a history entry: in the batch for the thread that builds the
-    /// maps, or (without one) in the table's map.
-    pub(super) fn history_entry(&mut self, history: &mut RowHistory, table: u32, k: Pk, h: EventRef) {
-        match self.history.as_mut() {
-            Some(batch) => batch.push((table, k, h)),
-            None => history.push_key(k, h),
-        }
-    }
 }
 
 /// An event of the (authenticated) log that does not make sense: written by
@@ -187,12 +185,10 @@ fn log_error(seq: u64, msg: impl std::fmt::Display) -> Error {
     Error::Internal(format!("the event at @seq:{seq}: {msg}"))
 }
 
-/// Where an event is: its sequence number, commit and place in the commit.
+/// Where an event is: its sequence number.
 #[derive(Clone, Copy)]
 pub(super) struct EventAt {
     pub(super) seq: u64,
-    pub(super) commit: u32,
-    pub(super) idx: u32,
 }
 
 /// What the log writes to a table's rows while opening, in log order
@@ -238,6 +234,15 @@ impl State {
             self.commits[i].pos = *p;
         }
         Ok(())
+    }
+
+    /// The sequence number of row `k`'s newest version (live or not), from
+    /// the version tree. A read that fails answers `u64::MAX` ("changed
+    /// now"), so that a validation it serves fails safe, as a conflict.
+    pub(super) fn newest_seq(&self, id: u32, k: &Pk) -> Option<u64> {
+        let t = self.tables.get(&id)?;
+        let tree = self.versions.as_ref()?;
+        super::versions::newest_seq(tree, t.shape(), id, k).unwrap_or(Some(u64::MAX))
     }
 
     pub(crate) fn table(&self, name: &str) -> Result<&TableDef> {
@@ -288,6 +293,8 @@ impl State {
         rec_len: usize,
         pos: RecordPos,
     ) -> Result<()> {
+        // Left over by a commit that failed to apply: not this one's.
+        self.version_batch.clear();
         let first = c.first_seq;
         let mut picks = picks.into_iter().peekable();
         let events = c
@@ -309,7 +316,7 @@ impl State {
                     Some((at, _)) if *at == i => picks.next().map(|(_, p)| p),
                     _ => None,
                 };
-                Applied { op: e.op, table: e.table, key: e.key.take(), hkey: None, doc, picks }
+                Applied { op: e.op, table: e.table, key: e.key.take(), doc, picks }
             })
             .collect();
         self.apply_record(c.first_seq, c.time_micros, events, pos, rec_len)
@@ -328,91 +335,30 @@ impl State {
         let ci = u32::try_from(self.commits.len()).map_err(|_| Error::Query("too many commits".into()))?;
         let n = events.len() as u64;
         self.commits.push(CommitMeta { first_seq, len: events.len() as u32, time: time_micros, pos });
-        // A large commit of row changes only, applied live: its history
-        // entries go into the history maps on a thread of their own while
-        // this one updates the rows and the indexes.
-        let plain = n >= PARALLEL_APPLY
-            && self.opening.is_none()
-            && events.iter().all(|e| {
-                matches!(e.op, Op::Insert | Op::Patch | Op::SoftDelete)
-                    && e.key.is_some()
-                    && self.tables.contains_key(&e.table)
-            });
-        if plain {
-            let mut work: Vec<HistoryWork> = Vec::new();
-            for (i, e) in events.iter().enumerate() {
-                let Some(k) = &e.key else { continue };
-                let hist = EventRef { seq: first_seq + i as u64, op: e.op, commit: ci, idx: i as u32, folded: false };
-                let at = match work.iter().position(|(t, _, _)| *t == e.table) {
-                    Some(at) => at,
-                    None => {
-                        let h = self.tables.get_mut(&e.table).map(|t| std::mem::take(&mut t.history));
-                        work.push((e.table, h.unwrap_or_default(), Vec::with_capacity(events.len())));
-                        work.len() - 1
-                    }
-                };
-                if let Some((_, _, entries)) = work.get_mut(at) {
-                    entries.push((k.clone(), hist));
-                }
-            }
-            let fill = |work: &mut Vec<HistoryWork>| {
-                for (_, history, entries) in work.iter_mut() {
-                    for (k, h) in entries.drain(..) {
-                        history.push_key(k, h);
-                    }
-                }
-            };
-            // A panic on either thread is resumed once the maps are back
-            // in their tables (as the serial path would leave them).
-            let (r, filled) = std::thread::scope(|s| {
-                let w = &mut work;
-                let spawned = std::thread::Builder::new().name("driftdb-apply".into()).spawn_scoped(s, || fill(w));
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.apply_events(first_seq, ci, events, share, true)
-                }));
-                let filled = match spawned {
-                    Ok(h) => Some(h.join()),
-                    Err(_) => None,
-                };
-                (r, filled)
-            });
-            let filled = match filled {
-                Some(f) => f,
-                None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fill(&mut work))),
-            };
-            for (id, history, _) in work {
-                if let Some(t) = self.tables.get_mut(&id) {
-                    t.history = history;
-                }
-            }
-            if let Err(p) = filled {
-                std::panic::resume_unwind(p);
-            }
-            match r {
-                Ok(r) => r?,
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        } else {
-            self.apply_events(first_seq, ci, events, share, false)?;
-        }
+        self.apply_events(first_seq, ci, events, share)?;
         self.next_seq = first_seq + n;
         self.last_time = self.last_time.max(time_micros);
+        if !self.version_batch.is_empty()
+            && let Some(tree) = &self.versions
+            && tree.insert(std::mem::take(&mut self.version_batch))
+        {
+            self.versions_due = true;
+        }
+        self.version_batch.clear();
         Ok(())
     }
 
     /// The loop of [`State::apply_record`]: event `i` is at `first_seq + i`
-    /// in commit `ci`; `history_done` when its history entries are recorded
-    /// elsewhere.
+    /// in commit `ci`.
     pub(super) fn apply_events(
         &mut self,
         first_seq: u64,
-        ci: u32,
+        _commit: u32,
         events: Vec<Applied>,
         share: u64,
-        history_done: bool,
     ) -> Result<()> {
         for (i, e) in events.into_iter().enumerate() {
-            let at = EventAt { seq: first_seq + i as u64, commit: ci, idx: i as u32 };
+            let at = EventAt { seq: first_seq + i as u64 };
             match e.op {
                 Op::CreateTable => self.apply_create_table(at.seq, &e)?,
                 Op::Compact => {
@@ -423,7 +369,7 @@ impl State {
                 }
                 Op::Folded => {}
                 Op::Alter => self.apply_alter(at.seq, &e)?,
-                Op::Insert | Op::Patch | Op::SoftDelete => self.apply_row(at, e, share, history_done)?,
+                Op::Insert | Op::Patch | Op::SoftDelete => self.apply_row(at, e, share)?,
             }
         }
         Ok(())
@@ -488,24 +434,17 @@ impl State {
     }
 
     /// An insert, patch or soft delete: while opening, noted for the rows
-    /// and histories built once the log is read; live, the row map, the
-    /// indexes, the history and the change log of open transactions.
-    fn apply_row(&mut self, at: EventAt, e: Applied, share: u64, history_done: bool) -> Result<()> {
+    /// built once the log is read; live, the row map, the indexes, the
+    /// version tree and the change log of open transactions.
+    fn apply_row(&mut self, at: EventAt, e: Applied, share: u64) -> Result<()> {
         let seq = at.seq;
         let Some(t) = self.tables.get_mut(&e.table) else {
             return Err(log_error(seq, "an event names an unknown table"));
         };
-        let hist = EventRef { seq, op: e.op, commit: at.commit, idx: at.idx, folded: false };
         if let Some(o) = self.opening.as_mut()
             && o.rows_from.get(&e.table).is_some_and(|from| seq <= *from)
         {
-            // The row's state is in the table's snapshot: only its history is noted.
-            let key = match (e.hkey, e.key) {
-                (Some(h), _) => h,
-                (None, Some(k)) => k,
-                (None, None) => return Err(log_error(seq, "a row event has no key")),
-            };
-            o.history_entry(&mut t.history, e.table, key, hist);
+            // The row's state is in the table's snapshot.
             return Ok(());
         }
         let Some(key) = e.key else {
@@ -513,6 +452,18 @@ impl State {
         };
         t.since_events += 1;
         t.since_bytes += share;
+        // The row's version for the tree (a live commit's; opening puts the
+        // log's versions in as it reads them).
+        let version = match (&self.versions, &self.opening) {
+            (Some(_), None) => {
+                let text = e.doc.as_ref().map(|d| d.text()).or(match e.op {
+                    Op::Insert | Op::Patch => Some("null"),
+                    _ => None,
+                });
+                super::versions::entry(e.table, &key, seq, e.op, text)
+            }
+            _ => None,
+        };
         let new = match e.op {
             Op::Insert | Op::Patch => Some(e.doc.unwrap_or_else(|| Arc::new(Doc::from_value(Value::Null).at(seq)))),
             _ => None,
@@ -523,9 +474,6 @@ impl State {
                 // The snapshot's row, if it has one, is gone.
                 o.deleted.entry(e.table).or_default().insert(key.clone());
             }
-            if !history_done {
-                o.history_entry(&mut t.history, e.table, key.clone(), hist);
-            }
             let writes = o.rows.entry(e.table).or_default();
             writes.push((key, new));
             // Superseded writes are dropped now and then, so that a log
@@ -534,6 +482,9 @@ impl State {
                 settle_writes(writes);
             }
             return Ok(());
+        }
+        if let Some(v) = version {
+            self.version_batch.push(v);
         }
         // One lookup; the key moves into the row map (or is dropped for a
         // delete), its other uses borrow it.
@@ -554,31 +505,18 @@ impl State {
             new.as_ref(),
             if new.is_some() { e.picks } else { None },
         );
-        if !history_done {
-            t.history.push_key(key.clone(), hist);
-        }
         if !self.active.is_empty() {
             self.changes.push_back(Change { seq, table: e.table, key, old, new });
         }
         Ok(())
     }
 
-    /// Replace table `id`'s history at or before `h` by one folded entry per
-    /// row live at `h` (the keys of the horizon snapshot).
-    pub(super) fn fold_history<'k>(&mut self, id: u32, h: u64, live_at_h: impl Iterator<Item = &'k Pk>) {
-        let ci = self.commits.partition_point(|c| c.first_seq <= h).saturating_sub(1) as u32;
-        let Some(t) = self.tables.get_mut(&id) else { return };
-        for hist in t.history.values_mut() {
-            hist.to_vec_mut().retain(|e| e.seq > h);
+    /// Forget table `id`'s snapshots before its horizon `h` (a read before
+    /// it is refused).
+    pub(super) fn fold_history(&mut self, id: u32, h: u64) {
+        if let Some(t) = self.tables.get_mut(&id) {
+            t.snapshots.retain(|(s, _)| *s >= h);
         }
-        for k in live_at_h {
-            t.history
-                .entry(k)
-                .to_vec_mut()
-                .insert(0, EventRef { seq: h, op: Op::Insert, commit: ci, idx: 0, folded: true });
-        }
-        t.history.retain_nonempty();
-        t.snapshots.retain(|(s, _)| *s >= h);
     }
 }
 
@@ -587,9 +525,6 @@ pub(super) struct Applied {
     pub(super) op: Op,
     pub(super) table: u32,
     pub(super) key: Option<Pk>,
-    /// The key as the history map holds it, for an event replayed at open
-    /// whose row comes from a snapshot (no [`Pk`] is made for it).
-    pub(super) hkey: Option<Pk>,
     pub(super) doc: Option<Arc<Doc>>,
     /// Its indexed fields, picked when it was staged.
     pub(super) picks: Option<Picks>,

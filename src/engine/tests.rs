@@ -25,57 +25,36 @@ fn rows_read_at_open_are_checked_and_indexed() {
 }
 
 #[test]
-fn history_keys_of_every_length_around_the_inline_limit_stay_distinct() {
+fn keys_of_every_length_around_the_inline_limit_stay_distinct() {
     let mut keys: Vec<Pk> = (0..=crate::table::key::KEY_INLINE + 2).map(|n| Pk::Str("k".repeat(n).into())).collect();
     // Same bytes up to the padding, and a key that is all padding.
     keys.push(Pk::Str("k\0".into()));
     keys.push(Pk::Str("\0".into()));
     keys.extend([Pk::Int(0), Pk::Int(-1), Pk::Int(i64::MAX), Pk::Str("0".into())]);
-    let mut h = RowHistory::default();
+    let mut h: FastMap<Pk, Vec<u64>> = FastMap::default();
     for (i, k) in keys.iter().enumerate() {
         for j in 0..=i {
-            h.push_key(
-                k.clone(),
-                EventRef { seq: (i * 100 + j) as u64, op: Op::Patch, commit: 0, idx: 0, folded: false },
-            );
+            h.entry(k.clone()).or_default().push((i * 100 + j) as u64);
         }
     }
     assert_eq!(h.len(), keys.len());
     for (i, k) in keys.iter().enumerate() {
-        let got: Vec<u64> = h.get(k).map(|v| v.iter().map(|e| e.seq).collect()).unwrap_or_default();
-        assert_eq!(got, (0..=i).map(|j| (i * 100 + j) as u64).collect::<Vec<_>>(), "{k:?}");
+        assert_eq!(
+            h.get(k).cloned().unwrap_or_default(),
+            (0..=i).map(|j| (i * 100 + j) as u64).collect::<Vec<_>>(),
+            "{k:?}"
+        );
     }
-    assert!(h.get(&Pk::Str("k".repeat(crate::table::key::KEY_INLINE + 3).into())).is_none());
-    assert!(h.get(&Pk::Int(1)).is_none());
-}
-
-#[test]
-fn history_built_shard_by_shard_equals_history_built_event_by_event() {
-    // Open groups entries by shard and fills each shard in turn; every
-    // key must end with the same list, in event order, as pushing each
-    // event in turn gives.
-    let mut one = RowHistory::default();
-    let mut by_shard = RowHistory::default();
-    let mut parts: Vec<Vec<(Pk, EventRef)>> = vec![Vec::new(); HIST_SHARDS];
-    let key = |i: u64| {
-        if i.is_multiple_of(3) { Pk::Int(i as i64 % 700) } else { Pk::Str(format!("user-{:05}", i % 900).into()) }
-    };
-    for i in 0..5000u64 {
-        let h = EventRef { seq: i + 1, op: Op::Patch, commit: i as u32, idx: 0, folded: false };
-        one.push_key(key(i), h);
-        let k = key(i);
-        parts[by_shard.shard_of(&k)].push((k, h));
-    }
-    for (i, p) in parts.into_iter().enumerate() {
-        by_shard.fill_shard(i, p);
-    }
-    assert_eq!(one.len(), by_shard.len());
-    assert!(one.len() > 1000);
-    for i in 0..5000u64 {
-        let a: Vec<u64> = one.get(&key(i)).map(|v| v.iter().map(|e| e.seq).collect()).unwrap_or_default();
-        let b: Vec<u64> = by_shard.get(&key(i)).map(|v| v.iter().map(|e| e.seq).collect()).unwrap_or_default();
-        assert!(!a.is_empty());
-        assert_eq!(a, b, "{:?}", key(i));
+    assert!(!h.contains_key(&Pk::Str("k".repeat(crate::table::key::KEY_INLINE + 3).into())));
+    assert!(!h.contains_key(&Pk::Int(1)));
+    // The version tree's keys of the same rows are distinct too, and
+    // read back as the same keys.
+    let vkeys: std::collections::BTreeSet<Vec<u8>> =
+        keys.iter().map(|k| crate::table::version::version_key(1, k, 5)).collect();
+    assert_eq!(vkeys.len(), keys.len());
+    for k in &keys {
+        let back = crate::table::version::decode_key(&crate::table::version::version_key(1, k, 5)).unwrap();
+        assert_eq!(&back.key, k);
     }
 }
 

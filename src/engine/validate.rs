@@ -162,16 +162,10 @@ impl<'a> GroupView<'a> {
     /// get the same ids and clash with none.
     pub fn still_valid(&self, b: &Batch, snapshot: u64) -> bool {
         let rows_unchanged = self.nothing_since(snapshot)
-            || b.overlay.keys().filter(|(id, _)| !b.is_new(*id)).all(|(id, k)| {
-                !self.wrote(*id, k)
-                    && self
-                        .st
-                        .tables
-                        .get(id)
-                        .and_then(|t| t.history.get(k))
-                        .and_then(|h| h.last())
-                        .is_none_or(|e| e.seq <= snapshot)
-            });
+            || b.overlay
+                .keys()
+                .filter(|(id, _)| !b.is_new(*id))
+                .all(|(id, k)| !self.wrote(*id, k) && self.st.newest_seq(*id, k).is_none_or(|s| s <= snapshot));
         let tables_fit = b.new_tables.first().is_none_or(|d| d.id == self.next_table_id)
             && b.new_tables.iter().all(|d| self.def(&d.name).is_err());
         // No schema change since `snapshot` to a table it writes or alters.
@@ -302,7 +296,7 @@ pub(crate) fn conflict(st: &State, g: &GroupView<'_>, req: &Request) -> Option<S
         if g.wrote(id, k) {
             return Some(g.next_seq);
         }
-        let last = st.tables.get(&id)?.history.get(k)?.last()?.seq;
+        let last = st.newest_seq(id, k)?;
         (last > req.snapshot).then_some(last)
     };
     let name = |id: u32| st.defs.get(&id).map_or_else(|| format!("#{id}"), |d| d.name.clone());

@@ -168,7 +168,10 @@ impl Tree {
                 }
             }
         }
-        l0.sort_by_key(|r| std::cmp::Reverse((r.meta().max_seq, r.file_id())));
+        // Newest first, as flushed: file ids only grow. (Not by sequence
+        // numbers: an entry may be added with an older sequence number than
+        // entries flushed before it, replacing one with its key.)
+        l0.sort_by_key(|r| std::cmp::Reverse(r.file_id()));
         for (i, level) in levels.iter_mut().enumerate() {
             level.sort_by(|a, b| a.first_key().cmp(b.first_key()));
             if let Some(w) = level.windows(2).find(|w| w[0].last_key() >= w[1].first_key()) {
@@ -203,7 +206,7 @@ impl Tree {
 
     /// Add entries (each key new, or the same entry again) to the memtable.
     /// Returns whether a flush is now due.
-    pub fn insert<'a>(&self, entries: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> bool {
+    pub fn insert(&self, entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> bool {
         // The version stays read-locked while the entries go in, so no
         // flush can freeze (and write out) this memtable halfway.
         let version = self.version.read_locked();
@@ -213,15 +216,21 @@ impl Tree {
         {
             let mut map = active.map.write_locked();
             for (k, v) in entries {
-                max_seq = max_seq.max((self.opts.shape)(k).1);
-                if map.insert(k.to_vec(), v.to_vec()).is_none() {
-                    added += k.len() + v.len() + 32;
+                max_seq = max_seq.max((self.opts.shape)(&k).1);
+                let n = k.len() + v.len() + 32;
+                if map.insert(k, v).is_none() {
+                    added += n;
                 }
             }
         }
         active.max_seq.fetch_max(max_seq, Relaxed);
         let total = active.bytes.fetch_add(added, Relaxed) + added;
         total >= self.opts.memtable_bytes
+    }
+
+    /// Bytes in the memtable being filled.
+    pub fn memtable_bytes(&self) -> usize {
+        self.current().active.bytes.load(Relaxed)
     }
 
     /// Whether the memtable holds its budget or frozen memtables wait.
@@ -271,16 +280,26 @@ impl Tree {
     /// written. A failure leaves the memtable frozen (still read) for the
     /// next flush to write.
     pub fn flush(&self, store: &Store) -> Result<Vec<RunMeta>> {
-        let _one = self.flushing.locked();
-        {
-            let mut v = self.version.write_locked();
-            if !v.active.is_empty() {
-                let mut nv = (**v).clone();
-                let old = std::mem::replace(&mut nv.active, Mem::new());
-                nv.frozen.insert(0, old);
-                *v = Arc::new(nv);
-            }
+        self.freeze();
+        self.flush_frozen(store)
+    }
+
+    /// Freeze the memtable if it holds anything: later entries go to a new
+    /// one. (A caller whose log must be durable before a run holds what it
+    /// logged syncs it between this and [`Tree::flush_frozen`].)
+    pub fn freeze(&self) {
+        let mut v = self.version.write_locked();
+        if !v.active.is_empty() {
+            let mut nv = (**v).clone();
+            let old = std::mem::replace(&mut nv.active, Mem::new());
+            nv.frozen.insert(0, old);
+            *v = Arc::new(nv);
         }
+    }
+
+    /// Flush every frozen memtable, oldest first, into a level-0 run each.
+    pub fn flush_frozen(&self, store: &Store) -> Result<Vec<RunMeta>> {
+        let _one = self.flushing.locked();
         let mut written = Vec::new();
         while let Some(mem) = self.current().frozen.last().cloned() {
             let run = {
@@ -304,6 +323,80 @@ impl Tree {
             self.flushes.fetch_add(1, Relaxed);
         }
         Ok(written)
+    }
+
+    /// Rewrite the whole tree into its deepest level: every entry of every
+    /// run (after a flush) except those `drop` names (by key and value), with `extra` (in key
+    /// order) added, in one atomic manifest edit. An `extra` entry replaces
+    /// an entry with its key, and is never dropped.
+    pub fn rewrite(
+        &self,
+        store: &Store,
+        drop: &dyn Fn(&[u8], &[u8]) -> bool,
+        extra: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<()> {
+        if extra.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(Error::Internal("entries to add to the tree are out of order".into()));
+        }
+        self.flush(store)?;
+        let _one = self.merging.locked();
+        let v = self.current();
+        let inputs: Vec<Arc<Run>> = v.l0.iter().chain(v.levels.iter().flatten()).cloned().collect();
+        let out_level = v.levels.len().max(1);
+        let mut sources = vec![Source::Vec(extra.into_iter().collect())];
+        for r in &inputs {
+            sources.push(Source::Run(r.first()?));
+        }
+        let keep = |it: &Merged| it.source() == Some(0) || !drop(it.key(), it.value());
+        let (outputs, written) = self.write_out(store, Merged::new(sources, None), out_level, &keep, false)?;
+        self.install(store, &inputs, outputs, out_level, written)
+    }
+
+    /// Swap `inputs` for `outputs` (runs of `out_level`): in the manifest
+    /// in one edit, then in the version readers take.
+    fn install(
+        &self,
+        store: &Store,
+        inputs: &[Arc<Run>],
+        outputs: Vec<(super::store::PendingFile, RunMeta)>,
+        out_level: usize,
+        written: u64,
+    ) -> Result<()> {
+        let ids: Vec<u64> = outputs.iter().map(|(p, _)| p.file_id()).collect();
+        store.commit(Edit {
+            add: outputs.into_iter().map(|(p, _)| p).collect(),
+            remove: inputs.iter().map(|r| r.file_id()).collect(),
+            root: None,
+        })?;
+        let mut opened = Vec::with_capacity(ids.len());
+        for id in ids {
+            opened.push(Arc::new(Run::open(store, id, self.cache.clone())?));
+        }
+        let gone: Vec<u64> = inputs.iter().map(|r| r.file_id()).collect();
+        {
+            let mut v = self.version.write_locked();
+            let mut nv = (**v).clone();
+            nv.l0.retain(|r| !gone.contains(&r.file_id()));
+            for l in nv.levels.iter_mut() {
+                l.retain(|r| !gone.contains(&r.file_id()));
+            }
+            if nv.levels.len() < out_level {
+                nv.levels.resize_with(out_level, Vec::new);
+            }
+            let level = &mut nv.levels[out_level - 1];
+            level.extend(opened);
+            level.sort_by(|a, b| a.first_key().cmp(b.first_key()));
+            while nv.levels.last().is_some_and(Vec::is_empty) {
+                nv.levels.pop();
+            }
+            *v = Arc::new(nv);
+        }
+        for r in inputs {
+            self.cache.forget_file(r.file_id(), r.frames());
+        }
+        self.merges.fetch_add(1, Relaxed);
+        self.merged_bytes.fetch_add(written, Relaxed);
+        Ok(())
     }
 
     fn level_target(&self, n: usize) -> u64 {
@@ -347,17 +440,37 @@ impl Tree {
     pub fn merge_once(&self, store: &Store) -> Result<bool> {
         let _one = self.merging.locked();
         let Some((inputs, out_level)) = self.pick_merge(&self.current()) else { return Ok(false) };
-        let started = std::time::Instant::now();
         let mut cursors = Vec::with_capacity(inputs.len());
         for r in &inputs {
             cursors.push(Source::Run(r.first()?));
         }
-        let mut it = Merged::new(cursors, None);
+        let (outputs, written) = self.write_out(store, Merged::new(cursors, None), out_level, &|_| true, true)?;
+        self.install(store, &inputs, outputs, out_level, written)?;
+        Ok(true)
+    }
+
+    /// Write the entries of `it` that `keep` keeps into new runs of
+    /// `out_level` (a new one whenever one reaches the run size),
+    /// throttled to the merge rate if `throttled`. Returns the runs, not
+    /// yet committed, and the bytes written.
+    fn write_out(
+        &self,
+        store: &Store,
+        mut it: Merged,
+        out_level: usize,
+        keep: &dyn Fn(&Merged) -> bool,
+        throttled: bool,
+    ) -> Result<(Vec<(super::store::PendingFile, RunMeta)>, u64)> {
+        let started = std::time::Instant::now();
         let mut outputs = Vec::new();
         let mut w = None;
         let mut written = 0u64;
         let mut checked = 0u64;
         while it.valid() {
+            if !keep(&it) {
+                it.advance()?;
+                continue;
+            }
             let k = it.key();
             let (f, seq) = (self.opts.shape)(k);
             let wr = match &mut w {
@@ -372,7 +485,7 @@ impl Tree {
                 outputs.push(done.finish()?);
             }
             let so_far = written + w.as_ref().map_or(0, |w| w.bytes());
-            if so_far >> 20 > checked >> 20 {
+            if throttled && so_far >> 20 > checked >> 20 {
                 checked = so_far;
                 self.throttle(started, checked);
             }
@@ -382,41 +495,7 @@ impl Tree {
             written += done.bytes();
             outputs.push(done.finish()?);
         }
-        let ids: Vec<u64> = outputs.iter().map(|(p, _)| p.file_id()).collect();
-        store.commit(Edit {
-            add: outputs.into_iter().map(|(p, _)| p).collect(),
-            remove: inputs.iter().map(|r| r.file_id()).collect(),
-            root: None,
-        })?;
-        let mut opened = Vec::with_capacity(ids.len());
-        for id in ids {
-            opened.push(Arc::new(Run::open(store, id, self.cache.clone())?));
-        }
-        let gone: Vec<u64> = inputs.iter().map(|r| r.file_id()).collect();
-        {
-            let mut v = self.version.write_locked();
-            let mut nv = (**v).clone();
-            nv.l0.retain(|r| !gone.contains(&r.file_id()));
-            for l in nv.levels.iter_mut() {
-                l.retain(|r| !gone.contains(&r.file_id()));
-            }
-            if nv.levels.len() < out_level {
-                nv.levels.resize_with(out_level, Vec::new);
-            }
-            let level = &mut nv.levels[out_level - 1];
-            level.extend(opened);
-            level.sort_by(|a, b| a.first_key().cmp(b.first_key()));
-            while nv.levels.last().is_some_and(Vec::is_empty) {
-                nv.levels.pop();
-            }
-            *v = Arc::new(nv);
-        }
-        for r in &inputs {
-            self.cache.forget_file(r.file_id(), r.frames());
-        }
-        self.merges.fetch_add(1, Relaxed);
-        self.merged_bytes.fetch_add(written, Relaxed);
-        Ok(true)
+        Ok((outputs, written))
     }
 
     fn throttle(&self, started: std::time::Instant, written: u64) {
@@ -430,9 +509,22 @@ impl Tree {
         }
     }
 
+    /// Rewrite run `old_id` with `rewrite` (a re-encryption, returning the
+    /// new file's id: same entries, frames and metadata) and read the new
+    /// file from then on. No merge or rewrite of the tree runs meanwhile,
+    /// so none of them can take the old file as an input after it is gone.
+    pub fn replace_run_with(&self, store: &Store, old_id: u64, rewrite: impl FnOnce() -> Result<u64>) -> Result<u64> {
+        let _one = self.merging.locked();
+        let new_id = rewrite()?;
+        if self.holds_run(old_id) {
+            self.replace_run(store, old_id, new_id)?;
+        }
+        Ok(new_id)
+    }
+
     /// A run of this tree was rewritten as `new_id` (a re-encryption): read
     /// the new file from now on.
-    pub fn replace_run(&self, store: &Store, old_id: u64, new_id: u64) -> Result<()> {
+    fn replace_run(&self, store: &Store, old_id: u64, new_id: u64) -> Result<()> {
         let run = Arc::new(Run::open(store, new_id, self.cache.clone())?);
         let mut v = self.version.write_locked();
         let mut nv = (**v).clone();
@@ -607,6 +699,7 @@ enum Source {
     Mem(MemCursor),
     Run(RunCursor),
     Level(LevelCursor),
+    Vec(std::collections::VecDeque<(Vec<u8>, Vec<u8>)>),
 }
 
 impl Source {
@@ -615,6 +708,7 @@ impl Source {
             Source::Mem(c) => c.valid(),
             Source::Run(c) => c.valid(),
             Source::Level(c) => c.c.valid(),
+            Source::Vec(v) => !v.is_empty(),
         }
     }
     fn key(&self) -> &[u8] {
@@ -622,6 +716,7 @@ impl Source {
             Source::Mem(c) => c.key(),
             Source::Run(c) => c.key(),
             Source::Level(c) => c.c.key(),
+            Source::Vec(v) => v.front().map(|(k, _)| k.as_slice()).unwrap_or_default(),
         }
     }
     fn value(&self) -> &[u8] {
@@ -629,6 +724,7 @@ impl Source {
             Source::Mem(c) => c.value(),
             Source::Run(c) => c.value(),
             Source::Level(c) => c.c.value(),
+            Source::Vec(v) => v.front().map(|(_, x)| x.as_slice()).unwrap_or_default(),
         }
     }
     fn advance(&mut self) -> Result<()> {
@@ -639,6 +735,10 @@ impl Source {
             }
             Source::Run(c) => c.advance(),
             Source::Level(c) => c.advance(),
+            Source::Vec(v) => {
+                v.pop_front();
+                Ok(())
+            }
         }
     }
 }
@@ -669,6 +769,10 @@ impl Merged {
     /// Whether it is at an entry.
     pub fn valid(&self) -> bool {
         self.cur.is_some()
+    }
+    /// Which source the entry comes from (its place in the list given).
+    fn source(&self) -> Option<usize> {
+        self.cur
     }
     /// The entry's key (empty past the end).
     pub fn key(&self) -> &[u8] {

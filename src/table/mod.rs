@@ -9,6 +9,7 @@ pub(crate) mod key;
 pub mod schema;
 pub(crate) mod snapshot;
 pub mod time;
+pub(crate) mod version;
 
 pub use def::TableDef;
 pub use doc::Doc;

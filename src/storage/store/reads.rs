@@ -171,7 +171,11 @@ impl SealedFile {
 }
 
 impl Store {
-    /// Open a live sealed file for [`SealedFile::read_frame`].
+    /// Open a live sealed write-once file (one without sync markers, as
+    /// [`FileBuilder`] writes them) for [`SealedFile::read_frame`]: its
+    /// length, its header and its sealing frame are checked first, so that
+    /// a file cut short, given another header or another sealing frame is
+    /// an error at once, whatever is read of it later.
     pub fn open_sealed(&self, file_id: u64) -> Result<SealedFile> {
         let (entry, key) = {
             let mut guard = self.lock_inner();
@@ -181,8 +185,8 @@ impl Store {
             (entry, key)
         };
         let name = file_name(entry.file_id, entry.kind);
-        let FileState::Sealed { len, .. } = entry.state else {
-            return Err(Error::InvalidArgument(format!("{name} is not sealed")));
+        let FileState::Sealed { len, frames, final_frame: true } = entry.state else {
+            return Err(Error::InvalidArgument(format!("{name} is not a sealed write-once file")));
         };
         let path = self.dir.join(&name);
         let file = match self.opts.vfs.open(&path, OpenMode::Read) {
@@ -199,6 +203,28 @@ impl Store {
                 on_disk.min(len),
                 format!("file is {on_disk} bytes, the manifest says {len}"),
             ));
+        }
+        use crate::format::frame::{FINAL_PAYLOAD_LEN, FRAME_HEADER_LEN, decode_final_payload, decode_frame};
+        use crate::format::header::HEADER_LEN;
+        let mut hdr = [0u8; HEADER_LEN];
+        file.read_exact_at(&mut hdr, 0).map_err(|e| Error::io("reading", &path, e))?;
+        if hdr != FileHeader::new(entry.kind, entry.file_id, entry.key_id).encode() {
+            return Err(Error::tampered(&name, 0, "header does not match the manifest"));
+        }
+        let fin_len = (FRAME_HEADER_LEN + FINAL_PAYLOAD_LEN + crate::crypto::aead::TAG_LEN) as u64;
+        let at = len
+            .checked_sub(fin_len)
+            .filter(|at| *at >= HEADER_LEN as u64)
+            .ok_or_else(|| Error::tampered(&name, 0, "too short for its sealing frame"))?;
+        let mut fin = vec![0u8; fin_len as usize];
+        file.read_exact_at(&mut fin, at).map_err(|e| Error::io("reading", &path, e))?;
+        let sealed = decode_frame(&fin)
+            .ok()
+            .filter(|raw| raw.is_last() && raw.encoded_len() == fin.len())
+            .and_then(|raw| key.open(frames, &raw).ok())
+            .and_then(|p| decode_final_payload(&p));
+        if sealed.is_none_or(|(n, _)| n != frames) {
+            return Err(Error::tampered(&name, at, "sealing frame missing, damaged or not this file's"));
         }
         Ok(SealedFile { file_id, name, file, key, len })
     }

@@ -116,7 +116,7 @@ fn fill(
         for (k, v) in &batch {
             m.insert(k.clone(), v.clone());
         }
-        if tree.insert(batch.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))) {
+        if tree.insert(batch.iter().cloned()) {
             tree.flush(s).unwrap();
         }
         while tree.merge_once(s).unwrap() {}
@@ -176,7 +176,7 @@ fn a_crash_at_any_point_of_a_merge_loses_nothing() {
         for i in 0..300u32 {
             seq += 1;
             let (k, v) = (entry_key(i, seq), value(i, seq));
-            tree.insert([(k.as_slice(), v.as_slice())]);
+            tree.insert([(k.clone(), v.clone())]);
             m.insert(k, v);
         }
         tree.flush(&s).unwrap();
@@ -265,7 +265,7 @@ fn readers_see_every_published_version_while_flushes_and_merges_run() {
         for seq in 1..=20_000u64 {
             let pk = (seq % KEYS) as u32;
             let (k, v) = (entry_key(pk, seq), value(pk, seq));
-            if tree.insert([(k.as_slice(), v.as_slice())]) {
+            if tree.insert([(k, v)]) {
                 tree.flush(&s).unwrap();
             }
             published.store(seq, Relaxed);
@@ -280,4 +280,38 @@ fn readers_see_every_published_version_while_flushes_and_merges_run() {
     });
     let st = tree.stats();
     assert!(st.merges > 0 && st.flushes > 5, "{st:?}");
+}
+
+#[test]
+fn a_rewrite_drops_what_it_is_told_adds_what_it_is_given_and_survives_reopen() {
+    let fs = MemFs::new();
+    let s = create(&fs);
+    let tree = Tree::open(&s, Arc::new(BlockCache::new(256 << 10)), small()).unwrap();
+    let mut m = BTreeMap::new();
+    let mut x = 7u64;
+    let seq = fill(&s, &tree, &mut m, 500, 0, 300, &mut x);
+    // Drop every version of even keys at or before `h`; add a version at
+    // `h` for each of them (as a fold would), one of them replacing an
+    // existing entry.
+    let h = seq / 2;
+    let evens: Vec<u32> = (0..500u32).step_by(2).collect();
+    let dropped = |k: &[u8], _: &[u8]| {
+        let (_, sq) = super::seq_suffix_shape(k);
+        sq <= h && evens.iter().any(|pk| k.starts_with(&prefix(*pk)))
+    };
+    let mut extra: Vec<(Vec<u8>, Vec<u8>)> = evens.iter().map(|&pk| (entry_key(pk, h), b"folded".to_vec())).collect();
+    extra.sort();
+    m.retain(|k, v| !dropped(k, v));
+    for (k, v) in &extra {
+        m.insert(k.clone(), v.clone());
+    }
+    tree.rewrite(&s, &dropped, extra).unwrap();
+    let st = tree.stats();
+    assert!(st.runs[..st.runs.len() - 1].iter().all(|n| *n == 0), "everything in the deepest level: {st:?}");
+    check(&tree, &m, 500, seq, &mut x);
+    drop(tree);
+    drop(s);
+    let s = reopen(&fs);
+    let tree = Tree::open(&s, Arc::new(BlockCache::new(256 << 10)), small()).unwrap();
+    check(&tree, &m, 500, seq, &mut x);
 }

@@ -1,0 +1,297 @@
+//! Row versions in the version tree (`storage::tree`, keys and values as
+//! `table::version` encodes them): every insert, patch and soft delete is
+//! one entry, so that a row as of any point is one seek reading one block,
+//! a row's history is one range, and a table as of any point is one scan.
+//!
+//! The tree is derived from the log: each commit's versions go into its
+//! memtable as the commit applies (under the state's write lock, so a
+//! reader that sees a sequence number finds its versions), a background
+//! worker flushes full memtables into runs (after syncing the WAL, so no
+//! run holds a version the log could lose) and merges runs, and opening
+//! replays into the memtable only the versions after the newest one in a
+//! run. A database written before the tree existed gets its versions at
+//! its first open, a memtable at a time.
+//!
+//! `COMPACT` folds: the rows live at the horizon go in as one `Folded`
+//! version each at the horizon, with a marker, and a rewrite of the tree
+//! drops the table's older versions. Until the marker is in, reads ignore
+//! nothing; after it, they ignore the table's versions at or before the
+//! marker's horizon except the folded ones.
+
+use super::*;
+use crate::storage::runs::BlockCache;
+use crate::storage::tree::{Tree, TreeOptions};
+use crate::table::version::{self as ver, VersionOp};
+
+/// The stream of the version tree's runs.
+pub const VERSIONS_STREAM: u32 = 4;
+
+/// Open the version tree of `store`.
+pub(super) fn open_tree(store: &Store, opts: &Options) -> Result<Arc<Tree>> {
+    let cache = Arc::new(BlockCache::new(opts.cache_bytes));
+    let tree = Tree::open(
+        store,
+        cache,
+        TreeOptions {
+            stream: VERSIONS_STREAM,
+            shape: ver::shape,
+            memtable_bytes: usize::try_from(opts.memtable_bytes).unwrap_or(usize::MAX).max(1),
+            ..TreeOptions::default()
+        },
+    )?;
+    Ok(Arc::new(tree))
+}
+
+/// A version's entry, for an event of `op` on `key` at `seq`.
+pub(super) fn entry(table: u32, key: &Pk, seq: u64, op: Op, doc: Option<&str>) -> Option<(Vec<u8>, Vec<u8>)> {
+    let vop = match op {
+        Op::Insert => VersionOp::Insert,
+        Op::Patch => VersionOp::Patch,
+        Op::SoftDelete => VersionOp::SoftDelete,
+        _ => return None,
+    };
+    Some((ver::version_key(table, key, seq), ver::encode_value(vop, doc)))
+}
+
+/// What reading a table's versions needs of its state: its schema changes
+/// (documents are read through them) and the horizon it is folded at.
+#[derive(Clone, Copy)]
+pub(super) struct Shape<'a> {
+    pub(super) alters: &'a [(u64, Alter)],
+    pub(super) folded_at: u64,
+}
+
+impl TableData {
+    /// What reading its versions needs.
+    pub(super) fn shape(&self) -> Shape<'_> {
+        Shape { alters: &self.alters, folded_at: self.folded_at }
+    }
+}
+
+/// A version read back.
+pub(crate) struct Found {
+    /// Its sequence number (a folded version's: its horizon).
+    pub(crate) seq: u64,
+    pub(crate) op: VersionOp,
+    pub(crate) text: Option<String>,
+}
+
+impl Found {
+    /// Its document as read at `at` through the table's schema changes.
+    pub(super) fn value_at(&self, t: Shape<'_>, at: u64) -> Result<Option<Value>> {
+        let Some(text) = &self.text else { return Ok(None) };
+        let mut v: Value = serde_json::from_str(text)
+            .map_err(|e| Error::Internal(format!("a row version at @seq:{} does not parse: {e}", self.seq)))?;
+        apply_between(t.alters, self.seq, at, &mut v);
+        Ok(Some(v))
+    }
+}
+
+/// Whether a version is read: anything after the horizon the table's
+/// versions were folded at, and the folded versions at it.
+fn visible(op: VersionOp, seq: u64, folded_at: u64) -> bool {
+    seq > folded_at || (op == VersionOp::Folded && seq == folded_at)
+}
+
+fn damaged(e: &crate::format::codec::DecodeError) -> Error {
+    Error::tampered("version tree", 0, e.reason.clone())
+}
+
+fn found(k: &[u8], v: &[u8]) -> Result<Found> {
+    let (_, seq) = ver::split_key(k).ok_or_else(|| Error::tampered("version tree", 0, "not a row version key"))?;
+    let (op, text) = ver::decode_value(v).map_err(|e| damaged(&e))?;
+    Ok(Found { seq, op, text: text.map(str::to_owned) })
+}
+
+/// The newest version of row `key` at or before `at` that is read.
+pub(super) fn version_at(tree: &Tree, t: Shape<'_>, table: u32, key: &Pk, at: u64) -> Result<Option<Found>> {
+    let prefix = ver::row_prefix(table, key);
+    let Some((k, v)) = tree.view().seek(&ver::version_key(table, key, at), Some(&prefix))? else {
+        return Ok(None);
+    };
+    let f = found(&k, &v)?;
+    // Versions are newest first: one hidden by the fold hides all older.
+    Ok(visible(f.op, f.seq, t.folded_at).then_some(f))
+}
+
+/// The sequence number of row `key`'s newest version (live or not).
+pub(super) fn newest_seq(tree: &Tree, t: Shape<'_>, table: u32, key: &Pk) -> Result<Option<u64>> {
+    Ok(version_at(tree, t, table, key, u64::MAX)?.map(|f| f.seq))
+}
+
+/// Every version of row `key` that is read, oldest first.
+pub(super) fn row_versions(tree: &Tree, t: Shape<'_>, table: u32, key: &Pk) -> Result<Vec<Found>> {
+    let prefix = ver::row_prefix(table, key);
+    let end = crate::format::run::key::prefix_end(&prefix);
+    let mut it = tree.view().range(&prefix, end.as_deref())?;
+    let mut out = Vec::new();
+    while it.valid() {
+        let f = found(it.key(), it.value())?;
+        if !visible(f.op, f.seq, t.folded_at) {
+            break;
+        }
+        out.push(f);
+        it.advance()?;
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Table `table`'s rows as of `at`, in key order, each read through the
+/// schema changes up to `at`.
+pub(super) fn rows_at(tree: &Tree, t: Shape<'_>, table: u32, at: u64) -> Result<Rows> {
+    let prefix = ver::table_prefix(table);
+    let end = crate::format::run::key::prefix_end(&prefix);
+    let mut it = tree.view().range(&prefix, end.as_deref())?;
+    let mut rows = Rows::new();
+    // The row prefix of the last row decided (its newest version at or
+    // before `at` found, or its versions found hidden).
+    let mut decided: Vec<u8> = Vec::new();
+    while it.valid() {
+        let k = it.key();
+        let (n, seq) = ver::split_key(k).ok_or_else(|| Error::tampered("version tree", 0, "not a row version key"))?;
+        if seq > at || (!decided.is_empty() && k[..n] == decided[..]) {
+            it.advance()?;
+            continue;
+        }
+        decided.clear();
+        decided.extend_from_slice(&k[..n]);
+        let (op, text) = ver::decode_value(it.value()).map_err(|e| damaged(&e))?;
+        if visible(op, seq, t.folded_at)
+            && op.is_live()
+            && let Some(text) = text
+        {
+            let key = ver::decode_key(k).map_err(|e| damaged(&e))?.key;
+            let mut d = Arc::new(Doc::from_text_unchecked(text).at(seq));
+            if any_between(t.alters, seq, at) {
+                d = Arc::new(Doc::from_value(view_value_in(t.alters, &d, at)));
+            }
+            rows.insert(key, d);
+        }
+        it.advance()?;
+    }
+    Ok(rows)
+}
+
+/// Counts of table `table`'s versions read now: (at or before `h`, after it).
+pub(super) fn count_versions(tree: &Tree, t: Shape<'_>, table: u32, h: u64) -> Result<(u64, u64)> {
+    let prefix = ver::table_prefix(table);
+    let end = crate::format::run::key::prefix_end(&prefix);
+    let mut it = tree.view().range(&prefix, end.as_deref())?;
+    let (mut before, mut after) = (0, 0);
+    while it.valid() {
+        let k = it.key();
+        let (_, seq) = ver::split_key(k).ok_or_else(|| Error::tampered("version tree", 0, "not a row version key"))?;
+        let (op, _) = ver::decode_value(it.value()).map_err(|e| damaged(&e))?;
+        if visible(op, seq, t.folded_at) && op != VersionOp::Folded {
+            if seq <= h { before += 1 } else { after += 1 }
+        }
+        it.advance()?;
+    }
+    Ok((before, after))
+}
+
+/// The newest horizon table `table`'s versions were folded at (0: none).
+pub(super) fn folded_at(tree: &Tree, table: u32) -> Result<u64> {
+    let p = ver::fold_prefix(table);
+    match tree.view().seek(&p, None)? {
+        Some((k, _)) if k.starts_with(&p) => Ok(ver::decode_fold_key(&k).map_err(|e| damaged(&e))?.1),
+        _ => Ok(0),
+    }
+}
+
+/// Fold table `table`'s versions at horizon `h` into `live` (its rows as
+/// of `h`, read at `h`): they go into the memtable as folded versions with
+/// the marker, and from then on the table's older versions are not read.
+/// The caller holds the state's write lock (`t` is the table's state).
+pub(super) fn fold(tree: &Tree, t: &mut TableData, table: u32, h: u64, live: &Rows) {
+    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = live
+        .iter()
+        .map(|(k, d)| (ver::version_key(table, k, h), ver::encode_value(VersionOp::Folded, Some(d.text()))))
+        .collect();
+    entries.push((ver::fold_key(table, h), Vec::new()));
+    tree.insert(entries);
+    t.folded_at = t.folded_at.max(h);
+}
+
+/// Rewrite the tree without table `table`'s versions the fold at `h`
+/// hides: the space they took is given back, and nothing of them stays on
+/// disk in the runs.
+pub(super) fn reclaim(tree: &Tree, store: &Store, table: u32, h: u64) -> Result<()> {
+    let prefix = ver::table_prefix(table);
+    let fold = ver::fold_prefix(table);
+    let hidden = move |k: &[u8], v: &[u8]| -> bool {
+        if k.starts_with(&fold) {
+            // Older markers of the table.
+            return ver::decode_fold_key(k).is_ok_and(|(_, m)| m < h);
+        }
+        if !k.starts_with(&prefix) {
+            return false;
+        }
+        match (ver::split_key(k), ver::decode_value(v)) {
+            (Some((_, seq)), Ok((op, _))) => !visible(op, seq, h),
+            _ => false,
+        }
+    };
+    tree.rewrite(store, &hidden, Vec::new())
+}
+
+/// The background worker of the version tree: flushes full memtables
+/// (the WAL synced first) and merges runs, woken by commits; a failure is
+/// logged and tried again at the next wake-up (the memtable stays in
+/// memory meanwhile, and nothing is lost).
+pub(super) struct TreeWorker {
+    pub(super) wake: std::sync::mpsc::SyncSender<()>,
+    pub(super) thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub(super) fn start_worker(
+    store: Arc<Store>,
+    tree: Arc<Tree>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Option<TreeWorker> {
+    let (wake, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let thread = std::thread::Builder::new()
+        .name("driftdb-versions".into())
+        .spawn(move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            loop {
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                if stop.load(Relaxed) {
+                    return;
+                }
+                if let Err(e) = flush(&store, &tree) {
+                    log::warn!("flushing row versions: {e}");
+                    continue;
+                }
+                while !stop.load(Relaxed) && tree.merge_due() {
+                    if let Err(e) = tree.merge_once(&store) {
+                        log::warn!("merging row version runs: {e}");
+                        break;
+                    }
+                    // Commits went on meanwhile: their memtable first.
+                    if let Err(e) = flush(&store, &tree) {
+                        log::warn!("flushing row versions: {e}");
+                        break;
+                    }
+                }
+            }
+        })
+        .ok()?;
+    Some(TreeWorker { wake, thread: Some(thread) })
+}
+
+/// Flush the memtable if it is due: frozen first, the WAL synced, then
+/// written (no run may hold a version whose commit a crash could still lose).
+pub(super) fn flush(store: &Store, tree: &Tree) -> Result<()> {
+    if !tree.flush_due() || store.options().read_only {
+        return Ok(());
+    }
+    tree.freeze();
+    store.sync_stream(WAL_STREAM)?;
+    tree.flush_frozen(store)?;
+    Ok(())
+}
