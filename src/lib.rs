@@ -36,8 +36,8 @@ pub use crypto::kdf::Argon2Params;
 pub use crypto::keysource::KeyCommand;
 pub use crypto::keysource::KeySource;
 pub use engine::{
-    CompactionPreview, Db, Durability, HistoryEntry, Options, Outcome, RotateOptions, RotationProgress, RotationStatus,
-    Txn,
+    CompactionPreview, Db, Durability, HistoryEntry, MAX_KEY_BYTES, Options, Outcome, RotateOptions, RotationProgress,
+    RotationStatus, Txn,
 };
 pub use error::{Error, Result};
 pub use format::FileKind;

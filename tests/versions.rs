@@ -242,3 +242,60 @@ fn no_inserted_key_value_or_field_name_appears_in_any_file() {
         }
     }
 }
+
+#[test]
+fn a_primary_key_up_to_the_limit_goes_into_the_tree_and_a_longer_one_is_refused() {
+    let fs = MemFs::new();
+    let db = Db::create("/db", &key(), opts(&fs)).unwrap();
+    db.create_table("t", "id", &[]).unwrap();
+    // NUL bytes take twice their length in the tree's key encoding.
+    let long = "\0".repeat(driftdb::MAX_KEY_BYTES);
+    db.insert("t", json!({"id": long, "v": 1})).unwrap();
+    let e = db.insert("t", json!({"id": "k".repeat(driftdb::MAX_KEY_BYTES + 1)})).unwrap_err();
+    assert!(e.to_string().contains("bytes long"), "{e}");
+    assert_eq!(e.exit_code(), 1);
+    let text = format!("{{\"id\":\"{}\"}}", "x".repeat(driftdb::MAX_KEY_BYTES + 1));
+    assert!(db.insert_json("t", text).is_err());
+    db.patch("t", &Pk::Str(long.as_str().into()), json!({"v": 2}).as_object().cloned().unwrap()).unwrap();
+    db.close().unwrap();
+    let db = Db::open("/db", &key(), opts(&fs)).unwrap();
+    assert!(db.version_tree_stats().runs.iter().sum::<usize>() > 0);
+    let h = db.history("t", &Pk::Str(long.as_str().into())).unwrap();
+    assert_eq!(h.iter().map(|e| e.doc["v"].clone()).collect::<Vec<_>>(), vec![json!(1), json!(2)]);
+}
+
+#[test]
+fn a_fold_at_the_point_of_a_write_reads_the_same_after_re_encryption_and_reopen() {
+    let fs = MemFs::new();
+    let db = Db::create("/db", &key(), opts(&fs)).unwrap();
+    db.create_table("t", "id", &[]).unwrap();
+    for i in 0..50 {
+        db.insert("t", json!({"id": i, "v": 0})).unwrap();
+    }
+    // The horizon is the very commit that patches row 7: its version at
+    // the horizon and its folded version share a key.
+    let h = db.patch("t", &Pk::Int(7), json!({"v": 1}).as_object().cloned().unwrap()).unwrap();
+    db.soft_delete("t", &Pk::Int(8)).unwrap();
+    db.patch("t", &Pk::Int(7), json!({"v": 2}).as_object().cloned().unwrap()).unwrap();
+    db.close().unwrap();
+    let db = Db::open("/db", &key(), opts(&fs)).unwrap();
+    db.compact("t", Some(&AsOf::Seq(h))).unwrap();
+    let key2 = KeySource::Raw(driftdb::crypto::keys::SecretKey::from_bytes([0x38; 32]));
+    db.rotate_master_key(&key2, driftdb::RotateOptions { background: false, ..Default::default() }).unwrap();
+    db.resume_rotation(None, |_| {}).unwrap();
+    assert!(db.store().files().iter().all(|f| f.kek_version == db.store().files()[0].kek_version));
+    let check = |db: &Db| {
+        assert_eq!(db.get_as_of("t", &Pk::Int(7), h).unwrap(), Some(json!({"id": 7, "v": 1})));
+        assert_eq!(db.get("t", &Pk::Int(7)).unwrap(), Some(json!({"id": 7, "v": 2})));
+        assert_eq!(db.get_as_of("t", &Pk::Int(8), h).unwrap(), Some(json!({"id": 8, "v": 0})));
+        assert!(db.get_as_of("t", &Pk::Int(7), h - 1).is_err(), "before the horizon");
+        let ops: Vec<&str> = db.history("t", &Pk::Int(7)).unwrap().iter().map(|e| e.op).collect();
+        assert_eq!(ops[0], "COMPACTED");
+        assert_eq!(ops.len(), 2, "{ops:?}");
+        assert_eq!(db.scan("t", Some(&AsOf::Seq(h))).unwrap().len(), 50);
+    };
+    check(&db);
+    db.close().unwrap();
+    let db = Db::open("/db", &key2, opts(&fs)).unwrap();
+    check(&db);
+}

@@ -115,6 +115,10 @@ impl Picks {
     }
 }
 
+/// The longest string primary key, in bytes (its entries in the version
+/// tree must fit a run's key limit whatever bytes it holds).
+pub const MAX_KEY_BYTES: usize = 4096;
+
 /// Tables whose names begin with this are DriftDB's own (the migration
 /// history): readable, never written by statements.
 pub const SYSTEM_PREFIX: &str = "_drift";
@@ -313,18 +317,31 @@ impl Batch {
         Self::key_from(def, table, m.get(&def.pk))
     }
 
-    /// The primary key from the value of the key field `v`.
+    /// The primary key from the value of the key field `v`: an integer, or
+    /// a string of at most [`MAX_KEY_BYTES`] bytes.
     pub(super) fn key_from(def: &TableDef, table: &str, v: Option<&Value>) -> Result<Pk> {
         match v {
             None | Some(Value::Null) => {
                 Err(Error::Query(format!("INSERT INTO {table}: the document has no primary key field {:?}", def.pk)))
             }
-            Some(v) => Pk::from_json(v).ok_or_else(|| {
-                Error::Query(format!(
-                    "INSERT INTO {table}: primary key {:?} must be a string or an integer, not {v}",
-                    def.pk
-                ))
-            }),
+            Some(v) => {
+                let k = Pk::from_json(v).ok_or_else(|| {
+                    Error::Query(format!(
+                        "INSERT INTO {table}: primary key {:?} must be a string or an integer, not {v}",
+                        def.pk
+                    ))
+                })?;
+                if let Pk::Str(s) = &k
+                    && s.len() > MAX_KEY_BYTES
+                {
+                    return Err(Error::Query(format!(
+                        "INSERT INTO {table}: primary key {:?} is {} bytes long, more than the limit of {MAX_KEY_BYTES}",
+                        def.pk,
+                        s.len()
+                    )));
+                }
+                Ok(k)
+            }
         }
     }
 

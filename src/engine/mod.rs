@@ -63,7 +63,7 @@ use reads::*;
 use state::*;
 use validate::*;
 
-pub use batch::SYSTEM_PREFIX;
+pub use batch::{MAX_KEY_BYTES, SYSTEM_PREFIX};
 pub use options::{Durability, Options, RotateOptions};
 pub use outcome::{CompactionPreview, HistoryEntry, Outcome, RotationProgress, RotationStatus};
 pub use txn::Txn;

@@ -146,7 +146,7 @@ impl Db {
     /// A read of the past plans its replay under the state lock and reads
     /// the files without it, so writers are not held up by long reads.
     pub fn scan(&self, table: &str, as_of: Option<&AsOf>) -> Result<Vec<Arc<Doc>>> {
-        let (id, seq, alters, folded_at) = {
+        let (id, seq, alters, folded_at, view) = {
             let st = self.state();
             let latest = st.latest_seq();
             let seq = match as_of {
@@ -159,16 +159,18 @@ impl Db {
                 return Ok(t.rows.values().map(|d| t.view(d, u64::MAX)).collect());
             }
             let alters: Vec<(u64, Alter)> = t.alters.iter().take_while(|(s, _)| *s <= seq).cloned().collect();
-            (def.id, seq, alters, t.folded_at)
+            // The tree as of the horizon just checked: a `COMPACT` that
+            // folds past `seq` meanwhile cannot take its versions from it.
+            (def.id, seq, alters, t.folded_at, self.tree()?.view())
         };
-        // The versions of the past do not change: read without the lock.
+        // Read without the lock: commits only add versions after `seq`.
         let shape = versions::Shape { alters: &alters, folded_at };
-        Ok(versions::rows_at(self.tree()?, shape, id, seq)?.into_values().collect())
+        Ok(versions::rows_at(&view, shape, id, seq)?.into_values().collect())
     }
 
     /// A table's rows at `seq` (a commit boundary), from the version tree.
     pub(super) fn rows_at(&self, _st: &State, id: u32, t: &TableData, seq: u64) -> Result<Rows> {
-        versions::rows_at(self.tree()?, t.shape(), id, seq)
+        versions::rows_at(&self.tree()?.view(), t.shape(), id, seq)
     }
 
     /// Run a `SELECT`. A current read whose `WHERE` has an `=`, `IN` or

@@ -44,10 +44,12 @@ pub(super) fn open_tree(store: &Store, opts: &Options) -> Result<Arc<Tree>> {
 
 /// A version's entry, for an event of `op` on `key` at `seq`.
 pub(super) fn entry(table: u32, key: &Pk, seq: u64, op: Op, doc: Option<&str>) -> Option<(Vec<u8>, Vec<u8>)> {
-    let vop = match op {
-        Op::Insert => VersionOp::Insert,
-        Op::Patch => VersionOp::Patch,
-        Op::SoftDelete => VersionOp::SoftDelete,
+    let (vop, doc) = match op {
+        // A row event always carries its document; one without reads as
+        // `null`, as the row map holds it.
+        Op::Insert => (VersionOp::Insert, doc.or(Some("null"))),
+        Op::Patch => (VersionOp::Patch, doc.or(Some("null"))),
+        Op::SoftDelete => (VersionOp::SoftDelete, doc),
         _ => return None,
     };
     Some((ver::version_key(table, key, seq), ver::encode_value(vop, doc)))
@@ -88,9 +90,14 @@ impl Found {
 }
 
 /// Whether a version is read: anything after the horizon the table's
-/// versions were folded at, and the folded versions at it.
+/// versions were folded at, and at the horizon itself a live row's
+/// version. There a row has its folded version, or a version written at
+/// exactly that point, or both under the same key (the fold replaces it):
+/// both are the same document, so whichever run holds the entry read is
+/// right, and it reads as the folded version. A soft delete at the horizon
+/// is not read (the row was not live there: it has no folded version).
 fn visible(op: VersionOp, seq: u64, folded_at: u64) -> bool {
-    seq > folded_at || (op == VersionOp::Folded && seq == folded_at)
+    seq > folded_at || (seq == folded_at && op.is_live())
 }
 
 fn damaged(e: &crate::format::codec::DecodeError) -> Error {
@@ -126,9 +133,12 @@ pub(super) fn row_versions(tree: &Tree, t: Shape<'_>, table: u32, key: &Pk) -> R
     let mut it = tree.view().range(&prefix, end.as_deref())?;
     let mut out = Vec::new();
     while it.valid() {
-        let f = found(it.key(), it.value())?;
+        let mut f = found(it.key(), it.value())?;
         if !visible(f.op, f.seq, t.folded_at) {
             break;
+        }
+        if f.seq == t.folded_at {
+            f.op = VersionOp::Folded;
         }
         out.push(f);
         it.advance()?;
@@ -139,10 +149,12 @@ pub(super) fn row_versions(tree: &Tree, t: Shape<'_>, table: u32, key: &Pk) -> R
 
 /// Table `table`'s rows as of `at`, in key order, each read through the
 /// schema changes up to `at`.
-pub(super) fn rows_at(tree: &Tree, t: Shape<'_>, table: u32, at: u64) -> Result<Rows> {
+/// `view` is the tree as it was when `t` was read (a `COMPACT` that runs
+/// meanwhile cannot take the versions it reads away).
+pub(super) fn rows_at(view: &crate::storage::tree::TreeView, t: Shape<'_>, table: u32, at: u64) -> Result<Rows> {
     let prefix = ver::table_prefix(table);
     let end = crate::format::run::key::prefix_end(&prefix);
-    let mut it = tree.view().range(&prefix, end.as_deref())?;
+    let mut it = view.range(&prefix, end.as_deref())?;
     let mut rows = Rows::new();
     // The row prefix of the last row decided (its newest version at or
     // before `at` found, or its versions found hidden).
@@ -183,7 +195,7 @@ pub(super) fn count_versions(tree: &Tree, t: Shape<'_>, table: u32, h: u64) -> R
         let k = it.key();
         let (_, seq) = ver::split_key(k).ok_or_else(|| Error::tampered("version tree", 0, "not a row version key"))?;
         let (op, _) = ver::decode_value(it.value()).map_err(|e| damaged(&e))?;
-        if visible(op, seq, t.folded_at) && op != VersionOp::Folded {
+        if visible(op, seq, t.folded_at) && seq > t.folded_at {
             if seq <= h { before += 1 } else { after += 1 }
         }
         it.advance()?;

@@ -20,6 +20,14 @@ pub const BLOCK_TARGET: usize = 16 * 1024;
 pub const PARTITION_TARGET: usize = 16 * 1024;
 /// Largest entry key.
 pub const MAX_ENTRY_KEY: usize = 16 * 1024;
+/// A data block is also cut once its keys and values, uncompressed, reach
+/// this many bytes (so a block of long, shared keys stays small in memory).
+pub const BLOCK_DECODED_TARGET: usize = 64 * 1024;
+/// The most bytes a data block's keys may take once decoded: a block the
+/// writer cuts at [`BLOCK_DECODED_TARGET`] with one more entry of the
+/// largest key stays below it; a block beyond it is refused before it is
+/// rebuilt (prefix compression lets a few bytes stand for a long key).
+pub const MAX_DECODED_KEYS: usize = BLOCK_DECODED_TARGET + 2 * MAX_ENTRY_KEY;
 /// Largest payload of any run frame (a frame's own limit).
 pub const MAX_RUN_PAYLOAD: usize = super::frame::MAX_PAYLOAD;
 /// Bloom filter bits per distinct filter key (about 1% false positives
@@ -264,6 +272,7 @@ pub struct BlockBuilder {
     w: Writer,
     count: u32,
     last: Vec<u8>,
+    decoded: usize,
 }
 
 impl Default for BlockBuilder {
@@ -278,7 +287,7 @@ impl BlockBuilder {
         let mut w = Writer::default();
         w.u8(KIND_DATA);
         w.u32(0);
-        BlockBuilder { w, count: 0, last: Vec::new() }
+        BlockBuilder { w, count: 0, last: Vec::new(), decoded: 0 }
     }
     /// Entries so far.
     pub fn count(&self) -> u32 {
@@ -291,6 +300,10 @@ impl BlockBuilder {
     /// No entry yet.
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+    /// Bytes of its keys and values, uncompressed.
+    pub fn decoded_len(&self) -> usize {
+        self.decoded
     }
     /// The last key added.
     pub fn last_key(&self) -> &[u8] {
@@ -314,6 +327,7 @@ impl BlockBuilder {
         self.last.clear();
         self.last.extend_from_slice(key);
         self.count += 1;
+        self.decoded += key.len() + value.len();
     }
     /// The finished payload; the builder is empty again.
     pub fn finish(&mut self) -> Vec<u8> {
@@ -380,6 +394,12 @@ impl DataBlock {
             let val_off = r.pos();
             r.take(vlen, "value")?;
             let start = keys.len();
+            if start + shared + unshared > MAX_DECODED_KEYS {
+                return Err(DecodeError {
+                    offset: at,
+                    reason: format!("the block's keys take more than {MAX_DECODED_KEYS} bytes decoded"),
+                });
+            }
             keys.extend_from_within(prev_start..prev_start + shared);
             keys.extend_from_slice(suffix);
             if i > 0 && keys[prev_start..start] >= keys[start..] {
@@ -803,6 +823,34 @@ mod tests {
         let mut wrong_kind = good;
         wrong_kind[0] = KIND_INDEX;
         assert!(DataBlock::decode(wrong_kind).unwrap_err().reason.contains("data block"));
+    }
+
+    #[test]
+    fn a_block_whose_keys_rebuild_beyond_the_limit_is_refused() {
+        // Each entry shares all but one byte of a long key: a few bytes on
+        // disk, 16 KiB each rebuilt.
+        let mut w = Writer::default();
+        w.u8(KIND_DATA);
+        let n = (MAX_DECODED_KEYS / MAX_ENTRY_KEY) as u32 + 2;
+        w.u32(n);
+        for i in 0..n {
+            let (shared, suffix) =
+                if i == 0 { (0, vec![0u8; MAX_ENTRY_KEY]) } else { (MAX_ENTRY_KEY - 1, vec![i as u8]) };
+            w.varint(shared as u64);
+            w.varint(suffix.len() as u64);
+            w.varint(0);
+            w.bytes(&suffix);
+        }
+        let e = DataBlock::decode(w.buf).unwrap_err();
+        assert!(e.reason.contains("decoded"), "{e:?}");
+        // The writer's blocks stay far below it.
+        let mut b = BlockBuilder::new();
+        for i in 0..4u8 {
+            let mut k = vec![7u8; MAX_ENTRY_KEY - 1];
+            k.push(i);
+            b.add(&k, b"v");
+        }
+        assert!(DataBlock::decode(b.finish()).is_ok());
     }
 
     #[test]

@@ -228,10 +228,14 @@ impl RunWriter<'_> {
             return Err(Error::Internal("run entries added out of order".into()));
         }
         let need = self.block.entry_len(key, value);
-        if need + 16 > MAX_RUN_PAYLOAD {
+        // A block of this entry alone: its kind byte and count, and the entry.
+        if 5 + need > MAX_RUN_PAYLOAD {
             return Err(Error::InvalidArgument(format!("run entry of {} bytes exceeds a frame", value.len())));
         }
-        if !self.block.is_empty() && self.block.len() + need > BLOCK_TARGET {
+        if !self.block.is_empty()
+            && (self.block.len() + need > BLOCK_TARGET
+                || self.block.decoded_len() + key.len() + value.len() > crate::format::run::BLOCK_DECODED_TARGET)
+        {
             self.flush_block()?;
         }
         self.block.add(key, value);
