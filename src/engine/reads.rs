@@ -69,6 +69,13 @@ impl Db {
         let seq = resolve(&st, &AsOf::Seq(seq))?;
         let def = table_at(&st, table, seq)?;
         let Some(t) = st.tables.get(&def.id) else { return Ok(None) };
+        // Unchanged since `seq`: the current row (its document is as of
+        // its last write, or of the snapshot it was read from) is the answer.
+        if let Some(d) = t.rows.get(key)
+            && d.seq() <= seq
+        {
+            return Ok(Some(t.view_value(d, seq)));
+        }
         self.version_value(t, def.id, key, seq)
     }
 
