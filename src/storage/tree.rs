@@ -129,6 +129,9 @@ pub struct TreeStats {
     pub merges: u64,
     /// Bytes written by merges since it was opened.
     pub merged_bytes: u64,
+    /// Runs moved to the next level without being rewritten (they
+    /// overlapped nothing there), since it was opened.
+    pub moved: u64,
 }
 
 /// A log-structured merge tree (see the module docs).
@@ -141,6 +144,7 @@ pub struct Tree {
     flushes: AtomicU64,
     merges: AtomicU64,
     merged_bytes: AtomicU64,
+    moved: AtomicU64,
 }
 
 fn overlaps(r: &Run, lo: &[u8], hi: &[u8]) -> bool {
@@ -192,6 +196,7 @@ impl Tree {
             flushes: AtomicU64::new(0),
             merges: AtomicU64::new(0),
             merged_bytes: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
         })
     }
 
@@ -267,6 +272,7 @@ impl Tree {
             flushes: self.flushes.load(Relaxed),
             merges: self.merges.load(Relaxed),
             merged_bytes: self.merged_bytes.load(Relaxed),
+            moved: self.moved.load(Relaxed),
         }
     }
 
@@ -440,12 +446,63 @@ impl Tree {
     pub fn merge_once(&self, store: &Store) -> Result<bool> {
         let _one = self.merging.locked();
         let Some((inputs, out_level)) = self.pick_merge(&self.current()) else { return Ok(false) };
+        if self.try_move(store, &inputs, out_level)? {
+            return Ok(true);
+        }
         let mut cursors = Vec::with_capacity(inputs.len());
         for r in &inputs {
             cursors.push(Source::Run(r.first()?));
         }
         let (outputs, written) = self.write_out(store, Merged::new(cursors, None), out_level, &|_| true, true)?;
         self.install(store, &inputs, outputs, out_level, written)?;
+        Ok(true)
+    }
+
+    /// If `inputs` all come from the level above `out_level`, overlap no
+    /// run of `out_level` and none of each other, move them there: their
+    /// level changes in the manifest (one keyring write), nothing is
+    /// rewritten. Returns whether it did.
+    fn try_move(&self, store: &Store, inputs: &[Arc<Run>], out_level: usize) -> Result<bool> {
+        let v = self.current();
+        let from = out_level - 1;
+        if inputs.iter().any(|r| usize::from(r.meta().level) != from) {
+            return Ok(false);
+        }
+        let target: &[Arc<Run>] = v.levels.get(out_level - 1).map_or(&[], Vec::as_slice);
+        if inputs.iter().any(|r| target.iter().any(|t| overlaps(t, r.first_key(), r.last_key()))) {
+            return Ok(false);
+        }
+        let mut sorted: Vec<&Arc<Run>> = inputs.iter().collect();
+        sorted.sort_by(|a, b| a.first_key().cmp(b.first_key()));
+        if sorted.windows(2).any(|w| w[0].last_key() >= w[1].first_key()) {
+            return Ok(false);
+        }
+        let Ok(level) = u8::try_from(out_level) else { return Ok(false) };
+        let changes: Vec<(u64, Vec<u8>)> =
+            inputs.iter().map(|r| (r.file_id(), RunMeta { level, ..*r.meta() }.encode())).collect();
+        store.set_file_meta(&changes)?;
+        let mut moved = Vec::with_capacity(inputs.len());
+        for r in inputs {
+            moved.push(Arc::new(Run::open(store, r.file_id(), self.cache.clone())?));
+        }
+        let ids: Vec<u64> = inputs.iter().map(|r| r.file_id()).collect();
+        let mut v = self.version.write_locked();
+        let mut nv = (**v).clone();
+        nv.l0.retain(|r| !ids.contains(&r.file_id()));
+        for l in nv.levels.iter_mut() {
+            l.retain(|r| !ids.contains(&r.file_id()));
+        }
+        if nv.levels.len() < out_level {
+            nv.levels.resize_with(out_level, Vec::new);
+        }
+        let level = &mut nv.levels[out_level - 1];
+        level.extend(moved);
+        level.sort_by(|a, b| a.first_key().cmp(b.first_key()));
+        while nv.levels.last().is_some_and(Vec::is_empty) {
+            nv.levels.pop();
+        }
+        *v = Arc::new(nv);
+        self.moved.fetch_add(inputs.len() as u64, Relaxed);
         Ok(true)
     }
 

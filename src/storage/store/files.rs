@@ -406,4 +406,28 @@ impl Store {
     pub fn set_root(&self, root: Vec<u8>) -> Result<()> {
         self.commit(Edit { root: Some(root), ..Edit::default() })
     }
+
+    /// Replace the metadata of live sealed files, all in one keyring write
+    /// (a run moved to another level keeps its file).
+    pub fn set_file_meta(&self, changes: &[(u64, Vec<u8>)]) -> Result<()> {
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
+        self.check_writable(inner)?;
+        let mut body = inner.body.clone();
+        for (id, meta) in changes {
+            if meta.len() > keyring::MAX_FILE_META {
+                return Err(Error::InvalidArgument("file metadata too large".into()));
+            }
+            let f = body
+                .files
+                .iter_mut()
+                .find(|f| f.file_id == *id)
+                .ok_or_else(|| Error::NotFound(format!("file {id:016x}")))?;
+            if !matches!(f.state, FileState::Sealed { .. }) {
+                return Err(Error::InvalidArgument(format!("file {id:016x} is not sealed")));
+            }
+            f.meta = meta.clone();
+        }
+        self.persist(inner, body)
+    }
 }

@@ -315,3 +315,36 @@ fn a_rewrite_drops_what_it_is_told_adds_what_it_is_given_and_survives_reopen() {
     let tree = Tree::open(&s, Arc::new(BlockCache::new(256 << 10)), small()).unwrap();
     check(&tree, &m, 500, seq, &mut x);
 }
+
+#[test]
+fn runs_in_key_order_move_down_the_levels_without_being_rewritten() {
+    // Keys that only grow (an audit log's, a sequence's): each flushed run
+    // is past every other, so merges move runs instead of rewriting them.
+    let fs = MemFs::new();
+    let s = create(&fs);
+    let tree = Tree::open(&s, Arc::new(BlockCache::new(256 << 10)), small()).unwrap();
+    let mut m = BTreeMap::new();
+    let mut seq = 0u64;
+    for pk in 0..6_000u32 {
+        seq += 1;
+        let (k, v) = (entry_key(pk, seq), value(pk, seq));
+        m.insert(k.clone(), v.clone());
+        if tree.insert([(k, v)]) {
+            tree.flush(&s).unwrap();
+        }
+        while tree.merge_once(&s).unwrap() {}
+    }
+    tree.flush(&s).unwrap();
+    while tree.merge_once(&s).unwrap() {}
+    let st = tree.stats();
+    assert!(st.moved > 10 && st.merged_bytes == 0, "{st:?}");
+    assert!(st.runs.len() >= 3, "{st:?}");
+    let mut x = 5;
+    check(&tree, &m, 6_000, seq, &mut x);
+    drop(tree);
+    drop(s);
+    let s = reopen(&fs);
+    let tree = Tree::open(&s, Arc::new(BlockCache::new(256 << 10)), small()).unwrap();
+    assert_eq!(tree.stats().runs, st.runs, "the levels are in the manifest");
+    check(&tree, &m, 6_000, seq, &mut x);
+}
