@@ -299,3 +299,24 @@ fn a_fold_at_the_point_of_a_write_reads_the_same_after_re_encryption_and_reopen(
     let db = Db::open("/db", &key2, opts(&fs)).unwrap();
     check(&db);
 }
+
+#[test]
+fn a_document_whose_version_would_not_fit_a_run_is_refused_before_it_commits() {
+    let fs = MemFs::new();
+    let db = Db::create("/db", &key(), opts(&fs)).unwrap();
+    db.create_table("t", "id", &[]).unwrap();
+    // Its commit record fits a frame; its version (the key's NUL bytes
+    // escaped) would not fit a run's block.
+    let k = "\0".repeat(driftdb::MAX_KEY_BYTES);
+    let pad = 16 * 1024 * 1024 - 6_000 - 40 - k.len() * 6;
+    let text = format!("{{\"id\":{},\"pad\":\"{}\"}}", serde_json::to_string(&k).unwrap(), "p".repeat(pad));
+    let before = db.latest_seq();
+    let e = db.insert_json("t", text).unwrap_err();
+    assert!(e.to_string().contains("too large"), "{e}");
+    assert_eq!(db.latest_seq(), before, "nothing committed");
+    // A large document that fits goes in, and the tree flushes it.
+    db.insert("t", json!({"id": "big", "pad": "q".repeat(4 << 20)})).unwrap();
+    db.close().unwrap();
+    let db = Db::open("/db", &key(), opts(&fs)).unwrap();
+    assert_eq!(db.history("t", &Pk::Str("big".into())).unwrap().len(), 1);
+}

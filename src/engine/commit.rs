@@ -287,6 +287,20 @@ impl Db {
                     );
                     continue;
                 }
+                if let Some(e) = b.events.iter().find(|e| match (&e.key, &e.doc) {
+                    (Some(k), Some(d)) => !versions::fits(e.table, k, d.text().len()),
+                    _ => false,
+                }) {
+                    let len = e.doc.as_ref().map_or(0, |d| d.text().len());
+                    set(
+                        &slot,
+                        Err(Error::Query(format!(
+                            "a document of {len} bytes is too large to keep in the history (about {} bytes at most)",
+                            crate::format::run::MAX_RUN_PAYLOAD - 64 - 2 * MAX_KEY_BYTES
+                        ))),
+                    );
+                    continue;
+                }
                 g.accept(Accepted { batch: b, slot, first_seq: g.next_seq, time, bytes });
             }
             g.accepted

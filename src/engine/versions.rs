@@ -70,6 +70,15 @@ impl TableData {
     }
 }
 
+/// Whether the version of a row event (table, key, document of `doc_len`
+/// bytes) fits a run's block: a commit that holds one that does not is
+/// refused (its record alone may fit a frame, its version would not).
+pub(super) fn fits(table: u32, key: &Pk, doc_len: usize) -> bool {
+    // A block's kind and count, an entry's three varints, the key and the
+    // op byte before the document.
+    5 + 15 + ver::row_prefix(table, key).len() + 8 + 1 + doc_len <= crate::format::run::MAX_RUN_PAYLOAD
+}
+
 /// A version read back.
 pub(crate) struct Found {
     /// Its sequence number (a folded version's: its horizon).

@@ -18,8 +18,9 @@ pub const BLOCK_TARGET: usize = 16 * 1024;
 /// An index partition is cut once its fence keys and filter would exceed
 /// this many bytes.
 pub const PARTITION_TARGET: usize = 16 * 1024;
-/// Largest entry key.
-pub const MAX_ENTRY_KEY: usize = 16 * 1024;
+/// Largest entry key (new primary keys are far shorter, but a database
+/// written before their limit may hold long ones).
+pub const MAX_ENTRY_KEY: usize = 1 << 20;
 /// A data block is also cut once its keys and values, uncompressed, reach
 /// this many bytes (so a block of long, shared keys stays small in memory).
 pub const BLOCK_DECODED_TARGET: usize = 64 * 1024;
@@ -828,7 +829,7 @@ mod tests {
     #[test]
     fn a_block_whose_keys_rebuild_beyond_the_limit_is_refused() {
         // Each entry shares all but one byte of a long key: a few bytes on
-        // disk, 16 KiB each rebuilt.
+        // disk, a megabyte each rebuilt.
         let mut w = Writer::default();
         w.u8(KIND_DATA);
         let n = (MAX_DECODED_KEYS / MAX_ENTRY_KEY) as u32 + 2;
@@ -843,13 +844,20 @@ mod tests {
         }
         let e = DataBlock::decode(w.buf).unwrap_err();
         assert!(e.reason.contains("decoded"), "{e:?}");
-        // The writer's blocks stay far below it.
+        // The writer's largest blocks stay below it: entries up to the
+        // decoded target (it cuts a block before one would pass it), or a
+        // single entry of the longest key.
         let mut b = BlockBuilder::new();
-        for i in 0..4u8 {
-            let mut k = vec![7u8; MAX_ENTRY_KEY - 1];
-            k.push(i);
+        let mut i = 0u32;
+        while b.decoded_len() + 16 * 1024 < BLOCK_DECODED_TARGET {
+            let mut k = vec![7u8; 16 * 1024 - 4];
+            k.extend_from_slice(&i.to_be_bytes());
             b.add(&k, b"v");
+            i += 1;
         }
+        assert!(DataBlock::decode(b.finish()).is_ok());
+        let mut b = BlockBuilder::new();
+        b.add(&vec![9u8; MAX_ENTRY_KEY], b"v");
         assert!(DataBlock::decode(b.finish()).is_ok());
     }
 

@@ -322,8 +322,8 @@ impl RunWriter<'_> {
 /// partitions and blocks read through the shared cache.
 pub struct Run {
     meta: RunMeta,
-    footer: Footer,
-    file: SealedFile,
+    footer: Arc<Footer>,
+    file: Arc<SealedFile>,
     cache: Arc<BlockCache>,
 }
 
@@ -356,7 +356,17 @@ impl Run {
         if footer.entries != meta.entries || footer.min_seq != meta.min_seq || footer.max_seq != meta.max_seq {
             return Err(Error::tampered(file.name(), h.offset, "run footer disagrees with the manifest"));
         }
-        Ok(Run { meta, footer, file, cache })
+        Ok(Run { meta, footer: Arc::new(footer), file: Arc::new(file), cache })
+    }
+
+    /// The same run, at another level (its metadata changed in the manifest).
+    pub fn with_level(&self, level: u8) -> Run {
+        Run {
+            meta: RunMeta { level, ..self.meta },
+            footer: self.footer.clone(),
+            file: self.file.clone(),
+            cache: self.cache.clone(),
+        }
     }
 
     /// Its file id.

@@ -477,14 +477,16 @@ impl Tree {
         if sorted.windows(2).any(|w| w[0].last_key() >= w[1].first_key()) {
             return Ok(false);
         }
+        // Small runs (a short session's flush) are merged instead, so that
+        // they do not pile up as files of their own.
+        if inputs.iter().any(|r| r.file_len() < self.opts.run_bytes / 8) {
+            return Ok(false);
+        }
         let Ok(level) = u8::try_from(out_level) else { return Ok(false) };
         let changes: Vec<(u64, Vec<u8>)> =
             inputs.iter().map(|r| (r.file_id(), RunMeta { level, ..*r.meta() }.encode())).collect();
         store.set_file_meta(&changes)?;
-        let mut moved = Vec::with_capacity(inputs.len());
-        for r in inputs {
-            moved.push(Arc::new(Run::open(store, r.file_id(), self.cache.clone())?));
-        }
+        let moved: Vec<Arc<Run>> = inputs.iter().map(|r| Arc::new(r.with_level(level))).collect();
         let ids: Vec<u64> = inputs.iter().map(|r| r.file_id()).collect();
         let mut v = self.version.write_locked();
         let mut nv = (**v).clone();
