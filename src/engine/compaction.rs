@@ -62,7 +62,7 @@ impl Db {
                 if t.snapshots.iter().any(|(s, _)| *s == horizon) {
                     Vec::new()
                 } else {
-                    self.rows_at(&st, id, t, horizon)?.into_iter().collect()
+                    self.rows_at(id, t, horizon)?.into_iter().collect()
                 }
             };
             let has = self.state().tables.get(&id).is_some_and(|t| t.snapshots.iter().any(|(s, _)| *s == horizon));
@@ -72,7 +72,7 @@ impl Db {
             let baseline = {
                 let st = self.state();
                 let t = st.tables.get(&id).ok_or_else(|| Error::NotFound(format!("table {table}")))?;
-                self.rows_at(&st, id, t, horizon)?
+                self.rows_at(id, t, horizon)?
             };
             self.commit_locked(
                 &mut w,
@@ -85,7 +85,7 @@ impl Db {
                 }],
             )?;
             let mut st = self.shared.state.write_locked();
-            st.fold_history(id, horizon);
+            st.drop_snapshots_before(id, horizon);
             if let (Some(tree), Some(t)) = (&self.shared.versions, st.tables.get_mut(&id)) {
                 super::versions::fold(tree, t, id, horizon, &baseline);
             }

@@ -584,7 +584,7 @@ fn settle(store: &Store, st: &mut State, opening: Opening, loaded: Vec<Loaded>) 
             )
         })?;
         let rows = load_snapshot(store, snap, h)?;
-        st.fold_history(id, h);
+        st.drop_snapshots_before(id, h);
         // The version tree: folded at this horizon already, or folded now
         // (and, unless read-only, the versions the fold hides reclaimed).
         if let Some(tree) = st.versions.clone() {

@@ -176,7 +176,7 @@ impl Db {
     }
 
     /// A table's rows at `seq` (a commit boundary), from the version tree.
-    pub(super) fn rows_at(&self, _st: &State, id: u32, t: &TableData, seq: u64) -> Result<Rows> {
+    pub(super) fn rows_at(&self, id: u32, t: &TableData, seq: u64) -> Result<Rows> {
         versions::rows_at(&self.tree()?.view(), t.shape(), id, seq)
     }
 

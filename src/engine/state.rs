@@ -185,12 +185,6 @@ fn log_error(seq: u64, msg: impl std::fmt::Display) -> Error {
     Error::Internal(format!("the event at @seq:{seq}: {msg}"))
 }
 
-/// Where an event is: its sequence number.
-#[derive(Clone, Copy)]
-pub(super) struct EventAt {
-    pub(super) seq: u64,
-}
-
 /// What the log writes to a table's rows while opening, in log order
 /// (`None`: a delete).
 pub(super) type LogWrites = Vec<(Pk, Option<Arc<Doc>>)>;
@@ -332,10 +326,11 @@ impl State {
         rec_len: usize,
     ) -> Result<()> {
         let share = (rec_len / events.len().max(1)) as u64;
-        let ci = u32::try_from(self.commits.len()).map_err(|_| Error::Query("too many commits".into()))?;
+        // Commits are counted by u32 (the checkpoint's pending list).
+        u32::try_from(self.commits.len()).map_err(|_| Error::Query("too many commits".into()))?;
         let n = events.len() as u64;
         self.commits.push(CommitMeta { first_seq, len: events.len() as u32, time: time_micros, pos });
-        self.apply_events(first_seq, ci, events, share)?;
+        self.apply_events(first_seq, events, share)?;
         self.next_seq = first_seq + n;
         self.last_time = self.last_time.max(time_micros);
         if !self.version_batch.is_empty()
@@ -348,19 +343,12 @@ impl State {
         Ok(())
     }
 
-    /// The loop of [`State::apply_record`]: event `i` is at `first_seq + i`
-    /// in commit `ci`.
-    pub(super) fn apply_events(
-        &mut self,
-        first_seq: u64,
-        _commit: u32,
-        events: Vec<Applied>,
-        share: u64,
-    ) -> Result<()> {
+    /// The loop of [`State::apply_record`]: event `i` is at `first_seq + i`.
+    pub(super) fn apply_events(&mut self, first_seq: u64, events: Vec<Applied>, share: u64) -> Result<()> {
         for (i, e) in events.into_iter().enumerate() {
-            let at = EventAt { seq: first_seq + i as u64 };
+            let seq = first_seq + i as u64;
             match e.op {
-                Op::CreateTable => self.apply_create_table(at.seq, &e)?,
+                Op::CreateTable => self.apply_create_table(seq, &e)?,
                 Op::Compact => {
                     let h = e.doc.as_ref().and_then(|d| d.get("horizon")).and_then(Value::as_u64).unwrap_or(0);
                     if let Some(t) = self.tables.get_mut(&e.table) {
@@ -368,8 +356,8 @@ impl State {
                     }
                 }
                 Op::Folded => {}
-                Op::Alter => self.apply_alter(at.seq, &e)?,
-                Op::Insert | Op::Patch | Op::SoftDelete => self.apply_row(at, e, share)?,
+                Op::Alter => self.apply_alter(seq, &e)?,
+                Op::Insert | Op::Patch | Op::SoftDelete => self.apply_row(seq, e, share)?,
             }
         }
         Ok(())
@@ -436,8 +424,7 @@ impl State {
     /// An insert, patch or soft delete: while opening, noted for the rows
     /// built once the log is read; live, the row map, the indexes, the
     /// version tree and the change log of open transactions.
-    fn apply_row(&mut self, at: EventAt, e: Applied, share: u64) -> Result<()> {
-        let seq = at.seq;
+    fn apply_row(&mut self, seq: u64, e: Applied, share: u64) -> Result<()> {
         let Some(t) = self.tables.get_mut(&e.table) else {
             return Err(log_error(seq, "an event names an unknown table"));
         };
@@ -513,7 +500,7 @@ impl State {
 
     /// Forget table `id`'s snapshots before its horizon `h` (a read before
     /// it is refused).
-    pub(super) fn fold_history(&mut self, id: u32, h: u64) {
+    pub(super) fn drop_snapshots_before(&mut self, id: u32, h: u64) {
         if let Some(t) = self.tables.get_mut(&id) {
             t.snapshots.retain(|(s, _)| *s >= h);
         }

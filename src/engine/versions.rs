@@ -75,8 +75,14 @@ impl TableData {
 /// refused (its record alone may fit a frame, its version would not).
 pub(super) fn fits(table: u32, key: &Pk, doc_len: usize) -> bool {
     // A block's kind and count, an entry's three varints, the key and the
-    // op byte before the document.
-    5 + 15 + ver::row_prefix(table, key).len() + 8 + 1 + doc_len <= crate::format::run::MAX_RUN_PAYLOAD
+    // op byte before the document. A key takes at most twice its bytes
+    // and 16 more: only a document near the limit needs its key encoded.
+    let at_most = |key_len: usize| 5 + 15 + key_len + 8 + 1 + doc_len <= crate::format::run::MAX_RUN_PAYLOAD;
+    let longest = match key {
+        Pk::Int(_) => 16,
+        Pk::Str(s) => 2 * s.len() + 16,
+    };
+    at_most(longest) || at_most(ver::row_prefix(table, key).len())
 }
 
 /// A version read back.
@@ -113,8 +119,13 @@ fn damaged(e: &crate::format::codec::DecodeError) -> Error {
     Error::tampered("version tree", 0, e.reason.clone())
 }
 
+/// A row version key's row prefix length and sequence number.
+fn split(k: &[u8]) -> Result<(usize, u64)> {
+    ver::split_key(k).ok_or_else(|| Error::tampered("version tree", 0, "not a row version key"))
+}
+
 fn found(k: &[u8], v: &[u8]) -> Result<Found> {
-    let (_, seq) = ver::split_key(k).ok_or_else(|| Error::tampered("version tree", 0, "not a row version key"))?;
+    let (_, seq) = split(k)?;
     let (op, text) = ver::decode_value(v).map_err(|e| damaged(&e))?;
     Ok(Found { seq, op, text: text.map(str::to_owned) })
 }
@@ -170,7 +181,7 @@ pub(super) fn rows_at(view: &crate::storage::tree::TreeView, t: Shape<'_>, table
     let mut decided: Vec<u8> = Vec::new();
     while it.valid() {
         let k = it.key();
-        let (n, seq) = ver::split_key(k).ok_or_else(|| Error::tampered("version tree", 0, "not a row version key"))?;
+        let (n, seq) = split(k)?;
         if seq > at || (!decided.is_empty() && k[..n] == decided[..]) {
             it.advance()?;
             continue;
@@ -202,7 +213,7 @@ pub(super) fn count_versions(tree: &Tree, t: Shape<'_>, table: u32, h: u64) -> R
     let (mut before, mut after) = (0, 0);
     while it.valid() {
         let k = it.key();
-        let (_, seq) = ver::split_key(k).ok_or_else(|| Error::tampered("version tree", 0, "not a row version key"))?;
+        let (_, seq) = split(k)?;
         let (op, _) = ver::decode_value(it.value()).map_err(|e| damaged(&e))?;
         if visible(op, seq, t.folded_at) && seq > t.folded_at {
             if seq <= h { before += 1 } else { after += 1 }

@@ -207,11 +207,6 @@ impl Store {
 }
 
 impl RunWriter<'_> {
-    /// Entries added so far.
-    pub fn entries(&self) -> u64 {
-        self.entries
-    }
-
     /// Payload bytes written or pending so far (about the file's size).
     pub fn bytes(&self) -> u64 {
         self.bytes + self.block.len() as u64

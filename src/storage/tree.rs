@@ -25,7 +25,6 @@
 use super::runs::{BlockCache, Run, RunCursor};
 use super::store::{Edit, Store};
 use crate::format::FileKind;
-use crate::format::keyring::FileState;
 use crate::format::run::RunMeta;
 use crate::sync::{Locked, RwLocked};
 use crate::{Error, Result};
@@ -90,12 +89,11 @@ pub fn seq_suffix_shape(key: &[u8]) -> (Option<usize>, u64) {
 struct Mem {
     map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
     bytes: AtomicUsize,
-    max_seq: AtomicU64,
 }
 
 impl Mem {
     fn new() -> Arc<Mem> {
-        Arc::new(Mem { map: RwLock::new(BTreeMap::new()), bytes: AtomicUsize::new(0), max_seq: AtomicU64::new(0) })
+        Arc::new(Mem { map: RwLock::new(BTreeMap::new()), bytes: AtomicUsize::new(0) })
     }
     fn is_empty(&self) -> bool {
         self.map.read_locked().is_empty()
@@ -217,18 +215,15 @@ impl Tree {
         let version = self.version.read_locked();
         let active = &version.active;
         let mut added = 0usize;
-        let mut max_seq = 0u64;
         {
             let mut map = active.map.write_locked();
             for (k, v) in entries {
-                max_seq = max_seq.max((self.opts.shape)(&k).1);
                 let n = k.len() + v.len() + 32;
                 if map.insert(k, v).is_none() {
                     added += n;
                 }
             }
         }
-        active.max_seq.fetch_max(max_seq, Relaxed);
         let total = active.bytes.fetch_add(added, Relaxed) + added;
         total >= self.opts.memtable_bytes
     }
@@ -378,25 +373,7 @@ impl Tree {
         for id in ids {
             opened.push(Arc::new(Run::open(store, id, self.cache.clone())?));
         }
-        let gone: Vec<u64> = inputs.iter().map(|r| r.file_id()).collect();
-        {
-            let mut v = self.version.write_locked();
-            let mut nv = (**v).clone();
-            nv.l0.retain(|r| !gone.contains(&r.file_id()));
-            for l in nv.levels.iter_mut() {
-                l.retain(|r| !gone.contains(&r.file_id()));
-            }
-            if nv.levels.len() < out_level {
-                nv.levels.resize_with(out_level, Vec::new);
-            }
-            let level = &mut nv.levels[out_level - 1];
-            level.extend(opened);
-            level.sort_by(|a, b| a.first_key().cmp(b.first_key()));
-            while nv.levels.last().is_some_and(Vec::is_empty) {
-                nv.levels.pop();
-            }
-            *v = Arc::new(nv);
-        }
+        self.swap_runs(inputs, opened, out_level);
         for r in inputs {
             self.cache.forget_file(r.file_id(), r.frames());
         }
@@ -458,6 +435,31 @@ impl Tree {
         Ok(true)
     }
 
+    /// In the version readers take: `gone` out of their levels, `added` into
+    /// `out_level` (in key order).
+    fn swap_runs(&self, gone: &[Arc<Run>], added: Vec<Arc<Run>>, out_level: usize) {
+        // Merges and moves only ever add to levels 1 and below.
+        let out_level = out_level.max(1);
+        let ids: Vec<u64> = gone.iter().map(|r| r.file_id()).collect();
+        let mut v = self.version.write_locked();
+        let mut nv = (**v).clone();
+        nv.l0.retain(|r| !ids.contains(&r.file_id()));
+        for l in nv.levels.iter_mut() {
+            l.retain(|r| !ids.contains(&r.file_id()));
+        }
+        if nv.levels.len() < out_level {
+            nv.levels.resize_with(out_level, Vec::new);
+        }
+        if let Some(level) = nv.levels.get_mut(out_level - 1) {
+            level.extend(added);
+            level.sort_by(|a, b| a.first_key().cmp(b.first_key()));
+        }
+        while nv.levels.last().is_some_and(Vec::is_empty) {
+            nv.levels.pop();
+        }
+        *v = Arc::new(nv);
+    }
+
     /// If `inputs` all come from the level above `out_level`, overlap no
     /// run of `out_level` and none of each other, move them there: their
     /// level changes in the manifest (one keyring write), nothing is
@@ -487,23 +489,7 @@ impl Tree {
             inputs.iter().map(|r| (r.file_id(), RunMeta { level, ..*r.meta() }.encode())).collect();
         store.set_file_meta(&changes)?;
         let moved: Vec<Arc<Run>> = inputs.iter().map(|r| Arc::new(r.with_level(level))).collect();
-        let ids: Vec<u64> = inputs.iter().map(|r| r.file_id()).collect();
-        let mut v = self.version.write_locked();
-        let mut nv = (**v).clone();
-        nv.l0.retain(|r| !ids.contains(&r.file_id()));
-        for l in nv.levels.iter_mut() {
-            l.retain(|r| !ids.contains(&r.file_id()));
-        }
-        if nv.levels.len() < out_level {
-            nv.levels.resize_with(out_level, Vec::new);
-        }
-        let level = &mut nv.levels[out_level - 1];
-        level.extend(moved);
-        level.sort_by(|a, b| a.first_key().cmp(b.first_key()));
-        while nv.levels.last().is_some_and(Vec::is_empty) {
-            nv.levels.pop();
-        }
-        *v = Arc::new(nv);
+        self.swap_runs(inputs, moved, out_level);
         self.moved.fetch_add(inputs.len() as u64, Relaxed);
         Ok(true)
     }
@@ -602,11 +588,6 @@ impl Tree {
         let v = self.current();
         v.l0.iter().chain(v.levels.iter().flatten()).any(|r| r.file_id() == file_id)
     }
-}
-
-/// Whether a manifest entry is a sealed run of `stream`.
-pub fn is_run_of(f: &super::store::FileInfo, stream: u32) -> bool {
-    f.kind == FileKind::Run && f.stream == stream && matches!(f.state, FileState::Sealed { .. })
 }
 
 /// The memtables and runs of one moment (see [`Tree::view`]).

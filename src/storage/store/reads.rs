@@ -3,6 +3,24 @@
 use super::*;
 
 impl Store {
+    /// Open data file `file_id` (`name` at `path`) to read it. Missing, it
+    /// is tampering while the manifest lists it, and otherwise a file a
+    /// concurrent change replaced (read again).
+    fn open_for_read(&self, file_id: u64, name: &str, path: &Path) -> Result<Box<dyn VfsFile>> {
+        match self.opts.vfs.open(path, OpenMode::Read) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let still_listed = self.lock_inner().body.files.iter().any(|f| f.file_id == file_id);
+                Err(if still_listed {
+                    Error::tampered(name, 0, "file listed in the manifest is missing")
+                } else {
+                    Error::NotFound(format!("{name} was replaced by a concurrent change; read again"))
+                })
+            }
+            Err(e) => Err(Error::io("opening", path, e)),
+        }
+    }
+
     pub(super) fn entry(&self, inner: &Inner, file_id: u64) -> Result<FileEntry> {
         inner
             .body
@@ -35,18 +53,7 @@ impl Store {
         };
         let name = file_name(entry.file_id, entry.kind);
         let path = self.dir.join(&name);
-        let f = match self.opts.vfs.open(&path, OpenMode::Read) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let still_listed = self.lock_inner().body.files.iter().any(|f| f.file_id == file_id);
-                return Err(if still_listed {
-                    Error::tampered(&name, 0, "file listed in the manifest is missing")
-                } else {
-                    Error::NotFound(format!("{name} was replaced by a concurrent change; read again"))
-                });
-            }
-            Err(e) => return Err(Error::io("opening", &path, e)),
-        };
+        let f = self.open_for_read(file_id, &name, &path)?;
         let hdr = FileHeader::new(entry.kind, entry.file_id, entry.key_id);
         let out = scan(f.as_ref(), &name, Some(&hdr), Some(&key), expect, |index, offset, p| {
             visit(RecordPos { file_id, index, offset }, p)
@@ -81,18 +88,7 @@ impl Store {
         };
         let name = file_name(entry.file_id, entry.kind);
         let path = self.dir.join(&name);
-        let f = match self.opts.vfs.open(&path, OpenMode::Read) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let still_listed = self.lock_inner().body.files.iter().any(|f| f.file_id == pos.file_id);
-                return Err(if still_listed {
-                    Error::tampered(&name, 0, "file listed in the manifest is missing")
-                } else {
-                    Error::NotFound(format!("{name} was replaced by a concurrent change; read again"))
-                });
-            }
-            Err(e) => return Err(Error::io("opening", &path, e)),
-        };
+        let f = self.open_for_read(pos.file_id, &name, &path)?;
         let mut hdr = [0u8; crate::format::frame::FRAME_HEADER_LEN];
         f.read_exact_at(&mut hdr, pos.offset)
             .map_err(|_| Error::corrupted(&name, pos.offset, "record position past the end of the file"))?;
@@ -189,13 +185,7 @@ impl Store {
             return Err(Error::InvalidArgument(format!("{name} is not a sealed write-once file")));
         };
         let path = self.dir.join(&name);
-        let file = match self.opts.vfs.open(&path, OpenMode::Read) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::tampered(&name, 0, "file listed in the manifest is missing"));
-            }
-            Err(e) => return Err(Error::io("opening", &path, e)),
-        };
+        let file = self.open_for_read(file_id, &name, &path)?;
         let on_disk = file.len().map_err(|e| Error::io("reading the length of", &path, e))?;
         if on_disk != len {
             return Err(Error::tampered(
