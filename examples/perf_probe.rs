@@ -11,6 +11,8 @@
 //! cargo run --release --example perf_probe -- rotate DIR          # full re-encryption next to the disk's write speed
 //! ```
 //!
+//! `CACHE_MB=n` gives the block cache n MiB (64 by default).
+//!
 //! Documents are the harness's (about 110 bytes, table `users`, primary key
 //! `id`, an index on `status`), 1,000 per commit. The master key is a raw
 //! key whose byte is kept in `DIR.keyno` (7 at first; `rotate` moves it on,
@@ -50,7 +52,13 @@ fn main() -> Res<()> {
     };
     let dir = PathBuf::from(dir);
     let docs: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
-    let opts = Options { resume_rotation: false, ..Options::default() };
+    // CACHE_MB=n: a block cache of n MiB instead of the default.
+    let cache_bytes = std::env::var("CACHE_MB").ok().and_then(|s| s.parse::<u64>().ok()).map(|mb| mb << 20);
+    let opts = Options {
+        resume_rotation: false,
+        cache_bytes: cache_bytes.unwrap_or(Options::default().cache_bytes),
+        ..Options::default()
+    };
     match what.as_str() {
         "ingest" | "ingest-value" => {
             let parsed = what == "ingest-value";

@@ -499,11 +499,24 @@ impl Db {
                 })
                 .chain(std::iter::once((commit.first_seq + i as u64, alter.clone())))
                 .collect();
-            let index = Index::from_pairs(t.rows.iter().filter(|(k, _)| !skip.contains(k)).map(|(k, d)| {
-                let mut v = t.view_value(d, u64::MAX);
+            let Some(tree) = st.versions.as_ref() else { continue };
+            let mut groups: BTreeMap<IKey, Vec<Pk>> = BTreeMap::new();
+            let built = super::versions::for_each_row_at(&tree.view(), t.shape(), e.table, u64::MAX, |k, d| {
+                if skip.contains(&k) {
+                    return Ok(());
+                }
+                let mut v = t.view_value(&d, u64::MAX);
                 apply_between(&alters, 0, u64::MAX, &mut v);
-                (v.get(column).cloned(), k.clone())
-            }));
+                if let Some(ik) = v.get(column).cloned().and_then(crate::table::index::ikey_owned) {
+                    groups.entry(ik).or_default().push(k);
+                }
+                Ok(())
+            });
+            // Not built (a read failed): the index is built as the change applies.
+            if built.is_err() {
+                continue;
+            }
+            let index = Index::from_groups(groups);
             out.push(Prebuilt {
                 table: e.table,
                 seq: commit.first_seq + i as u64,

@@ -28,7 +28,6 @@ use crate::table::{Commit, Doc, Event, FastMap, FastSet, Op, Pk, RawCommit, Tabl
 use crate::{Argon2Params, Error, FileKind, KeySource, Result};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};

@@ -1,5 +1,6 @@
-//! Opening a database: the latest snapshot of every table, then the log,
-//! replayed; the rows checked and indexed.
+//! Opening a database: the catalog and counters from the log (row events
+//! that a table's latest snapshot counts are skipped), the version tree
+//! caught up with it, and the secondary indexes built from the tree.
 
 use super::*;
 
@@ -59,98 +60,36 @@ pub(super) fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec:
     Ok(ci)
 }
 
-/// A row's indexed fields, as the index keys them.
-pub(super) type RowKeys = Picked<IKey>;
-
-/// The index keys of picked field values.
-pub(super) fn ikeys(vals: Vec<Option<Value>>) -> Vec<Option<IKey>> {
-    vals.into_iter().map(|v| v.and_then(crate::table::index::ikey_owned)).collect()
-}
-
-/// Check every current row of a table read at open (their documents are
-/// still the text of the log's records) and build the table's secondary
-/// indexes from them, in one pass, on up to four threads. `pre` holds, by
-/// row in key order, the fields `pre_fields` already picked from rows whose
-/// text was checked (`None`, or a list shorter than the rows: not done).
-pub(super) fn check_rows_and_index(
-    name: &str,
-    t: &mut TableData,
-    pre_fields: &[String],
-    pre: Vec<Option<RowKeys>>,
-) -> Result<()> {
+/// Build table `id`'s secondary indexes from its current rows in the
+/// version tree, in one pass. A row whose text is not JSON is an error
+/// naming the table and the row.
+pub(super) fn index_rows(name: &str, tree: &crate::storage::tree::Tree, id: u32, t: &mut TableData) -> Result<()> {
+    if t.indexes.is_empty() {
+        return Ok(());
+    }
     let fields: Vec<String> = t.indexes.keys().cloned().collect();
     let f: Vec<&str> = fields.iter().map(String::as_str).collect();
-    // Where each field is in what was picked before (all of them, or unused).
-    let at: Option<Vec<usize>> = fields.iter().map(|x| pre_fields.iter().position(|p| p == x)).collect();
-    let mut pre = pre.into_iter();
-    let mut rows: Vec<(&Pk, &Arc<Doc>, Option<RowKeys>)> =
-        t.rows.iter().map(|(k, d)| (k, d, pre.next().flatten().filter(|_| at.is_some()))).collect();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
-    // Each part of the rows (in key order) is checked and grouped by field
-    // value on its own thread; the parts' groups, joined in order, stay in
-    // key order.
-    type Groups = Vec<BTreeMap<crate::table::index::IKey, Vec<Pk>>>;
-    let pick = |part: &mut [(&Pk, &Arc<Doc>, Option<RowKeys>)]| -> Result<Groups> {
-        let mut groups: Groups = f.iter().map(|_| BTreeMap::new()).collect();
-        let add = |g: &mut BTreeMap<IKey, Vec<Pk>>, ik: IKey, k: &Pk| match g.get_mut(&ik) {
-            Some(pks) => pks.push(k.clone()),
-            None => {
-                g.insert(ik, vec![k.clone()]);
-            }
+    let mut groups: Vec<BTreeMap<IKey, Vec<Pk>>> = f.iter().map(|_| BTreeMap::new()).collect();
+    let bad = |k: &Pk, e: serde_json::Error| {
+        Error::tampered(name, 0, format!("the document of row {k} is not valid JSON: {e}"))
+    };
+    super::versions::for_each_row_at(&tree.view(), t.shape(), id, u64::MAX, |k, d| {
+        // A row written before a schema change is indexed as it reads now.
+        let vals = if t.stale(&d, u64::MAX) {
+            crate::table::doc::check(d.text(), &[]).map_err(|e| bad(&k, e))?;
+            let v = t.view_value(&d, u64::MAX);
+            f.iter().map(|x| v.get(*x).cloned()).collect()
+        } else {
+            crate::table::doc::check(d.text(), &f).map_err(|e| bad(&k, e))?
         };
-        for (k, d, done) in part.iter_mut() {
-            if !t.stale(d, u64::MAX)
-                && let (Some(p), Some(at)) = (done.as_mut(), at.as_ref())
-            {
-                for (g, i) in groups.iter_mut().zip(at) {
-                    if let Some(ik) = p.take(*i) {
-                        add(g, ik, k);
-                    }
-                }
-                continue;
-            }
-            // A row written before a schema change is indexed as it reads now.
-            let vals = if t.stale(d, u64::MAX) {
-                crate::table::doc::check(d.text(), &[])
-                    .map_err(|e| Error::tampered(name, 0, format!("the document of row {k} is not valid JSON: {e}")))?;
-                let v = t.view_value(d, u64::MAX);
-                ikeys(f.iter().map(|x| v.get(*x).cloned()).collect())
-            } else {
-                ikeys(
-                    crate::table::doc::check(d.text(), &f).map_err(|e| {
-                        Error::tampered(name, 0, format!("the document of row {k} is not valid JSON: {e}"))
-                    })?,
-                )
-            };
-            for (g, v) in groups.iter_mut().zip(vals) {
-                if let Some(ik) = v {
-                    add(g, ik, k);
-                }
+        for (g, v) in groups.iter_mut().zip(vals) {
+            if let Some(ik) = v.and_then(crate::table::index::ikey_owned) {
+                g.entry(ik).or_default().push(k.clone());
             }
         }
-        Ok(groups)
-    };
-    let parts: Vec<Result<Groups>> = if threads == 1 || rows.len() < 4096 {
-        vec![pick(&mut rows)]
-    } else {
-        let n = rows.len().div_ceil(threads);
-        std::thread::scope(|s| {
-            let hs: Vec<_> = rows.chunks_mut(n).map(|part| s.spawn(|| pick(part))).collect();
-            hs.into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(Error::Query("index build thread panicked".into()))))
-                .collect()
-        })
-    };
-    drop(rows);
-    let mut merged: Groups = fields.iter().map(|_| BTreeMap::new()).collect();
-    for part in parts {
-        for (into, g) in merged.iter_mut().zip(part?) {
-            for (ik, pks) in g {
-                into.entry(ik).or_insert_with(Vec::new).extend(pks);
-            }
-        }
-    }
-    for (f, g) in fields.into_iter().zip(merged) {
+        Ok(())
+    })?;
+    for (f, g) in fields.into_iter().zip(groups) {
         t.indexes.insert(f, Index::from_groups(g));
     }
     Ok(())
@@ -165,97 +104,30 @@ pub(super) fn pick_fields(d: &Doc, names: &[&str]) -> std::result::Result<Vec<Op
 /// Every row of a snapshot file, checked.
 pub(super) fn load_snapshot(store: &Store, file: u64, seq: u64) -> Result<Rows> {
     // Snapshot rows are in key order: a bulk build, not an insert per row.
-    Ok(load_snapshot_rows(store, file, seq, true)?.rows.into_iter().collect())
+    Ok(load_snapshot_rows(store, file, seq, true)?.into_iter().collect())
 }
 
 /// A snapshot's rows, in key order. Unless `checked`, the documents are
 /// left unchecked for the caller (see [`Doc::from_text_unchecked`]).
-pub(super) fn load_snapshot_rows(store: &Store, file: u64, seq: u64, checked: bool) -> Result<SnapRows> {
-    let mut rows = Vec::new();
-    let mut picked = Vec::new();
-    let mut fields: Option<usize> = None;
+pub(super) fn load_snapshot_rows(store: &Store, file: u64, seq: u64, checked: bool) -> Result<Vec<(Pk, Arc<Doc>)>> {
+    let mut rows: Vec<(Pk, Arc<Doc>)> = Vec::new();
     let name = crate::format::file_name(file, FileKind::Snapshot);
     store.read_file(file, |pos, rec| {
         let raw = decode_rows_raw(rec).map_err(|e| Error::corrupted(&name, pos.offset, e.reason))?;
-        if fields.is_none_or(|f| f == raw.fields) {
-            fields = Some(raw.fields);
-            picked.extend(raw.picked);
-        } else {
-            fields = Some(0);
-            picked = Vec::new();
-        }
         for (k, v) in raw.rows {
             let d = if checked {
                 Doc::from_text(v).map_err(|e| Error::corrupted(&name, pos.offset, format!("row {k}: {e}")))?
             } else {
                 Doc::from_text_unchecked(v)
             };
-            let d = d.at(seq);
-            // Opening merges the log's later writes in by key order.
-            if rows.last().is_some_and(|(last, _): &(Pk, Arc<Doc>)| *last >= k) {
+            if rows.last().is_some_and(|(last, _)| *last >= k) {
                 return Err(Error::corrupted(&name, pos.offset, format!("row {k} is out of key order")));
             }
-            rows.push((k, Arc::new(d)));
+            rows.push((k, Arc::new(d.at(seq))));
         }
         Ok(())
     })?;
-    let fields = fields.unwrap_or(0);
-    if fields == 0 {
-        picked = Vec::new();
-    }
-    Ok(SnapRows { rows, fields, picked })
-}
-
-/// A snapshot's rows, and the indexed values its records carry.
-pub(super) struct SnapRows {
-    /// In key order.
-    pub(super) rows: Vec<(Pk, Arc<Doc>)>,
-    /// Values per row (0: not every record carries them, or not as many).
-    pub(super) fields: usize,
-    /// `rows.len() × fields` values, in row order.
-    pub(super) picked: Vec<Option<IKey>>,
-}
-
-/// A table's latest snapshot as loaded at open: its rows in key order and,
-/// by row, the fields `fields` picked from the rows whose text checked.
-pub(super) struct Loaded {
-    pub(super) table: u32,
-    pub(super) fields: Vec<String>,
-    pub(super) rows: Vec<(Pk, Arc<Doc>)>,
-    pub(super) picks: Vec<Option<RowKeys>>,
-}
-
-/// A table's rows at open: those the log wrote after its snapshot
-/// (`written`, in key order), and the snapshot's rows (`snap`, in key order) the log
-/// neither wrote nor deleted (`gone`) after it; with, by row of the result,
-/// the snapshot row's `picks` (none for the rows the log wrote).
-pub(super) fn merge_rows(
-    snap: Vec<(Pk, Arc<Doc>)>,
-    picks: Vec<Option<RowKeys>>,
-    written: Vec<(Pk, Arc<Doc>)>,
-    gone: Option<&FastSet<Pk>>,
-) -> (Rows, Vec<Option<RowKeys>>) {
-    if written.is_empty() && gone.is_none_or(|g| g.is_empty()) {
-        return (snap.into_iter().collect(), picks);
-    }
-    let mut out = Vec::with_capacity(snap.len() + written.len());
-    let mut out_picks = Vec::with_capacity(if picks.is_empty() { 0 } else { out.capacity() });
-    let mut picks = picks.into_iter();
-    let mut w = written.into_iter().peekable();
-    for (k, d) in snap {
-        let p = picks.next().flatten();
-        while let Some(next) = w.next_if(|(wk, _)| *wk < k) {
-            out.push(next);
-            out_picks.push(None);
-        }
-        if w.peek().is_some_and(|(wk, _)| *wk == k) || gone.is_some_and(|g| g.contains(&k)) {
-            continue;
-        }
-        out.push((k, d));
-        out_picks.push(p);
-    }
-    out.extend(w);
-    (out.into_iter().collect(), out_picks)
+    Ok(rows)
 }
 
 impl Db {
@@ -271,15 +143,12 @@ impl Db {
         Ok(Db::from_store(store, State { next_seq: 1, versions: Some(tree), ..State::default() }, opts_rest))
     }
 
-    /// Open a database: the key is checked first; then every table's latest
-    /// snapshot is loaded (on a second thread) while the log is replayed
-    /// (the row histories built on a third), and the two are merged. Rows
-    /// are kept as the JSON text their records hold, and parsed when first
-    /// read. A snapshot row is indexed by the values its record carries
-    /// (its text was checked before it was written), or else checked and
-    /// picked on the loading thread; every other current row is checked
-    /// once (on up to four threads, building the secondary indexes in the
-    /// same pass).
+    /// Open a database: the key is checked first; then the log is
+    /// replayed for the catalog, the schemas and the counters (the row
+    /// events a table's latest snapshot counts are skipped, and the
+    /// version tree gets the versions its runs lack), tables are folded
+    /// at their compaction horizons, and the secondary indexes are built
+    /// from the current rows in the tree. Rows themselves stay in the tree.
     pub fn open(dir: impl AsRef<Path>, key: &KeySource, opts: Options) -> Result<Db> {
         let mut store_opts = opts.store.clone();
         store_opts.expect_generation = store_opts.expect_generation.max(opts.expect_generation);
@@ -294,19 +163,18 @@ impl Db {
         let mut st = State { next_seq: 1, versions_from: tree.flushed_seq(), versions: Some(tree), ..State::default() };
         let plan = SnapshotPlan::read(&store, &mut st)?;
         let mut opening = Opening::default();
-        for (id, seq, _, _) in &plan.latest {
+        for (id, seq, rows) in &plan.latest {
             opening.rows_from.insert(*id, *seq);
+            st.tables.entry(*id).or_default().live = *rows;
         }
         st.opening = Some(opening);
-        // 2. The latest snapshots load on a second thread while this one
-        // replays the log (and gives the version tree what its runs lack).
+        // 2. The log replayed (the version tree given what its runs lack).
         let mut writer = WriterState::default();
         let wal_files = store.stream_files(WAL_STREAM).len();
-        let loaded = replay(&store, &mut st, &plan, &mut writer)?;
-        // 3. The rows merged, checked and indexed; the compaction horizons
-        // put in place.
+        replay_log(&store, &mut st, &mut writer)?;
+        // 3. The compaction horizons put in place, the indexes built.
         let opening = st.opening.take().unwrap_or_default();
-        settle(&store, &mut st, opening, loaded)?;
+        settle(&store, &mut st, opening)?;
         // 4. The WAL checkpointed, and an interrupted re-encryption resumed.
         let db = Db::from_store(store, st, opts);
         if wal_files > 0 && !db.shared.store.options().read_only {
@@ -384,8 +252,8 @@ impl Db {
 
 /// The latest snapshot of every table, chosen before the replay.
 pub(super) struct SnapshotPlan {
-    /// (table, sequence number, file, the fields its rows carry values of).
-    pub(super) latest: Vec<(u32, u64, u64, Vec<String>)>,
+    /// (table, sequence number, the rows it holds).
+    pub(super) latest: Vec<(u32, u64, u64)>,
 }
 
 impl SnapshotPlan {
@@ -406,83 +274,12 @@ impl SnapshotPlan {
         for (id, t) in st.tables.iter_mut() {
             t.snapshots.sort_unstable();
             if let Some(&(seq, file)) = t.snapshots.last() {
-                let fields = metas.remove(&file).map_or(Vec::new(), |m| m.indexes);
-                latest.push((*id, seq, file, fields));
+                let rows = metas.get(&file).map_or(0, |m| m.rows);
+                latest.push((*id, seq, rows));
             }
         }
         Ok(SnapshotPlan { latest })
     }
-}
-
-/// Load the latest snapshot of every table, with each row's indexed fields:
-/// the values a record carries (its text was checked before it was
-/// written, and the record is authenticated, so it is not parsed), or else
-/// picked from the checked text (rows that fail here are checked again,
-/// and reported, if they are still current once the log is replayed).
-fn load_latest(store: &Store, latest: &[(u32, u64, u64, Vec<String>)]) -> Result<Vec<Loaded>> {
-    latest
-        .iter()
-        .map(|(id, seq, file, fields)| {
-            let SnapRows { rows, fields: stored, picked } = load_snapshot_rows(store, *file, *seq, false)?;
-            if stored > 0 && stored == fields.len() && picked.len() == rows.len() * stored {
-                let mut values = picked.into_iter();
-                let picks = rows
-                    .iter()
-                    .map(|_| match stored {
-                        1 => Some(Picked::One(values.next().flatten())),
-                        _ => Some(Picked::Many(values.by_ref().take(stored).collect())),
-                    })
-                    .collect();
-                return Ok(Loaded { table: *id, fields: fields.clone(), rows, picks });
-            }
-            let f: Vec<&str> = fields.iter().map(String::as_str).collect();
-            let pick = |part: &[(Pk, Arc<Doc>)]| -> Vec<Option<RowKeys>> {
-                part.iter()
-                    .map(|(_, d)| crate::table::doc::check(d.text(), &f).ok().map(|v| Picked::from_vec(ikeys(v))))
-                    .collect()
-            };
-            // In two halves, the second on a thread of its own: this
-            // thread is the longest of the open, and the replay's
-            // thread finishes first and leaves a core free.
-            let picks = match (f.is_empty(), rows.len() >= 4096) {
-                (true, _) => Vec::new(),
-                (false, false) => pick(&rows),
-                (false, true) => {
-                    let (a, b) = rows.split_at(rows.len() / 2);
-                    std::thread::scope(|s| {
-                        let second = s.spawn(|| pick(b));
-                        let mut picks = pick(a);
-                        match second.join() {
-                            Ok(p) => picks.extend(p),
-                            // Not picked: checked again once the log is replayed.
-                            Err(_) => picks.resize(rows.len(), None),
-                        }
-                        picks
-                    })
-                }
-            };
-            Ok(Loaded { table: *id, fields: fields.clone(), rows, picks })
-        })
-        .collect()
-}
-
-/// Replay the log (the segments, then what the WAL holds beyond them) into
-/// `st` while the latest snapshots load on a second thread. The WAL's
-/// commits go to `writer` (to be checkpointed). Returns the loaded snapshots.
-fn replay(store: &Store, st: &mut State, plan: &SnapshotPlan, writer: &mut WriterState) -> Result<Vec<Loaded>> {
-    let (replayed, loaded) = std::thread::scope(|s| {
-        let loader = std::thread::Builder::new()
-            .name("driftdb-open".into())
-            .spawn_scoped(s, || load_latest(store, &plan.latest));
-        let replayed = replay_log(store, st, writer);
-        let loaded = match loader {
-            Ok(h) => h.join().unwrap_or_else(|_| Err(Error::Poisoned("the snapshot loading thread panicked".into()))),
-            Err(_) => load_latest(store, &plan.latest),
-        };
-        (replayed, loaded)
-    });
-    replayed?;
-    loaded
 }
 
 /// Replay the segments, then the commits the WAL holds beyond them (a WAL
@@ -529,33 +326,9 @@ fn flush_versions_while_opening(store: &Store, st: &mut State) -> Result<()> {
     Ok(())
 }
 
-/// After the replay: every table's rows (the log's writes over its
-/// snapshot's rows), checked and indexed; and the version tree folded at
-/// each compaction horizon.
-fn settle(store: &Store, st: &mut State, opening: Opening, loaded: Vec<Loaded>) -> Result<()> {
-    let deleted = opening.deleted;
-    // The rows the log wrote, in key order: each key's last write (a
-    // stable sort keeps a key's writes in log order, and finds the runs
-    // a log in key order is made of), unless it is a delete.
-    let mut written: FastMap<u32, Vec<(Pk, Arc<Doc>)>> = opening
-        .rows
-        .into_iter()
-        .map(|(id, mut writes)| {
-            settle_writes(&mut writes);
-            (id, writes.into_iter().filter_map(|(k, d)| Some((k, d?))).collect())
-        })
-        .collect();
-    let mut picked: HashMap<u32, (Vec<String>, Vec<Option<RowKeys>>)> = HashMap::new();
-    for l in loaded {
-        let t = st.tables.entry(l.table).or_default();
-        let w = written.remove(&l.table).unwrap_or_default();
-        let (rows, picks) = merge_rows(l.rows, l.picks, w, deleted.get(&l.table));
-        t.rows = rows;
-        picked.insert(l.table, (l.fields, picks));
-    }
-    for (id, w) in written {
-        st.tables.entry(id).or_default().rows = w.into_iter().collect();
-    }
+/// After the replay: the version tree folded at each compaction horizon,
+/// and every table's secondary indexes built from its current rows.
+fn settle(store: &Store, st: &mut State, opening: Opening) -> Result<()> {
     let latest = st.latest_seq();
     if let Some((id, from)) = opening.rows_from.iter().find(|(_, f)| **f > latest) {
         return Err(Error::tampered(
@@ -563,11 +336,6 @@ fn settle(store: &Store, st: &mut State, opening: Opening, loaded: Vec<Loaded>) 
             0,
             format!("a snapshot of table {id} is at @seq:{from}, past the end of the event log (@seq:{latest})"),
         ));
-    }
-    for (id, t) in st.tables.iter_mut() {
-        let name = st.defs.get(id).map_or_else(|| format!("table {id}"), |d| format!("table {:?}", d.name));
-        let (fields, picks) = picked.remove(id).unwrap_or_default();
-        check_rows_and_index(&name, t, &fields, picks)?;
     }
     let horizons: Vec<(u32, u64, Option<u64>)> = st
         .tables
@@ -583,7 +351,6 @@ fn settle(store: &Store, st: &mut State, opening: Opening, loaded: Vec<Loaded>) 
                 format!("the snapshot at the compaction horizon @seq:{h} of table {id} is missing"),
             )
         })?;
-        let rows = load_snapshot(store, snap, h)?;
         st.drop_snapshots_before(id, h);
         // The version tree: folded at this horizon already, or folded now
         // (and, unless read-only, the versions the fold hides reclaimed).
@@ -593,6 +360,7 @@ fn settle(store: &Store, st: &mut State, opening: Opening, loaded: Vec<Loaded>) 
             if marker >= h {
                 t.folded_at = marker;
             } else {
+                let rows = load_snapshot(store, snap, h)?;
                 super::versions::fold(&tree, t, id, h, &rows);
                 if !store.options().read_only {
                     super::versions::reclaim(&tree, store, id, h)?;
@@ -600,9 +368,8 @@ fn settle(store: &Store, st: &mut State, opening: Opening, loaded: Vec<Loaded>) 
             }
         }
     }
-    if let Some(tree) = &st.versions
-        && tree.flushed_seq() > latest
-    {
+    let Some(tree) = st.versions.clone() else { return Ok(()) };
+    if tree.flushed_seq() > latest {
         return Err(Error::tampered(
             "keyring",
             0,
@@ -611,6 +378,10 @@ fn settle(store: &Store, st: &mut State, opening: Opening, loaded: Vec<Loaded>) 
                 tree.flushed_seq()
             ),
         ));
+    }
+    for (id, t) in st.tables.iter_mut() {
+        let name = st.defs.get(id).map_or_else(|| format!("table {id}"), |d| format!("table {:?}", d.name));
+        index_rows(&name, &tree, *id, t)?;
     }
     Ok(())
 }

@@ -58,8 +58,7 @@ impl Db {
     pub fn get(&self, table: &str, key: &Pk) -> Result<Option<Value>> {
         let st = self.state();
         let def = st.table(table)?;
-        let Some(t) = st.tables.get(&def.id) else { return Ok(None) };
-        Ok(t.rows.get(key).map(|d| t.view_value(d, u64::MAX)))
+        st.current_value(def.id, key)
     }
 
     /// The document of a row as of sequence number `seq`: its newest
@@ -69,13 +68,6 @@ impl Db {
         let seq = resolve(&st, &AsOf::Seq(seq))?;
         let def = table_at(&st, table, seq)?;
         let Some(t) = st.tables.get(&def.id) else { return Ok(None) };
-        // Unchanged since `seq`: the current row (its document is as of
-        // its last write, or of the snapshot it was read from) is the answer.
-        if let Some(d) = t.rows.get(key)
-            && d.seq() <= seq
-        {
-            return Ok(Some(t.view_value(d, seq)));
-        }
         self.version_value(t, def.id, key, seq)
     }
 
@@ -150,21 +142,17 @@ impl Db {
 
     /// The documents of a table at a point in history (or now), in key order.
     ///
-    /// A read of the past plans its replay under the state lock and reads
-    /// the files without it, so writers are not held up by long reads.
+    /// The version tree as of the read is taken under the state lock and
+    /// read without it, so writers are not held up by long reads.
     pub fn scan(&self, table: &str, as_of: Option<&AsOf>) -> Result<Vec<Arc<Doc>>> {
         let (id, seq, alters, folded_at, view) = {
             let st = self.state();
-            let latest = st.latest_seq();
             let seq = match as_of {
-                None => latest,
+                None => st.latest_seq(),
                 Some(a) => resolve(&st, a)?,
             };
             let def = table_at(&st, table, seq)?;
             let Some(t) = st.tables.get(&def.id) else { return Ok(Vec::new()) };
-            if seq == latest {
-                return Ok(t.rows.values().map(|d| t.view(d, u64::MAX)).collect());
-            }
             let alters: Vec<(u64, Alter)> = t.alters.iter().take_while(|(s, _)| *s <= seq).cloned().collect();
             // The tree as of the horizon just checked: a `COMPACT` that
             // folds past `seq` meanwhile cannot take its versions from it.
@@ -203,10 +191,16 @@ impl Db {
         if let Some(f) = &sel.filter
             && let Some(keys) = crate::query::plan::plan(f, &t.indexes)
         {
-            let docs: Vec<Arc<Doc>> = keys.iter().filter_map(|k| t.rows.get(k)).map(|d| t.view(d, u64::MAX)).collect();
+            let mut docs: Vec<Arc<Doc>> = Vec::with_capacity(keys.len());
+            for k in keys.iter() {
+                if let Some(d) = st.current(id, k)? {
+                    docs.push(t.view(&d, u64::MAX));
+                }
+            }
             return crate::query::eval::run_select(sel, docs.into_iter());
         }
-        crate::query::eval::run_select(sel, t.rows.values().map(|d| t.view(d, u64::MAX)))
+        let rows = self.rows_at(id, t, st.latest_seq())?;
+        crate::query::eval::run_select(sel, rows.into_values())
     }
 
     /// The sequence number an `AS OF` names now.
@@ -214,39 +208,18 @@ impl Db {
         resolve(&self.state(), a)
     }
 
-    /// A row as of `seq`, for a transaction registered at `seq` or earlier:
-    /// the current document unless the row changed after `seq`.
+    /// A row as of `seq`, for a transaction registered at `seq` or earlier
+    /// (its horizon cannot pass `seq`), from the version tree.
     pub(crate) fn doc_at_snapshot(&self, st: &State, id: u32, key: &Pk, seq: u64) -> Result<Option<Value>> {
         let Some(t) = st.tables.get(&id) else { return Ok(None) };
-        if versions::newest_seq(self.tree()?, t.shape(), id, key)?.is_none_or(|s| s <= seq) {
-            return Ok(t.rows.get(key).map(|d| t.view_value(d, seq)));
-        }
-        // The oldest change after the snapshot holds the row as it was.
-        let from = st.changes.partition_point(|c| c.seq <= seq);
-        if let Some(c) = st.changes.range(from..).find(|c| c.table == id && &c.key == key) {
-            return Ok(c.old.as_ref().map(|d| t.view_value(d, seq)));
-        }
         self.version_value(t, id, key, seq)
     }
 
     /// Table `id`'s rows as of `seq`, for a transaction registered at `seq`
-    /// or earlier: the current rows with the later changes undone.
+    /// or earlier (its horizon cannot pass `seq`), from the version tree.
     pub(crate) fn rows_at_snapshot(&self, st: &State, id: u32, seq: u64) -> Result<Rows> {
         let Some(t) = st.tables.get(&id) else { return Ok(BTreeMap::new()) };
-        let mut rows = t.rows.clone();
-        let from = st.changes.partition_point(|c| c.seq <= seq);
-        for c in st.changes.range(from..).rev().filter(|c| c.table == id) {
-            match &c.old {
-                Some(d) => rows.insert(c.key.clone(), d.clone()),
-                None => rows.remove(&c.key),
-            };
-        }
-        if !t.alters.is_empty() {
-            for d in rows.values_mut() {
-                *d = t.view(d, seq);
-            }
-        }
-        Ok(rows)
+        self.rows_at(id, t, seq)
     }
 
     /// Run a `SELECT` without using any index (for checking index answers).

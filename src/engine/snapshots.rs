@@ -117,16 +117,18 @@ impl Db {
     /// writer lock held, or on the automatic snapshot thread: see
     /// [`Db::snapshot_in_background`]).
     pub(super) fn snapshot_now(&self, id: u32) -> Result<u64> {
-        let (seq, rows, counted) = {
+        // The tree as of `seq` taken under the lock, read without it.
+        let (seq, alters, folded_at, view, counted) = {
             let st = self.state();
             let seq = st.latest_seq();
             let Some(t) = st.tables.get(&id) else { return Ok(seq) };
             if t.snapshots.last().is_some_and(|(s, _)| *s == seq) {
                 return Ok(seq);
             }
-            let rows: Vec<(Pk, Arc<Doc>)> = t.rows.iter().map(|(k, v)| (k.clone(), t.view(v, seq))).collect();
-            (seq, rows, (t.since_events, t.since_bytes))
+            (seq, t.alters.clone(), t.folded_at, self.tree()?.view(), (t.since_events, t.since_bytes))
         };
+        let shape = versions::Shape { alters: &alters, folded_at };
+        let rows: Vec<(Pk, Arc<Doc>)> = versions::rows_at(&view, shape, id, seq)?.into_iter().collect();
         self.write_snapshot(id, seq, &rows, counted)
     }
 

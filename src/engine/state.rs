@@ -1,11 +1,13 @@
-//! The in-memory state: current rows, indexes, histories and schemas of every
-//! table, and how a commit's events are applied to it.
+//! The in-memory state: the catalog, schemas, counters and secondary
+//! indexes of every table (its rows and their history are in the version
+//! tree), and how a commit's events are applied to it.
 
 use super::*;
 
 #[derive(Default)]
 pub(crate) struct TableData {
-    pub(crate) rows: BTreeMap<Pk, Arc<Doc>>,
+    /// Live rows (current rows themselves are in the version tree).
+    pub(crate) live: u64,
     /// Secondary indexes of the current rows, by field.
     pub(super) indexes: BTreeMap<String, Index>,
     /// Snapshots: (sequence number, file id), oldest first.
@@ -62,9 +64,16 @@ impl TableData {
         self.alters.last().map_or(0, |(s, _)| *s)
     }
 
-    /// An index on field `f` of the current rows, read now.
-    pub(super) fn build_index(&self, f: &str) -> Index {
-        Index::from_pairs(self.rows.iter().map(|(k, d)| (self.view_field(d, f), k.clone())))
+    /// An index on field `f` of the current rows (read from `tree`), read now.
+    pub(super) fn build_index(&self, tree: &crate::storage::tree::Tree, id: u32, f: &str) -> Result<Index> {
+        let mut groups: BTreeMap<IKey, Vec<Pk>> = BTreeMap::new();
+        super::versions::for_each_row_at(&tree.view(), self.shape(), id, u64::MAX, |k, d| {
+            if let Some(ik) = self.view_field(&d, f).and_then(crate::table::index::ikey_owned) {
+                groups.entry(ik).or_default().push(k);
+            }
+            Ok(())
+        })?;
+        Ok(Index::from_groups(groups))
     }
 }
 
@@ -127,7 +136,6 @@ pub(super) fn reindex(
 pub(crate) struct Change {
     pub(crate) seq: u64,
     pub(crate) table: u32,
-    pub(crate) key: Pk,
     pub(crate) old: Option<Arc<Doc>>,
     pub(crate) new: Option<Arc<Doc>>,
 }
@@ -166,42 +174,15 @@ pub(crate) struct State {
 /// What opening gathers while it replays the log (see [`Db::open`]).
 #[derive(Default)]
 pub(super) struct Opening {
-    /// Rows of table `t` up to this sequence number came from a snapshot:
-    /// replay skips their events (but for the version tree).
+    /// Row events of table `t` up to this sequence number are counted in
+    /// its latest snapshot: replay skips them (but for the version tree).
     pub(super) rows_from: FastMap<u32, u64>,
-    /// Keys the log deletes after their table's snapshot (whose rows are
-    /// merged in once the replay is over).
-    pub(super) deleted: FastMap<u32, FastSet<Pk>>,
-    /// What the log writes to each table's rows, in log order (`None`: a
-    /// delete), put in key order once it is read (an insert into a large
-    /// ordered map compares the key with every key of each node on its
-    /// path; a log is mostly in key order already).
-    pub(super) rows: FastMap<u32, LogWrites>,
 }
 
 /// An event of the (authenticated) log that does not make sense: written by
 /// a bug, never by input.
 fn log_error(seq: u64, msg: impl std::fmt::Display) -> Error {
     Error::Internal(format!("the event at @seq:{seq}: {msg}"))
-}
-
-/// What the log writes to a table's rows while opening, in log order
-/// (`None`: a delete).
-pub(super) type LogWrites = Vec<(Pk, Option<Arc<Doc>>)>;
-
-/// Put writes in key order, each key's last write only (a stable sort
-/// keeps a key's writes in log order, and finds the runs of a log written
-/// in key order).
-pub(super) fn settle_writes(writes: &mut LogWrites) {
-    writes.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out: LogWrites = Vec::with_capacity(writes.len());
-    let mut it = std::mem::take(writes).into_iter().peekable();
-    while let Some((k, d)) = it.next() {
-        if it.peek().is_none_or(|(next, _)| *next != k) {
-            out.push((k, d));
-        }
-    }
-    *writes = out;
 }
 
 /// An index built ahead of the schema change at `seq` that needs it, from
@@ -228,6 +209,32 @@ impl State {
             self.commits[i].pos = *p;
         }
         Ok(())
+    }
+
+    /// Row `k`'s current document, from the version tree (as written: read
+    /// it through later schema changes with [`TableData::view`]). The
+    /// versions of the commit being applied are put in first.
+    pub(crate) fn current(&self, id: u32, k: &Pk) -> Result<Option<Arc<Doc>>> {
+        let Some(t) = self.tables.get(&id) else { return Ok(None) };
+        let tree = self.versions.as_ref().ok_or_else(|| Error::Internal("the database has no version tree".into()))?;
+        super::versions::current(tree, t.shape(), id, k)
+    }
+
+    /// Row `k`'s current document as read now.
+    pub(crate) fn current_value(&self, id: u32, k: &Pk) -> Result<Option<Value>> {
+        let Some(t) = self.tables.get(&id) else { return Ok(None) };
+        Ok(self.current(id, k)?.map(|d| t.view_value(&d, u64::MAX)))
+    }
+
+    /// Put the versions of the commit being applied into the tree (before
+    /// a read of the rows it wrote).
+    fn put_version_batch(&mut self) {
+        if !self.version_batch.is_empty()
+            && let Some(tree) = &self.versions
+            && tree.insert(std::mem::take(&mut self.version_batch))
+        {
+            self.versions_due = true;
+        }
     }
 
     /// The sequence number of row `k`'s newest version (live or not), from
@@ -257,7 +264,7 @@ impl State {
     pub(super) fn snapshot_due(&self, id: u32, opts: &Options) -> bool {
         let Some(t) = self.tables.get(&id) else { return false };
         policy::snapshot_due(
-            t.rows.len() as u64,
+            t.live,
             t.since_events,
             t.since_bytes,
             opts.snapshot_every_events,
@@ -333,12 +340,7 @@ impl State {
         self.apply_events(first_seq, events, share)?;
         self.next_seq = first_seq + n;
         self.last_time = self.last_time.max(time_micros);
-        if !self.version_batch.is_empty()
-            && let Some(tree) = &self.versions
-            && tree.insert(std::mem::take(&mut self.version_batch))
-        {
-            self.versions_due = true;
-        }
+        self.put_version_batch();
         self.version_batch.clear();
         Ok(())
     }
@@ -397,33 +399,47 @@ impl State {
         if let Some(c) = effect.drop {
             t.indexes.remove(c);
         }
-        if let Some(column) = effect.rebuild {
-            let pre = self
-                .prebuilt
-                .iter()
-                .position(|p| p.table == e.table && p.seq == seq && p.column == column)
-                .map(|i| self.prebuilt.swap_remove(i));
-            let ix = match pre {
-                // While opening, indexes are built once the replay is over.
-                _ if self.opening.is_some() => Index::default(),
-                Some(mut p) => {
-                    for k in p.skip {
-                        if let Some(d) = t.rows.get(&k) {
-                            p.index.add_value(t.view_field(d, column).as_ref(), &k);
-                        }
+        let Some(column) = effect.rebuild else { return Ok(()) };
+        // While opening, indexes are built once the replay is over.
+        if self.opening.is_some() {
+            t.indexes.insert(column.to_string(), Index::default());
+            return Ok(());
+        }
+        let pre = self
+            .prebuilt
+            .iter()
+            .position(|p| p.table == e.table && p.seq == seq && p.column == column)
+            .map(|i| self.prebuilt.swap_remove(i));
+        // The rows this commit wrote before the change are read from the tree.
+        self.put_version_batch();
+        let ix = match pre {
+            Some(mut p) => {
+                for k in std::mem::take(&mut p.skip) {
+                    if let Some(d) = self.current(e.table, &k)?
+                        && let Some(t) = self.tables.get(&e.table)
+                    {
+                        p.index.add_value(t.view_field(&d, column).as_ref(), &k);
                     }
-                    p.index
                 }
-                None => t.build_index(column),
-            };
+                p.index
+            }
+            None => {
+                let tree = self.versions.clone().ok_or_else(|| log_error(seq, "the database has no version tree"))?;
+                match self.tables.get(&e.table) {
+                    Some(t) => t.build_index(&tree, e.table, column)?,
+                    None => Index::default(),
+                }
+            }
+        };
+        if let Some(t) = self.tables.get_mut(&e.table) {
             t.indexes.insert(column.to_string(), ix);
         }
         Ok(())
     }
 
-    /// An insert, patch or soft delete: while opening, noted for the rows
-    /// built once the log is read; live, the row map, the indexes, the
-    /// version tree and the change log of open transactions.
+    /// An insert, patch or soft delete: the table's counters; live (not
+    /// opening), the indexes, the version tree and the change log of open
+    /// transactions.
     fn apply_row(&mut self, seq: u64, e: Applied, share: u64) -> Result<()> {
         let Some(t) = self.tables.get_mut(&e.table) else {
             return Err(log_error(seq, "an event names an unknown table"));
@@ -455,34 +471,29 @@ impl State {
             Op::Insert | Op::Patch => Some(e.doc.unwrap_or_else(|| Arc::new(Doc::from_value(Value::Null).at(seq)))),
             _ => None,
         };
-        if let Some(o) = self.opening.as_mut() {
-            // No index is maintained and no transaction is open.
-            if new.is_none() && o.rows_from.contains_key(&e.table) {
-                // The snapshot's row, if it has one, is gone.
-                o.deleted.entry(e.table).or_default().insert(key.clone());
-            }
-            let writes = o.rows.entry(e.table).or_default();
-            writes.push((key, new));
-            // Superseded writes are dropped now and then, so that a log
-            // that rewrites the same rows does not pile them all up.
-            if writes.len() >= 1 << 20 && writes.len().is_power_of_two() {
-                settle_writes(writes);
-            }
+        match e.op {
+            Op::Insert => t.live += 1,
+            Op::SoftDelete => t.live = t.live.saturating_sub(1),
+            _ => {}
+        }
+        if self.opening.is_some() {
+            // No index is maintained and no transaction is open; the
+            // version is in the tree or goes in as the log is read.
             return Ok(());
         }
+        // The row as it was: an insert's is not live (checked when it was
+        // staged); otherwise read from the tree, if an index or an open
+        // transaction needs it.
+        let needs_old = e.op != Op::Insert && (!t.indexes.is_empty() || !self.active.is_empty());
+        if needs_old {
+            self.put_version_batch();
+        }
+        let old = if needs_old { self.current(e.table, &key)? } else { None };
         if let Some(v) = version {
             self.version_batch.push(v);
         }
-        // One lookup; the key moves into the row map (or is dropped for a
-        // delete), its other uses borrow it.
-        let old = match (t.rows.entry(key.clone()), &new) {
-            (Entry::Vacant(v), Some(d)) => {
-                v.insert(d.clone());
-                None
-            }
-            (Entry::Vacant(_), None) => None,
-            (Entry::Occupied(mut o), Some(d)) => Some(o.insert(d.clone())),
-            (Entry::Occupied(o), None) => Some(o.remove()),
+        let Some(t) = self.tables.get_mut(&e.table) else {
+            return Err(log_error(seq, "an event names an unknown table"));
         };
         reindex(
             &mut t.indexes,
@@ -493,7 +504,7 @@ impl State {
             if new.is_some() { e.picks } else { None },
         );
         if !self.active.is_empty() {
-            self.changes.push_back(Change { seq, table: e.table, key, old, new });
+            self.changes.push_back(Change { seq, table: e.table, old, new });
         }
         Ok(())
     }

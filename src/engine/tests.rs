@@ -2,25 +2,46 @@
 
 use super::*;
 
+fn memdb() -> (Db, KeySource, Options) {
+    let fs = crate::storage::memfs::MemFs::new();
+    let opts = Options {
+        store: crate::StoreOptions { vfs: Arc::new(fs.clone()), ..Default::default() },
+        ..Options::default()
+    };
+    let key = KeySource::Raw(crate::crypto::keys::SecretKey::from_bytes([3; 32]));
+    (Db::create("/db", &key, opts.clone()).unwrap(), key, opts)
+}
+
 #[test]
-fn rows_read_at_open_are_checked_and_indexed() {
+fn indexes_built_at_open_come_from_the_rows_in_the_tree_and_refuse_a_row_that_is_not_json() {
+    let (db, key, opts) = memdb();
+    db.create_table("t", "id", &["s"]).unwrap();
+    db.write(|t| {
+        for i in 0..5000i64 {
+            t.insert("t", serde_json::json!({"id": i, "s": format!("v{}", i % 3), "n": i}))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    db.close().unwrap();
+    let db = Db::open("/db", &key, opts).unwrap();
+    let id = db.state().table("t").unwrap().id;
+    {
+        let st = db.state();
+        let ix = &st.tables[&id].indexes["s"];
+        assert_eq!(ix.len(), 3);
+        let hits = ix.candidates(crate::table::index::Probe::Eq, &Value::from("v1")).unwrap();
+        assert_eq!(hits.len(), 1667);
+        assert!(hits.iter().all(|k| matches!(k, Pk::Int(i) if i % 3 == 1)));
+    }
+    // A row whose text is not JSON (only a faulty writer puts one in) is
+    // an error naming the table and the row, never a row indexed as null.
+    let tree = db.tree().unwrap();
+    let seq = db.latest_seq() + 1;
+    tree.insert(super::versions::entry(id, &Pk::Int(4242), seq, Op::Insert, Some(r#"{"id":4242,"s":"v"#)));
     let mut t = TableData::default();
     t.indexes.insert("s".into(), Index::default());
-    for i in 0..5000i64 {
-        let text = format!(r#"{{"id":{i},"s":"v{}","n":{i}}}"#, i % 3);
-        t.rows.insert(Pk::Int(i), Arc::new(Doc::from_text_unchecked(&text)));
-    }
-    check_rows_and_index("table \"t\"", &mut t, &[], Vec::new()).unwrap();
-    let ix = &t.indexes["s"];
-    assert_eq!(ix.len(), 3);
-    let hits = ix.candidates(crate::table::index::Probe::Eq, &Value::from("v1")).unwrap();
-    assert_eq!(hits.len(), 1667);
-    assert!(hits.iter().all(|k| matches!(k, Pk::Int(i) if i % 3 == 1)));
-
-    // A row whose text is not JSON is an error naming the table and the
-    // row, never a row that reads as null.
-    t.rows.insert(Pk::Int(4242), Arc::new(Doc::from_text_unchecked(r#"{"id":4242,"s":"v"#)));
-    let e = check_rows_and_index("table \"t\"", &mut t, &[], Vec::new()).unwrap_err().to_string();
+    let e = index_rows("table \"t\"", tree, id, &mut t).unwrap_err().to_string();
     assert!(e.contains("table \"t\"") && e.contains("4242") && e.contains("not valid JSON"), "{e}");
 }
 
@@ -58,74 +79,31 @@ fn keys_of_every_length_around_the_inline_limit_stay_distinct() {
     }
 }
 
-/// A database whose table `t` (indexed on `s`) has rows 0 to 2, then a
-/// snapshot written by hand of the rows given (each with `s` = "x" in
-/// its text), with the indexed values `picked` (none: the format without);
-/// closed and opened again.
-fn reopened_with_snapshot(picked: Option<&[Option<IKey>]>) -> Db {
-    let fs = crate::storage::memfs::MemFs::new();
-    let opts = Options {
-        store: crate::StoreOptions { vfs: Arc::new(fs.clone()), ..Default::default() },
-        ..Options::default()
+#[test]
+fn opening_counts_a_tables_rows_from_its_latest_snapshot_and_the_log_after_it() {
+    let (db, key, opts) = memdb();
+    db.create_table("t", "id", &[]).unwrap();
+    for i in 0..10i64 {
+        db.insert("t", serde_json::json!({"id": i})).unwrap();
+    }
+    db.soft_delete("t", &Pk::Int(3)).unwrap();
+    db.snapshot("t").unwrap();
+    db.insert("t", serde_json::json!({"id": 3})).unwrap();
+    db.insert("t", serde_json::json!({"id": 10})).unwrap();
+    db.soft_delete("t", &Pk::Int(0)).unwrap();
+    db.soft_delete("t", &Pk::Int(1)).unwrap();
+    let mut set = Map::new();
+    set.insert("x".into(), Value::from(1));
+    db.patch("t", &Pk::Int(2), set).unwrap();
+    let live = |db: &Db| {
+        let st = db.state();
+        st.tables[&st.table("t").unwrap().id].live
     };
-    let key = KeySource::Raw(crate::crypto::keys::SecretKey::from_bytes([3; 32]));
-    let db = Db::create("/db", &key, opts.clone()).unwrap();
-    db.create_table("t", "id", &["s"]).unwrap();
-    let docs: Vec<(Pk, Vec<u8>)> = (0..3i64)
-        .map(|i| {
-            db.insert("t", serde_json::json!({"id": i, "s": "x"})).unwrap();
-            (Pk::Int(i), format!(r#"{{"id":{i},"s":"x"}}"#).into_bytes())
-        })
-        .collect();
-    let id = db.state().table("t").unwrap().id;
-    let meta = SnapMeta { table: id, seq: db.latest_seq(), rows: 3, indexes: vec!["s".into()] };
-    let mut b = db.store().build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode()).unwrap();
-    let rows: Vec<(&Pk, Vec<u8>)> = docs.iter().map(|(k, d)| (k, d.clone())).collect();
-    b.append(&encode_rows(&rows, picked.map(|p| (1, p)))).unwrap();
-    let pending = b.finish().unwrap();
-    db.store().commit(crate::Edit { add: vec![pending], ..Default::default() }).unwrap();
+    assert_eq!(live(&db), 9);
     db.close().unwrap();
-    Db::open("/db", &key, opts).unwrap()
-}
-
-fn hits(db: &Db, v: &str) -> usize {
-    let r = db.state();
-    let t = &r.tables[&r.table("t").unwrap().id];
-    t.indexes["s"].candidates(crate::table::index::Probe::Eq, &Value::from(v)).map_or(0, |h| h.len())
-}
-
-#[test]
-fn log_writes_settle_to_each_keys_last_write_in_key_order() {
-    let d = |n: i64| Some(Arc::new(Doc::from_value(serde_json::json!({ "n": n }))));
-    let mut w: LogWrites = vec![
-        (Pk::Int(3), d(1)),
-        (Pk::Int(1), d(2)),
-        (Pk::Int(3), None),
-        (Pk::Int(2), d(3)),
-        (Pk::Int(1), d(4)),
-        (Pk::Int(3), d(5)),
-        (Pk::Int(4), d(6)),
-        (Pk::Int(4), None),
-    ];
-    settle_writes(&mut w);
-    let got: Vec<(Pk, Option<i64>)> =
-        w.iter().map(|(k, d)| (k.clone(), d.as_ref().and_then(|d| d.value()["n"].as_i64()))).collect();
-    assert_eq!(got, vec![(Pk::Int(1), Some(4)), (Pk::Int(2), Some(3)), (Pk::Int(3), Some(5)), (Pk::Int(4), None)]);
-}
-
-#[test]
-fn opening_indexes_snapshot_rows_by_the_values_they_carry_without_parsing_them() {
-    // Values that differ from the text (no writer makes such a file:
-    // here they show which of the two opening used).
-    let carried = [Some(IKey::Str("carried".into())), None, Some(IKey::Str("carried".into()))];
-    let db = reopened_with_snapshot(Some(&carried));
-    assert_eq!((hits(&db, "carried"), hits(&db, "x")), (2, 0));
-}
-
-#[test]
-fn snapshot_rows_without_indexed_values_are_parsed_and_indexed_at_open() {
-    let db = reopened_with_snapshot(None);
-    assert_eq!((hits(&db, "carried"), hits(&db, "x")), (0, 3));
+    let db = Db::open("/db", &key, opts).unwrap();
+    assert_eq!(live(&db), 9);
+    assert_eq!(db.scan("t", None).unwrap().len(), 9);
 }
 
 #[test]
@@ -145,14 +123,21 @@ fn snapshots_written_by_the_database_carry_each_rows_indexed_values() {
     db.snapshot("t").unwrap();
     let id = db.state().table("t").unwrap().id;
     let file = db.state().tables[&id].snapshots.last().unwrap().1;
-    let got = load_snapshot_rows(db.store(), file, 0, true).unwrap();
-    assert_eq!(got.fields, 2);
+    let mut picked = Vec::new();
+    db.store()
+        .read_file(file, |_, rec| {
+            let raw = decode_rows_raw(rec).unwrap();
+            assert_eq!(raw.fields, 2);
+            picked.extend(raw.picked);
+            Ok(())
+        })
+        .unwrap();
     let num = |f: f64| crate::table::index::ikey(&Value::from(f));
-    assert_eq!(got.picked, vec![Some(IKey::Str("a".into())), num(2.0), None, num(2.5), None, Some(IKey::Bool(true))]);
+    assert_eq!(picked, vec![Some(IKey::Str("a".into())), num(2.0), None, num(2.5), None, Some(IKey::Bool(true))]);
 }
 
 #[test]
-fn a_snapshot_whose_rows_are_out_of_key_order_is_refused_at_open() {
+fn a_snapshot_whose_rows_are_out_of_key_order_is_refused_when_read() {
     use crate::storage::memfs::MemFs;
     let fs = MemFs::new();
     let opts = || Options {
@@ -176,8 +161,8 @@ fn a_snapshot_whose_rows_are_out_of_key_order_is_refused_at_open() {
         .unwrap();
     let pending = b.finish().unwrap();
     let name = crate::format::file_name(pending.file_id(), FileKind::Snapshot);
+    let file = pending.file_id();
     db.store().commit(crate::Edit { add: vec![pending], ..Default::default() }).unwrap();
-    db.close().unwrap();
-    let e = Db::open("/db", &key, opts()).err().expect("open must refuse the snapshot").to_string();
+    let e = load_snapshot_rows(db.store(), file, seq, true).expect_err("the snapshot must be refused").to_string();
     assert!(e.contains("out of key order") && e.contains(&name), "{e}");
 }

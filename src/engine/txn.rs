@@ -193,9 +193,9 @@ impl<'db> Txn<'db> {
             let snap;
             let committed: Box<dyn Iterator<Item = (&Pk, Arc<Doc>)>> = match st.tables.get(&def.id) {
                 Some(_) if new => Box::new(std::iter::empty()),
-                Some(t) if at_latest => Box::new(t.rows.iter().map(move |(k, d)| (k, t.view(d, u64::MAX)))),
                 Some(_) => {
-                    snap = self.db.rows_at_snapshot(st, def.id, self.snapshot)?;
+                    let at = if at_latest { st.latest_seq() } else { self.snapshot };
+                    snap = self.db.rows_at_snapshot(st, def.id, at)?;
                     Box::new(snap.iter().map(|(k, d)| (k, d.clone())))
                 }
                 None => Box::new(std::iter::empty()),

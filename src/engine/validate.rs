@@ -212,19 +212,15 @@ impl View for GroupView<'_> {
         if !self.accepted.is_empty() {
             return Ok(self.current(id, key)?.is_some());
         }
-        // A key past the table's last one (keys that arrive in order) is
-        // absent without a search.
-        Ok(self
-            .st
-            .tables
-            .get(&id)
-            .is_some_and(|t| t.rows.last_key_value().is_some_and(|(last, _)| key <= last) && t.rows.contains_key(key)))
+        // A key past every run's last one (keys that arrive in order) is
+        // absent without reading a block.
+        Ok(self.st.current(id, key)?.is_some())
     }
 
     fn current(&self, id: u32, key: &Pk) -> Result<Option<Value>> {
-        let committed = || self.st.tables.get(&id).and_then(|t| t.rows.get(key).map(|d| t.view_value(d, u64::MAX)));
+        let committed = || self.st.current_value(id, key);
         if self.accepted.is_empty() {
-            return Ok(committed());
+            return committed();
         }
         let k = (id, key.clone());
         // Schema changes of commits after the one found, newest first.
@@ -243,7 +239,7 @@ impl View for GroupView<'_> {
             }
             later.extend(a.batch.alters.iter().rev().filter(|(_, t, _)| *t == id).map(|(_, _, x)| x));
         }
-        Ok(finish(committed(), &later))
+        Ok(finish(committed()?, &later))
     }
 
     fn next_table_id(&self) -> u32 {
@@ -359,7 +355,8 @@ pub(crate) fn conflict(st: &State, g: &GroupView<'_>, req: &Request) -> Option<S
         // Rows written earlier in the group: before it, they are as in `st`.
         let in_group = || {
             g.written.iter().filter(|(t, _)| t == id).any(|(t, k)| {
-                let old = st.tables.get(t).and_then(|x| x.rows.get(k).map(|d| x.view_value(d, u64::MAX)));
+                // A read that fails counts as a change (fails safe, as a conflict).
+                let Ok(old) = st.current_value(*t, k) else { return true };
                 let new = g.current(*t, k).ok().flatten();
                 hit(pred, old.as_ref(), new.as_ref())
             })

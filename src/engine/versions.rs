@@ -172,10 +172,27 @@ pub(super) fn row_versions(tree: &Tree, t: Shape<'_>, table: u32, key: &Pk) -> R
 /// `view` is the tree as it was when `t` was read (a `COMPACT` that runs
 /// meanwhile cannot take the versions it reads away).
 pub(super) fn rows_at(view: &crate::storage::tree::TreeView, t: Shape<'_>, table: u32, at: u64) -> Result<Rows> {
+    let mut rows = Rows::new();
+    for_each_row_at(view, t, table, at, |k, d| {
+        rows.insert(k, d);
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
+/// Call `f` with each of table `table`'s rows as of `at`, in key order,
+/// each read through the schema changes up to `at` (streamed: one block
+/// of each run at a time is held).
+pub(super) fn for_each_row_at(
+    view: &crate::storage::tree::TreeView,
+    t: Shape<'_>,
+    table: u32,
+    at: u64,
+    mut f: impl FnMut(Pk, Arc<Doc>) -> Result<()>,
+) -> Result<()> {
     let prefix = ver::table_prefix(table);
     let end = crate::format::run::key::prefix_end(&prefix);
     let mut it = view.range(&prefix, end.as_deref())?;
-    let mut rows = Rows::new();
     // The row prefix of the last row decided (its newest version at or
     // before `at` found, or its versions found hidden).
     let mut decided: Vec<u8> = Vec::new();
@@ -198,11 +215,22 @@ pub(super) fn rows_at(view: &crate::storage::tree::TreeView, t: Shape<'_>, table
             if any_between(t.alters, seq, at) {
                 d = Arc::new(Doc::from_value(view_value_in(t.alters, &d, at)));
             }
-            rows.insert(key, d);
+            f(key, d)?;
         }
         it.advance()?;
     }
-    Ok(rows)
+    Ok(())
+}
+
+/// Row `key`'s current document, as written (at its own sequence number:
+/// read it through the schema changes after it with `TableData::view`).
+pub(super) fn current(tree: &Tree, t: Shape<'_>, table: u32, key: &Pk) -> Result<Option<Arc<Doc>>> {
+    match version_at(tree, t, table, key, u64::MAX)? {
+        Some(Found { seq, op, text: Some(text) }) if op.is_live() => {
+            Ok(Some(Arc::new(Doc::from_string_unchecked(text).at(seq))))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Counts of table `table`'s versions read now: (at or before `h`, after it).

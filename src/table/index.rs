@@ -66,6 +66,7 @@ impl Index {
     /// missing or not indexable are left out): the keys are gathered per
     /// value, each value's keys then bulk-built into a set, instead of an
     /// ordered insert per row.
+    #[cfg(test)]
     pub fn from_pairs(pairs: impl IntoIterator<Item = (Option<Value>, Pk)>) -> Index {
         let mut groups: BTreeMap<IKey, Vec<Pk>> = BTreeMap::new();
         for (k, pk) in pairs.into_iter().filter_map(|(v, pk)| v.and_then(ikey_owned).map(|k| (k, pk))) {
