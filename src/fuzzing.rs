@@ -201,9 +201,10 @@ pub fn snapshot(data: &[u8]) {
     }
 }
 
-/// Sorted-run payloads (data block, index partition, footer, run metadata)
-/// and order-preserving key components: whatever decodes re-encodes to the
-/// same bytes, and a decoded block finds each of its keys.
+/// Sorted-run payloads (data block, index partition, footer, run metadata),
+/// order-preserving key components and the version tree's keys and values:
+/// whatever decodes re-encodes to the same bytes, and a decoded block finds
+/// each of its keys.
 pub fn run(data: &[u8]) {
     use crate::format::run::key::{KeyReader, Part, put_int, put_str};
     use crate::format::run::{BlockBuilder, DataBlock, Footer, IndexPartition, RunMeta};
@@ -224,6 +225,29 @@ pub fn run(data: &[u8]) {
     }
     if let Ok(m) = RunMeta::decode(data) {
         assert_eq!(m.encode(), data, "decoded run metadata encodes differently");
+    }
+    // The version tree's keys and values (row versions, fold markers,
+    // index entries): whatever decodes encodes back to the same bytes.
+    {
+        use crate::table::version as ver;
+        if let Ok(k) = ver::decode_key(data) {
+            assert_eq!(ver::version_key(k.table, &k.key, k.seq), data, "a row version key encodes differently");
+            assert_eq!(ver::split_key(data).map(|(_, s)| s), Some(k.seq));
+        }
+        if let Ok((t, h)) = ver::decode_fold_key(data) {
+            assert_eq!(ver::fold_key(t, h), data, "a fold marker encodes differently");
+        }
+        if let Ok(k) = ver::decode_index_key(data) {
+            let again = ver::index_key_encoded(k.table, k.ix, &k.value, &k.key, k.seq);
+            assert_eq!(again, data, "an index entry key encodes differently");
+            assert_eq!(ver::split_index_key(data).map(|(_, s)| s), Some(k.seq));
+        }
+        if let Ok(holds) = ver::decode_index_value(data) {
+            assert_eq!(ver::index_entry_value(holds), data);
+        }
+        if let Ok((op, text)) = ver::decode_value(data) {
+            assert_eq!(ver::encode_value(op, text), data, "a row version value encodes differently");
+        }
     }
     let mut r = KeyReader::new(data);
     let mut again = Vec::new();
@@ -714,6 +738,17 @@ mod tests {
             put_int(&mut parts, -5);
             put_str(&mut parts, b"x\0y");
             put("run", "key", &parts);
+            put(
+                "run",
+                "index-key",
+                &crate::table::version::index_key(
+                    3,
+                    (7, 1),
+                    &crate::table::index::IKey::Str("idle\0x".into()),
+                    &crate::table::Pk::Int(-4),
+                    12,
+                ),
+            );
         }
         put(
             "model",

@@ -320,3 +320,35 @@ fn a_document_whose_version_would_not_fit_a_run_is_refused_before_it_commits() {
     let db = Db::open("/db", &key(), opts(&fs)).unwrap();
     assert_eq!(db.history("t", &Pk::Str("big".into())).unwrap().len(), 1);
 }
+
+/// A commit that is logged but cannot be applied (the version tree cannot
+/// be read when the commit needs a row's previous version) is answered
+/// with an error, nothing more is acknowledged, and reopening applies it
+/// from the log.
+#[test]
+fn a_logged_commit_that_fails_to_apply_stops_the_database_and_reopening_applies_it() {
+    use driftdb::storage::memfs::Faults;
+    let fs = MemFs::new();
+    let o = Options { cache_bytes: 1, ..opts(&fs) };
+    let db = Db::create("/db", &key(), o.clone()).unwrap();
+    db.create_table("t", "id", &["status"]).unwrap();
+    for k in 0..50 {
+        db.insert("t", doc(k, 0)).unwrap();
+    }
+    db.close().unwrap();
+    let db = Db::open("/db", &key(), o.clone()).unwrap();
+    // Staged (the row read) while reads work; committed once they fail.
+    let mut t = db.begin(driftdb::Isolation::ReadCommitted);
+    t.patch("t", &Pk::Int(7), json!({"status": "moved"}).as_object().cloned().unwrap()).unwrap();
+    fs.set_faults(Faults { fail_reads_of: Some(".run".into()), ..Faults::default() });
+    assert!(t.commit().is_err(), "the commit that failed to apply was acknowledged");
+    fs.set_faults(Faults::default());
+    let e = db.insert("t", doc(100, 0)).expect_err("a commit after a failed apply was taken");
+    assert!(e.to_string().contains("failed to apply"), "{e}");
+    drop(db);
+    let db = Db::open("/db", &key(), o).unwrap();
+    assert_eq!(db.get("t", &Pk::Int(7)).unwrap().unwrap()["status"], "moved");
+    let moved: Vec<Value> = db.query("SELECT id FROM t WHERE status = 'moved'").unwrap();
+    assert_eq!(moved, vec![json!({"id": 7})]);
+    assert!(db.get("t", &Pk::Int(100)).unwrap().is_none());
+}

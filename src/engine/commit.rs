@@ -348,7 +348,14 @@ impl Db {
         let mut answered: Vec<Slot> = Vec::with_capacity(built.len());
         {
             let mut guard = Some(self.state_mut());
+            // Set when a commit failed to apply after it was logged.
+            let mut broken: Option<String> = None;
             for ((mut commit, bytes, slot, picks), pos) in built.into_iter().zip(positions) {
+                if let Some(why) = &broken {
+                    slot.set(Err(Error::Poisoned(why.clone())));
+                    answered.push(slot);
+                    continue;
+                }
                 // A schema change that builds an index builds it first,
                 // under the read lock only: readers go on meanwhile.
                 if commit.events.iter().any(|e| e.op == Op::Alter) {
@@ -363,6 +370,15 @@ impl Db {
                 let ci = st.commits.len() as u32;
                 // Woken once the state is released (they would wait for it).
                 let r = st.apply_commit(&mut commit, picks, bytes.len(), pos);
+                // A commit that is logged but failed to apply (a read of the
+                // version tree failed) may have left part of itself in the
+                // state: nothing more applies until the database is opened
+                // again, which replays it from the log.
+                if let Err(e) = &r {
+                    let why = format!("a logged commit failed to apply: {e}");
+                    self.shared.store.poison_with(&Error::Poisoned(why.clone()));
+                    broken = Some(why);
+                }
                 let failed = r.is_err();
                 slot.set(r.map(|()| st.latest_seq()));
                 answered.push(slot);
@@ -500,15 +516,16 @@ impl Db {
                 .chain(std::iter::once((commit.first_seq + i as u64, alter.clone())))
                 .collect();
             let Some(tree) = st.versions.as_ref() else { continue };
-            let mut groups: BTreeMap<IKey, Vec<Pk>> = BTreeMap::new();
+            let seq = commit.first_seq + i as u64;
+            let mut entries = Vec::new();
             let built = super::versions::for_each_row_at(&tree.view(), t.shape(), e.table, u64::MAX, |k, d| {
                 if skip.contains(&k) {
                     return Ok(());
                 }
                 let mut v = t.view_value(&d, u64::MAX);
                 apply_between(&alters, 0, u64::MAX, &mut v);
-                if let Some(ik) = v.get(column).cloned().and_then(crate::table::index::ikey_owned) {
-                    groups.entry(ik).or_default().push(k);
+                if let Some(ik) = v.get(column).and_then(crate::table::index::ikey) {
+                    entries.push(super::versions::index_entry(e.table, (seq, 0), &ik, &k, seq, true));
                 }
                 Ok(())
             });
@@ -516,12 +533,11 @@ impl Db {
             if built.is_err() {
                 continue;
             }
-            let index = Index::from_groups(groups);
             out.push(Prebuilt {
                 table: e.table,
-                seq: commit.first_seq + i as u64,
+                seq,
                 column: column.to_string(),
-                index,
+                entries,
                 skip: skip.into_iter().cloned().collect(),
             });
         }

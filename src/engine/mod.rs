@@ -20,7 +20,7 @@ use crate::query::ast::{AsOf, Expr, Select, Stmt};
 use crate::storage::store::{CreateOptions, Edit, RecordPos, Store, StoreOptions};
 use crate::sync::{Locked, RwLocked};
 use crate::table::Isolation;
-use crate::table::index::{IKey, Index};
+use crate::table::index::IKey;
 use crate::table::schema::{Alter, any_between, apply_between};
 use crate::table::snapshot::{SNAPSHOT_STREAM_BASE, SnapMeta, decode_rows_raw, encode_rows};
 use crate::table::time::{format_rfc3339, now_micros};
@@ -28,7 +28,7 @@ use crate::table::{Commit, Doc, Event, FastMap, FastSet, Op, Pk, RawCommit, Tabl
 use crate::{Argon2Params, Error, FileKind, KeySource, Result};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;

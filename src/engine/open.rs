@@ -1,6 +1,6 @@
 //! Opening a database: the catalog and counters from the log (row events
-//! that a table's latest snapshot counts are skipped), the version tree
-//! caught up with it, and the secondary indexes built from the tree.
+//! that a table's latest snapshot counts are skipped), and the version
+//! tree (rows, their history and the secondary indexes) caught up with it.
 
 use super::*;
 
@@ -34,13 +34,13 @@ pub(super) fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec:
                 })?)),
                 None => None,
             },
-            _ if from(e.table).is_none_or(|from| seq > from) => {
+            // A row a snapshot covers needs no document or key made,
+            // unless its version (and index entries) go into the tree.
+            _ if from(e.table).is_none_or(|from| seq > from) || (want_versions && seq > versions_from) => {
                 e.doc.map(|t| Arc::new(Doc::from_text_unchecked(t).at(seq)))
             }
             _ => None,
         };
-        // A row a snapshot covers needs no key made, unless its version
-        // goes into the tree.
         let covered = from(e.table).is_some_and(|from| seq <= from);
         let to_tree = want_versions && seq > versions_from;
         let pk = if covered && !to_tree { None } else { e.key.map(crate::table::KeyRef::to_pk) };
@@ -50,49 +50,13 @@ pub(super) fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec:
         {
             versions.push(v);
         }
-        let key = if covered { None } else { pk };
-        events.push(Applied { op: e.op, table: e.table, key, doc, picks: None });
+        events.push(Applied { op: e.op, table: e.table, key: pk, doc, picks: None });
     }
     let ci = st.commits.len() as u32;
     st.version_batch = versions;
     st.apply_record(c.first_seq, c.time_micros, events, pos, rec.len())
         .map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))?;
     Ok(ci)
-}
-
-/// Build table `id`'s secondary indexes from its current rows in the
-/// version tree, in one pass. A row whose text is not JSON is an error
-/// naming the table and the row.
-pub(super) fn index_rows(name: &str, tree: &crate::storage::tree::Tree, id: u32, t: &mut TableData) -> Result<()> {
-    if t.indexes.is_empty() {
-        return Ok(());
-    }
-    let fields: Vec<String> = t.indexes.keys().cloned().collect();
-    let f: Vec<&str> = fields.iter().map(String::as_str).collect();
-    let mut groups: Vec<BTreeMap<IKey, Vec<Pk>>> = f.iter().map(|_| BTreeMap::new()).collect();
-    let bad = |k: &Pk, e: serde_json::Error| {
-        Error::tampered(name, 0, format!("the document of row {k} is not valid JSON: {e}"))
-    };
-    super::versions::for_each_row_at(&tree.view(), t.shape(), id, u64::MAX, |k, d| {
-        // A row written before a schema change is indexed as it reads now.
-        let vals = if t.stale(&d, u64::MAX) {
-            crate::table::doc::check(d.text(), &[]).map_err(|e| bad(&k, e))?;
-            let v = t.view_value(&d, u64::MAX);
-            f.iter().map(|x| v.get(*x).cloned()).collect()
-        } else {
-            crate::table::doc::check(d.text(), &f).map_err(|e| bad(&k, e))?
-        };
-        for (g, v) in groups.iter_mut().zip(vals) {
-            if let Some(ik) = v.and_then(crate::table::index::ikey_owned) {
-                g.entry(ik).or_default().push(k.clone());
-            }
-        }
-        Ok(())
-    })?;
-    for (f, g) in fields.into_iter().zip(groups) {
-        t.indexes.insert(f, Index::from_groups(g));
-    }
-    Ok(())
 }
 
 /// The top-level fields `names` of a document: from its parsed form, or
@@ -146,9 +110,9 @@ impl Db {
     /// Open a database: the key is checked first; then the log is
     /// replayed for the catalog, the schemas and the counters (the row
     /// events a table's latest snapshot counts are skipped, and the
-    /// version tree gets the versions its runs lack), tables are folded
-    /// at their compaction horizons, and the secondary indexes are built
-    /// from the current rows in the tree. Rows themselves stay in the tree.
+    /// version tree gets the versions and index entries its runs lack),
+    /// and tables are folded at their compaction horizons. Rows and
+    /// indexes stay in the tree.
     pub fn open(dir: impl AsRef<Path>, key: &KeySource, opts: Options) -> Result<Db> {
         let mut store_opts = opts.store.clone();
         store_opts.expect_generation = store_opts.expect_generation.max(opts.expect_generation);
@@ -172,7 +136,7 @@ impl Db {
         let mut writer = WriterState::default();
         let wal_files = store.stream_files(WAL_STREAM).len();
         replay_log(&store, &mut st, &mut writer)?;
-        // 3. The compaction horizons put in place, the indexes built.
+        // 3. The compaction horizons put in place.
         let opening = st.opening.take().unwrap_or_default();
         settle(&store, &mut st, opening)?;
         // 4. The WAL checkpointed, and an interrupted re-encryption resumed.
@@ -326,8 +290,7 @@ fn flush_versions_while_opening(store: &Store, st: &mut State) -> Result<()> {
     Ok(())
 }
 
-/// After the replay: the version tree folded at each compaction horizon,
-/// and every table's secondary indexes built from its current rows.
+/// After the replay: the version tree folded at each compaction horizon.
 fn settle(store: &Store, st: &mut State, opening: Opening) -> Result<()> {
     let latest = st.latest_seq();
     if let Some((id, from)) = opening.rows_from.iter().find(|(_, f)| **f > latest) {
@@ -362,14 +325,21 @@ fn settle(store: &Store, st: &mut State, opening: Opening) -> Result<()> {
             } else {
                 let rows = load_snapshot(store, snap, h)?;
                 super::versions::fold(&tree, t, id, h, &rows);
+                // The indexes as the history from the fold on implies them
+                // (what the replay made for them lacked the folded rows).
+                let entries = super::versions::index_entries_since_fold(&tree.view(), t, id, h)?;
+                if !entries.is_empty() {
+                    tree.insert(entries);
+                }
                 if !store.options().read_only {
                     super::versions::reclaim(&tree, store, id, h)?;
                 }
             }
         }
     }
-    let Some(tree) = st.versions.clone() else { return Ok(()) };
-    if tree.flushed_seq() > latest {
+    if let Some(tree) = &st.versions
+        && tree.flushed_seq() > latest
+    {
         return Err(Error::tampered(
             "keyring",
             0,
@@ -378,10 +348,6 @@ fn settle(store: &Store, st: &mut State, opening: Opening) -> Result<()> {
                 tree.flushed_seq()
             ),
         ));
-    }
-    for (id, t) in st.tables.iter_mut() {
-        let name = st.defs.get(id).map_or_else(|| format!("table {id}"), |d| format!("table {:?}", d.name));
-        index_rows(&name, &tree, *id, t)?;
     }
     Ok(())
 }

@@ -179,28 +179,19 @@ impl Db {
             };
             if current {
                 let id = st.table(&sel.table)?.id;
-                return self.select_current(&st, id, sel);
+                let read = CurrentRead::new(self, &st, id)?;
+                drop(st);
+                // Read without the lock: commits only add versions after it.
+                return read.select(sel);
             }
         }
         self.select_full_scan(sel)
     }
 
-    /// A `SELECT` over the current rows of table `id`, through an index when one applies.
+    /// A `SELECT` over the current rows of table `id`, through an index
+    /// when one applies (read under the caller's lock on the state).
     pub(crate) fn select_current(&self, st: &State, id: u32, sel: &Select) -> Result<Vec<Value>> {
-        let Some(t) = st.tables.get(&id) else { return crate::query::eval::run_select(sel, std::iter::empty()) };
-        if let Some(f) = &sel.filter
-            && let Some(keys) = crate::query::plan::plan(f, &t.indexes)
-        {
-            let mut docs: Vec<Arc<Doc>> = Vec::with_capacity(keys.len());
-            for k in keys.iter() {
-                if let Some(d) = st.current(id, k)? {
-                    docs.push(t.view(&d, u64::MAX));
-                }
-            }
-            return crate::query::eval::run_select(sel, docs.into_iter());
-        }
-        let rows = self.rows_at(id, t, st.latest_seq())?;
-        crate::query::eval::run_select(sel, rows.into_values())
+        CurrentRead::new(self, st, id)?.select(sel)
     }
 
     /// The sequence number an `AS OF` names now.
@@ -227,5 +218,67 @@ impl Db {
     pub fn select_full_scan(&self, sel: &Select) -> Result<Vec<Value>> {
         let docs = self.scan(&sel.table, sel.as_of.as_ref())?;
         crate::query::eval::run_select(sel, docs.into_iter())
+    }
+}
+
+/// A read of a table's current rows: what it needs of the state, taken
+/// under the state lock (the tree as of the latest sequence number), so
+/// that the reading itself needs no lock.
+pub(crate) struct CurrentRead {
+    id: u32,
+    at: u64,
+    alters: Vec<(u64, Alter)>,
+    folded_at: u64,
+    indexes: BTreeMap<String, crate::table::version::IndexId>,
+    view: Option<crate::storage::tree::TreeView>,
+}
+
+impl CurrentRead {
+    pub(crate) fn new(db: &Db, st: &State, id: u32) -> Result<CurrentRead> {
+        let at = st.latest_seq();
+        Ok(match st.tables.get(&id) {
+            Some(t) => CurrentRead {
+                id,
+                at,
+                alters: t.alters.clone(),
+                folded_at: t.folded_at,
+                indexes: t.indexes.clone(),
+                view: Some(db.tree()?.view()),
+            },
+            None => CurrentRead { id, at, alters: Vec::new(), folded_at: 0, indexes: BTreeMap::new(), view: None },
+        })
+    }
+
+    fn shape(&self) -> versions::Shape<'_> {
+        versions::Shape { alters: &self.alters, folded_at: self.folded_at }
+    }
+
+    /// The candidate keys an index gives for `filter`, if one applies.
+    fn index_plan(&self, view: &crate::storage::tree::TreeView, filter: &Expr) -> Result<Option<BTreeSet<Pk>>> {
+        if self.indexes.is_empty() {
+            return Ok(None);
+        }
+        crate::query::plan::plan(filter, &mut |field, probe, lit| match self.indexes.get(field) {
+            Some(ix) => versions::index_candidates(view, self.id, *ix, probe, lit, self.at),
+            None => Ok(None),
+        })
+    }
+
+    /// Run `sel` over the rows.
+    pub(crate) fn select(&self, sel: &Select) -> Result<Vec<Value>> {
+        let Some(view) = &self.view else { return crate::query::eval::run_select(sel, std::iter::empty()) };
+        if let Some(f) = &sel.filter
+            && let Some(keys) = self.index_plan(view, f)?
+        {
+            let mut docs: Vec<Arc<Doc>> = Vec::with_capacity(keys.len());
+            for k in &keys {
+                if let Some(d) = versions::doc_at(view, self.shape(), self.id, k, self.at)? {
+                    docs.push(d);
+                }
+            }
+            return crate::query::eval::run_select(sel, docs.into_iter());
+        }
+        let rows = versions::rows_at(view, self.shape(), self.id, self.at)?;
+        crate::query::eval::run_select(sel, rows.into_values())
     }
 }

@@ -8,8 +8,9 @@ use super::*;
 pub(crate) struct TableData {
     /// Live rows (current rows themselves are in the version tree).
     pub(crate) live: u64,
-    /// Secondary indexes of the current rows, by field.
-    pub(super) indexes: BTreeMap<String, Index>,
+    /// Secondary indexes, by field: the id of each (the event that built
+    /// it; its entries in the version tree are under that id).
+    pub(crate) indexes: BTreeMap<String, crate::table::version::IndexId>,
     /// Snapshots: (sequence number, file id), oldest first.
     pub(super) snapshots: Vec<(u64, u64)>,
     /// Events and bytes since the latest snapshot.
@@ -39,15 +40,6 @@ impl TableData {
         view_value_in(&self.alters, d, at)
     }
 
-    /// A document as read at `at`: itself, or a new one if a schema change
-    /// after it changes how it reads.
-    pub(crate) fn view(&self, d: &Arc<Doc>, at: u64) -> Arc<Doc> {
-        if !self.stale(d, at) {
-            return d.clone();
-        }
-        Arc::new(Doc::from_value(self.view_value(d, at)))
-    }
-
     /// A top-level field of a current document, as read now.
     pub(super) fn view_field(&self, d: &Doc, f: &str) -> Option<Value> {
         if self.stale(d, u64::MAX) { self.view_value(d, u64::MAX).get(f).cloned() } else { d.field(f) }
@@ -64,16 +56,24 @@ impl TableData {
         self.alters.last().map_or(0, |(s, _)| *s)
     }
 
-    /// An index on field `f` of the current rows (read from `tree`), read now.
-    pub(super) fn build_index(&self, tree: &crate::storage::tree::Tree, id: u32, f: &str) -> Result<Index> {
-        let mut groups: BTreeMap<IKey, Vec<Pk>> = BTreeMap::new();
-        super::versions::for_each_row_at(&tree.view(), self.shape(), id, u64::MAX, |k, d| {
+    /// The entries of the index on field `f` a schema change at `seq`
+    /// builds (index id `(seq, 0)`): one for each row as of `seq` (read
+    /// from `view`) that holds an indexable value, read as of now.
+    pub(super) fn build_index(
+        &self,
+        view: &crate::storage::tree::TreeView,
+        id: u32,
+        f: &str,
+        seq: u64,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        super::versions::for_each_row_at(view, self.shape(), id, seq, |k, d| {
             if let Some(ik) = self.view_field(&d, f).and_then(crate::table::index::ikey_owned) {
-                groups.entry(ik).or_default().push(k);
+                out.push(super::versions::index_entry(id, (seq, 0), &ik, &k, seq, true));
             }
             Ok(())
         })?;
-        Ok(Index::from_groups(groups))
+        Ok(out)
     }
 }
 
@@ -91,14 +91,19 @@ pub(super) fn view_value_in(alters: &[(u64, Alter)], d: &Doc, at: u64) -> Value 
     v
 }
 
-/// Move row `key`'s entries in `indexes` from its old document to its new
-/// one. Each document's indexed fields are picked in one pass over its
-/// text; an old row written before a schema change is unindexed as it
-/// read (parsed once, only then).
+/// The index entries that move row `key` of table `table` from its old
+/// document to its new one at `seq` (none for an index whose value stays).
+/// Each document's indexed fields are picked in one pass over its text; an
+/// old row written before a schema change is unindexed as it read (parsed
+/// once, only then).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn reindex(
-    indexes: &mut BTreeMap<String, Index>,
+    out: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    table: u32,
+    indexes: &BTreeMap<String, crate::table::version::IndexId>,
     alters: &[(u64, Alter)],
     key: &Pk,
+    seq: u64,
     old: Option<&Arc<Doc>>,
     new: Option<&Arc<Doc>>,
     picks: Option<Picks>,
@@ -106,28 +111,30 @@ pub(super) fn reindex(
     if indexes.is_empty() {
         return;
     }
-    let (old_vals, new_vals) = {
-        let names: Vec<&str> = indexes.keys().map(String::as_str).collect();
-        let old_vals = match old {
-            Some(o) if stale_in(alters, o, u64::MAX) => {
-                let v = view_value_in(alters, o, u64::MAX);
-                names.iter().map(|f| v.get(*f).cloned()).collect()
-            }
-            Some(o) => o.fields(&names),
-            None => Vec::new(),
-        };
-        let new_vals = match new {
-            None => Vec::new(),
-            Some(n) => picks.and_then(|p| p.take(&names)).unwrap_or_else(|| n.fields(&names)),
-        };
-        (old_vals, new_vals)
-    };
-    for (i, ix) in indexes.values_mut().enumerate() {
-        if old.is_some() {
-            ix.remove_value(old_vals.get(i).and_then(Option::as_ref), key);
+    let names: Vec<&str> = indexes.keys().map(String::as_str).collect();
+    let old_vals: Vec<Option<Value>> = match old {
+        Some(o) if stale_in(alters, o, u64::MAX) => {
+            let v = view_value_in(alters, o, u64::MAX);
+            names.iter().map(|f| v.get(*f).cloned()).collect()
         }
-        if new.is_some() {
-            ix.add_value(new_vals.get(i).and_then(Option::as_ref), key);
+        Some(o) => o.fields(&names),
+        None => Vec::new(),
+    };
+    let new_vals: Vec<Option<Value>> = match new {
+        None => Vec::new(),
+        Some(n) => picks.and_then(|p| p.take(&names)).unwrap_or_else(|| n.fields(&names)),
+    };
+    for (i, ix) in indexes.values().enumerate() {
+        let o = old_vals.get(i).and_then(Option::as_ref).and_then(crate::table::index::ikey);
+        let n = new_vals.get(i).and_then(Option::as_ref).and_then(crate::table::index::ikey);
+        if o == n {
+            continue;
+        }
+        if let Some(o) = o {
+            out.push(super::versions::index_entry(table, *ix, &o, key, seq, false));
+        }
+        if let Some(n) = n {
+            out.push(super::versions::index_entry(table, *ix, &n, key, seq, true));
         }
     }
 }
@@ -192,7 +199,8 @@ pub(crate) struct Prebuilt {
     pub(super) table: u32,
     pub(super) seq: u64,
     pub(super) column: String,
-    pub(super) index: Index,
+    /// The index's entries for the rows before the commit, but `skip`.
+    pub(super) entries: Vec<(Vec<u8>, Vec<u8>)>,
     pub(super) skip: Vec<Pk>,
 }
 
@@ -212,18 +220,24 @@ impl State {
     }
 
     /// Row `k`'s current document, from the version tree (as written: read
-    /// it through later schema changes with [`TableData::view`]). The
-    /// versions of the commit being applied are put in first.
+    /// it through later schema changes with [`TableData::view`]). While a
+    /// commit applies, its versions are in the tree only once
+    /// [`State::put_version_batch`] put them there.
     pub(crate) fn current(&self, id: u32, k: &Pk) -> Result<Option<Arc<Doc>>> {
         let Some(t) = self.tables.get(&id) else { return Ok(None) };
         let tree = self.versions.as_ref().ok_or_else(|| Error::Internal("the database has no version tree".into()))?;
         super::versions::current(tree, t.shape(), id, k)
     }
 
-    /// Row `k`'s current document as read now.
+    /// Row `k`'s current document as read now (parsed strictly: a
+    /// document that does not parse is an error).
     pub(crate) fn current_value(&self, id: u32, k: &Pk) -> Result<Option<Value>> {
         let Some(t) = self.tables.get(&id) else { return Ok(None) };
-        Ok(self.current(id, k)?.map(|d| t.view_value(&d, u64::MAX)))
+        let tree = self.versions.as_ref().ok_or_else(|| Error::Internal("the database has no version tree".into()))?;
+        match super::versions::version_at(tree, t.shape(), id, k, u64::MAX)? {
+            Some(f) if f.op.is_live() => f.value_at(t.shape(), u64::MAX),
+            _ => Ok(None),
+        }
     }
 
     /// Put the versions of the commit being applied into the tree (before
@@ -375,8 +389,8 @@ impl State {
         self.names.insert(def.name.clone(), def.id);
         let t = self.tables.entry(e.table).or_default();
         t.schema.push((seq, def.clone()));
-        for f in &def.indexes {
-            t.indexes.entry(f.clone()).or_default();
+        for (i, f) in def.indexes.iter().enumerate() {
+            t.indexes.insert(f.clone(), (seq, u32::try_from(i).unwrap_or(u32::MAX)));
         }
         self.defs.insert(def.id, def);
         self.next_table_id = self.next_table_id.max(e.table + 1);
@@ -400,9 +414,10 @@ impl State {
             t.indexes.remove(c);
         }
         let Some(column) = effect.rebuild else { return Ok(()) };
-        // While opening, indexes are built once the replay is over.
-        if self.opening.is_some() {
-            t.indexes.insert(column.to_string(), Index::default());
+        // The index is named by this event; its entries are in the runs
+        // already if the tree holds versions up to here.
+        t.indexes.insert(column.to_string(), (seq, 0));
+        if self.opening.is_some() && seq <= self.versions_from {
             return Ok(());
         }
         let pre = self
@@ -412,27 +427,31 @@ impl State {
             .map(|i| self.prebuilt.swap_remove(i));
         // The rows this commit wrote before the change are read from the tree.
         self.put_version_batch();
-        let ix = match pre {
-            Some(mut p) => {
-                for k in std::mem::take(&mut p.skip) {
-                    if let Some(d) = self.current(e.table, &k)?
-                        && let Some(t) = self.tables.get(&e.table)
+        let tree = self.versions.clone().ok_or_else(|| log_error(seq, "the database has no version tree"))?;
+        let Some(t) = self.tables.get(&e.table) else { return Ok(()) };
+        let entries = match pre {
+            Some(p) => {
+                let mut entries = p.entries;
+                let skip: FastSet<Pk> = p.skip.into_iter().collect();
+                // Those rows as of this change (the commit's later writes
+                // may be in the tree already while opening).
+                for k in &skip {
+                    if let Some(f) = super::versions::version_at(&tree, t.shape(), e.table, k, seq)?
+                        && f.op.is_live()
+                        && let Some(text) = f.text
                     {
-                        p.index.add_value(t.view_field(&d, column).as_ref(), &k);
+                        let d = Doc::from_string_unchecked(text).at(f.seq);
+                        if let Some(ik) = t.view_field(&d, column).and_then(crate::table::index::ikey_owned) {
+                            entries.push(super::versions::index_entry(e.table, (seq, 0), &ik, k, seq, true));
+                        }
                     }
                 }
-                p.index
+                entries
             }
-            None => {
-                let tree = self.versions.clone().ok_or_else(|| log_error(seq, "the database has no version tree"))?;
-                match self.tables.get(&e.table) {
-                    Some(t) => t.build_index(&tree, e.table, column)?,
-                    None => Index::default(),
-                }
-            }
+            None => t.build_index(&tree.view(), e.table, column, seq)?,
         };
-        if let Some(t) = self.tables.get_mut(&e.table) {
-            t.indexes.insert(column.to_string(), ix);
+        if !entries.is_empty() && tree.insert(entries) {
+            self.versions_due = true;
         }
         Ok(())
     }
@@ -444,66 +463,81 @@ impl State {
         let Some(t) = self.tables.get_mut(&e.table) else {
             return Err(log_error(seq, "an event names an unknown table"));
         };
-        if let Some(o) = self.opening.as_mut()
-            && o.rows_from.get(&e.table).is_some_and(|from| seq <= *from)
-        {
-            // The row's state is in the table's snapshot.
+        let opening = self.opening.is_some();
+        // While opening: the row events a table's latest snapshot counts,
+        // and everything the tree's runs hold already.
+        let counted = self.opening.as_ref().is_some_and(|o| o.rows_from.get(&e.table).is_some_and(|from| seq <= *from));
+        let in_runs = opening && seq <= self.versions_from;
+        if counted && (in_runs || t.indexes.is_empty()) {
             return Ok(());
         }
         let Some(key) = e.key else {
             return Err(log_error(seq, "a row event has no key"));
         };
-        t.since_events += 1;
-        t.since_bytes += share;
-        // The row's version for the tree (a live commit's; opening puts the
-        // log's versions in as it reads them).
-        let version = match (&self.versions, &self.opening) {
-            (Some(_), None) => {
-                let text = e.doc.as_ref().map(|d| d.text()).or(match e.op {
-                    Op::Insert | Op::Patch => Some("null"),
-                    _ => None,
-                });
-                super::versions::entry(e.table, &key, seq, e.op, text)
+        if !counted {
+            t.since_events += 1;
+            t.since_bytes += share;
+            match e.op {
+                Op::Insert => t.live += 1,
+                Op::SoftDelete => t.live = t.live.saturating_sub(1),
+                _ => {}
             }
+        }
+        // While opening, the versions come from the log's records as they
+        // are read; the index entries of those the runs lack are made here.
+        if opening && (in_runs || t.indexes.is_empty()) {
+            return Ok(());
+        }
+        // The row's version for the tree (a live commit's).
+        if !opening {
+            let text = e.doc.as_ref().map(|d| d.text()).or(match e.op {
+                Op::Insert | Op::Patch => Some("null"),
+                _ => None,
+            });
+            if let Some(v) = super::versions::entry(e.table, &key, seq, e.op, text) {
+                self.version_batch.push(v);
+            }
+        }
+        // A soft delete carries the row as it read when it was staged.
+        let carried = match (e.op, &e.doc) {
+            (Op::SoftDelete, Some(d)) if !opening => Some(d.clone()),
             _ => None,
         };
         let new = match e.op {
             Op::Insert | Op::Patch => Some(e.doc.unwrap_or_else(|| Arc::new(Doc::from_value(Value::Null).at(seq)))),
             _ => None,
         };
-        match e.op {
-            Op::Insert => t.live += 1,
-            Op::SoftDelete => t.live = t.live.saturating_sub(1),
-            _ => {}
-        }
-        if self.opening.is_some() {
-            // No index is maintained and no transaction is open; the
-            // version is in the tree or goes in as the log is read.
-            return Ok(());
-        }
         // The row as it was: an insert's is not live (checked when it was
-        // staged); otherwise read from the tree, if an index or an open
-        // transaction needs it.
-        let needs_old = e.op != Op::Insert && (!t.indexes.is_empty() || !self.active.is_empty());
-        if needs_old {
+        // staged); otherwise read from the tree as of the event before, if
+        // an index or an open transaction needs it.
+        let transactions = !opening && !self.active.is_empty();
+        let needs_old = e.op != Op::Insert && (!t.indexes.is_empty() || transactions);
+        let old = if carried.is_some() {
+            carried
+        } else if needs_old {
             self.put_version_batch();
-        }
-        let old = if needs_old { self.current(e.table, &key)? } else { None };
-        if let Some(v) = version {
-            self.version_batch.push(v);
-        }
-        let Some(t) = self.tables.get_mut(&e.table) else {
-            return Err(log_error(seq, "an event names an unknown table"));
+            let t = self.tables.get(&e.table).ok_or_else(|| log_error(seq, "an event names an unknown table"))?;
+            let tree = self.versions.as_ref().ok_or_else(|| log_error(seq, "the database has no version tree"))?;
+            match super::versions::version_at(tree, t.shape(), e.table, &key, seq.saturating_sub(1))? {
+                Some(f) if f.op.is_live() => f.text.map(|text| Arc::new(Doc::from_string_unchecked(text).at(f.seq))),
+                _ => None,
+            }
+        } else {
+            None
         };
+        let t = self.tables.get(&e.table).ok_or_else(|| log_error(seq, "an event names an unknown table"))?;
         reindex(
-            &mut t.indexes,
+            &mut self.version_batch,
+            e.table,
+            &t.indexes,
             &t.alters,
             &key,
+            seq,
             old.as_ref(),
             new.as_ref(),
             if new.is_some() { e.picks } else { None },
         );
-        if !self.active.is_empty() {
+        if transactions {
             self.changes.push_back(Change { seq, table: e.table, old, new });
         }
         Ok(())

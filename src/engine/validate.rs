@@ -212,8 +212,8 @@ impl View for GroupView<'_> {
         if !self.accepted.is_empty() {
             return Ok(self.current(id, key)?.is_some());
         }
-        // A key past every run's last one (keys that arrive in order) is
-        // absent without reading a block.
+        // (A key past every run's last one, as keys that arrive in order
+        // are, is found absent without reading a block.)
         Ok(self.st.current(id, key)?.is_some())
     }
 

@@ -21,7 +21,9 @@
 use super::*;
 use crate::storage::runs::BlockCache;
 use crate::storage::tree::{Tree, TreeOptions};
+use crate::table::index::{IKey, Probe};
 use crate::table::version::{self as ver, VersionOp};
+use std::collections::BTreeSet;
 
 /// The stream of the version tree's runs.
 pub const VERSIONS_STREAM: u32 = 4;
@@ -53,6 +55,64 @@ pub(super) fn entry(table: u32, key: &Pk, seq: u64, op: Op, doc: Option<&str>) -
         _ => return None,
     };
     Some((ver::version_key(table, key, seq), ver::encode_value(vop, doc)))
+}
+
+/// An index entry: from `seq` on, row `key` does (`holds`) or does not
+/// hold value `v` in index `ix` of table `table`.
+pub(super) fn index_entry(
+    table: u32,
+    ix: ver::IndexId,
+    v: &IKey,
+    key: &Pk,
+    seq: u64,
+    holds: bool,
+) -> (Vec<u8>, Vec<u8>) {
+    (ver::index_key(table, ix, v, key, seq), ver::index_entry_value(holds))
+}
+
+/// The keys of the rows of table `table` whose value in index `ix`
+/// answers `probe` against `lit` as of `at` (see [`Probe`]); `None` if
+/// `lit` is not indexable. One range of the tree: each (value, key)
+/// pair's newest entry at or before `at` says whether the row held it.
+pub(super) fn index_candidates(
+    view: &crate::storage::tree::TreeView,
+    table: u32,
+    ix: ver::IndexId,
+    probe: Probe,
+    lit: &Value,
+    at: u64,
+) -> Result<Option<BTreeSet<Pk>>> {
+    let Some(k) = crate::table::index::ikey(lit) else { return Ok(None) };
+    let (type_lo, type_hi) = ver::index_type_range(table, ix, &k);
+    let value = ver::index_value_prefix(table, ix, &k);
+    let value_end = crate::format::run::key::prefix_end(&value).unwrap_or_else(|| type_hi.clone());
+    let (start, end) = match probe {
+        Probe::Eq => (value, value_end),
+        Probe::AtMost => (type_lo, value_end),
+        Probe::AtLeast => (value, type_hi),
+    };
+    let mut it = view.range(&start, Some(&end))?;
+    let mut out = BTreeSet::new();
+    let mut decided: Vec<u8> = Vec::new();
+    while it.valid() {
+        let key = it.key();
+        let (n, seq) = ver::split_index_key(key).ok_or_else(|| damaged_index("not an index entry key"))?;
+        if seq > at || (!decided.is_empty() && key[..n] == decided[..]) {
+            it.advance()?;
+            continue;
+        }
+        decided.clear();
+        decided.extend_from_slice(&key[..n]);
+        if ver::decode_index_value(it.value()).map_err(|e| damaged(&e))? {
+            out.insert(ver::decode_index_key(key).map_err(|e| damaged(&e))?.key);
+        }
+        it.advance()?;
+    }
+    Ok(Some(out))
+}
+
+fn damaged_index(reason: &str) -> Error {
+    Error::tampered("version tree", 0, format!("index entry: {reason}"))
 }
 
 /// What reading a table's versions needs of its state: its schema changes
@@ -213,13 +273,48 @@ pub(super) fn for_each_row_at(
             let key = ver::decode_key(k).map_err(|e| damaged(&e))?.key;
             let mut d = Arc::new(Doc::from_text_unchecked(text).at(seq));
             if any_between(t.alters, seq, at) {
-                d = Arc::new(Doc::from_value(view_value_in(t.alters, &d, at)));
+                d = Arc::new(Doc::from_value(f_value(&d, t, seq, at)?));
             }
             f(key, d)?;
         }
         it.advance()?;
     }
     Ok(())
+}
+
+/// Row `key`'s document as of `at` in `view`, read through the schema
+/// changes up to `at`.
+pub(super) fn doc_at(
+    view: &crate::storage::tree::TreeView,
+    t: Shape<'_>,
+    table: u32,
+    key: &Pk,
+    at: u64,
+) -> Result<Option<Arc<Doc>>> {
+    let prefix = ver::row_prefix(table, key);
+    let Some((k, v)) = view.seek(&ver::version_key(table, key, at), Some(&prefix))? else {
+        return Ok(None);
+    };
+    let f = found(&k, &v)?;
+    if !visible(f.op, f.seq, t.folded_at) || !f.op.is_live() {
+        return Ok(None);
+    }
+    let Some(text) = f.text else { return Ok(None) };
+    let d = Doc::from_string_unchecked(text).at(f.seq);
+    if any_between(t.alters, f.seq, at) {
+        return Ok(Some(Arc::new(Doc::from_value(f_value(&d, t, f.seq, at)?))));
+    }
+    Ok(Some(Arc::new(d)))
+}
+
+/// A version's document read through the schema changes after `seq` up
+/// to `at`: parsed strictly (a document that does not parse is an error,
+/// never a row that reads as null).
+fn f_value(d: &Doc, t: Shape<'_>, seq: u64, at: u64) -> Result<Value> {
+    let mut v: Value = serde_json::from_str(d.text())
+        .map_err(|e| Error::Internal(format!("a row version at @seq:{seq} does not parse: {e}")))?;
+    apply_between(t.alters, seq, at, &mut v);
+    Ok(v)
 }
 
 /// Row `key`'s current document, as written (at its own sequence number:
@@ -272,6 +367,86 @@ pub(super) fn fold(tree: &Tree, t: &mut TableData, table: u32, h: u64, live: &Ro
     entries.push((ver::fold_key(table, h), Vec::new()));
     tree.insert(entries);
     t.folded_at = t.folded_at.max(h);
+}
+
+/// The index entries of table `table` (its state `t`, folded at `h`)
+/// as its row versions imply them, for every current index from
+/// `max(h, its id's sequence number)` on: a row's value then, then an
+/// entry at each later version that changes it. Opening makes them after
+/// it folds a table whose versions at or before `h` were not in the tree
+/// (a database of an earlier format, whose log no longer holds the folded
+/// documents): the entries made while the log was replayed missed those
+/// rows, and are a subset of these.
+pub(super) fn index_entries_since_fold(
+    view: &crate::storage::tree::TreeView,
+    t: &TableData,
+    table: u32,
+    h: u64,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    if t.indexes.is_empty() {
+        return Ok(out);
+    }
+    let prefix = ver::table_prefix(table);
+    let end = crate::format::run::key::prefix_end(&prefix);
+    let mut it = view.range(&prefix, end.as_deref())?;
+    // One row's visible versions, newest first: (seq, document if live).
+    let mut row: Vec<(u64, Option<Arc<Doc>>)> = Vec::new();
+    let mut row_prefix: Vec<u8> = Vec::new();
+    let mut row_key: Option<Pk> = None;
+    let emit = |key: &Pk, versions: &mut Vec<(u64, Option<Arc<Doc>>)>, out: &mut Vec<(Vec<u8>, Vec<u8>)>| {
+        versions.reverse();
+        for (f, ix) in &t.indexes {
+            let start = h.max(ix.0);
+            let value = |d: &Option<Arc<Doc>>| {
+                d.as_ref().and_then(|d| t.view_field(d, f)).and_then(crate::table::index::ikey_owned)
+            };
+            let n = versions.partition_point(|(s, _)| *s <= start);
+            let mut cur = n.checked_sub(1).and_then(|i| value(&versions[i].1));
+            if let Some(v) = &cur {
+                out.push(index_entry(table, *ix, v, key, start, true));
+            }
+            for (seq, d) in &versions[n..] {
+                let new = value(d);
+                if new != cur {
+                    if let Some(o) = &cur {
+                        out.push(index_entry(table, *ix, o, key, *seq, false));
+                    }
+                    if let Some(v) = &new {
+                        out.push(index_entry(table, *ix, v, key, *seq, true));
+                    }
+                    cur = new;
+                }
+            }
+        }
+        versions.clear();
+    };
+    while it.valid() {
+        let k = it.key();
+        let (n, seq) = split(k)?;
+        if row_prefix.as_slice() != &k[..n] {
+            if let Some(key) = row_key.take() {
+                emit(&key, &mut row, &mut out);
+            }
+            row_prefix.clear();
+            row_prefix.extend_from_slice(&k[..n]);
+            row_key = Some(ver::decode_key(k).map_err(|e| damaged(&e))?.key);
+        }
+        let (op, text) = ver::decode_value(it.value()).map_err(|e| damaged(&e))?;
+        if visible(op, seq, t.folded_at) {
+            let doc = match (op.is_live(), text) {
+                (true, Some(text)) => Some(Arc::new(Doc::from_text_unchecked(text).at(seq))),
+                _ => None,
+            };
+            row.push((seq, doc));
+        }
+        it.advance()?;
+    }
+    if let Some(key) = row_key.take() {
+        emit(&key, &mut row, &mut out);
+    }
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
 }
 
 /// Rewrite the tree without table `table`'s versions the fold at `h`

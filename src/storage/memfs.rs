@@ -36,6 +36,9 @@ pub struct Faults {
     pub fail_dir_sync: bool,
     /// Every `remove_file` fails with EIO (nothing removed).
     pub fail_removes: bool,
+    /// Every read of a file whose name ends with this (say `.run`) fails
+    /// with EIO.
+    pub fail_reads_of: Option<String>,
     /// The next this many `sync_data` calls fail with EIO; later ones
     /// succeed (as a write-back error is reported once).
     pub sync_failures: u32,
@@ -164,6 +167,7 @@ impl MemFs {
 
 struct MemFile {
     node: Node,
+    name: String,
     st: Arc<Mutex<State>>,
     epoch: u64,
     writable: bool,
@@ -181,7 +185,12 @@ impl MemFile {
 
 impl VfsFile for MemFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        drop(self.check()?);
+        {
+            let st = self.check()?;
+            if st.faults.fail_reads_of.as_ref().is_some_and(|end| self.name.ends_with(end.as_str())) {
+                return Err(io::Error::other("injected read failure"));
+            }
+        }
         let d = lockd(&self.node);
         let off = usize::try_from(offset).unwrap_or(usize::MAX);
         if off >= d.data.len() {
@@ -296,7 +305,8 @@ impl Vfs for MemFs {
                 n
             }
         };
-        Ok(Box::new(MemFile { node, st: self.st.clone(), epoch: st.epoch, writable: mode != OpenMode::Read }))
+        let name = path.to_string_lossy().into_owned();
+        Ok(Box::new(MemFile { node, name, st: self.st.clone(), epoch: st.epoch, writable: mode != OpenMode::Read }))
     }
 
     fn create_dir_all(&self, _path: &Path) -> io::Result<()> {

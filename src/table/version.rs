@@ -2,16 +2,21 @@
 //! insert, patch and soft delete of a row is one entry keyed by
 //! (table, key, sequence number), so that the newest version of a row at
 //! or before any point is one seek, and a row's history is one range.
+//! Secondary indexes are entries of the same tree, keyed by (table,
+//! index, value, key, sequence number).
 //! `docs/FORMAT.md` §8.6 describes the bytes.
 
 use super::Pk;
+use super::index::IKey;
 use crate::format::codec::DecodeError;
-use crate::format::run::key::{KeyReader, Part, put_desc_u64, put_int, put_str, put_u32};
+use crate::format::run::key::{KeyReader, Part, put_desc_u64, put_escaped, put_int, put_str, put_u32, put_u64};
 
 /// Namespace byte of a table's fold marker (see [`fold_key`]).
 pub const NS_FOLD: u8 = 0x01;
 /// Namespace byte of row versions.
 pub const NS_ROW: u8 = 0x10;
+/// Namespace byte of secondary index entries (see [`index_key`]).
+pub const NS_INDEX: u8 = 0x20;
 
 /// What a version did to its row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,8 +127,13 @@ pub fn split_key(k: &[u8]) -> Option<(usize, u64)> {
 }
 
 /// The tree's key shape: a row version is filtered by its row prefix and
-/// carries its sequence number; a fold marker carries none.
+/// carries its sequence number; an index entry carries its sequence number
+/// and is not filtered (indexes are read by ranges); a fold marker carries
+/// neither.
 pub fn shape(k: &[u8]) -> (Option<usize>, u64) {
+    if let Some((_, seq)) = split_index_key(k) {
+        return (None, seq);
+    }
     match split_key(k) {
         Some((n, seq)) => (Some(n), seq),
         None => (None, 0),
@@ -183,9 +193,228 @@ pub fn decode_fold_key(k: &[u8]) -> Result<(u32, u64), DecodeError> {
     Ok((table, h))
 }
 
+/// An index's id: the sequence number of the event that built it (the
+/// table's creation, or the schema change that created or rebuilt it) and
+/// its place among the indexes that event built, so that an index dropped
+/// and created again starts with no entries.
+pub type IndexId = (u64, u32);
+
+/// The entries of index `ix` of table `table` begin with this.
+pub fn index_prefix(table: u32, ix: IndexId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(20);
+    k.push(NS_INDEX);
+    put_u32(&mut k, table);
+    put_u64(&mut k, ix.0);
+    put_u32(&mut k, ix.1);
+    k
+}
+
+const IX_BOOL: u8 = 0x01;
+const IX_NUM: u8 = 0x02;
+const IX_STR: u8 = 0x03;
+
+/// Bytes of a string value an index keys (longer strings are keyed by
+/// their first bytes: truncation keeps the order, so a lookup of the
+/// literal truncated the same way finds a superset, which the caller
+/// re-checks).
+pub const MAX_INDEXED_STR: usize = 512;
+
+/// A value as index entries key it: a type tag, then a boolean byte, a
+/// number's order-preserving u64, or a string's first
+/// [`MAX_INDEXED_STR`] bytes escaped as in keys, so that entries sort by
+/// value as [`IKey`] does.
+pub fn encode_index_value(v: &IKey) -> Vec<u8> {
+    let mut k = Vec::new();
+    match v {
+        IKey::Bool(b) => k.extend_from_slice(&[IX_BOOL, u8::from(*b)]),
+        IKey::Num(n) => {
+            k.push(IX_NUM);
+            put_u64(&mut k, *n);
+        }
+        IKey::Str(s) => {
+            k.push(IX_STR);
+            let b = s.as_bytes();
+            put_escaped(&mut k, &b[..b.len().min(MAX_INDEXED_STR)]);
+        }
+    }
+    k
+}
+
+/// The entries of index `ix` for value `v` begin with this: the index
+/// prefix, then the value as [`encode_index_value`] writes it.
+pub fn index_value_prefix(table: u32, ix: IndexId, v: &IKey) -> Vec<u8> {
+    let mut k = index_prefix(table, ix);
+    k.extend_from_slice(&encode_index_value(v));
+    k
+}
+
+/// The bounds of the entries of index `ix` whose values are of `v`'s type:
+/// (start, end exclusive).
+pub fn index_type_range(table: u32, ix: IndexId, v: &IKey) -> (Vec<u8>, Vec<u8>) {
+    let tag = match v {
+        IKey::Bool(_) => IX_BOOL,
+        IKey::Num(_) => IX_NUM,
+        IKey::Str(_) => IX_STR,
+    };
+    let mut start = index_prefix(table, ix);
+    let mut end = start.clone();
+    start.push(tag);
+    end.push(tag + 1);
+    (start, end)
+}
+
+/// The key of the entry saying that from `seq` on, row `key` of table
+/// `table` does ([`index_entry_value`] true) or does not (false) hold
+/// value `v` in index `ix`: the newest entry at or before a point of a
+/// (value, key) pair says whether the row held the value then.
+pub fn index_key(table: u32, ix: IndexId, v: &IKey, key: &Pk, seq: u64) -> Vec<u8> {
+    index_key_encoded(table, ix, &encode_index_value(v), key, seq)
+}
+
+/// [`index_key`] of a value already encoded by [`encode_index_value`].
+pub fn index_key_encoded(table: u32, ix: IndexId, value: &[u8], key: &Pk, seq: u64) -> Vec<u8> {
+    let mut k = index_prefix(table, ix);
+    k.extend_from_slice(value);
+    match key {
+        Pk::Int(i) => put_int(&mut k, *i),
+        Pk::Str(s) => put_str(&mut k, s.as_bytes()),
+    }
+    put_desc_u64(&mut k, seq);
+    k
+}
+
+/// An index entry's key read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexKey {
+    pub table: u32,
+    /// The index (the event that built it).
+    pub ix: IndexId,
+    /// The value as [`encode_index_value`] wrote it (a string's bytes may
+    /// end inside a character, where a long one was cut).
+    pub value: Vec<u8>,
+    pub key: Pk,
+    pub seq: u64,
+}
+
+/// Read an index entry's key.
+pub fn decode_index_key(k: &[u8]) -> Result<IndexKey, DecodeError> {
+    let mut r = KeyReader::new(k);
+    if r.u8("namespace")? != NS_INDEX {
+        return Err(bad("not an index entry"));
+    }
+    let table = r.u32("table")?;
+    let ix = (r.u64("index")?, r.u32("index number")?);
+    let start = r.pos();
+    match r.u8("value tag")? {
+        IX_BOOL => {
+            if r.u8("boolean")? > 1 {
+                return Err(bad("a boolean index value is neither 0 nor 1"));
+            }
+        }
+        IX_NUM => {
+            if crate::table::index::f64_of_key(r.u64("number")?).is_none() {
+                return Err(bad("an index number that no finite number has"));
+            }
+        }
+        IX_STR => {
+            if r.escaped()?.len() > MAX_INDEXED_STR {
+                return Err(bad("an index string longer than the indexed length"));
+            }
+        }
+        t => return Err(bad(&format!("unknown index value tag {t}"))),
+    }
+    let value = k[start..r.pos()].to_vec();
+    let key = match r.part()? {
+        Part::Int(i) => Pk::Int(i),
+        Part::Str(s) => Pk::Str(std::str::from_utf8(&s).map_err(|_| bad("string key is not UTF-8"))?.into()),
+    };
+    let seq = r.desc_u64("sequence number")?;
+    r.finish()?;
+    Ok(IndexKey { table, ix, value, key, seq })
+}
+
+/// The sequence number of an index entry's key, and the length of its
+/// (value, key) prefix, without decoding it.
+pub fn split_index_key(k: &[u8]) -> Option<(usize, u64)> {
+    if k.first() != Some(&NS_INDEX) || k.len() < 1 + 4 + 12 + 2 + 2 + 8 {
+        return None;
+    }
+    let n = k.len() - 8;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&k[n..]);
+    Some((n, !u64::from_be_bytes(b)))
+}
+
+/// An index entry's value: whether the row holds the value from then on.
+pub fn index_entry_value(holds: bool) -> Vec<u8> {
+    vec![u8::from(holds)]
+}
+
+/// Read an index entry's value.
+pub fn decode_index_value(v: &[u8]) -> Result<bool, DecodeError> {
+    match v {
+        [0] => Ok(false),
+        [1] => Ok(true),
+        _ => Err(bad("an index entry's value is neither 0 nor 1")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_keys_sort_by_index_value_then_key_newest_first_and_read_back() {
+        let num = |f: f64| crate::table::index::ikey(&serde_json::Value::from(f)).unwrap();
+        let s = |x: &str| IKey::Str(x.into());
+        let keys = [
+            index_key(1, (5, 0), &IKey::Bool(false), &Pk::Int(9), 3),
+            index_key(1, (5, 0), &IKey::Bool(true), &Pk::Int(1), 3),
+            index_key(1, (5, 0), &num(-2.5), &Pk::Int(1), 3),
+            index_key(1, (5, 0), &num(0.0), &Pk::Int(1), 3),
+            index_key(1, (5, 0), &num(7.0), &Pk::Int(1), 9),
+            index_key(1, (5, 0), &num(7.0), &Pk::Int(1), 2),
+            index_key(1, (5, 0), &num(7.0), &Pk::Str("a".into()), 2),
+            index_key(1, (5, 0), &s(""), &Pk::Int(1), 3),
+            index_key(1, (5, 0), &s("a"), &Pk::Int(1), 3),
+            index_key(1, (5, 0), &s("a\0"), &Pk::Int(1), 3),
+            index_key(1, (5, 0), &s("b"), &Pk::Int(1), 3),
+            index_key(1, (5, 1), &IKey::Bool(false), &Pk::Int(1), 3),
+            index_key(2, (0, 0), &IKey::Bool(false), &Pk::Int(1), 3),
+        ];
+        for w in keys.windows(2) {
+            assert!(w[0] < w[1], "{:?} {:?}", w[0], w[1]);
+        }
+        assert!(table_prefix(u32::MAX) < keys[0]);
+        let back = decode_index_key(&keys[9]).unwrap();
+        assert_eq!(
+            back,
+            IndexKey { table: 1, ix: (5, 0), value: encode_index_value(&s("a\0")), key: Pk::Int(1), seq: 3 }
+        );
+        // A long string is keyed by its first bytes, cut anywhere (even
+        // inside a character), and the order stays.
+        let long = |x: &str| IKey::Str(x.repeat(400).into());
+        let (a, b) = (encode_index_value(&long("aé")), encode_index_value(&long("aê")));
+        assert_eq!(a, encode_index_value(&long("aéaé")));
+        assert!(a.len() <= 1 + 2 * MAX_INDEXED_STR + 2 && a < b);
+        let k = index_key(1, (5, 0), &long("aé"), &Pk::Int(1), 3);
+        assert_eq!(decode_index_key(&k).unwrap().value, a);
+        assert_eq!(shape(&keys[4]), (None, 9));
+        assert_eq!(split_index_key(&keys[4]).map(|(_, s)| s), Some(9));
+        let (lo, hi) = index_type_range(1, (5, 0), &num(1.0));
+        assert!(keys[1] < lo && lo <= keys[2] && keys[6] < hi && hi <= keys[7]);
+        assert!(keys[8].starts_with(&index_value_prefix(1, (5, 0), &s("a"))));
+        assert!(decode_index_key(&version_key(1, &Pk::Int(1), 1)).is_err());
+        assert!(decode_index_value(&index_entry_value(true)).unwrap());
+        assert!(decode_index_value(&[2]).is_err());
+        // A number no finite value has is refused.
+        let mut k = index_prefix(1, (5, 0));
+        k.push(0x02);
+        put_u64(&mut k, f64::NAN.to_bits() | (1 << 63));
+        put_int(&mut k, 1);
+        put_desc_u64(&mut k, 1);
+        assert!(decode_index_key(&k).is_err());
+    }
 
     #[test]
     fn version_keys_sort_by_table_key_then_newest_first_and_read_back() {
