@@ -56,18 +56,22 @@ impl Db {
             (def.id, horizon, current)
         };
         if horizon > current {
-            let rows: Vec<(Pk, Arc<Doc>)> = {
+            // The snapshot at the horizon, streamed from the tree as of it.
+            let source = {
                 let st = self.state();
                 let t = st.tables.get(&id).ok_or_else(|| Error::NotFound(format!("table {table}")))?;
-                if t.snapshots.iter().any(|(s, _)| *s == horizon) {
-                    Vec::new()
-                } else {
-                    self.rows_at(id, t, horizon)?.into_iter().collect()
-                }
+                (!t.snapshots.iter().any(|(s, _)| *s == horizon))
+                    .then(|| Ok::<_, Error>((t.alters.clone(), t.folded_at, self.tree()?.view())))
+                    .transpose()?
             };
-            let has = self.state().tables.get(&id).is_some_and(|t| t.snapshots.iter().any(|(s, _)| *s == horizon));
-            if !has {
-                self.write_snapshot(id, horizon, &rows, (u64::MAX, u64::MAX))?;
+            if let Some((alters, folded_at, view)) = source {
+                let shape = super::versions::Shape { alters: &alters, folded_at };
+                self.write_snapshot(
+                    id,
+                    horizon,
+                    &mut |f| super::versions::for_each_row_at(&view, shape, id, horizon, |k, d| f(&k, &d)),
+                    (u64::MAX, u64::MAX),
+                )?;
             }
             let baseline = {
                 let st = self.state();

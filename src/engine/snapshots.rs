@@ -128,11 +128,18 @@ impl Db {
             (seq, t.alters.clone(), t.folded_at, self.tree()?.view(), (t.since_events, t.since_bytes))
         };
         let shape = versions::Shape { alters: &alters, folded_at };
-        let rows: Vec<(Pk, Arc<Doc>)> = versions::rows_at(&view, shape, id, seq)?.into_iter().collect();
-        self.write_snapshot(id, seq, &rows, counted)
+        // Streamed from the tree into the file: one record of rows at a time
+        // is held.
+        self.write_snapshot(
+            id,
+            seq,
+            &mut |f| versions::for_each_row_at(&view, shape, id, seq, |k, d| f(&k, &d)),
+            counted,
+        )
     }
 
-    /// Write rows as the snapshot of table `id` at `seq` and record it.
+    /// Write rows (each given to the callback `rows` calls, in key order)
+    /// as the snapshot of table `id` at `seq` and record it.
     /// `counted`: the table's events and bytes since its last snapshot when
     /// the rows were read (commits may come while the snapshot is written:
     /// they count towards the next one).
@@ -140,7 +147,7 @@ impl Db {
         &self,
         id: u32,
         seq: u64,
-        rows: &[(Pk, Arc<Doc>)],
+        rows: &mut RowSource<'_>,
         counted: (u64, u64),
     ) -> Result<u64> {
         // A snapshot must never be ahead of the durable log. With immediate
@@ -161,22 +168,23 @@ impl Db {
         // indexes it without parsing it.
         let names: Vec<&str> = indexes.iter().map(String::as_str).collect();
         let m = if names.len() <= crate::table::snapshot::MAX_PICKED_FIELDS { names.len() } else { 0 };
-        let meta = SnapMeta { table: id, seq, rows: rows.len() as u64, indexes: indexes.clone() };
+        let mut meta = SnapMeta { table: id, seq, rows: 0, indexes: indexes.clone() };
         let mut b = self.shared.store.build_file(FileKind::Snapshot, SNAPSHOT_STREAM_BASE + id, meta.encode())?;
+        let mut count = 0u64;
         // Records of about RECORD_TARGET bytes, by the rows' real encoded size
         // (a single row larger than a record gets a record of its own).
         b.with_write_behind(|b| {
-            let mut chunk: Vec<(&Pk, Vec<u8>)> = Vec::new();
             let mut picked: Vec<Option<IKey>> = Vec::new();
             let mut size = 0usize;
             // A record whose values would take it past the frame limit (a
             // huge indexed string) is written without them: opening then
             // parses that file's rows, as it does a file written before.
-            let record = |chunk: &[(&Pk, Vec<u8>)], picked: &[Option<IKey>]| {
+            let record = |chunk: &[(Pk, Vec<u8>)], picked: &[Option<IKey>]| {
                 let r = encode_rows(chunk, (m > 0).then_some((m, picked)));
                 if r.len() > crate::format::frame::MAX_PAYLOAD { encode_rows(chunk, None) } else { r }
             };
-            for (k, v) in rows {
+            let mut chunk: Vec<(Pk, Vec<u8>)> = Vec::new();
+            rows(&mut |k, v| {
                 let doc = v.text().as_bytes().to_vec();
                 let mut n = doc.len() + 32;
                 let mut vals = Vec::new();
@@ -200,13 +208,17 @@ impl Db {
                 }
                 picked.extend(vals);
                 size += n;
-                chunk.push((k, doc));
-            }
-            if !chunk.is_empty() || rows.is_empty() {
+                count += 1;
+                chunk.push((k.clone(), doc));
+                Ok(())
+            })?;
+            if !chunk.is_empty() || count == 0 {
                 b.append(&record(&chunk, &picked))?;
             }
             Ok(())
         })?;
+        meta.rows = count;
+        b.set_meta(meta.encode())?;
         let pending = b.finish()?;
         let file_id = pending.file_id();
         self.shared.store.commit(crate::storage::store::Edit { add: vec![pending], ..Default::default() })?;
@@ -229,3 +241,6 @@ impl Db {
         Ok(st.tables.get(&id).map(|t| t.snapshots.iter().map(|(s, _)| *s).collect()).unwrap_or_default())
     }
 }
+
+/// Rows to snapshot: calls its argument with each row, in key order.
+pub(super) type RowSource<'a> = dyn FnMut(&mut dyn FnMut(&Pk, &Arc<Doc>) -> Result<()>) -> Result<()> + 'a;

@@ -105,7 +105,10 @@ pub const MAX_PICKED_FIELDS: usize = 255;
 /// to [`MAX_PICKED_FIELDS`]), each row also carries the values of the
 /// fields the snapshot's metadata lists, so that opening indexes the rows
 /// without parsing them.
-pub fn encode_rows(rows: &[(&Pk, Vec<u8>)], picked: Option<(usize, &[Option<IKey>])>) -> Vec<u8> {
+pub fn encode_rows<K: std::borrow::Borrow<Pk>>(
+    rows: &[(K, Vec<u8>)],
+    picked: Option<(usize, &[Option<IKey>])>,
+) -> Vec<u8> {
     let mut w = Writer::default();
     let per_row = match picked {
         Some((m, values)) if (1..=MAX_PICKED_FIELDS).contains(&m) && values.len() == rows.len() * m => {
@@ -120,7 +123,7 @@ pub fn encode_rows(rows: &[(&Pk, Vec<u8>)], picked: Option<(usize, &[Option<IKey
         }
     };
     for (i, (k, doc)) in rows.iter().enumerate() {
-        put_key(&mut w, &Some((*k).clone()));
+        put_key(&mut w, &Some(k.borrow().clone()));
         w.blob(doc);
         if let Some((m, values)) = per_row {
             for v in values.iter().skip(i * m).take(m) {
