@@ -117,7 +117,7 @@ fn a_crash_while_the_version_tree_is_built_at_the_first_open_loses_nothing() {
     };
     let mut completed = false;
     let mut cut = 0;
-    for ops in (0..400).step_by(3) {
+    for ops in (0..4000).step_by(7) {
         let fs = MemFs::new();
         for (p, b) in &files {
             fs.put(p, b);

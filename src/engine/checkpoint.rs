@@ -27,16 +27,14 @@ impl Db {
         // fully covered by what is copied below.
         self.shared.store.seal_stream(WAL_STREAM)?;
         let mut moved = Vec::with_capacity(w.pending.len());
-        for (ci, rec) in &w.pending {
-            moved.push((*ci, self.shared.store.append(EVENTS_STREAM, FileKind::Segment, rec)?));
+        for (first, rec) in &w.pending {
+            moved.push((*first, self.shared.store.append(EVENTS_STREAM, FileKind::Segment, rec)?));
         }
         self.shared.store.sync_stream(EVENTS_STREAM)?;
         {
             let mut st = self.state_mut();
-            for (ci, pos) in moved {
-                if let Some(c) = st.commits.get_mut(ci as usize) {
-                    c.pos = pos;
-                }
+            for (first, pos) in moved {
+                st.segment_starts.entry(pos.file_id).or_insert(first);
             }
         }
         let remove: Vec<u64> = self.shared.store.stream_files(WAL_STREAM).iter().map(|f| f.file_id).collect();

@@ -8,8 +8,8 @@ use crate::sync::Locked;
 /// What the writer lock guards: the commits in the WAL not yet checkpointed.
 #[derive(Default)]
 pub(super) struct WriterState {
-    /// (commit index, record) of every commit only in the WAL.
-    pub(super) pending: Vec<(u32, Vec<u8>)>,
+    /// (first sequence number, record) of every commit only in the WAL.
+    pub(super) pending: Vec<(u64, Vec<u8>)>,
     pub(super) pending_bytes: u64,
 }
 
@@ -350,7 +350,7 @@ impl Db {
             let mut guard = Some(self.state_mut());
             // Set when a commit failed to apply after it was logged.
             let mut broken: Option<String> = None;
-            for ((mut commit, bytes, slot, picks), pos) in built.into_iter().zip(positions) {
+            for ((mut commit, bytes, slot, picks), _) in built.into_iter().zip(positions) {
                 if let Some(why) = &broken {
                     slot.set(Err(Error::Poisoned(why.clone())));
                     answered.push(slot);
@@ -367,9 +367,8 @@ impl Db {
                     }
                 }
                 let Some(st) = guard.as_mut() else { break };
-                let ci = st.commits.len() as u32;
                 // Woken once the state is released (they would wait for it).
-                let r = st.apply_commit(&mut commit, picks, bytes.len(), pos);
+                let r = st.apply_commit(&mut commit, picks, bytes.len());
                 // A commit that is logged but failed to apply (a read of the
                 // version tree failed) may have left part of itself in the
                 // state: nothing more applies until the database is opened
@@ -391,7 +390,7 @@ impl Db {
                     wake_tree = true;
                 }
                 w.pending_bytes += bytes.len() as u64;
-                w.pending.push((ci, bytes));
+                w.pending.push((commit.first_seq, bytes));
                 for e in &commit.events {
                     if !due.contains(&e.table) && st.snapshot_due(e.table, &self.shared.opts) {
                         due.push(e.table);

@@ -127,8 +127,8 @@ impl Db {
             if active.contains(&f.file_id) {
                 continue;
             }
-            let starts_before =
-                self.state().commits.iter().any(|c| c.pos.file_id == f.file_id && c.first_seq <= horizon);
+            // (A file whose start is not known is read.)
+            let starts_before = self.state().segment_starts.get(&f.file_id).is_none_or(|first| *first <= horizon);
             if !starts_before {
                 continue;
             }
@@ -144,8 +144,8 @@ impl Db {
                 }
                 Ok(changed.then(|| c.encode()))
             })?;
-            if let Some(positions) = rewritten {
-                self.state_mut().remap_commits(f.file_id, &f.name, &positions)?;
+            if let Some(new) = rewritten.and_then(|p| p.first().map(|p| p.file_id)) {
+                self.state_mut().remap_segment(f.file_id, new);
             }
         }
         let old: Vec<u64> = self

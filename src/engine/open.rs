@@ -4,8 +4,8 @@
 
 use super::*;
 
-/// Apply one log record while opening; returns the commit's index.
-pub(super) fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec: &[u8]) -> Result<u32> {
+/// Apply one log record while opening.
+pub(super) fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec: &[u8]) -> Result<()> {
     let name = crate::format::file_name(pos.file_id, kind);
     let c = RawCommit::decode(rec)
         .map_err(|e| Error::corrupted(&name, pos.offset, format!("commit record: {}", e.reason)))?;
@@ -52,11 +52,9 @@ pub(super) fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec:
         }
         events.push(Applied { op: e.op, table: e.table, key: pk, doc, picks: None });
     }
-    let ci = st.commits.len() as u32;
     st.version_batch = versions;
-    st.apply_record(c.first_seq, c.time_micros, events, pos, rec.len())
-        .map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))?;
-    Ok(ci)
+    st.apply_record(c.first_seq, c.time_micros, events, rec.len())
+        .map_err(|e| Error::corrupted(&name, pos.offset, e.to_string()))
 }
 
 /// The top-level fields `names` of a document: from its parsed form, or
@@ -124,7 +122,14 @@ impl Db {
         }
         // 1. The snapshots: registered, and the latest of each table chosen.
         let tree = super::versions::open_tree(&store, &opts)?;
-        let mut st = State { next_seq: 1, versions_from: tree.flushed_seq(), versions: Some(tree), ..State::default() };
+        let commits_from = super::versions::newest_commit_end(&tree)?;
+        let mut st = State {
+            next_seq: 1,
+            versions_from: tree.flushed_seq(),
+            commits_from,
+            versions: Some(tree),
+            ..State::default()
+        };
         let plan = SnapshotPlan::read(&store, &mut st)?;
         let mut opening = Opening::default();
         for (id, seq, rows) in &plan.latest {
@@ -251,7 +256,9 @@ impl SnapshotPlan {
 /// deletion: its commits are skipped).
 fn replay_log(store: &Store, st: &mut State, writer: &mut WriterState) -> Result<()> {
     store.read_stream(EVENTS_STREAM, |pos, rec| {
+        let first = st.next_seq;
         replay_record(st, FileKind::Segment, pos, rec)?;
+        st.segment_starts.entry(pos.file_id).or_insert(first);
         flush_versions_while_opening(store, st)
     })?;
     store.read_stream(WAL_STREAM, |pos, rec| {
@@ -269,10 +276,10 @@ fn replay_log(store: &Store, st: &mut State, writer: &mut WriterState) -> Result
                 format!("commit @seq:{} overlaps the segments' last commit", c.first_seq),
             ));
         }
-        let ci = replay_record(st, FileKind::Wal, pos, rec)?;
+        replay_record(st, FileKind::Wal, pos, rec)?;
         flush_versions_while_opening(store, st)?;
         writer.pending_bytes += rec.len() as u64;
-        writer.pending.push((ci, rec.to_vec()));
+        writer.pending.push((c.first_seq, rec.to_vec()));
         Ok(())
     })
 }

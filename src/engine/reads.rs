@@ -15,21 +15,18 @@ pub(super) fn resolve(st: &State, a: &AsOf) -> Result<u64> {
         }
         // A commit is atomic in history too: a sequence number inside a
         // commit reads the state before that commit.
-        AsOf::Seq(n) => {
-            let k = st.commits.partition_point(|c| c.first_seq + u64::from(c.len) - 1 <= *n);
-            Ok(if k == 0 { 0 } else { st.commits[k - 1].first_seq + u64::from(st.commits[k - 1].len) - 1 })
-        }
+        AsOf::Seq(n) => Ok(match versions::commit_at(st.tree()?, *n)? {
+            Some((first, len, _)) if first + u64::from(len) - 1 <= *n => first + u64::from(len) - 1,
+            Some((first, _, _)) => first - 1,
+            None => 0,
+        }),
         AsOf::Time(text, t) => {
             if *t > now_micros().max(st.last_time) {
                 return Err(Error::Query(format!("AS OF {text:?} is in the future")));
             }
-            // Commit times never decrease: binary search, no scan.
-            let n = st.commits.partition_point(|c| c.time <= *t);
-            if n == 0 {
-                return Err(Error::Query(format!("AS OF {text:?} is before the first commit")));
-            }
-            let c = st.commits[n - 1];
-            Ok(c.first_seq + u64::from(c.len) - 1)
+            // Commit times never decrease: one seek of the commits by time.
+            versions::commit_end_at_time(st.tree()?, *t)?
+                .ok_or_else(|| Error::Query(format!("AS OF {text:?} is before the first commit")))
         }
     }
 }
@@ -111,8 +108,7 @@ impl Db {
                     .map_err(|e| Error::Internal(format!("a row version at @seq:{} does not parse: {e}", f.seq)))?,
                 None => Value::Null,
             };
-            let ci = st.commits.partition_point(|c| c.first_seq <= f.seq);
-            let time = ci.checked_sub(1).and_then(|i| st.commits.get(i)).map_or(0, |c| c.time);
+            let time = versions::commit_at(self.tree()?, f.seq)?.map_or(0, |(_, _, t)| t);
             out.push(HistoryEntry { seq: f.seq, time: format_rfc3339(time), op, doc });
         }
         Ok(out)

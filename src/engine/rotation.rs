@@ -192,13 +192,16 @@ impl Db {
                 }
             };
         }
-        let (new_id, positions) = match self.shared.store.reencrypt_file(f.file_id) {
+        let (new_id, _) = match self.shared.store.reencrypt_file(f.file_id) {
             // Replaced meanwhile (merged or compacted): under a fresh key already.
             Err(Error::NotFound(_)) => return Ok(()),
             r => r?,
         };
         let r = match f.kind {
-            FileKind::Segment | FileKind::Wal => self.state_mut().remap_commits(f.file_id, &f.name, &positions),
+            FileKind::Segment | FileKind::Wal => {
+                self.state_mut().remap_segment(f.file_id, new_id);
+                Ok(())
+            }
             FileKind::Snapshot => {
                 let mut st = self.state_mut();
                 for t in st.tables.values_mut() {

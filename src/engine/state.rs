@@ -127,7 +127,9 @@ pub(super) fn reindex(
     for (i, ix) in indexes.values().enumerate() {
         let o = old_vals.get(i).and_then(Option::as_ref).and_then(crate::table::index::ikey);
         let n = new_vals.get(i).and_then(Option::as_ref).and_then(crate::table::index::ikey);
-        if o == n {
+        // Compared as the index keys them (long strings by their first bytes).
+        let enc = |v: &Option<IKey>| v.as_ref().map(crate::table::version::encode_index_value);
+        if enc(&o) == enc(&n) {
             continue;
         }
         if let Some(o) = o {
@@ -154,7 +156,13 @@ pub(crate) struct State {
     pub(crate) tables: FastMap<u32, TableData>,
     pub(crate) next_seq: u64,
     pub(crate) last_time: i64,
-    pub(super) commits: Vec<CommitMeta>,
+    /// The first sequence number of each log segment file (by file id):
+    /// which files a `COMPACT` must rewrite.
+    pub(super) segment_starts: BTreeMap<u64, u64>,
+    /// While opening: the last sequence number of the newest commit the
+    /// tree holds an entry of (the commits after it get theirs as the
+    /// log is replayed).
+    pub(super) commits_from: u64,
     pub(crate) next_table_id: u32,
     /// Snapshots of the open `Snapshot`/`Serializable` transactions (count each).
     pub(super) active: BTreeMap<u64, usize>,
@@ -205,18 +213,16 @@ pub(crate) struct Prebuilt {
 }
 
 impl State {
-    /// Point the commits stored in file `old` at their positions in its
-    /// rewrite (`positions`, in file order).
-    pub(super) fn remap_commits(&mut self, old: u64, name: &str, positions: &[RecordPos]) -> Result<()> {
-        let mut idx: Vec<usize> = (0..self.commits.len()).filter(|i| self.commits[*i].pos.file_id == old).collect();
-        idx.sort_by_key(|i| self.commits[*i].pos.offset);
-        if idx.len() != positions.len() {
-            return Err(Error::corrupted(name, 0, "rewritten file holds a different number of commits"));
+    /// Segment file `old` was rewritten as `new` (same records).
+    pub(super) fn remap_segment(&mut self, old: u64, new: u64) {
+        if let Some(first) = self.segment_starts.remove(&old) {
+            self.segment_starts.insert(new, first);
         }
-        for (i, p) in idx.into_iter().zip(positions) {
-            self.commits[i].pos = *p;
-        }
-        Ok(())
+    }
+
+    /// The version tree.
+    pub(crate) fn tree(&self) -> Result<&Arc<crate::storage::tree::Tree>> {
+        self.versions.as_ref().ok_or_else(|| Error::Internal("the database has no version tree".into()))
     }
 
     /// Row `k`'s current document, from the version tree (as written: read
@@ -298,16 +304,10 @@ impl State {
         }
     }
 
-    /// Apply a commit just written at `pos` as a record of `rec_len` bytes.
-    /// Rows keep the documents' text as staged (no parsed tree); documents
-    /// and keys are moved out of `c`.
-    pub(super) fn apply_commit(
-        &mut self,
-        c: &mut Commit,
-        picks: Vec<(usize, Picks)>,
-        rec_len: usize,
-        pos: RecordPos,
-    ) -> Result<()> {
+    /// Apply a commit just written as a record of `rec_len` bytes. Rows
+    /// keep the documents' text as staged (no parsed tree); documents and
+    /// keys are moved out of `c`.
+    pub(super) fn apply_commit(&mut self, c: &mut Commit, picks: Vec<(usize, Picks)>, rec_len: usize) -> Result<()> {
         // Left over by a commit that failed to apply: not this one's.
         self.version_batch.clear();
         let first = c.first_seq;
@@ -334,26 +334,33 @@ impl State {
                 Applied { op: e.op, table: e.table, key: e.key.take(), doc, picks }
             })
             .collect();
-        self.apply_record(c.first_seq, c.time_micros, events, pos, rec_len)
+        self.apply_record(c.first_seq, c.time_micros, events, rec_len)
     }
 
-    /// Apply the events of one commit found at `pos` (`rec_len` bytes on disk).
+    /// Apply the events of one commit (`rec_len` bytes on disk).
     pub(super) fn apply_record(
         &mut self,
         first_seq: u64,
         time_micros: i64,
         events: Vec<Applied>,
-        pos: RecordPos,
         rec_len: usize,
     ) -> Result<()> {
         let share = (rec_len / events.len().max(1)) as u64;
-        // Commits are counted by u32 (the checkpoint's pending list).
-        u32::try_from(self.commits.len()).map_err(|_| Error::Query("too many commits".into()))?;
-        let n = events.len() as u64;
-        self.commits.push(CommitMeta { first_seq, len: events.len() as u32, time: time_micros, pos });
+        let len = u32::try_from(events.len()).map_err(|_| log_error(first_seq, "a commit of too many events"))?;
+        if len == 0 {
+            return Err(log_error(first_seq, "a commit of no events"));
+        }
         self.apply_events(first_seq, events, share)?;
-        self.next_seq = first_seq + n;
+        let end = first_seq + u64::from(len) - 1;
+        self.next_seq = end + 1;
         self.last_time = self.last_time.max(time_micros);
+        // The commit's entries (by sequence number and by time) go in after
+        // its events' (while opening, only those the tree lacks).
+        if self.opening.is_none() || end > self.commits_from {
+            use crate::table::version as ver;
+            self.version_batch.push((ver::commit_key(first_seq), ver::encode_commit(len, time_micros)));
+            self.version_batch.push((ver::commit_time_key(time_micros, first_seq), end.to_be_bytes().to_vec()));
+        }
         self.put_version_batch();
         self.version_batch.clear();
         Ok(())
@@ -415,11 +422,14 @@ impl State {
         }
         let Some(column) = effect.rebuild else { return Ok(()) };
         // The index is named by this event; its entries are in the runs
-        // already if the tree holds versions up to here.
-        t.indexes.insert(column.to_string(), (seq, 0));
+        // already if the tree holds versions up to here. (Otherwise the
+        // name is given once the entries are in: a build that fails leaves
+        // no index without them.)
         if self.opening.is_some() && seq <= self.versions_from {
+            t.indexes.insert(column.to_string(), (seq, 0));
             return Ok(());
         }
+        t.indexes.remove(column);
         let pre = self
             .prebuilt
             .iter()
@@ -452,6 +462,9 @@ impl State {
         };
         if !entries.is_empty() && tree.insert(entries) {
             self.versions_due = true;
+        }
+        if let Some(t) = self.tables.get_mut(&e.table) {
+            t.indexes.insert(column.to_string(), (seq, 0));
         }
         Ok(())
     }
@@ -488,16 +501,19 @@ impl State {
         if opening && (in_runs || t.indexes.is_empty()) {
             return Ok(());
         }
-        // The row's version for the tree (a live commit's).
-        if !opening {
+        // The row's version for the tree (a live commit's), pushed after
+        // the read of its previous one below: every insert into the tree
+        // holds whole events (a version and its index entries), so a flush
+        // never holds one without the other.
+        let version = if opening {
+            None
+        } else {
             let text = e.doc.as_ref().map(|d| d.text()).or(match e.op {
                 Op::Insert | Op::Patch => Some("null"),
                 _ => None,
             });
-            if let Some(v) = super::versions::entry(e.table, &key, seq, e.op, text) {
-                self.version_batch.push(v);
-            }
-        }
+            super::versions::entry(e.table, &key, seq, e.op, text)
+        };
         // A soft delete carries the row as it read when it was staged.
         let carried = match (e.op, &e.doc) {
             (Op::SoftDelete, Some(d)) if !opening => Some(d.clone()),
@@ -525,6 +541,9 @@ impl State {
         } else {
             None
         };
+        if let Some(v) = version {
+            self.version_batch.push(v);
+        }
         let t = self.tables.get(&e.table).ok_or_else(|| log_error(seq, "an event names an unknown table"))?;
         reindex(
             &mut self.version_batch,

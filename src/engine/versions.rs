@@ -57,6 +57,40 @@ pub(super) fn entry(table: u32, key: &Pk, seq: u64, op: Op, doc: Option<&str>) -
     Some((ver::version_key(table, key, seq), ver::encode_value(vop, doc)))
 }
 
+/// The last sequence number of the newest commit the tree holds an entry
+/// of (0: none).
+pub(super) fn newest_commit_end(tree: &Tree) -> Result<u64> {
+    // (No filter: commit entries are not in the runs' filters.)
+    match tree.view().seek(&[ver::NS_COMMIT], None)? {
+        Some((k, v)) if k.first() == Some(&ver::NS_COMMIT) => {
+            let (first, len, _) = ver::decode_commit(&k, &v).map_err(|e| damaged(&e))?;
+            Ok(first + u64::from(len) - 1)
+        }
+        _ => Ok(0),
+    }
+}
+
+/// The commit holding sequence number `seq`, or the newest before it:
+/// (first sequence number, events, time).
+pub(super) fn commit_at(tree: &Tree, seq: u64) -> Result<Option<(u64, u32, i64)>> {
+    match tree.view().seek(&ver::commit_key(seq), None)? {
+        Some((k, v)) if k.first() == Some(&ver::NS_COMMIT) => {
+            Ok(Some(ver::decode_commit(&k, &v).map_err(|e| damaged(&e))?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The last sequence number of the newest commit at or before time `t`.
+pub(super) fn commit_end_at_time(tree: &Tree, t: i64) -> Result<Option<u64>> {
+    match tree.view().seek(&ver::commit_time_key(t, u64::MAX), None)? {
+        Some((k, v)) if k.first() == Some(&ver::NS_COMMIT_TIME) => {
+            Ok(Some(ver::decode_commit_time(&k, &v).map_err(|e| damaged(&e))?.2))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// An index entry: from `seq` on, row `key` does (`holds`) or does not
 /// hold value `v` in index `ix` of table `table`.
 pub(super) fn index_entry(
@@ -406,9 +440,10 @@ pub(super) fn index_entries_since_fold(
             if let Some(v) = &cur {
                 out.push(index_entry(table, *ix, v, key, start, true));
             }
+            let enc = |v: &Option<IKey>| v.as_ref().map(ver::encode_index_value);
             for (seq, d) in &versions[n..] {
                 let new = value(d);
-                if new != cur {
+                if enc(&new) != enc(&cur) {
                     if let Some(o) = &cur {
                         out.push(index_entry(table, *ix, o, key, *seq, false));
                     }
@@ -445,7 +480,7 @@ pub(super) fn index_entries_since_fold(
     if let Some(key) = row_key.take() {
         emit(&key, &mut row, &mut out);
     }
-    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 

@@ -13,6 +13,10 @@ use crate::format::run::key::{KeyReader, Part, put_desc_u64, put_escaped, put_in
 
 /// Namespace byte of a table's fold marker (see [`fold_key`]).
 pub const NS_FOLD: u8 = 0x01;
+/// Namespace byte of commits by sequence number (see [`commit_key`]).
+pub const NS_COMMIT: u8 = 0x02;
+/// Namespace byte of commits by time (see [`commit_time_key`]).
+pub const NS_COMMIT_TIME: u8 = 0x03;
 /// Namespace byte of row versions.
 pub const NS_ROW: u8 = 0x10;
 /// Namespace byte of secondary index entries (see [`index_key`]).
@@ -134,6 +138,9 @@ pub fn shape(k: &[u8]) -> (Option<usize>, u64) {
     if let Some((_, seq)) = split_index_key(k) {
         return (None, seq);
     }
+    if let Some(seq) = commit_key_seq(k) {
+        return (None, seq);
+    }
     match split_key(k) {
         Some((n, seq)) => (Some(n), seq),
         None => (None, 0),
@@ -191,6 +198,87 @@ pub fn decode_fold_key(k: &[u8]) -> Result<(u32, u64), DecodeError> {
     let h = r.desc_u64("horizon")?;
     r.finish()?;
     Ok((table, h))
+}
+
+/// The key of the commit whose first event is at `first_seq`: commits
+/// sort newest first, so the commit holding sequence number *s* is the
+/// first entry at or after `commit_key(s)`. Its value is
+/// [`encode_commit`]'s.
+pub fn commit_key(first_seq: u64) -> Vec<u8> {
+    let mut k = vec![NS_COMMIT];
+    put_desc_u64(&mut k, first_seq);
+    k
+}
+
+/// The key of a commit by its time (then its first sequence number),
+/// newest first: the last commit at or before time *t* is the first entry
+/// at or after `commit_time_key(t, u64::MAX)`. Its value is the commit's
+/// last sequence number (u64, big-endian).
+pub fn commit_time_key(time: i64, first_seq: u64) -> Vec<u8> {
+    let mut k = vec![NS_COMMIT_TIME];
+    put_desc_u64(&mut k, (time as u64) ^ (1 << 63));
+    put_desc_u64(&mut k, first_seq);
+    k
+}
+
+/// The value of a commit's [`commit_key`] entry: its events (u32) and its
+/// time (microseconds since the Unix epoch, i64), big-endian.
+pub fn encode_commit(len: u32, time: i64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12);
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(&time.to_be_bytes());
+    v
+}
+
+/// A commit entry read back: (first sequence number, events, time).
+pub fn decode_commit(k: &[u8], v: &[u8]) -> Result<(u64, u32, i64), DecodeError> {
+    let mut r = KeyReader::new(k);
+    if r.u8("namespace")? != NS_COMMIT {
+        return Err(bad("not a commit"));
+    }
+    let first = r.desc_u64("first sequence number")?;
+    r.finish()?;
+    let (Ok(len), Ok(time)) =
+        (<[u8; 4]>::try_from(v.get(..4).unwrap_or_default()), <[u8; 8]>::try_from(v.get(4..).unwrap_or_default()))
+    else {
+        return Err(bad("a commit's value is not 12 bytes"));
+    };
+    let len = u32::from_be_bytes(len);
+    if len == 0 || first.checked_add(u64::from(len) - 1).is_none() {
+        return Err(bad("a commit of no events, or past the last sequence number"));
+    }
+    Ok((first, len, i64::from_be_bytes(time)))
+}
+
+/// A commit-by-time entry read back: (time, first sequence number, last).
+pub fn decode_commit_time(k: &[u8], v: &[u8]) -> Result<(i64, u64, u64), DecodeError> {
+    let mut r = KeyReader::new(k);
+    if r.u8("namespace")? != NS_COMMIT_TIME {
+        return Err(bad("not a commit time"));
+    }
+    let time = (r.desc_u64("time")? ^ (1 << 63)) as i64;
+    let first = r.desc_u64("first sequence number")?;
+    r.finish()?;
+    let end = <[u8; 8]>::try_from(v).map_err(|_| bad("a commit time's value is not 8 bytes"))?;
+    let end = u64::from_be_bytes(end);
+    if end < first {
+        return Err(bad("a commit that ends before it starts"));
+    }
+    Ok((time, first, end))
+}
+
+/// The sequence number a commit entry's key carries for the tree (its
+/// first one; the entries of a commit go into the tree after its events'),
+/// without decoding its value.
+fn commit_key_seq(k: &[u8]) -> Option<u64> {
+    let tail = match k.first() {
+        Some(&NS_COMMIT) if k.len() == 9 => &k[1..9],
+        Some(&NS_COMMIT_TIME) if k.len() == 17 => &k[9..17],
+        _ => return None,
+    };
+    let mut b = [0u8; 8];
+    b.copy_from_slice(tail);
+    Some(!u64::from_be_bytes(b))
 }
 
 /// An index's id: the sequence number of the event that built it (the
