@@ -388,6 +388,9 @@ impl Db {
                 if st.versions_due {
                     st.versions_due = false;
                     wake_tree = true;
+                    // The memtable is due: a catalog checkpoint as of this
+                    // commit goes in with it (see `catalog.rs`).
+                    st.put_catalog();
                 }
                 w.pending_bytes += bytes.len() as u64;
                 w.pending.push((commit.first_seq, bytes));

@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 mod batch;
+mod catalog;
 mod checkpoint;
 mod commit;
 mod compaction;
@@ -223,6 +224,9 @@ impl Db {
             let mut w = self.lock_writer();
             self.checkpoint(&mut w)?;
             if let Some(tree) = &self.shared.versions {
+                // A catalog checkpoint as of the last commit: the next open
+                // replays nothing.
+                self.state_mut().put_catalog();
                 tree.flush(&self.shared.store)?;
             }
         }

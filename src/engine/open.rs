@@ -130,17 +130,23 @@ impl Db {
             versions: Some(tree),
             ..State::default()
         };
+        // The newest catalog checkpoint the runs hold: the state up to it.
+        let tree = st.versions.clone().ok_or_else(|| Error::Internal("the database has no version tree".into()))?;
+        let checkpoint = st.restore_catalog(&tree)?;
         let plan = SnapshotPlan::read(&store, &mut st)?;
         let mut opening = Opening::default();
-        for (id, seq, rows) in &plan.latest {
-            opening.rows_from.insert(*id, *seq);
-            st.tables.entry(*id).or_default().live = *rows;
+        if checkpoint.is_none() {
+            for (id, seq, rows) in &plan.latest {
+                opening.rows_from.insert(*id, *seq);
+                st.tables.entry(*id).or_default().live = *rows;
+            }
         }
         st.opening = Some(opening);
-        // 2. The log replayed (the version tree given what its runs lack).
+        // 2. The log replayed after the checkpoint (the version tree given
+        // what its runs lack).
         let mut writer = WriterState::default();
         let wal_files = store.stream_files(WAL_STREAM).len();
-        replay_log(&store, &mut st, &mut writer)?;
+        replay_log(&store, &mut st, &mut writer, checkpoint.unwrap_or(0))?;
         // 3. The compaction horizons put in place.
         let opening = st.opening.take().unwrap_or_default();
         settle(&store, &mut st, opening)?;
@@ -253,35 +259,87 @@ impl SnapshotPlan {
 
 /// Replay the segments, then the commits the WAL holds beyond them (a WAL
 /// file already checkpointed may still be there if a crash came before its
-/// deletion: its commits are skipped).
-fn replay_log(store: &Store, st: &mut State, writer: &mut WriterState) -> Result<()> {
-    store.read_stream(EVENTS_STREAM, |pos, rec| {
-        let first = st.next_seq;
-        replay_record(st, FileKind::Segment, pos, rec)?;
-        st.segment_starts.entry(pos.file_id).or_insert(first);
-        flush_versions_while_opening(store, st)
-    })?;
+/// deletion: its commits are skipped). The commits up to `restored` (a
+/// catalog checkpoint's sequence number; 0: none) are in the state already:
+/// a segment file whose next file starts at or before the one after it is
+/// not read, and their records are only looked at (a WAL record of theirs
+/// not yet in the segments still goes to `writer`, to be checkpointed).
+fn replay_log(store: &Store, st: &mut State, writer: &mut WriterState, restored: u64) -> Result<()> {
+    // The last sequence number the segments hold.
+    let mut seg_end = 0u64;
+    let files = store.stream_files(EVENTS_STREAM);
+    for (i, f) in files.iter().enumerate() {
+        let next_start = files.get(i + 1).and_then(|n| st.segment_starts.get(&n.file_id).copied());
+        if restored > 0
+            && let Some(next) = next_start
+            && next > 0
+            && next - 1 <= restored
+        {
+            seg_end = seg_end.max(next - 1);
+            continue;
+        }
+        store.read_file(f.file_id, |pos, rec| {
+            let name = crate::format::file_name(pos.file_id, FileKind::Segment);
+            let (first, n) = RawCommit::peek(rec)
+                .map_err(|e| Error::corrupted(&name, pos.offset, format!("commit record: {}", e.reason)))?;
+            let end = first + n - 1;
+            st.segment_starts.entry(pos.file_id).or_insert(first);
+            seg_end = seg_end.max(end);
+            if end <= restored {
+                return Ok(());
+            }
+            if first <= restored {
+                return Err(Error::tampered(
+                    &name,
+                    pos.offset,
+                    format!("commit @seq:{first} overlaps the catalog checkpoint at @seq:{restored}"),
+                ));
+            }
+            replay_record(st, FileKind::Segment, pos, rec)?;
+            flush_versions_while_opening(store, st)
+        })?;
+    }
+    if restored == 0 {
+        seg_end = st.latest_seq();
+    }
+    // The WAL: what the segments lack, in order.
+    let mut wal_next = seg_end + 1;
     store.read_stream(WAL_STREAM, |pos, rec| {
         let name = crate::format::file_name(pos.file_id, FileKind::Wal);
-        let c = Commit::decode_headers(rec)
+        let (first, n) = RawCommit::peek(rec)
             .map_err(|e| Error::corrupted(&name, pos.offset, format!("commit record: {}", e.reason)))?;
-        let end = c.first_seq + c.events.len() as u64;
-        if end <= st.next_seq {
+        let end = first + n - 1;
+        if end <= seg_end {
             return Ok(());
         }
-        if c.first_seq < st.next_seq {
+        if first != wal_next {
             return Err(Error::tampered(
                 &name,
                 pos.offset,
-                format!("commit @seq:{} overlaps the segments' last commit", c.first_seq),
+                if first < wal_next {
+                    format!("commit @seq:{first} overlaps the segments' last commit")
+                } else {
+                    format!("commit starts at seq {first}, expected {wal_next}")
+                },
             ));
         }
-        replay_record(st, FileKind::Wal, pos, rec)?;
-        flush_versions_while_opening(store, st)?;
+        wal_next = end + 1;
+        if end > restored {
+            replay_record(st, FileKind::Wal, pos, rec)?;
+            flush_versions_while_opening(store, st)?;
+        }
         writer.pending_bytes += rec.len() as u64;
-        writer.pending.push((c.first_seq, rec.to_vec()));
+        writer.pending.push((first, rec.to_vec()));
         Ok(())
-    })
+    })?;
+    if restored > st.latest_seq() {
+        return Err(Error::tampered(
+            "version tree",
+            0,
+            format!("the catalog checkpoint is at @seq:{restored}, past the end of the log (@seq:{})", st.latest_seq()),
+        ));
+    }
+    Ok(())
 }
 
 /// While opening: write the tree's memtable out once it is full (the log

@@ -248,7 +248,7 @@ impl State {
 
     /// Put the versions of the commit being applied into the tree (before
     /// a read of the rows it wrote).
-    fn put_version_batch(&mut self) {
+    pub(super) fn put_version_batch(&mut self) {
         if !self.version_batch.is_empty()
             && let Some(tree) = &self.versions
             && tree.insert(std::mem::take(&mut self.version_batch))

@@ -232,6 +232,24 @@ pub struct RawEvent<'a> {
 }
 
 impl<'a> RawCommit<'a> {
+    /// A commit record's first sequence number and number of events, read
+    /// from its head without decoding the events (the record is
+    /// authenticated; a full decode checks the rest).
+    pub fn peek(buf: &[u8]) -> Result<(u64, u64), DecodeError> {
+        let mut r = Reader::new(buf);
+        let v = r.u8("commit version")?;
+        if v != 1 {
+            return Err(DecodeError { offset: 0, reason: format!("unknown commit version {v}") });
+        }
+        let first_seq = r.u64("first sequence")?;
+        let _time: [u8; 8] = r.array("commit time")?;
+        let n = r.count(1 << 24, 14, "events")? as u64;
+        if n == 0 || first_seq.checked_add(n).is_none() {
+            return Err(DecodeError { offset: 1, reason: "a commit of no events, or a sequence overflow".into() });
+        }
+        Ok((first_seq, n))
+    }
+
     /// Split a commit record. Documents are checked to be UTF-8, not to be JSON.
     pub fn decode(buf: &'a [u8]) -> Result<RawCommit<'a>, DecodeError> {
         let mut r = Reader::new(buf);

@@ -17,6 +17,8 @@ pub const NS_FOLD: u8 = 0x01;
 pub const NS_COMMIT: u8 = 0x02;
 /// Namespace byte of commits by time (see [`commit_time_key`]).
 pub const NS_COMMIT_TIME: u8 = 0x03;
+/// Namespace byte of catalog checkpoints (see [`catalog_key`]).
+pub const NS_CATALOG: u8 = 0x05;
 /// Namespace byte of row versions.
 pub const NS_ROW: u8 = 0x10;
 /// Namespace byte of secondary index entries (see [`index_key`]).
@@ -140,6 +142,11 @@ pub fn shape(k: &[u8]) -> (Option<usize>, u64) {
     }
     if let Some(seq) = commit_key_seq(k) {
         return (None, seq);
+    }
+    if k.first() == Some(&NS_CATALOG) && k.len() == 13 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&k[1..9]);
+        return (None, !u64::from_be_bytes(b));
     }
     match split_key(k) {
         Some((n, seq)) => (Some(n), seq),
@@ -279,6 +286,27 @@ fn commit_key_seq(k: &[u8]) -> Option<u64> {
     let mut b = [0u8; 8];
     b.copy_from_slice(tail);
     Some(!u64::from_be_bytes(b))
+}
+
+/// The key of part `part` of the catalog checkpoint at sequence number
+/// `seq` (newest first, then by part).
+pub fn catalog_key(seq: u64, part: u32) -> Vec<u8> {
+    let mut k = vec![NS_CATALOG];
+    put_desc_u64(&mut k, seq);
+    put_u32(&mut k, part);
+    k
+}
+
+/// A catalog checkpoint key read back: (sequence number, part).
+pub fn decode_catalog_key(k: &[u8]) -> Result<(u64, u32), DecodeError> {
+    let mut r = KeyReader::new(k);
+    if r.u8("namespace")? != NS_CATALOG {
+        return Err(bad("not a catalog checkpoint"));
+    }
+    let seq = r.desc_u64("sequence number")?;
+    let part = r.u32("part")?;
+    r.finish()?;
+    Ok((seq, part))
 }
 
 /// An index's id: the sequence number of the event that built it (the
