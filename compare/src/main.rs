@@ -353,6 +353,34 @@ fn run(a: &Args, root: &Path, run: usize, f: &mut Figures) -> Res<()> {
         }
     }
     drop(conns);
+    // 2b. The same with the cache sized to the data: DriftDB's block cache
+    // twice its version tree, SQLCipher's page cache (`PRAGMA cache_size`)
+    // twice its file (each warmed by a pass of gets first); then both given
+    // a tenth of their data (DriftDB's tree, SQLCipher's file).
+    let tree_bytes: u64 = db.version_tree_stats().bytes.iter().sum();
+    let cipher_bytes = std::fs::metadata(&paths[1].1)?.len();
+    db.close()?;
+    for (name, drift_cache, cipher_cache) in
+        [("get-fit", 2 * tree_bytes, 2 * cipher_bytes), ("get-small", tree_bytes / 10, cipher_bytes / 10)]
+    {
+        let db = Db::open(&ddir, &drift_key(), Options { cache_bytes: drift_cache.max(1 << 20), ..drift_opts() })?;
+        gets_drift(&db, a.docs, a.gets, seed ^ 5)?;
+        let d = gets_drift(&db, a.docs, a.gets, seed ^ 6)?;
+        db.close()?;
+        let c = Peer::Sqlcipher.connect(&paths[1].1)?;
+        c.pragma_update(None, "cache_size", -((cipher_cache / 1024).max(1) as i64))?;
+        gets_peer(&c, a.docs, a.gets, seed ^ 5)?;
+        let r = gets_peer(&c, a.docs, a.gets, seed ^ 6)?;
+        drop(c);
+        let (kd, kc, kr) = match name {
+            "get-fit" => ("get-fit/DriftDB", "get-fit/SQLCipher", "get-fit/ratio"),
+            _ => ("get-small/DriftDB", "get-small/SQLCipher", "get-small/ratio"),
+        };
+        f.add(kd, d);
+        f.add(kc, r);
+        f.add(kr, d / r);
+    }
+    let db = Db::open(&ddir, &drift_key(), drift_opts())?;
     eprintln!("run {run}: gets done");
 
     // 3. AS OF at 1M events: random key, random sequence number from the
@@ -487,7 +515,9 @@ fn machine() -> String {
 fn report(a: &Args, f: &Figures) -> String {
     let mut s = String::new();
     let n = |v: f64| {
-        if v >= 100.0 {
+        if v.is_nan() {
+            "—".to_string()
+        } else if v >= 100.0 {
             let r = v.round() as u64;
             let t = r.to_string();
             let mut out = String::new();
@@ -509,7 +539,9 @@ fn report(a: &Args, f: &Figures) -> String {
         "| workload | DriftDB | SQLite | SQLCipher | DriftDB / SQLCipher | target | |\n|---|---|---|---|---|---|---|\n";
     for (w, label, unit, target) in [
         ("ingest", "batch ingest, 1,000 docs per commit", "docs/s", 2.0),
-        ("get", "point get, random keys", "gets/s", 5.0),
+        ("get", "point get, random keys, default caches", "gets/s", f64::NAN),
+        ("get-fit", "point get, each cache twice its data", "gets/s", 5.0),
+        ("get-small", "point get, each cache a tenth of its data", "gets/s", 2.0),
         ("commit1", "durable commits, 1 writer", "commits/s", 1.0),
         ("commit8", "durable commits, 8 writers", "commits/s", f64::NAN),
     ] {
@@ -550,9 +582,10 @@ fn report(a: &Args, f: &Figures) -> String {
     );
     let open = f.med("open");
     s += &format!(
-        "| open after the KDF, {} events | {open:.3} s | ≤ 1 s | {} |\n",
+        "| open after the KDF (closed cleanly: no WAL to replay), {} events | {:.1} ms | ≤ 50 ms | {} |\n",
         n(a.docs as f64 + 1.0),
-        ok(open <= 1.0)
+        open * 1000.0,
+        ok(open <= 0.05)
     );
     let rr = f.med("reenc/ratio");
     s += &format!(
