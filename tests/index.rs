@@ -57,6 +57,12 @@ const QUERIES: &[&str] = &[
     "n > 0 AND status = 'paid'",
     "status = 'a' AND n IS NULL",
     "n IN (1.5, 2, 'a')",
+    "id = 3",
+    "id = 3.0",
+    "id = '3'",
+    "id IN (1, 4, 40, 'x')",
+    "id = 2 AND n > 0",
+    "n > 0 AND id = 5",
     "status >= false",
 ];
 

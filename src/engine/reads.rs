@@ -226,12 +226,15 @@ pub(crate) struct CurrentRead {
     alters: Vec<(u64, Alter)>,
     folded_at: u64,
     indexes: BTreeMap<String, crate::table::version::IndexId>,
+    /// The primary key's field (`=` and `IN` on it read those rows only).
+    pk: String,
     view: Option<crate::storage::tree::TreeView>,
 }
 
 impl CurrentRead {
     pub(crate) fn new(db: &Db, st: &State, id: u32) -> Result<CurrentRead> {
         let at = st.latest_seq();
+        let pk = st.defs.get(&id).map(|d| d.pk.clone()).unwrap_or_default();
         Ok(match st.tables.get(&id) {
             Some(t) => CurrentRead {
                 id,
@@ -239,9 +242,10 @@ impl CurrentRead {
                 alters: t.alters.clone(),
                 folded_at: t.folded_at,
                 indexes: t.indexes.clone(),
+                pk,
                 view: Some(db.tree()?.view()),
             },
-            None => CurrentRead { id, at, alters: Vec::new(), folded_at: 0, indexes: BTreeMap::new(), view: None },
+            None => CurrentRead { id, at, alters: Vec::new(), folded_at: 0, indexes: BTreeMap::new(), pk, view: None },
         })
     }
 
@@ -249,14 +253,19 @@ impl CurrentRead {
         versions::Shape { alters: &self.alters, folded_at: self.folded_at }
     }
 
-    /// The candidate keys an index gives for `filter`, if one applies.
+    /// The candidate keys the primary key or an index gives for `filter`,
+    /// if one applies.
     fn index_plan(&self, view: &crate::storage::tree::TreeView, filter: &Expr) -> Result<Option<BTreeSet<Pk>>> {
-        if self.indexes.is_empty() {
-            return Ok(None);
-        }
-        crate::query::plan::plan(filter, &mut |field, probe, lit| match self.indexes.get(field) {
-            Some(ix) => versions::index_candidates(view, self.id, *ix, probe, lit, self.at),
-            None => Ok(None),
+        crate::query::plan::plan(filter, &mut |field, probe, lit| {
+            if field == self.pk && probe == crate::table::index::Probe::Eq {
+                // A row's key is its primary key field (which never
+                // changes); a literal that is no key leaves the scan.
+                return Ok(Pk::from_json(lit).map(|k| BTreeSet::from([k])));
+            }
+            match self.indexes.get(field) {
+                Some(ix) => versions::index_candidates(view, self.id, *ix, probe, lit, self.at),
+                None => Ok(None),
+            }
         })
     }
 
