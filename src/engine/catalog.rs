@@ -87,6 +87,14 @@ impl State {
     /// logged and left out: opening then replays more of the log.
     pub(super) fn put_catalog(&mut self) {
         self.put_version_batch();
+        // One checkpoint per sequence number (two at one point could differ
+        // in their counters, and the tree keeps either of two equal keys),
+        // and none of an empty database.
+        let seq = self.latest_seq();
+        if seq == 0 || self.catalog_seq == Some(seq) {
+            return;
+        }
+        self.catalog_seq = Some(seq);
         match (self.catalog_entries(), &self.versions) {
             // (Not a reason for another flush: it is put in when one is due.)
             (Ok(entries), Some(tree)) => {
@@ -109,33 +117,36 @@ impl State {
             return Ok(None);
         }
         let (seq, _) = ver::decode_catalog_key(it.key()).map_err(|e| bad(e.reason))?;
+        // Part 0 says how many parts there are; exactly those are read.
         let mut text = Vec::new();
-        let mut want = None;
+        let mut want = 1u32;
         let mut next = 0u32;
-        while it.valid() {
+        while it.valid() && next < want {
             let (s, part) = ver::decode_catalog_key(it.key()).map_err(|e| bad(e.reason))?;
-            if s != seq {
+            if s != seq || part != next {
                 break;
             }
             let v = it.value();
             let (n, chunk) = v.split_first_chunk::<4>().ok_or_else(|| bad("a part of fewer than 4 bytes".into()))?;
             let n = u32::from_be_bytes(*n);
-            if part != next || want.is_some_and(|w| w != n) || part >= n {
-                return Err(bad(format!("part {part} of @seq:{seq} is out of place")));
+            if next == 0 {
+                want = n;
+            } else if n != want {
+                return Err(bad(format!("part {part} of @seq:{seq} counts {n} parts, part 0 {want}")));
             }
-            want = Some(n);
             next += 1;
             text.extend_from_slice(chunk);
             it.advance()?;
         }
-        if want != Some(next) {
+        if want == 0 || next != want {
             return Err(bad(format!("the checkpoint at @seq:{seq} is missing parts")));
         }
         let c: Catalog = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
         if c.version != 1 || c.seq != seq {
             return Err(bad(format!("version {} at @seq:{} under the key of @seq:{seq}", c.version, c.seq)));
         }
-        self.next_seq = seq + 1;
+        self.next_seq = seq.checked_add(1).ok_or_else(|| bad("at the last sequence number".into()))?;
+        self.catalog_seq = Some(seq);
         self.last_time = c.last_time;
         self.next_table_id = c.next_table_id;
         for ct in c.tables {

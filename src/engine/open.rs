@@ -133,12 +133,26 @@ impl Db {
         // The newest catalog checkpoint the runs hold: the state up to it.
         let tree = st.versions.clone().ok_or_else(|| Error::Internal("the database has no version tree".into()))?;
         let checkpoint = st.restore_catalog(&tree)?;
+        if checkpoint.is_some() {
+            // Segment files rewritten since (their new ids are learned as
+            // they are read).
+            let live: FastSet<u64> = store.stream_files(EVENTS_STREAM).iter().map(|f| f.file_id).collect();
+            st.segment_starts.retain(|f, _| live.contains(f));
+        }
         let plan = SnapshotPlan::read(&store, &mut st)?;
         let mut opening = Opening::default();
-        if checkpoint.is_none() {
-            for (id, seq, rows) in &plan.latest {
+        // A table's latest snapshot after the checkpoint (or any, without
+        // one) counts its rows and events up to it.
+        let from = checkpoint.unwrap_or(0);
+        for (id, seq, rows) in &plan.latest {
+            if checkpoint.is_none() || *seq > from {
                 opening.rows_from.insert(*id, *seq);
-                st.tables.entry(*id).or_default().live = *rows;
+                let t = st.tables.entry(*id).or_default();
+                t.live = *rows;
+                if checkpoint.is_some() {
+                    t.since_events = 0;
+                    t.since_bytes = 0;
+                }
             }
         }
         st.opening = Some(opening);
@@ -332,11 +346,12 @@ fn replay_log(store: &Store, st: &mut State, writer: &mut WriterState, restored:
         writer.pending.push((first, rec.to_vec()));
         Ok(())
     })?;
-    if restored > st.latest_seq() {
+    let log_end = seg_end.max(wal_next - 1);
+    if restored > log_end {
         return Err(Error::tampered(
             "version tree",
             0,
-            format!("the catalog checkpoint is at @seq:{restored}, past the end of the log (@seq:{})", st.latest_seq()),
+            format!("the catalog checkpoint is at @seq:{restored}, past the end of the log (@seq:{log_end})"),
         ));
     }
     Ok(())

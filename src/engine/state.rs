@@ -159,6 +159,9 @@ pub(crate) struct State {
     /// The first sequence number of each log segment file (by file id):
     /// which files a `COMPACT` must rewrite.
     pub(super) segment_starts: BTreeMap<u64, u64>,
+    /// The sequence number of the last catalog checkpoint put into the tree
+    /// (or restored from it).
+    pub(super) catalog_seq: Option<u64>,
     /// While opening: the last sequence number of the newest commit the
     /// tree holds an entry of (the commits after it get theirs as the
     /// log is replayed).
