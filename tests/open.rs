@@ -171,17 +171,21 @@ fn opening_replays_only_the_log_after_the_catalog_checkpoint() {
     let mut segs: Vec<_> = fs.paths().into_iter().filter(|p| p.extension().is_some_and(|e| e == "seg")).collect();
     segs.sort();
     assert!(segs.len() >= 3, "{segs:?}");
-    let mut b = fs.contents(&segs[0]).unwrap();
+    // A full segment followed by a full one (opening merges runs of small
+    // files, which reads them and gives them new ids).
+    let full = |p: &std::path::PathBuf| fs.contents(p).unwrap().len() >= 3000;
+    let seg = segs.windows(2).find(|w| full(&w[0]) && full(&w[1])).map(|w| w[0].clone()).expect("two full segments");
+    let mut b = fs.contents(&seg).unwrap();
     let at = b.len() / 2;
     b[at] ^= 0x40;
-    fs.put(&segs[0], &b);
+    fs.put(&seg, &b);
     let db = Db::open("/db", &key(), o(&fs)).unwrap();
     assert_eq!(state(&db), before);
     assert_eq!(db.scan("t", Some(&driftdb::query::ast::AsOf::Seq(mid - 40))).unwrap(), past);
     assert_eq!(db.history("t", &Pk::Int(7)).unwrap(), history);
     assert!(!db.store().verify().ok, "verify must find the damaged segment");
     b[at] ^= 0x40;
-    fs.put(&segs[0], &b);
+    fs.put(&seg, &b);
     // Commits after the checkpoint, only in the WAL when the process dies
     // (the tree flushed, with newer checkpoints, meanwhile).
     for i in 200..230i64 {

@@ -77,7 +77,7 @@ impl State {
                 let mut v = Vec::with_capacity(4 + p.len());
                 v.extend_from_slice(&n.to_be_bytes());
                 v.extend_from_slice(p);
-                (ver::catalog_key(c.seq, i as u32), v)
+                (ver::catalog_key(c.seq, self.catalog_gen, i as u32), v)
             })
             .collect())
     }
@@ -87,14 +87,12 @@ impl State {
     /// logged and left out: opening then replays more of the log.
     pub(super) fn put_catalog(&mut self) {
         self.put_version_batch();
-        // One checkpoint per sequence number (two at one point could differ
-        // in their counters, and the tree keeps either of two equal keys),
-        // and none of an empty database.
-        let seq = self.latest_seq();
-        if seq == 0 || self.catalog_seq == Some(seq) {
+        // None of an empty database; each under a number of its own (two
+        // at one point may differ: where log segments start).
+        if self.latest_seq() == 0 {
             return;
         }
-        self.catalog_seq = Some(seq);
+        self.catalog_gen = self.catalog_gen.wrapping_add(1);
         match (self.catalog_entries(), &self.versions) {
             // (Not a reason for another flush: it is put in when one is due.)
             (Ok(entries), Some(tree)) => {
@@ -116,14 +114,14 @@ impl State {
         if !it.valid() {
             return Ok(None);
         }
-        let (seq, _) = ver::decode_catalog_key(it.key()).map_err(|e| bad(e.reason))?;
+        let (seq, number, _) = ver::decode_catalog_key(it.key()).map_err(|e| bad(e.reason))?;
         // Part 0 says how many parts there are; exactly those are read.
         let mut text = Vec::new();
         let mut want = 1u32;
         let mut next = 0u32;
         while it.valid() && next < want {
-            let (s, part) = ver::decode_catalog_key(it.key()).map_err(|e| bad(e.reason))?;
-            if s != seq || part != next {
+            let (s, g, part) = ver::decode_catalog_key(it.key()).map_err(|e| bad(e.reason))?;
+            if s != seq || g != number || part != next {
                 break;
             }
             let v = it.value();
@@ -146,7 +144,7 @@ impl State {
             return Err(bad(format!("version {} at @seq:{} under the key of @seq:{seq}", c.version, c.seq)));
         }
         self.next_seq = seq.checked_add(1).ok_or_else(|| bad("at the last sequence number".into()))?;
-        self.catalog_seq = Some(seq);
+        self.catalog_gen = number;
         self.last_time = c.last_time;
         self.next_table_id = c.next_table_id;
         for ct in c.tables {

@@ -22,6 +22,7 @@ pub(super) fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec:
     // Row versions the tree's runs do not hold yet go into its memtable.
     let want_versions = st.versions.is_some();
     let versions_from = st.versions_from;
+    let index_from = st.index_from;
     let mut versions = Vec::new();
     let rows_from = st.opening.as_ref().map(|o| &o.rows_from);
     let from = |table: u32| rows_from.and_then(|r| r.get(&table)).copied();
@@ -36,14 +37,15 @@ pub(super) fn replay_record(st: &mut State, kind: FileKind, pos: RecordPos, rec:
             },
             // A row a snapshot covers needs no document or key made,
             // unless its version (and index entries) go into the tree.
-            _ if from(e.table).is_none_or(|from| seq > from) || (want_versions && seq > versions_from) => {
+            _ if from(e.table).is_none_or(|from| seq > from) || (want_versions && seq > index_from) => {
                 e.doc.map(|t| Arc::new(Doc::from_text_unchecked(t).at(seq)))
             }
             _ => None,
         };
         let covered = from(e.table).is_some_and(|from| seq <= from);
         let to_tree = want_versions && seq > versions_from;
-        let pk = if covered && !to_tree { None } else { e.key.map(crate::table::KeyRef::to_pk) };
+        let pk =
+            if covered && !(want_versions && seq > index_from) { None } else { e.key.map(crate::table::KeyRef::to_pk) };
         if to_tree
             && let Some(k) = &pk
             && let Some(v) = super::versions::entry(e.table, k, seq, e.op, e.doc)
@@ -133,6 +135,11 @@ impl Db {
         // The newest catalog checkpoint the runs hold: the state up to it.
         let tree = st.versions.clone().ok_or_else(|| Error::Internal("the database has no version tree".into()))?;
         let checkpoint = st.restore_catalog(&tree)?;
+        // Runs without a single commit entry (and no checkpoint) were
+        // written before index entries went into the tree (or hold only
+        // part of a first, huge commit): the index entries of every event
+        // are made again (they are the same where they exist).
+        st.index_from = if checkpoint.is_none() && st.commits_from == 0 { 0 } else { st.versions_from };
         if checkpoint.is_some() {
             // Segment files rewritten since (their new ids are learned as
             // they are read).
@@ -397,11 +404,20 @@ fn settle(store: &Store, st: &mut State, opening: Opening) -> Result<()> {
         st.drop_snapshots_before(id, h);
         // The version tree: folded at this horizon already, or folded now
         // (and, unless read-only, the versions the fold hides reclaimed).
+        let remake_indexes = st.index_from == 0 && st.versions_from > 0;
         if let Some(tree) = st.versions.clone() {
             let marker = super::versions::folded_at(&tree, id)?;
             let Some(t) = st.tables.get_mut(&id) else { continue };
             if marker >= h {
                 t.folded_at = marker;
+                // Index entries made again (runs written before they were in
+                // the tree): the rows folded at the marker have theirs from it.
+                if remake_indexes {
+                    let entries = super::versions::index_entries_since_fold(&tree.view(), t, id, marker)?;
+                    if !entries.is_empty() {
+                        tree.insert(entries);
+                    }
+                }
             } else {
                 let rows = load_snapshot(store, snap, h)?;
                 super::versions::fold(&tree, t, id, h, &rows);

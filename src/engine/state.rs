@@ -159,9 +159,9 @@ pub(crate) struct State {
     /// The first sequence number of each log segment file (by file id):
     /// which files a `COMPACT` must rewrite.
     pub(super) segment_starts: BTreeMap<u64, u64>,
-    /// The sequence number of the last catalog checkpoint put into the tree
-    /// (or restored from it).
-    pub(super) catalog_seq: Option<u64>,
+    /// The number of the last catalog checkpoint put into the tree (or
+    /// restored from it).
+    pub(super) catalog_gen: u32,
     /// While opening: the last sequence number of the newest commit the
     /// tree holds an entry of (the commits after it get theirs as the
     /// log is replayed).
@@ -183,6 +183,9 @@ pub(crate) struct State {
     /// While opening: versions up to this sequence number are in the
     /// tree's runs already (not replayed into it).
     pub(super) versions_from: u64,
+    /// While opening: index entries up to this sequence number are in the
+    /// tree's runs already (at most `versions_from`).
+    pub(super) index_from: u64,
     /// Set when the tree's memtable is due to be flushed.
     pub(super) versions_due: bool,
     /// The versions of the commit being applied.
@@ -428,7 +431,7 @@ impl State {
         // already if the tree holds versions up to here. (Otherwise the
         // name is given once the entries are in: a build that fails leaves
         // no index without them.)
-        if self.opening.is_some() && seq <= self.versions_from {
+        if self.opening.is_some() && seq <= self.index_from {
             t.indexes.insert(column.to_string(), (seq, 0));
             return Ok(());
         }
@@ -483,7 +486,7 @@ impl State {
         // While opening: the row events a table's latest snapshot counts,
         // and everything the tree's runs hold already.
         let counted = self.opening.as_ref().is_some_and(|o| o.rows_from.get(&e.table).is_some_and(|from| seq <= *from));
-        let in_runs = opening && seq <= self.versions_from;
+        let in_runs = opening && seq <= self.index_from;
         if counted && (in_runs || t.indexes.is_empty()) {
             return Ok(());
         }

@@ -231,3 +231,58 @@ fn a_snapshot_whose_rows_are_out_of_key_order_is_refused_when_read() {
     let e = load_snapshot_rows(db.store(), file, seq, true).expect_err("the snapshot must be refused").to_string();
     assert!(e.contains("out of key order") && e.contains(&name), "{e}");
 }
+
+/// A version tree written before index entries, commit entries and
+/// catalog checkpoints went into it (runs of row versions only) gets them
+/// at the next open: index lookups, `AS OF` and history times read as
+/// before, on a table compacted too.
+#[test]
+fn runs_written_without_index_and_commit_entries_get_them_at_open() {
+    use serde_json::json;
+    let (db, key, opts) = memdb();
+    db.create_table("t", "id", &["s"]).unwrap();
+    for c in 0..6i64 {
+        db.write(|t| {
+            for i in (c * 40)..(c * 40 + 40) {
+                t.insert("t", json!({"id": i, "s": format!("v{}", i % 5)}))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    let mid = db.latest_seq();
+    for i in (0..240i64).step_by(9) {
+        let mut set = Map::new();
+        set.insert("s".into(), json!(format!("p{}", i % 3)));
+        db.patch("t", &Pk::Int(i), set).unwrap();
+    }
+    db.soft_delete("t", &Pk::Int(4)).unwrap();
+    db.compact("t", Some(&AsOf::Seq(mid))).unwrap();
+    for i in (1..240i64).step_by(13) {
+        let mut set = Map::new();
+        set.insert("s".into(), json!("late"));
+        db.patch("t", &Pk::Int(i), set).unwrap();
+    }
+    let lits = [json!("v1"), json!("v4"), json!("p0"), json!("p2"), json!("late"), json!("a")];
+    let now = db.latest_seq();
+    let want: Vec<BTreeSet<Pk>> = lits.iter().map(|l| model_candidates(&db, Probe::Eq, l, now)).collect();
+    assert!(want.iter().all(|w| !w.is_empty()) || want[5].is_empty());
+    let past = db.scan("t", Some(&AsOf::Seq(mid + 5))).unwrap();
+    let history = db.history("t", &Pk::Int(9)).unwrap();
+    db.close().unwrap();
+    let db = Db::open("/db", &key, opts.clone()).unwrap();
+    // What the earlier layout did not write.
+    let tree = db.tree().unwrap();
+    let later = |k: &[u8], _: &[u8]| {
+        use crate::table::version as ver;
+        matches!(k.first(), Some(&ver::NS_INDEX | &ver::NS_COMMIT | &ver::NS_COMMIT_TIME | &ver::NS_CATALOG))
+    };
+    tree.rewrite(db.store(), &later, Vec::new()).unwrap();
+    drop(db);
+    let db = Db::open("/db", &key, opts).unwrap();
+    for (l, w) in lits.iter().zip(&want) {
+        assert_eq!(&index_candidates(&db, Probe::Eq, l, now), w, "{l}");
+    }
+    assert_eq!(db.scan("t", Some(&AsOf::Seq(mid + 5))).unwrap(), past);
+    assert_eq!(db.history("t", &Pk::Int(9)).unwrap(), history);
+}

@@ -143,7 +143,7 @@ pub fn shape(k: &[u8]) -> (Option<usize>, u64) {
     if let Some(seq) = commit_key_seq(k) {
         return (None, seq);
     }
-    if k.first() == Some(&NS_CATALOG) && k.len() == 13 {
+    if k.first() == Some(&NS_CATALOG) && k.len() == 17 {
         let mut b = [0u8; 8];
         b.copy_from_slice(&k[1..9]);
         return (None, !u64::from_be_bytes(b));
@@ -288,25 +288,29 @@ fn commit_key_seq(k: &[u8]) -> Option<u64> {
     Some(!u64::from_be_bytes(b))
 }
 
-/// The key of part `part` of the catalog checkpoint at sequence number
-/// `seq` (newest first, then by part).
-pub fn catalog_key(seq: u64, part: u32) -> Vec<u8> {
+/// The key of part `part` of catalog checkpoint number `number` at sequence
+/// number `seq`: newest first by sequence number, then by number (several
+/// checkpoints at one point differ in what changed without a commit, such
+/// as where log segments start), then by part.
+pub fn catalog_key(seq: u64, number: u32, part: u32) -> Vec<u8> {
     let mut k = vec![NS_CATALOG];
     put_desc_u64(&mut k, seq);
+    put_u32(&mut k, !number);
     put_u32(&mut k, part);
     k
 }
 
-/// A catalog checkpoint key read back: (sequence number, part).
-pub fn decode_catalog_key(k: &[u8]) -> Result<(u64, u32), DecodeError> {
+/// A catalog checkpoint key read back: (sequence number, number, part).
+pub fn decode_catalog_key(k: &[u8]) -> Result<(u64, u32, u32), DecodeError> {
     let mut r = KeyReader::new(k);
     if r.u8("namespace")? != NS_CATALOG {
         return Err(bad("not a catalog checkpoint"));
     }
     let seq = r.desc_u64("sequence number")?;
+    let number = !r.u32("checkpoint number")?;
     let part = r.u32("part")?;
     r.finish()?;
-    Ok((seq, part))
+    Ok((seq, number, part))
 }
 
 /// An index's id: the sequence number of the event that built it (the
