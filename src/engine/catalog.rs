@@ -89,9 +89,13 @@ impl State {
         self.put_version_batch();
         // None of an empty database; each under a number of its own (two
         // at one point may differ: where log segments start).
-        if self.latest_seq() == 0 {
+        // Nor one that would say what the last one says (a close after no
+        // change writes nothing).
+        let now = (self.latest_seq(), self.segment_starts.clone());
+        if now.0 == 0 || self.catalog_last.as_ref() == Some(&now) {
             return;
         }
+        self.catalog_last = Some(now);
         self.catalog_gen = self.catalog_gen.wrapping_add(1);
         match (self.catalog_entries(), &self.versions) {
             // (Not a reason for another flush: it is put in when one is due.)
@@ -172,6 +176,7 @@ impl State {
             t.indexes = ct.indexes.into_iter().map(|(f, s, o)| (f, (s, o))).collect();
         }
         self.segment_starts = c.segments.into_iter().collect();
+        self.catalog_last = Some((seq, self.segment_starts.clone()));
         Ok(Some(seq))
     }
 }

@@ -162,6 +162,9 @@ pub(crate) struct State {
     /// The number of the last catalog checkpoint put into the tree (or
     /// restored from it).
     pub(super) catalog_gen: u32,
+    /// What the last catalog checkpoint said of the sequence number and the
+    /// segments (one that would say the same is not written).
+    pub(super) catalog_last: Option<(u64, BTreeMap<u64, u64>)>,
     /// While opening: the last sequence number of the newest commit the
     /// tree holds an entry of (the commits after it get theirs as the
     /// log is replayed).
