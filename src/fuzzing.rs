@@ -227,7 +227,8 @@ pub fn run(data: &[u8]) {
         assert_eq!(m.encode(), data, "decoded run metadata encodes differently");
     }
     // The version tree's keys and values (row versions, fold markers,
-    // index entries): whatever decodes encodes back to the same bytes.
+    // index entries, commits, catalog checkpoint keys): whatever decodes
+    // encodes back to the same bytes.
     {
         use crate::table::version as ver;
         if let Ok(k) = ver::decode_key(data) {
@@ -241,6 +242,20 @@ pub fn run(data: &[u8]) {
             let again = ver::index_key_encoded(k.table, k.ix, &k.value, &k.key, k.seq);
             assert_eq!(again, data, "an index entry key encodes differently");
             assert_eq!(ver::split_index_key(data).map(|(_, s)| s), Some(k.seq));
+        }
+        if let Ok((seq, number, part)) = ver::decode_catalog_key(data) {
+            assert_eq!(ver::catalog_key(seq, number, part), data, "a catalog checkpoint key encodes differently");
+        }
+        // A commit entry: key and value split at every point of the input.
+        for at in [9, 17].into_iter().filter(|&n| n <= data.len()) {
+            let (k, v) = data.split_at(at);
+            if let Ok((first, len, time)) = ver::decode_commit(k, v) {
+                assert_eq!((ver::commit_key(first), ver::encode_commit(len, time)), (k.to_vec(), v.to_vec()));
+            }
+            if let Ok((time, first, end)) = ver::decode_commit_time(k, v) {
+                assert_eq!(ver::commit_time_key(time, first), k, "a commit time key encodes differently");
+                assert_eq!(end.to_be_bytes(), v);
+            }
         }
         if let Ok(holds) = ver::decode_index_value(data) {
             assert_eq!(ver::index_entry_value(holds), data);

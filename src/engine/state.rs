@@ -128,8 +128,14 @@ pub(super) fn reindex(
         let o = old_vals.get(i).and_then(Option::as_ref).and_then(crate::table::index::ikey);
         let n = new_vals.get(i).and_then(Option::as_ref).and_then(crate::table::index::ikey);
         // Compared as the index keys them (long strings by their first bytes).
-        let enc = |v: &Option<IKey>| v.as_ref().map(crate::table::version::encode_index_value);
-        if enc(&o) == enc(&n) {
+        let same = match (&o, &n) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                a == b || crate::table::version::encode_index_value(a) == crate::table::version::encode_index_value(b)
+            }
+            _ => false,
+        };
+        if same {
             continue;
         }
         if let Some(o) = o {
@@ -240,16 +246,14 @@ impl State {
     /// [`State::put_version_batch`] put them there.
     pub(crate) fn current(&self, id: u32, k: &Pk) -> Result<Option<Arc<Doc>>> {
         let Some(t) = self.tables.get(&id) else { return Ok(None) };
-        let tree = self.versions.as_ref().ok_or_else(|| Error::Internal("the database has no version tree".into()))?;
-        super::versions::current(tree, t.shape(), id, k)
+        super::versions::current(self.tree()?, t.shape(), id, k)
     }
 
     /// Row `k`'s current document as read now (parsed strictly: a
     /// document that does not parse is an error).
     pub(crate) fn current_value(&self, id: u32, k: &Pk) -> Result<Option<Value>> {
         let Some(t) = self.tables.get(&id) else { return Ok(None) };
-        let tree = self.versions.as_ref().ok_or_else(|| Error::Internal("the database has no version tree".into()))?;
-        match super::versions::version_at(tree, t.shape(), id, k, u64::MAX)? {
+        match super::versions::version_at(self.tree()?, t.shape(), id, k, u64::MAX)? {
             Some(f) if f.op.is_live() => f.value_at(t.shape(), u64::MAX),
             _ => Ok(None),
         }
@@ -455,14 +459,11 @@ impl State {
                 // Those rows as of this change (the commit's later writes
                 // may be in the tree already while opening).
                 for k in &skip {
-                    if let Some(f) = super::versions::version_at(&tree, t.shape(), e.table, k, seq)?
-                        && f.op.is_live()
-                        && let Some(text) = f.text
+                    let d = super::versions::version_at(&tree, t.shape(), e.table, k, seq)?
+                        .and_then(super::versions::Found::into_doc);
+                    if let Some(ik) = d.and_then(|d| t.view_field(&d, column)).and_then(crate::table::index::ikey_owned)
                     {
-                        let d = Doc::from_string_unchecked(text).at(f.seq);
-                        if let Some(ik) = t.view_field(&d, column).and_then(crate::table::index::ikey_owned) {
-                            entries.push(super::versions::index_entry(e.table, (seq, 0), &ik, k, seq, true));
-                        }
+                        entries.push(super::versions::index_entry(e.table, (seq, 0), &ik, k, seq, true));
                     }
                 }
                 entries
@@ -543,10 +544,8 @@ impl State {
             self.put_version_batch();
             let t = self.tables.get(&e.table).ok_or_else(|| log_error(seq, "an event names an unknown table"))?;
             let tree = self.versions.as_ref().ok_or_else(|| log_error(seq, "the database has no version tree"))?;
-            match super::versions::version_at(tree, t.shape(), e.table, &key, seq.saturating_sub(1))? {
-                Some(f) if f.op.is_live() => f.text.map(|text| Arc::new(Doc::from_string_unchecked(text).at(f.seq))),
-                _ => None,
-            }
+            super::versions::version_at(tree, t.shape(), e.table, &key, seq.saturating_sub(1))?
+                .and_then(super::versions::Found::into_doc)
         } else {
             None
         };

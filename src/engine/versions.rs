@@ -190,12 +190,27 @@ pub(crate) struct Found {
 impl Found {
     /// Its document as read at `at` through the table's schema changes.
     pub(super) fn value_at(&self, t: Shape<'_>, at: u64) -> Result<Option<Value>> {
-        let Some(text) = &self.text else { return Ok(None) };
-        let mut v: Value = serde_json::from_str(text)
-            .map_err(|e| Error::Internal(format!("a row version at @seq:{} does not parse: {e}", self.seq)))?;
-        apply_between(t.alters, self.seq, at, &mut v);
-        Ok(Some(v))
+        self.text.as_deref().map(|text| parse_at(text, t, self.seq, at)).transpose()
     }
+
+    /// The row's document after it, as written (at its own sequence
+    /// number); `None` if the row is not live.
+    pub(super) fn into_doc(self) -> Option<Arc<Doc>> {
+        match self.text {
+            Some(text) if self.op.is_live() => Some(Arc::new(Doc::from_string_unchecked(text).at(self.seq))),
+            _ => None,
+        }
+    }
+}
+
+/// A version's document (`text`, written at `seq`) read through the schema
+/// changes after it up to `at`: parsed strictly (a document that does not
+/// parse is an error, never a row that reads as null).
+fn parse_at(text: &str, t: Shape<'_>, seq: u64, at: u64) -> Result<Value> {
+    let mut v: Value = serde_json::from_str(text)
+        .map_err(|e| Error::Internal(format!("a row version at @seq:{seq} does not parse: {e}")))?;
+    apply_between(t.alters, seq, at, &mut v);
+    Ok(v)
 }
 
 /// Whether a version is read: anything after the horizon the table's
@@ -226,8 +241,19 @@ fn found(k: &[u8], v: &[u8]) -> Result<Found> {
 
 /// The newest version of row `key` at or before `at` that is read.
 pub(super) fn version_at(tree: &Tree, t: Shape<'_>, table: u32, key: &Pk, at: u64) -> Result<Option<Found>> {
+    version_at_in(&tree.view(), t, table, key, at)
+}
+
+/// [`version_at`] in the tree as `view` holds it.
+fn version_at_in(
+    view: &crate::storage::tree::TreeView,
+    t: Shape<'_>,
+    table: u32,
+    key: &Pk,
+    at: u64,
+) -> Result<Option<Found>> {
     let prefix = ver::row_prefix(table, key);
-    let Some((k, v)) = tree.view().seek(&ver::version_key(table, key, at), Some(&prefix))? else {
+    let Some((k, v)) = view.seek(&ver::version_key(table, key, at), Some(&prefix))? else {
         return Ok(None);
     };
     let f = found(&k, &v)?;
@@ -307,7 +333,7 @@ pub(super) fn for_each_row_at(
             let key = ver::decode_key(k).map_err(|e| damaged(&e))?.key;
             let mut d = Arc::new(Doc::from_text_unchecked(text).at(seq));
             if any_between(t.alters, seq, at) {
-                d = Arc::new(Doc::from_value(f_value(&d, t, seq, at)?));
+                d = Arc::new(Doc::from_value(parse_at(d.text(), t, seq, at)?));
             }
             f(key, d)?;
         }
@@ -325,41 +351,17 @@ pub(super) fn doc_at(
     key: &Pk,
     at: u64,
 ) -> Result<Option<Arc<Doc>>> {
-    let prefix = ver::row_prefix(table, key);
-    let Some((k, v)) = view.seek(&ver::version_key(table, key, at), Some(&prefix))? else {
-        return Ok(None);
-    };
-    let f = found(&k, &v)?;
-    if !visible(f.op, f.seq, t.folded_at) || !f.op.is_live() {
-        return Ok(None);
+    let Some(d) = version_at_in(view, t, table, key, at)?.and_then(Found::into_doc) else { return Ok(None) };
+    if any_between(t.alters, d.seq(), at) {
+        return Ok(Some(Arc::new(Doc::from_value(parse_at(d.text(), t, d.seq(), at)?))));
     }
-    let Some(text) = f.text else { return Ok(None) };
-    let d = Doc::from_string_unchecked(text).at(f.seq);
-    if any_between(t.alters, f.seq, at) {
-        return Ok(Some(Arc::new(Doc::from_value(f_value(&d, t, f.seq, at)?))));
-    }
-    Ok(Some(Arc::new(d)))
-}
-
-/// A version's document read through the schema changes after `seq` up
-/// to `at`: parsed strictly (a document that does not parse is an error,
-/// never a row that reads as null).
-fn f_value(d: &Doc, t: Shape<'_>, seq: u64, at: u64) -> Result<Value> {
-    let mut v: Value = serde_json::from_str(d.text())
-        .map_err(|e| Error::Internal(format!("a row version at @seq:{seq} does not parse: {e}")))?;
-    apply_between(t.alters, seq, at, &mut v);
-    Ok(v)
+    Ok(Some(d))
 }
 
 /// Row `key`'s current document, as written (at its own sequence number:
 /// read it through the schema changes after it with `TableData::view`).
 pub(super) fn current(tree: &Tree, t: Shape<'_>, table: u32, key: &Pk) -> Result<Option<Arc<Doc>>> {
-    match version_at(tree, t, table, key, u64::MAX)? {
-        Some(Found { seq, op, text: Some(text) }) if op.is_live() => {
-            Ok(Some(Arc::new(Doc::from_string_unchecked(text).at(seq))))
-        }
-        _ => Ok(None),
-    }
+    Ok(version_at(tree, t, table, key, u64::MAX)?.and_then(Found::into_doc))
 }
 
 /// Counts of table `table`'s versions read now: (at or before `h`, after it).
